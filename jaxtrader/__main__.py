@@ -1,0 +1,5 @@
+"""`python -m jaxtrader` runs the CLI."""
+
+from jaxtrader.cli import main
+
+main()

@@ -1,0 +1,101 @@
+"""The `jaxtrader` command line: a click group, global options and error handling.
+
+Only click and the standard library are imported at module level so `--help` stays instant; each
+command imports JAX, pandas and friends inside its own function. Any `JaxTraderError` becomes one
+`error: ...` line on stderr and exit code 2 (a traceback only with `--debug`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from jaxtrader.cli.common import CliState
+from jaxtrader.errors import JaxTraderError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Human-readable log lines or JSON lines (one object per record).",
+)
+@click.option("--config", "config_path", type=str, default=None, help="TOML config file.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug-level log records.")
+@click.version_option(package_name="jaxtrader")
+@click.pass_context
+def cli(
+    ctx: click.Context, log_format: str, config_path: str | None, debug: bool, verbose: bool
+) -> None:
+    """jaxtrader: train LSTM/Transformer models on candles with JAX and trade them with risk limits.
+
+    Every command works offline on an embedded synthetic market when --data is not given.
+    """
+    import logging
+
+    from jaxtrader.logs import setup_logging
+
+    setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)  # type: ignore[arg-type]
+    ctx.obj = CliState(config_path=config_path, log_format=log_format, debug=debug)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the effective configuration."""
+
+
+@config_group.command("show")
+@click.pass_obj
+def config_show(state: CliState) -> None:
+    """Print the effective config (defaults < --config FILE) as TOML."""
+    from jaxtrader.config import to_toml
+
+    click.echo(to_toml(state.config()), nl=False)
+
+
+def _register() -> None:
+    from jaxtrader.cli import data_cmds, evaluate_cmds, features_cmds, trade_cmds, train_cmds
+
+    for module in (data_cmds, features_cmds, train_cmds, evaluate_cmds, trade_cmds):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point with one-line errors and stable exit codes."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="jaxtrader", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except JaxTraderError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        if debug:
+            raise
+        click.echo(
+            f"error: internal error ({type(e).__name__}: {e}); rerun with --debug for the "
+            "traceback and please report it",
+            err=True,
+        )
+        sys.exit(1)

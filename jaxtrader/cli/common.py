@@ -1,0 +1,71 @@
+"""Shared CLI plumbing: the context object, effective config, and option groups reused by commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from jaxtrader.config import AppConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class CliState:
+    config_path: str | None
+    log_format: str
+    debug: bool
+
+    def config(self, overrides: Mapping[str, Any] | None = None) -> AppConfig:
+        """Defaults < --config FILE < flags (flags left at None do not override)."""
+        from jaxtrader.config import load_config, with_overrides
+
+        return with_overrides(load_config(self.config_path), overrides or {})
+
+
+def data_options(fn: F) -> F:
+    """--data/--symbol/--interval/--gaps/--dedupe, mapped onto the `data.*` config keys."""
+    options = [
+        click.option(
+            "--data",
+            "data_path",
+            type=str,
+            default=None,
+            help="Candle file (CSV, CSV.GZ, Parquet, Binance kline CSV, freqtrade JSON). "
+            "Default: the embedded synthetic market.",
+        ),
+        click.option("--symbol", type=str, default=None, help="Market symbol, e.g. BTC/USDT."),
+        click.option("--interval", type=str, default=None, help="Candle interval, e.g. 1h, 5m."),
+        click.option(
+            "--gaps",
+            type=click.Choice(["fill", "drop", "error"]),
+            default=None,
+            help="Missing candles: fill (flagged), drop, or error. Default: fill.",
+        ),
+        click.option(
+            "--dedupe", is_flag=True, default=None, help="Keep the last of duplicate timestamps."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def data_overrides(
+    data_path: str | None,
+    symbol: str | None,
+    interval: str | None,
+    gaps: str | None,
+    dedupe: bool | None,
+) -> dict[str, Any]:
+    return {
+        "data.path": data_path,
+        "data.symbol": symbol,
+        "data.interval": interval,
+        "data.gaps": gaps,
+        "data.dedupe": dedupe or None,
+    }

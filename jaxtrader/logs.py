@@ -1,0 +1,113 @@
+"""Structured logging (human text or JSON lines) and progress bars.
+
+Every record carries a timestamp, level, event name and key=value fields. Library code calls
+`log_event(logger, "event_name", key=value, ...)`; the CLI picks the output format once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+LogFormat = Literal["text", "json"]
+T = TypeVar("T")
+
+_FIELDS_ATTR = "jt_fields"
+_EVENT_ATTR = "jt_event"
+_state: dict[str, LogFormat] = {"format": "text"}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / jax scalars
+        try:
+            return _jsonable(value.item())
+        except (TypeError, ValueError):
+            pass
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "event": getattr(record, _EVENT_ATTR, None) or record.getMessage(),
+            "logger": record.name,
+        }
+        doc.update(_jsonable(getattr(record, _FIELDS_ATTR, {})))
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event = getattr(record, _EVENT_ATTR, None) or record.getMessage()
+        parts = [_timestamp(record), record.levelname.lower(), event]
+        for k, v in getattr(record, _FIELDS_ATTR, {}).items():
+            if isinstance(v, float):
+                v = f"{v:.6g}"
+            parts.append(f"{k}={v}")
+        return " ".join(str(p) for p in parts)
+
+
+def setup_logging(fmt: LogFormat = "text", level: int = logging.INFO) -> None:
+    """Configures the `jaxtrader` logger tree to write to stderr in the chosen format."""
+    _state["format"] = fmt
+    root = logging.getLogger("jaxtrader")
+    root.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+def log_format() -> LogFormat:
+    return _state["format"]
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name if name.startswith("jaxtrader") else f"jaxtrader.{name}")
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Logs one structured event: a name plus key=value fields."""
+    logger.log(level, event, extra={_EVENT_ATTR: event, _FIELDS_ATTR: fields})
+
+
+def progress(
+    iterable: Iterable[T], total: int | None = None, desc: str = "", leave: bool = False
+) -> Iterator[T]:
+    """A tqdm bar on stderr in text mode; silent pass-through with JSON logs or no terminal."""
+    if log_format() == "json" or not sys.stderr.isatty():
+        yield from iterable
+        return
+    from tqdm import tqdm
+
+    yield from tqdm(iterable, total=total, desc=desc, leave=leave, dynamic_ncols=True)
+
+
+def progress_bar(total: int | None, desc: str = "", leave: bool = False) -> Any:
+    """A manually advanced tqdm bar (`update`, `set_postfix`); disabled with JSON logs or no tty."""
+    from tqdm import tqdm
+
+    disable = log_format() == "json" or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, leave=leave, dynamic_ncols=True, disable=disable)

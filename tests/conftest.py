@@ -1,0 +1,37 @@
+"""Shared fixtures: paths to the real shared data (skipping with a reason when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BTC_1H = SHARED_DATA / "binance_btcusdt_1h.csv.gz"
+ETH_1H = SHARED_DATA / "binance_ethusdt_1h.csv.gz"
+BTC_5M = SHARED_DATA / "binance_btcusdt_5m.csv.gz"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data {path.name} not found: ../shared/data is absent in this checkout")
+    return path
+
+
+@pytest.fixture
+def btc_1h() -> Path:
+    return _require(BTC_1H)
+
+
+@pytest.fixture
+def eth_1h() -> Path:
+    return _require(ETH_1H)
+
+
+@pytest.fixture
+def btc_5m() -> Path:
+    return _require(BTC_5M)

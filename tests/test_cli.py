@@ -1,0 +1,73 @@
+"""CLI behaviour in real subprocesses: help is fast and JAX-free, errors are one line with exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxtrader.cli import cli
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jaxtrader", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def _all_command_paths() -> list[list[str]]:
+    import click
+
+    paths: list[list[str]] = [[]]
+
+    def walk(group: click.Group, prefix: list[str]) -> None:
+        for name, cmd in group.commands.items():
+            paths.append([*prefix, name])
+            if isinstance(cmd, click.Group):
+                walk(cmd, [*prefix, name])
+
+    walk(cli, [])
+    return paths
+
+
+@pytest.mark.parametrize("path", _all_command_paths(), ids=lambda p: " ".join(p) or "root")
+def test_help_works_for_every_command(path: list[str]) -> None:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_help_does_not_import_jax() -> None:
+    code = (
+        "import sys; from jaxtrader.cli import main\n"
+        "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+        "bad = [m for m in ('jax', 'flax', 'optax', 'pandas', 'talib') if m in sys.modules]\n"
+        "print('HEAVY:' + ','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().endswith("HEAVY:"), out.stdout + out.stderr
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepoch = 1\n")
+    result = run("--config", str(bad), "config", "show")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: unknown key 'train.epoch'")
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_flag_exits_2_without_traceback() -> None:
+    result = run("config", "show", "--nope")
+    assert result.returncode == 2
+    assert "No such option" in result.stderr
+    assert "Traceback" not in result.stderr
