@@ -1,0 +1,93 @@
+"""The paper broker: market orders decided at the close of candle t fill at the OPEN of candle t+1.
+
+Paper trading only; real order placement is out of scope. An order carries a target exposure (a
+signed fraction of equity) rather than a quantity: the quantity is resolved at the fill price, like
+a "buy with X% of equity" order, so a long never leaves negative cash after fees. The fill price is
+the next candle's open moved against the trader by the slippage; the fee is charged on the notional.
+No fill ever uses a price the strategy could not have seen when the candle opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from jaxtrader.trading.portfolio import FillResult, Portfolio, apply_fill
+
+
+@dataclass(frozen=True)
+class Order:
+    """A pending market order: decided at `decided_ts` (a candle close), fills at the next open."""
+
+    order_id: int
+    decided_ts: pd.Timestamp
+    target: float  # signed exposure as a fraction of equity
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["decided_ts"] = self.decided_ts.isoformat()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Order:
+        return cls(
+            order_id=int(d["order_id"]),
+            decided_ts=pd.Timestamp(d["decided_ts"]),
+            target=float(d["target"]),
+            reason=str(d["reason"]),
+        )
+
+
+@dataclass(frozen=True)
+class Fill:
+    """One execution: signed units at a price with a fee, plus the portfolio it produced."""
+
+    order_id: int
+    ts: pd.Timestamp
+    units: float
+    price: float
+    fee: float
+    result: FillResult
+
+
+@dataclass(frozen=True)
+class PaperBroker:
+    """Fee and slippage in basis points of notional."""
+
+    fee_bps: float = 10.0
+    slippage_bps: float = 0.0
+
+    def target_units(self, pf: Portfolio, target: float, price: float) -> float:
+        """Units to hold after the fill so the position is `target` x equity at `price`.
+
+        When a long grows, the fee is paid from the same equity, so the size solves
+        u' * p = target * (equity - fee) with fee = (u' - u) * p * rate.
+        """
+        equity = pf.equity(price)
+        if target == 0 or equity <= 0:
+            return 0.0
+        rate = self.fee_bps / 1e4
+        naive = target * equity / price
+        if target > 0 and naive > pf.units >= 0:
+            return target * (equity + rate * price * pf.units) / (price * (1.0 + target * rate))
+        return naive
+
+    def fill(self, pf: Portfolio, order: Order, ts: pd.Timestamp, open_price: float) -> Fill | None:
+        """Executes `order` at the open of candle `ts`; None when nothing needs trading."""
+        slip = self.slippage_bps / 1e4
+        # The side, and so the slippage direction, follows from the unslipped target size.
+        side = self.target_units(pf, order.target, open_price) - pf.units
+        if side == 0:
+            return None
+        price = open_price * (1.0 + slip if side > 0 else 1.0 - slip)
+        delta = self.target_units(pf, order.target, price) - pf.units
+        if order.target == 0:
+            delta = -pf.units  # exits close exactly, with no float residue
+        if delta == 0:
+            return None
+        fee = abs(delta) * price * self.fee_bps / 1e4
+        return Fill(order.order_id, ts, delta, price, fee, apply_fill(pf, delta, price, fee))

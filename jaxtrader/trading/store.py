@@ -1,0 +1,329 @@
+"""Persistent trading state in one SQLite file, every table keyed by strategy_id.
+
+WAL mode plus a busy timeout lets several strategy processes share a file. Each processed candle is
+written in ONE transaction (`commit_candle`), so a crash leaves all or none of a candle's effects and
+a restart resumes after the last committed candle. Timestamps are stored as ISO 8601 UTC text, which
+sorts chronologically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jaxtrader.errors import RiskError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS strategies (
+  strategy_id TEXT PRIMARY KEY, config_json TEXT NOT NULL, config_hash TEXT NOT NULL,
+  model_json TEXT NOT NULL, model_hash TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS state (
+  strategy_id TEXT PRIMARY KEY, last_ts TEXT, state_json TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS candles (
+  strategy_id TEXT NOT NULL, ts TEXT NOT NULL, open REAL, high REAL, low REAL, close REAL,
+  volume REAL, filled INTEGER NOT NULL, processed INTEGER NOT NULL,
+  PRIMARY KEY (strategy_id, ts));
+CREATE TABLE IF NOT EXISTS signals (
+  strategy_id TEXT NOT NULL, ts TEXT NOT NULL, prob_up REAL, desired REAL, fallback TEXT,
+  action TEXT NOT NULL, reason TEXT NOT NULL, target REAL NOT NULL, latency_ms REAL NOT NULL,
+  PRIMARY KEY (strategy_id, ts));
+CREATE TABLE IF NOT EXISTS orders (
+  strategy_id TEXT NOT NULL, order_id INTEGER NOT NULL, decided_ts TEXT NOT NULL,
+  target REAL NOT NULL, reason TEXT NOT NULL, status TEXT NOT NULL, filled_ts TEXT,
+  PRIMARY KEY (strategy_id, order_id));
+CREATE TABLE IF NOT EXISTS fills (
+  strategy_id TEXT NOT NULL, order_id INTEGER NOT NULL, ts TEXT NOT NULL, units REAL NOT NULL,
+  price REAL NOT NULL, fee REAL NOT NULL, realized REAL NOT NULL, trade_pnl REAL,
+  PRIMARY KEY (strategy_id, order_id));
+CREATE TABLE IF NOT EXISTS positions (
+  strategy_id TEXT NOT NULL, ts TEXT NOT NULL, units REAL NOT NULL, avg_entry REAL NOT NULL,
+  cash REAL NOT NULL, realized_pnl REAL NOT NULL, fees REAL NOT NULL,
+  PRIMARY KEY (strategy_id, ts));
+CREATE TABLE IF NOT EXISTS equity (
+  strategy_id TEXT NOT NULL, ts TEXT NOT NULL, close REAL NOT NULL, equity REAL NOT NULL,
+  unrealized REAL NOT NULL, PRIMARY KEY (strategy_id, ts));
+CREATE TABLE IF NOT EXISTS risk_events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, strategy_id TEXT NOT NULL, ts TEXT NOT NULL,
+  category TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS risk_events_sid ON risk_events (strategy_id, ts);
+"""
+TABLES = ("strategies", "state", "candles", "signals", "orders", "fills", "positions", "equity")
+
+
+def stable_hash(obj: Any) -> str:
+    """SHA-256 of canonical JSON: equal configs hash equal whatever their key order."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class CandleRow:
+    ts: str
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    filled: bool = False
+
+
+@dataclass
+class CandleCommit:
+    """Everything one processed candle changes; written atomically by `Store.commit_candle`."""
+
+    ts: str
+    state: dict[str, Any]
+    candles: list[CandleRow]  # the processed candle plus any gap-filled ones before it
+    signal: dict[str, Any]
+    position: dict[str, float]
+    equity: dict[str, float]
+    new_order: dict[str, Any] | None = None
+    fill: dict[str, Any] | None = None
+    settled: tuple[int, str] | None = None  # (order_id, "filled" | "skipped") of the open order
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (category, kind, reason)
+
+
+class Store:
+    """A connection to one state file. Not thread-safe; one per process."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            raise RiskError(f"state file directory {self.path.parent} does not exist; create it")
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            self.conn.execute("PRAGMA busy_timeout = 30000")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL is durable against process crashes (SIGKILL) in WAL mode; only a power loss
+            # may drop the last transactions, never corrupt the file.
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise RiskError(
+                f"state file {self.path} is not a usable SQLite database: {e}"
+            ) from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- strategies ---------------------------------------------------------------------------
+
+    def register(
+        self, sid: str, config: dict[str, Any], model: dict[str, Any], *, fresh: bool = False
+    ) -> bool:
+        """Records (or checks) a strategy's config and model; True when it starts fresh.
+
+        A different config or model for an existing id is refused: mixing them would make the
+        stored history meaningless. `fresh=True` deletes the id's old rows first.
+        """
+        config_hash, model_hash = stable_hash(config), str(model["hash"])
+        with self.transaction() as c:
+            if fresh:
+                self._delete(c, sid)
+            row = c.execute(
+                "SELECT config_hash, model_hash, config_json, model_json FROM strategies "
+                "WHERE strategy_id = ?",
+                (sid,),
+            ).fetchone()
+            if row is None:
+                c.execute(
+                    "INSERT INTO strategies VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        sid,
+                        json.dumps(config, sort_keys=True),
+                        config_hash,
+                        json.dumps(model, sort_keys=True, default=str),
+                        model_hash,
+                        _now(),
+                    ),
+                )
+                return True
+        if row[1] != model_hash:
+            old = json.loads(row[3])
+            raise RiskError(
+                f"strategy '{sid}' in {self.path} was started with checkpoint "
+                f"{old.get('checkpoint')} (manifest {str(row[1])[:12]}), not "
+                f"{model.get('checkpoint')} (manifest {model_hash[:12]}); pass --new-strategy to "
+                "start it afresh or use a different --strategy-id"
+            )
+        if row[0] != config_hash:
+            old_cfg = json.loads(row[2])
+            diff = sorted(k for k in set(old_cfg) | set(config) if old_cfg.get(k) != config.get(k))
+            raise RiskError(
+                f"strategy '{sid}' in {self.path} was started with a different config "
+                f"(changed: {', '.join(diff)}); pass --new-strategy to start it afresh or use a "
+                "different --strategy-id"
+            )
+        return False
+
+    def _delete(self, c: sqlite3.Connection, sid: str) -> None:
+        for table in (*TABLES, "risk_events"):
+            c.execute(f"DELETE FROM {table} WHERE strategy_id = ?", (sid,))
+
+    def strategy_ids(self) -> list[str]:
+        rows = self.conn.execute("SELECT strategy_id FROM strategies ORDER BY strategy_id")
+        return [r[0] for r in rows]
+
+    def strategy(self, sid: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT config_json, model_json, created_at FROM strategies WHERE strategy_id = ?",
+            (sid,),
+        ).fetchone()
+        if row is None:
+            return None
+        return {"config": json.loads(row[0]), "model": json.loads(row[1]), "created_at": row[2]}
+
+    # -- resumable state ----------------------------------------------------------------------
+
+    def load_state(self, sid: str) -> tuple[str | None, dict[str, Any]] | None:
+        row = self.conn.execute(
+            "SELECT last_ts, state_json FROM state WHERE strategy_id = ?", (sid,)
+        ).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def history(self, sid: str, n: int) -> list[CandleRow]:
+        """The last `n` candles of the strategy's rolling buffer (warm-up and processed)."""
+        rows = self.conn.execute(
+            "SELECT ts, open, high, low, close, volume, filled FROM candles WHERE strategy_id = ? "
+            "ORDER BY ts DESC LIMIT ?",
+            (sid, n),
+        ).fetchall()
+        return [CandleRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in reversed(rows)]
+
+    def commit_warmup(self, sid: str, state: dict[str, Any], candles: Sequence[CandleRow]) -> None:
+        """Stores the warm-up history (never traded) and the initial state in one transaction."""
+        with self.transaction() as c:
+            self._insert_candles(c, sid, candles, processed=False)
+            self._put_state(c, sid, None, state)
+
+    def commit_candle(self, sid: str, cc: CandleCommit) -> None:
+        with self.transaction() as c:
+            self._insert_candles(c, sid, cc.candles[:-1], processed=False)
+            self._insert_candles(c, sid, cc.candles[-1:], processed=True)
+            s = cc.signal
+            c.execute(
+                "INSERT INTO signals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sid,
+                    cc.ts,
+                    s["prob_up"],
+                    s["desired"],
+                    s["fallback"],
+                    s["action"],
+                    s["reason"],
+                    s["target"],
+                    s["latency_ms"],
+                ),
+            )
+            if cc.fill is not None:
+                f = cc.fill
+                c.execute(
+                    "INSERT INTO fills VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        sid,
+                        f["order_id"],
+                        cc.ts,
+                        f["units"],
+                        f["price"],
+                        f["fee"],
+                        f["realized"],
+                        f["trade_pnl"],
+                    ),
+                )
+            if cc.settled is not None:
+                oid, status = cc.settled
+                c.execute(
+                    "UPDATE orders SET status = ?, filled_ts = ? WHERE strategy_id = ? AND "
+                    "order_id = ?",
+                    (status, cc.ts, sid, oid),
+                )
+            if cc.new_order is not None:
+                o = cc.new_order
+                c.execute(
+                    "INSERT INTO orders VALUES (?, ?, ?, ?, ?, 'pending', NULL)",
+                    (sid, o["order_id"], o["decided_ts"], o["target"], o["reason"]),
+                )
+            p = cc.position
+            c.execute(
+                "INSERT INTO positions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sid, cc.ts, p["units"], p["avg_entry"], p["cash"], p["realized_pnl"], p["fees"]),
+            )
+            e = cc.equity
+            c.execute(
+                "INSERT INTO equity VALUES (?, ?, ?, ?, ?)",
+                (sid, cc.ts, e["close"], e["equity"], e["unrealized"]),
+            )
+            c.executemany(
+                "INSERT INTO risk_events (strategy_id, ts, category, kind, reason) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(sid, cc.ts, *ev) for ev in cc.events],
+            )
+            self._put_state(c, sid, cc.ts, cc.state)
+
+    def add_event(self, sid: str, ts: str, category: str, kind: str, reason: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO risk_events (strategy_id, ts, category, kind, reason) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (sid, ts, category, kind, reason),
+            )
+
+    def _insert_candles(
+        self, c: sqlite3.Connection, sid: str, rows: Sequence[CandleRow], processed: bool
+    ) -> None:
+        c.executemany(
+            "INSERT INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (sid, r.ts, r.open, r.high, r.low, r.close, r.volume, int(r.filled), int(processed))
+                for r in rows
+            ],
+        )
+
+    def _put_state(
+        self, c: sqlite3.Connection, sid: str, last_ts: str | None, state: dict[str, Any]
+    ) -> None:
+        c.execute(
+            "INSERT INTO state VALUES (?, ?, ?, ?) ON CONFLICT (strategy_id) DO UPDATE SET "
+            "last_ts = COALESCE(excluded.last_ts, state.last_ts), state_json = excluded.state_json, "
+            "updated_at = excluded.updated_at",
+            (sid, last_ts, json.dumps(state, sort_keys=True), _now()),
+        )
+
+    # -- reads for reports and tests ----------------------------------------------------------
+
+    def rows(self, table: str, sid: str) -> list[dict[str, Any]]:
+        """All rows of one table for one strategy, in time order, as dicts."""
+        if table not in (*TABLES, "risk_events"):
+            raise ValueError(f"unknown table {table}")
+        order = "id" if table == "risk_events" else "rowid"
+        cur = self.conn.execute(
+            f"SELECT * FROM {table} WHERE strategy_id = ? ORDER BY {order}", (sid,)
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def event_counts(self, sid: str) -> dict[str, int]:
+        rows = self.conn.execute(
+            "SELECT kind, COUNT(*) FROM risk_events WHERE strategy_id = ? GROUP BY kind", (sid,)
+        )
+        return {k: int(n) for k, n in rows}

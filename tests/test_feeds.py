@@ -1,0 +1,178 @@
+"""Feeds: replay ranges and warm-up; ccxt polling with a fake exchange at the network boundary."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from jaxtrader.data import synth_candles, write_candles
+from jaxtrader.errors import DataError
+from jaxtrader.trading import feeds
+from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
+
+H = pd.Timedelta("1h")
+
+
+@pytest.fixture
+def candle_file(tmp_path: Path) -> Path:
+    frame = synth_candles(rows=50).frame
+    frame = frame.drop(frame.index[20])  # a real gap: the replay must leave it as a hole
+    return write_candles(frame, tmp_path / "c.csv")
+
+
+def test_replay_range_warmup_and_resume(candle_file: Path) -> None:
+    frame = synth_candles(rows=50).frame
+    start, end = frame.index[10], frame.index[30]
+    feed = ReplayFeed(candle_file, start=start, end=end)
+    got = list(feed.candles())
+    assert got[0].ts == start and got[-1].ts == end
+    assert len(got) == 20  # 21 stamps minus the hole
+    assert frame.index[20] not in {c.ts for c in got}
+    assert got[0].close == pytest.approx(frame["close"].iloc[10])
+    warm = feed.warmup(5)
+    assert [c.ts for c in warm] == list(frame.index[5:10])
+    resumed = list(feed.candles(after=frame.index[25]))
+    assert [c.ts for c in resumed] == list(frame.index[26:31])
+    assert feed.remaining(frame.index[25]) == 5
+
+
+def test_replay_empty_range_is_an_error(candle_file: Path) -> None:
+    with pytest.raises(DataError, match="no candles between"):
+        ReplayFeed(
+            candle_file,
+            start=pd.Timestamp("2030-01-01T00:00Z"),
+            end=pd.Timestamp("2031-01-01T00:00Z"),
+        )
+    with pytest.raises(DataError, match="replay range is empty"):
+        ReplayFeed(candle_file, start=pd.Timestamp("2030-01-01T00:00Z"))
+
+
+def test_replay_stops_when_asked(candle_file: Path) -> None:
+    stop = threading.Event()
+    feed = ReplayFeed(candle_file, stop=stop)
+    out = []
+    for c in feed.candles():
+        out.append(c)
+        if len(out) == 3:
+            stop.set()
+    assert len(out) == 3
+
+
+class NetworkError(Exception):
+    pass
+
+
+class RateLimitExceeded(NetworkError):
+    pass
+
+
+class ExchangeError(Exception):
+    pass
+
+
+class FakeExchange:
+    """Mimics ccxt's fetch_ohlcv: rows [ms, o, h, l, c, v], the last one still forming."""
+
+    rateLimit = 1500
+
+    def __init__(self, clock: list[float], script: list[Any]) -> None:
+        self.clock = clock
+        self.script = script
+        self.calls: list[tuple[Any, ...]] = []
+
+    def fetch_ohlcv(self, symbol: str, timeframe: str, since: Any = None, limit: Any = None) -> Any:
+        self.calls.append((symbol, timeframe, since, limit))
+        step = self.script.pop(0) if self.script else "ok"
+        if isinstance(step, Exception):
+            raise step
+        now_ms = self.clock[0] * 1000
+        first = 0 if since is None else since
+        rows = []
+        t = first
+        while t <= now_ms:  # includes the forming candle
+            rows.append([t, 100.0, 101.0, 99.0, 100.5, 1.0])
+            t += 3_600_000
+        if limit is not None:
+            rows = rows[-limit:]
+        return rows
+
+
+def _feed(
+    clock: list[float], script: list[Any], **kw: Any
+) -> tuple[CcxtFeed, FakeExchange, list[float]]:
+    ex = FakeExchange(clock, script)
+    slept: list[float] = []
+
+    def sleep(s: float) -> bool:
+        slept.append(s)
+        clock[0] += s
+        return False
+
+    return (
+        CcxtFeed("fake", "BTC/USDT", H, exchange=ex, clock=lambda: clock[0], sleep=sleep, **kw),
+        ex,
+        slept,
+    )
+
+
+def test_ccxt_drops_forming_candle_and_polls_next_close() -> None:
+    clock = [10 * 3600 + 600.0]  # 10:10, candle 10:00 is forming
+    feed, ex, slept = _feed(clock, [])
+    warm = feed.warmup(3)
+    assert [c.ts.hour for c in warm] == [7, 8, 9]
+    got = list(itertools.islice(feed.candles(after=warm[-1].ts), 3))
+    assert [c.ts.hour for c in got] == [10, 11, 12]
+    assert ex.calls[1][2] == 10 * 3_600_000  # polled since the candle after the last one
+    assert all(c.ts + H <= pd.Timestamp(clock[0], unit="s", tz="UTC") for c in got)
+    assert slept[0] == pytest.approx(3000 + 2.0)  # until 11:00 close plus the settle margin
+
+
+def test_ccxt_retries_network_errors_with_backoff() -> None:
+    clock = [5 * 3600 + 60.0]
+    feed, _, slept = _feed(clock, [NetworkError("down"), RateLimitExceeded("slow"), "ok"])
+    warm = feed.warmup(2)
+    assert [c.ts.hour for c in warm] == [3, 4]
+    assert slept == [1.0, 2.0]  # rate limit waits at least rateLimit (1.5 s): 2.0 here
+    assert feed.retries == 2
+
+
+def test_ccxt_gives_up_after_max_retries_and_other_errors_are_clear() -> None:
+    feed, _, _ = _feed([3600.0], [NetworkError("x")] * 3, max_retries=2)
+    with pytest.raises(DataError, match="still failing after 2 retries"):
+        feed.warmup(1)
+    feed, _, _ = _feed([3600.0], [ExchangeError("bad symbol")])
+    with pytest.raises(DataError, match="ExchangeError: bad symbol"):
+        feed.warmup(1)
+
+
+def test_ccxt_passes_bad_values_through_as_nan() -> None:
+    clock = [7200.0 + 10]
+
+    class Bad(FakeExchange):
+        def fetch_ohlcv(self, *a: Any, **k: Any) -> Any:
+            return [[0, None, 1.0, 1.0, 1.0, 1.0], [3_600_000, 1, 1, 1, 1, 1]]
+
+    feed = CcxtFeed("fake", "X/Y", H, exchange=Bad(clock, []), clock=lambda: clock[0])
+    got = feed.warmup(5)
+    assert len(got) == 2 and math.isnan(got[0].open) and got[1].open == 1.0
+
+
+def test_missing_ccxt_is_one_line_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ccxt(name: str, *a: Any, **k: Any) -> Any:
+        if name == "ccxt":
+            raise ImportError("no ccxt")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ccxt)
+    with pytest.raises(DataError, match=r"pip install 'jaxtrader\[live\]'"):
+        feeds.make_exchange("binance")

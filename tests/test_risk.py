@@ -1,0 +1,115 @@
+"""Risk manager: every limit acts, with a reason, and only on its own state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from jaxtrader.config import RiskConfig
+from jaxtrader.trading import risk
+from jaxtrader.trading.risk import RiskState
+
+DAY1 = pd.Timestamp("2024-03-01T05:00:00Z")
+
+
+def _decide(cfg: RiskConfig, state: RiskState, **kw: float | None):  # type: ignore[no-untyped-def]
+    args = {"desired": 1.0, "current": 0.0, "equity": 1000.0, "close": 100.0, "units": 0.0,
+            "avg_entry": 0.0}  # fmt: skip
+    args.update(kw)
+    return risk.decide(cfg, state, **args)  # type: ignore[arg-type]
+
+
+def test_max_position_clamps_both_sides() -> None:
+    cfg = RiskConfig(max_position=0.4)
+    d, _, _ = _decide(cfg, RiskState(), desired=1.0)
+    assert (d.target, d.action, d.reason) == (0.4, "clamp", "max_position")
+    d, _, _ = _decide(cfg, RiskState(), desired=-1.0)
+    assert d.target == -0.4
+
+
+def test_daily_drawdown_halts_until_next_utc_day() -> None:
+    cfg = RiskConfig(daily_drawdown=0.05)
+    state, _ = risk.start_candle(RiskState(), DAY1, 1000.0)
+    assert (state.day, state.day_start_equity) == ("2024-03-01", 1000.0)
+    d, state, _ = _decide(cfg, state, equity=951.0, current=1.0, units=10.0, avg_entry=95.1)
+    assert d.action == "allow" and not state.halted  # 4.9% is inside the limit
+    d, state, events = _decide(cfg, state, equity=950.0, current=1.0, units=10.0, avg_entry=95.1)
+    assert (d.target, d.action, d.reason) == (0.0, "exit", "daily_drawdown")
+    assert state.halted and events[0].kind == "daily_drawdown"
+    # Same day: recovering equity does not lift the halt; entries are blocked.
+    state, _ = risk.start_candle(state, DAY1 + pd.Timedelta("5h"), 990.0)
+    d, state, _ = _decide(cfg, state, equity=990.0)
+    assert (d.target, d.action) == (0.0, "block")
+    # Next UTC day: the anchor is the equity before the day's first candle.
+    state, events = risk.start_candle(state, pd.Timestamp("2024-03-02T00:00:00Z"), 990.0)
+    assert not state.halted and state.day_start_equity == 990.0
+    assert [e.kind for e in events] == ["halt_lifted"]
+    d, _, _ = _decide(cfg, state, equity=990.0)
+    assert d.target == 1.0
+
+
+def test_breaker_on_model_failures_then_cooldown() -> None:
+    cfg = RiskConfig(breaker_failures=3, cooldown=2)
+    state = RiskState()
+    for _ in range(2):
+        state, ev = risk.on_model_result(cfg, state, failed=True, why="timeout")
+        assert ev == []
+    state, _ = risk.on_model_result(cfg, state, failed=False)
+    assert state.model_failures == 0  # a success resets the count
+    for _ in range(3):
+        state, ev = risk.on_model_result(cfg, state, failed=True, why="timeout")
+    assert ev[0].kind == "circuit_breaker" and "3 consecutive model failures" in ev[0].reason
+    assert state.cooldown_left == 2
+    d, state, _ = _decide(cfg, state, current=1.0, units=5.0, avg_entry=100.0)
+    assert (d.target, d.action, d.reason) == (0.0, "exit", "circuit_breaker")
+    d, state, _ = _decide(cfg, state)
+    assert (d.target, d.action) == (0.0, "block")
+    d, state, _ = _decide(cfg, state)
+    assert (d.target, d.action) == (1.0, "allow")
+
+
+def test_breaker_on_losing_trades() -> None:
+    cfg = RiskConfig(breaker_losses=2, cooldown=5)
+    state, ev = risk.on_trade_closed(cfg, RiskState(), -1.0)
+    assert ev == [] and state.losing_trades == 1
+    state, _ = risk.on_trade_closed(cfg, state, 0.5)
+    assert state.losing_trades == 0
+    state, _ = risk.on_trade_closed(cfg, state, -1.0)
+    state, ev = risk.on_trade_closed(cfg, state, -2.0)
+    assert ev[0].kind == "circuit_breaker" and state.cooldown_left == 5
+
+
+@pytest.mark.parametrize(
+    ("units", "close", "kind"),
+    [(2.0, 94.0, "stop_loss"), (2.0, 111.0, "take_profit"), (-2.0, 106.0, "stop_loss"),
+     (-2.0, 89.0, "take_profit")],
+)  # fmt: skip
+def test_stop_loss_and_take_profit(units: float, close: float, kind: str) -> None:
+    cfg = RiskConfig(stop_loss=0.05, take_profit=0.10)
+    d, _, events = _decide(cfg, RiskState(), current=1.0, units=units, avg_entry=100.0, close=close)
+    assert (d.target, d.action, d.reason) == (0.0, "exit", kind)
+    assert events[0].kind == kind
+    d, _, _ = _decide(cfg, RiskState(), current=1.0, units=units, avg_entry=100.0, close=100.0)
+    assert d.action == "allow"
+
+
+def test_max_trades_per_day_blocks_entries_not_exits() -> None:
+    cfg = RiskConfig(max_trades_per_day=1)
+    state = risk.count_order(RiskState(day="2024-03-01"))
+    d, _, events = _decide(cfg, state, desired=1.0, current=0.0)
+    assert (d.target, d.action) == (0.0, "block") and events[0].kind == "max_trades_per_day"
+    d, _, _ = _decide(cfg, state, desired=0.0, current=1.0)
+    assert (d.target, d.action) == (0.0, "allow")
+
+
+def test_neutral_holds_current_position() -> None:
+    d, _, _ = _decide(RiskConfig(), RiskState(), desired=None, current=1.0, units=3.0,
+                      avg_entry=100.0)  # fmt: skip
+    assert (d.target, d.action, d.reason) == (1.0, "hold", "neutral")
+
+
+def test_state_round_trips() -> None:
+    s = dataclasses.replace(RiskState(), day="2024-01-01", halted=True, cooldown_left=3)
+    assert RiskState.from_dict(s.to_dict()) == s

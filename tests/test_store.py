@@ -1,0 +1,94 @@
+"""SQLite state: atomic candles, config/model checks, shared files."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from jaxtrader.errors import RiskError
+from jaxtrader.trading.store import CandleCommit, CandleRow, Store
+
+MODEL = {"hash": "m1", "checkpoint": "ckpt/a"}
+
+
+def _commit(ts: str, equity: float, order: dict | None = None) -> CandleCommit:  # type: ignore[type-arg]
+    return CandleCommit(
+        ts=ts,
+        state={"n": ts},
+        candles=[CandleRow(ts, 1.0, 2.0, 0.5, 1.5, 10.0)],
+        signal={
+            "prob_up": 0.6,
+            "desired": 1.0,
+            "fallback": None,
+            "action": "allow",
+            "reason": "signal",
+            "target": 1.0,
+            "latency_ms": 1.0,
+        },
+        position={"units": 0.0, "avg_entry": 0.0, "cash": equity, "realized_pnl": 0.0, "fees": 0.0},
+        equity={"close": 1.5, "equity": equity, "unrealized": 0.0},
+        new_order=order,
+        events=[("risk", "clamp", "max_position")],
+    )
+
+
+def test_register_refuses_other_model_or_config(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    assert store.register("a", {"fee_bps": 10}, MODEL) is True
+    assert store.register("a", {"fee_bps": 10}, MODEL) is False
+    with pytest.raises(RiskError, match=r"different config \(changed: fee_bps\).*--new-strategy"):
+        store.register("a", {"fee_bps": 5}, MODEL)
+    with pytest.raises(RiskError, match=r"checkpoint ckpt/a .* not ckpt/b"):
+        store.register("a", {"fee_bps": 10}, {"hash": "m2", "checkpoint": "ckpt/b"})
+    store.commit_candle("a", _commit("2024-01-01T00:00:00+00:00", 100.0))
+    assert store.register("a", {"fee_bps": 5}, MODEL, fresh=True) is True
+    assert store.rows("equity", "a") == [] and store.load_state("a") is None
+
+
+def test_commit_is_all_or_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.register("a", {}, MODEL)
+    order = {"order_id": 1, "decided_ts": "2024-01-01T00:00:00+00:00", "target": 1.0, "reason": "s"}
+    store.commit_candle("a", _commit("2024-01-01T00:00:00+00:00", 100.0, order))
+    # The same candle again violates the primary keys half-way through: nothing may stick.
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit_candle("a", _commit("2024-01-01T00:00:00+00:00", 999.0))
+    assert [r["equity"] for r in store.rows("equity", "a")] == [100.0]
+    assert len(store.rows("signals", "a")) == 1
+    assert store.event_counts("a") == {"clamp": 1}
+    assert store.load_state("a") == (
+        "2024-01-01T00:00:00+00:00",
+        {"n": "2024-01-01T00:00:00+00:00"},
+    )
+    assert store.rows("orders", "a")[0]["status"] == "pending"
+
+
+def test_two_connections_share_one_file_in_wal(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    one, two = Store(path), Store(path)
+    assert one.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    one.register("a", {}, MODEL)
+    two.register("b", {}, MODEL)
+    one.commit_candle("a", _commit("2024-01-01T00:00:00+00:00", 1.0))
+    two.commit_candle("b", _commit("2024-01-01T00:00:00+00:00", 2.0))
+    assert one.strategy_ids() == ["a", "b"]
+    assert [r["equity"] for r in one.rows("equity", "b")] == [2.0]
+    assert one.rows("equity", "a")[0]["equity"] == 1.0
+
+
+def test_history_returns_last_n_in_order(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.register("a", {}, MODEL)
+    rows = [CandleRow(f"2024-01-01T0{i}:00:00+00:00", i, i, i, i, i) for i in range(5)]
+    store.commit_warmup("a", {"w": 1}, rows)
+    assert [r.open for r in store.history("a", 3)] == [2, 3, 4]
+    assert store.load_state("a") == (None, {"w": 1})
+
+
+def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite at all, just text" * 100)
+    with pytest.raises(RiskError, match="not a usable SQLite database"):
+        Store(bad)
