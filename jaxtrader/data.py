@@ -705,3 +705,25 @@ def write_candles(frame: pd.DataFrame, path: str | Path, *, append: bool = False
     except OSError as e:
         raise DataError(f"cannot write {p}: {e.strerror or e}; check the directory") from None
     return p
+
+
+def summarize(candles: Candles) -> dict[str, Any]:
+    """Plain-dict facts about loaded candles (what `jaxtrader data info` shows)."""
+    f = candles.frame
+    real = ~f["filled"].to_numpy()
+    source = candles.source
+    is_file = not source.startswith("synthetic:")
+    return {
+        "source": source,
+        "sha256": file_sha256(source) if is_file else None,
+        "symbol": candles.symbol,
+        "rows": int(real.sum()),
+        "filled": int((~real).sum()),
+        "first": _iso(candles.start),
+        "last": _iso(candles.end),
+        "interval": format_interval(candles.interval),
+        "gaps": candles.gaps.to_dict(),
+        "zero_volume": int(((f["volume"].to_numpy() == 0) & real).sum()),
+        "min_low": float(f["low"].min()),
+        "max_high": float(f["high"].max()),
+    }
