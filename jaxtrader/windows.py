@@ -1,0 +1,68 @@
+"""Raw candle windows gathered by index from one contiguous array, normalised per window.
+
+Windows are never materialised for a whole split (50k x 100 x 5 floats per split would be copied
+for nothing): the series is kept once as float32[T, 5] = (log open, log high, log low, log close,
+log1p volume), and a batch is gathered with one fancy-index over an index grid, then made
+scale-free per window:
+  * prices: log(price / close at t) = log price - log close[t]; the last close is 0 by construction;
+  * volume: log1p(volume) z-scored within the window (population std, eps-guarded); a window whose
+    volume is constant gives zeros.
+Training, evaluation and live inference all go through `gather_windows`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from jaxtrader.errors import ConfigError, DataError
+
+RAW_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+NUM_RAW = len(RAW_COLUMNS)
+CLOSE = 3
+VOLUME = 4
+VOLUME_EPS = 1e-6
+SEQ_LEN_RANGE = (50, 200)
+
+
+def check_seq_len(seq_len: int) -> None:
+    lo, hi = SEQ_LEN_RANGE
+    if not lo <= seq_len <= hi:
+        raise ConfigError(f"dataset.seq_len={seq_len} is outside the allowed {lo}..{hi} candles")
+
+
+def raw_series(frame: pd.DataFrame) -> np.ndarray:
+    """float32[T, 5]: log prices and log1p volume of a candle frame, C-contiguous."""
+    missing = [c for c in RAW_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"candle frame lacks column(s) {', '.join(missing)}")
+    values = frame[list(RAW_COLUMNS)].to_numpy(dtype=np.float64)
+    prices, volume = values[:, :VOLUME], values[:, VOLUME]
+    if not (prices > 0).all() or not (volume >= 0).all():
+        bad = int(np.flatnonzero(~((prices > 0).all(axis=1) & (volume >= 0)))[0])
+        raise DataError(
+            f"candle at {frame.index[bad]} has a non-positive price or negative volume; "
+            f"load candles through jaxtrader.data so they are validated"
+        )
+    out = np.empty((values.shape[0], NUM_RAW), dtype=np.float32)
+    out[:, :VOLUME] = np.log(prices)
+    out[:, VOLUME] = np.log1p(volume)
+    return out
+
+
+def gather_windows(raw_Tx5: np.ndarray, rows_B: np.ndarray, seq_len: int) -> np.ndarray:
+    """float32[B, W, 5]: the W candles ending at each row in `rows_B`, normalised per window."""
+    rows = np.asarray(rows_B, dtype=np.int64)
+    if rows.size and (rows.min() < seq_len - 1 or rows.max() >= raw_Tx5.shape[0]):
+        raise IndexError(f"window rows must lie in [{seq_len - 1}, {raw_Tx5.shape[0]})")
+    grid_BxW = rows[:, None] + np.arange(1 - seq_len, 1, dtype=np.int64)[None, :]
+    seq_BxWx5 = raw_Tx5[grid_BxW]  # one gather: a fresh [B, W, 5] array we may modify in place
+    seq_BxWx5[..., :VOLUME] -= raw_Tx5[rows, CLOSE][:, None, None]
+    vol_BxW = seq_BxWx5[..., VOLUME]
+    mean_Bx1 = vol_BxW.mean(axis=1, keepdims=True)
+    std_Bx1 = vol_BxW.std(axis=1, keepdims=True)
+    # Below eps the window's volume is constant up to float32 rounding: zeros, not amplified noise.
+    vol_BxW -= mean_Bx1
+    np.divide(vol_BxW, std_Bx1, out=vol_BxW, where=std_Bx1 > VOLUME_EPS)
+    vol_BxW[np.broadcast_to(std_Bx1 <= VOLUME_EPS, vol_BxW.shape)] = 0.0
+    return seq_BxWx5
