@@ -1,0 +1,131 @@
+"""How sure are we: Wilson intervals, a binomial test on an effective sample size, and a seeded
+stationary bootstrap for the Sharpe ratio.
+
+Labels over an h-candle horizon overlap, so consecutive rows share most of their outcome; treating
+n overlapping rows as n independent trials overstates certainty by about a factor sqrt(h). Every
+test here therefore runs on `effective_n = n // h` unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+def effective_n(n: int, horizon: int) -> int:
+    """Independent-trial equivalent of n rows whose labels overlap by `horizon` candles (>= 1)."""
+    if n <= 0:
+        return 0
+    return max(1, n // max(1, horizon))
+
+
+def wilson_interval(accuracy: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion observed as `accuracy` over `n` trials."""
+    if n <= 0:
+        return (0.0, 1.0)
+    denom = 1.0 + z * z / n
+    center = (accuracy + z * z / (2 * n)) / denom
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def binomial_p_value(accuracy: float, n: int, p0: float) -> float:
+    """One-sided P(X >= k) for X ~ Binomial(n, p0), k = round(accuracy * n): is accuracy > p0?"""
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        return 1.0
+    k = round(accuracy * n)
+    return float(binomtest(k, n, p0, alternative="greater").pvalue)
+
+
+def sharpe(returns: np.ndarray, periods_per_year: float) -> float:
+    """Annualized Sharpe ratio of per-period returns (risk-free 0); 0 when returns never vary."""
+    r = np.asarray(returns, dtype=np.float64)
+    if r.size < 2:
+        return 0.0
+    sd = r.std(ddof=1)
+    if not np.isfinite(sd) or sd <= 1e-15:
+        return 0.0
+    return float(r.mean() / sd * math.sqrt(periods_per_year))
+
+
+def default_block_length(n: int, horizon: int) -> int:
+    """Mean block length: at least the label horizon, and n^(1/3) (the usual order for Sharpe)."""
+    return max(1, horizon, round(n ** (1.0 / 3.0)))
+
+
+def stationary_bootstrap_indices(
+    n: int, num_samples: int, mean_block: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Politis-Romano stationary bootstrap: [num_samples, n] row indices with geometric blocks.
+
+    Each position starts a new block with probability 1 / mean_block at a uniform random row, and
+    otherwise continues the previous block with the next row (wrapping around).
+    """
+    restart = rng.random((num_samples, n)) < 1.0 / mean_block
+    restart[:, 0] = True
+    starts = rng.integers(0, n, size=(num_samples, n))
+    pos = np.broadcast_to(np.arange(n), (num_samples, n))
+    # The position of the latest block start at or before each column.
+    last = np.maximum.accumulate(np.where(restart, pos, 0), axis=1)
+    block_start = np.take_along_axis(starts, last, axis=1)
+    return (block_start + (pos - last)) % n
+
+
+def sharpe_bootstrap_ci(
+    returns: np.ndarray,
+    periods_per_year: float,
+    *,
+    horizon: int = 1,
+    num_samples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Percentile interval of the annualized Sharpe over stationary-bootstrap resamples (seeded)."""
+    r = np.asarray(returns, dtype=np.float64)
+    n = r.size
+    block = default_block_length(n, horizon)
+    out: dict[str, Any] = {
+        "method": "stationary_bootstrap",
+        "mean_block_length": block,
+        "samples": num_samples,
+        "seed": seed,
+        "level": level,
+    }
+    if n < 2:
+        return {**out, "lo": None, "hi": None}
+    rng = np.random.default_rng(seed)
+    sharpes = np.empty(num_samples, dtype=np.float64)
+    chunk = max(1, 2_000_000 // n)  # bounds memory to a few tens of MB per chunk
+    for s in range(0, num_samples, chunk):
+        m = min(chunk, num_samples - s)
+        sample_BxN = r[stationary_bootstrap_indices(n, m, block, rng)]
+        sd = sample_BxN.std(axis=1, ddof=1)
+        mean = sample_BxN.mean(axis=1)
+        safe = sd > 1e-15
+        sharpes[s : s + m] = np.where(safe, mean / np.where(safe, sd, 1.0), 0.0)
+    sharpes *= math.sqrt(periods_per_year)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(sharpes, [alpha, 1.0 - alpha])
+    return {**out, "lo": float(lo), "hi": float(hi)}
+
+
+def accuracy_significance(
+    accuracy: float, n: int, horizon: int, majority_accuracy: float
+) -> dict[str, Any]:
+    """Wilson 95% CI (on the effective n, plus the naive one on n) and the p-value vs majority."""
+    n_eff = effective_n(n, horizon)
+    return {
+        "accuracy_ci95": list(wilson_interval(accuracy, n_eff)),
+        "accuracy_ci95_naive": list(wilson_interval(accuracy, n)),
+        "p_value_vs_majority": binomial_p_value(accuracy, n_eff, majority_accuracy),
+        "majority_accuracy": majority_accuracy,
+        "effective_n": n_eff,
+        "n": n,
+        "horizon": horizon,
+    }

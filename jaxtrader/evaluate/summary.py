@@ -1,0 +1,295 @@
+"""The evaluation table (one row per evaluated candle) and the summary computed from it alone.
+
+`build_rows` turns model probabilities, labels, baseline predictions and candle prices into an
+`EvalRows` table; `summarize` computes every reported number from that table plus a few scalar
+settings (`EvalSettings`), so the `--predictions` CSV (`write_csv` / `read_csv`) is enough to
+recompute the whole report.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxtrader.errors import DataError
+from jaxtrader.evaluate import backtest as bt
+from jaxtrader.evaluate.baselines import BaselinePredictions, baseline_metrics
+from jaxtrader.evaluate.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    reliability_table,
+)
+from jaxtrader.evaluate.significance import accuracy_significance, sharpe_bootstrap_ci
+
+# Classification always calls "up" above 0.5; the backtest threshold is a separate trading choice.
+CLASSIFY_AT = 0.5
+
+CSV_COLUMNS = (
+    "timestamp",
+    "prob_up",
+    "pred",
+    "label",
+    "forward_return",
+    "position",
+    "asset_return",
+    "fee",
+    "strategy_return",
+    "equity",
+    "random_pred",
+    "momentum_pred",
+    "logistic_prob",
+    "lightgbm_prob",
+)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The scalars that, with the rows, determine every reported number."""
+
+    split: str
+    horizon: int
+    interval_seconds: float
+    periods_per_year: float
+    annualization_basis: str
+    fee_bps: float = 10.0
+    slippage_bps: float = 0.0
+    threshold: float = 0.5
+    long_short: bool = False
+    majority_class: int = 1
+    train_up_rate: float = 0.5
+    seed: int = 0
+    bootstrap_samples: int = 1000
+
+    @property
+    def cost_rate(self) -> float:
+        return (self.fee_bps + self.slippage_bps) / 1e4
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class EvalRows:
+    """One entry per evaluated candle (a labeled, non-gap-filled prediction point), in time order."""
+
+    timestamp_ns: np.ndarray  # candle OPEN time of t, int64 ns UTC
+    prob_up: np.ndarray
+    pred: np.ndarray
+    label: np.ndarray
+    forward_return: np.ndarray
+    position: np.ndarray
+    asset_return: np.ndarray  # what the position earns: open[t_next + 1] / open[t + 1] - 1
+    fee: np.ndarray
+    strategy_return: np.ndarray
+    equity: np.ndarray
+    random_pred: np.ndarray
+    momentum_pred: np.ndarray
+    logistic_prob: np.ndarray
+    lightgbm_prob: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.prob_up.size)
+
+
+def annualization(interval_seconds: float, timestamps_ns: np.ndarray) -> tuple[float, str]:
+    """Periods per year from the interval, and a human description of the basis."""
+    weekends = bt.has_weekend_candles(timestamps_ns)
+    ppy = bt.periods_per_year(interval_seconds, weekends)
+    basis = (
+        "calendar year (365 days; weekend candles present)"
+        if weekends
+        else "252 trading days (no weekend candles)"
+    )
+    return ppy, basis
+
+
+def build_rows(
+    *,
+    prob_up: np.ndarray,
+    labels: np.ndarray,
+    forward_return: np.ndarray,
+    candle_rows: np.ndarray,
+    timestamps_ns: np.ndarray,
+    open_: np.ndarray,
+    close: np.ndarray,
+    baselines: BaselinePredictions,
+    settings: EvalSettings,
+) -> EvalRows:
+    """Assembles the evaluation table. `candle_rows` index the full candle arrays (open_, close,
+    timestamps_ns); prob_up/labels/forward_return/baselines are aligned with `candle_rows`."""
+    t = np.asarray(candle_rows, dtype=np.int64)
+    p = np.asarray(prob_up, dtype=np.float64)
+    n = t.size
+    for name, arr in (("prob_up", p), ("labels", labels), ("forward_return", forward_return)):
+        if len(arr) != n:
+            raise ValueError(f"{name} has {len(arr)} rows, expected {n}")
+    if n == 0:
+        raise DataError(f"the {settings.split} split has no prediction rows to evaluate")
+    asset_return, _ = bt.period_returns(open_, close, t)
+    position = bt.positions_from_probs(p, settings.threshold, settings.long_short)
+    series = bt.simulate(position, asset_return, settings.cost_rate)
+    return EvalRows(
+        timestamp_ns=np.asarray(timestamps_ns, dtype=np.int64)[t],
+        prob_up=p,
+        pred=(p > CLASSIFY_AT).astype(np.int64),
+        label=np.asarray(labels, dtype=np.int64),
+        forward_return=np.asarray(forward_return, dtype=np.float64),
+        position=series.position,
+        asset_return=asset_return,
+        fee=series.fee,
+        strategy_return=series.strategy_return,
+        equity=series.equity,
+        random_pred=baselines.random_pred,
+        momentum_pred=baselines.momentum_pred,
+        logistic_prob=baselines.logistic_prob,
+        lightgbm_prob=baselines.lightgbm_prob,
+    )
+
+
+def span_periods(timestamp_ns: np.ndarray, interval_seconds: float) -> float:
+    """Candles covered by the rows: from the first decision's fill to the last period's end."""
+    ts = np.asarray(timestamp_ns, dtype=np.int64)
+    return float((ts[-1] - ts[0]) / (interval_seconds * 1e9) + 1.0)
+
+
+def summarize(rows: EvalRows, settings: EvalSettings) -> dict[str, Any]:
+    """Every reported number, computed from the rows and settings only."""
+    y = rows.label
+    n = len(rows)
+    classification = classification_metrics(y, rows.pred, rows.prob_up)
+    baselines = baseline_metrics(
+        y,
+        majority=settings.majority_class,
+        train_up_rate=settings.train_up_rate,
+        random_pred=rows.random_pred,
+        momentum_pred=rows.momentum_pred,
+        logistic_prob=rows.logistic_prob,
+        lightgbm_prob=rows.lightgbm_prob,
+        threshold=CLASSIFY_AT,
+        seed=settings.seed,
+    )
+    majority_acc = baselines["majority"]["accuracy"]
+    significance = accuracy_significance(
+        classification["accuracy"], n, settings.horizon, majority_acc
+    )
+    ppy = settings.periods_per_year
+    span = span_periods(rows.timestamp_ns, settings.interval_seconds)
+
+    def run(position: np.ndarray) -> tuple[bt.BacktestSeries, dict[str, Any]]:
+        series = bt.simulate(position, rows.asset_return, settings.cost_rate)
+        return series, bt.performance(series, ppy, span)
+
+    strategy, strategy_perf = run(rows.position)
+    _, hold_perf = run(np.ones(n))
+    significance["sharpe_ci95"] = sharpe_bootstrap_ci(
+        strategy.strategy_return,
+        ppy,
+        horizon=settings.horizon,
+        num_samples=settings.bootstrap_samples,
+        seed=settings.seed,
+    )
+    baseline_backtests = {
+        "momentum": run(rows.momentum_pred.astype(np.float64))[1],
+        "logistic": run(
+            bt.positions_from_probs(rows.logistic_prob, settings.threshold, settings.long_short)
+        )[1],
+    }
+    reliability = reliability_table(y, rows.prob_up)
+    return {
+        "split": settings.split,
+        "n": n,
+        "period": {
+            "first": _iso(rows.timestamp_ns[0]),
+            "last": _iso(rows.timestamp_ns[-1]),
+            "candles_spanned": span,
+        },
+        "classification": classification,
+        "baselines": baselines,
+        "significance": significance,
+        "calibration": {
+            "brier": classification["brier"],
+            "log_loss": classification["log_loss"],
+            "ece": expected_calibration_error(reliability),
+            "reliability": reliability,
+        },
+        "backtest": strategy_perf,
+        "buy_and_hold": hold_perf,
+        "baseline_backtests": baseline_backtests,
+        "annualization": {
+            "periods_per_year": ppy,
+            "sqrt_factor": math.sqrt(ppy),
+            "basis": settings.annualization_basis,
+            "interval_seconds": settings.interval_seconds,
+        },
+        "settings": settings.to_dict(),
+    }
+
+
+def _iso(ns: int | np.integer) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(int(ns) / 1e9, tz=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def write_csv(rows: EvalRows, path: str | Path) -> None:
+    """One line per evaluated candle; floats at full precision so numbers recompute exactly."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    cols: dict[str, Any] = {
+        "timestamp": [_iso(v) for v in rows.timestamp_ns],
+        "lightgbm_prob": rows.lightgbm_prob if rows.lightgbm_prob is not None else [""] * len(rows),
+    }
+    with p.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for i in range(len(rows)):
+            line = []
+            for c in CSV_COLUMNS:
+                v = cols[c][i] if c in cols else getattr(rows, c)[i]
+                line.append(repr(float(v)) if isinstance(v, np.floating | float) else str(v))
+            w.writerow(line)
+
+
+def read_csv(path: str | Path) -> EvalRows:
+    """Reads a predictions CSV written by `write_csv` back into an `EvalRows` table."""
+    import pandas as pd
+
+    p = Path(path)
+    try:
+        df = pd.read_csv(p)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read predictions file {p}: {e}") from None
+    missing = [c for c in CSV_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"predictions file {p} lacks columns {missing}; write it with --predictions"
+        )
+    ts_ns = pd.DatetimeIndex(pd.to_datetime(df["timestamp"], utc=True)).as_unit("ns").asi8
+    lgbm = df["lightgbm_prob"]
+    return EvalRows(
+        timestamp_ns=np.asarray(ts_ns, dtype=np.int64),
+        prob_up=df["prob_up"].to_numpy(np.float64),
+        pred=df["pred"].to_numpy(np.int64),
+        label=df["label"].to_numpy(np.int64),
+        forward_return=df["forward_return"].to_numpy(np.float64),
+        position=df["position"].to_numpy(np.float64),
+        asset_return=df["asset_return"].to_numpy(np.float64),
+        fee=df["fee"].to_numpy(np.float64),
+        strategy_return=df["strategy_return"].to_numpy(np.float64),
+        equity=df["equity"].to_numpy(np.float64),
+        random_pred=df["random_pred"].to_numpy(np.int64),
+        momentum_pred=df["momentum_pred"].to_numpy(np.int64),
+        logistic_prob=df["logistic_prob"].to_numpy(np.float64),
+        lightgbm_prob=None if lgbm.isna().all() else lgbm.to_numpy(np.float64),
+    )
