@@ -582,7 +582,7 @@ def load_candles(
         if not dedupe:
             raise DataError(
                 f"{p}: {_where(raw, i)}: duplicate timestamp {_stamp(ts, i)} "
-                f"({int(dup.sum())} duplicates in total); pass --dedupe to keep the last of each"
+                f"({int(dup.sum())} duplicate row(s) in total); pass --dedupe to keep the last of each"
             )
 
     order = np.argsort(ts, kind="stable")
