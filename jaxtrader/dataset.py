@@ -13,6 +13,7 @@ for the same seed/key on every platform.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -175,6 +176,21 @@ def _compute_features(frame: pd.DataFrame) -> pd.DataFrame:
     return compute_features(frame)
 
 
+def _check_purged(points: Mapping[str, np.ndarray], cfg: DatasetConfig) -> None:
+    """Safety net for splits from a manifest: the purge rule on the actual prediction points."""
+    for earlier, later in itertools.pairwise(SPLIT_NAMES):
+        if points[earlier][-1] + cfg.horizon >= points[later][0] - cfg.seq_len + 1:
+            raise DataError(
+                f"splits '{earlier}' and '{later}' are not purged for horizon {cfg.horizon} and "
+                f"seq_len {cfg.seq_len}; rebuild with the checkpoint's own dataset config"
+            )
+
+
+def _read_only(x: np.ndarray) -> np.ndarray:
+    x.flags.writeable = False
+    return x
+
+
 def build_dataset(
     candles: Any,
     cfg: DatasetConfig,
@@ -228,6 +244,7 @@ def build_dataset(
                 f"split '{name}' ({start}..{stop}) holds no valid prediction points; use more data"
             )
         points[name] = rows
+    _check_purged(points, cfg)
     names = tuple(str(c) for c in feats_df.columns)
     if scaler is None:
         scaler = fit_scaler(feats_TxF[points["train"]], cfg.scaler_clip, names)
@@ -239,11 +256,11 @@ def build_dataset(
     dataset = Dataset(
         cfg=cfg,
         index=index,
-        raw_Tx5=raw_series(frame),
-        feats_TxF=scaler.transform(feats_TxF),
-        label_T=label_T,
-        fwd_return_T=fwd_T,
-        valid_T=valid_T,
+        raw_Tx5=_read_only(raw_series(frame)),
+        feats_TxF=_read_only(scaler.transform(feats_TxF)),
+        label_T=_read_only(label_T),
+        fwd_return_T=_read_only(fwd_T),
+        valid_T=_read_only(valid_T),
         splits=splits,
         scaler=scaler,
         points=points,

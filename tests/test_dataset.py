@@ -186,6 +186,36 @@ def test_rebuild_from_manifest_dicts(frame: pd.DataFrame, data: Dataset) -> None
         Splits.from_dict(manifest["splits"], pd.DatetimeIndex(frame.index[:2_900]))
 
 
+def test_manifest_splits_for_another_window_are_refused(frame: pd.DataFrame, data: Dataset) -> None:
+    longer = dataclasses.replace(CFG, seq_len=120)
+    with pytest.raises(DataError, match="not purged for horizon 5 and seq_len 120"):
+        build_dataset(frame, longer, splits=data.splits, features=_features(frame))
+
+
+def test_walk_forward_folds_build_purged_datasets(frame: pd.DataFrame, data: Dataset) -> None:
+    folds = data.folds(3)
+    feats = _features(frame)
+    test_rows = []
+    for fold in folds:
+        fold_data = build_dataset(frame, CFG, splits=fold, features=feats)
+        for earlier, later in (("train", "val"), ("val", "test")):
+            assert fold_data.rows(earlier).max() + CFG.horizon < (
+                fold_data.rows(later).min() - CFG.seq_len + 1
+            )
+        test_rows.append(fold_data.rows("test"))
+    # Test blocks are disjoint and end with the last prediction point.
+    joined = np.concatenate(test_rows)
+    assert np.unique(joined).size == joined.size
+    assert joined.max() == data.rows("test").max()
+
+
+def test_arrays_are_read_only(data: Dataset) -> None:
+    with pytest.raises(ValueError, match="read-only"):
+        data.feats_TxF[0, 0] = 1.0
+    batch = next(data.eval_batches("test", 16))
+    batch["feats"][0, 0] = 1.0  # batches are copies the caller may modify
+
+
 def test_train_batches_shapes_seeded_shuffle(data: Dataset) -> None:
     bs = 64
     batches = list(data.batches("train", bs, key=0))
