@@ -21,6 +21,7 @@ from jaxtrader.errors import CheckpointError, FeatureError
 
 _NORMAL_IQR_PER_STD = 1.349
 _TINY = 1e-12
+_CHUNK_ROWS = 8_192
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,17 +38,25 @@ class Scaler:
         return int(self.median.shape[0])
 
     def transform(self, x_NxF: np.ndarray) -> np.ndarray:
-        """float32[..., F] scaled and clipped; NaN stays NaN (warm-up rows are never gathered)."""
-        z = np.array(x_NxF, dtype=np.float64, copy=True)  # one working copy, then in place
-        if z.shape[-1] != self.num_features:
+        """C-contiguous float32[N, F] scaled and clipped; NaN stays NaN (warm-up rows are never used).
+
+        Works through row chunks so a whole series costs one float32 output, not float64 copies.
+        """
+        x = np.asarray(x_NxF)
+        if x.shape[-1] != self.num_features:
             raise FeatureError(
-                f"scaler expects {self.num_features} features, got {z.shape[-1]}; the features "
+                f"scaler expects {self.num_features} features, got {x.shape[-1]}; the features "
                 f"changed since the checkpoint was trained: retrain or use a matching version"
             )
-        z -= self.median
-        z /= self.iqr
-        np.clip(z, -self.clip, self.clip, out=z)
-        return z.astype(np.float32)
+        flat = x.reshape(-1, self.num_features)
+        out = np.empty(flat.shape, dtype=np.float32)
+        for start in range(0, flat.shape[0], _CHUNK_ROWS):
+            z = flat[start : start + _CHUNK_ROWS].astype(np.float64)  # always a fresh copy
+            z -= self.median
+            z /= self.iqr
+            np.clip(z, -self.clip, self.clip, out=z)
+            out[start : start + _CHUNK_ROWS] = z
+        return out.reshape(x.shape)
 
     def to_dict(self) -> dict[str, Any]:
         return {

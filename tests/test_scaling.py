@@ -60,3 +60,15 @@ def test_errors() -> None:
         Scaler.from_dict({"median": [0.0]})
     with pytest.raises(CheckpointError, match="zero"):
         Scaler.from_dict({"median": [0.0], "iqr": [0.0], "clip": 5.0})
+
+
+def test_transform_in_chunks_equals_the_formula() -> None:
+    rng = np.random.default_rng(2)
+    x = np.asfortranarray(rng.standard_t(3, size=(20_000, 4)) * 3.0)  # spans 3 chunks, F-ordered
+    x[:10] = np.nan  # warm-up rows stay NaN
+    s = fit_scaler(x[10:5_000], clip=2.5)
+    z = s.transform(x)
+    assert z.flags["C_CONTIGUOUS"] and z.dtype == np.float32
+    expected = np.clip((x - s.median) / s.iqr, -2.5, 2.5).astype(np.float32)
+    np.testing.assert_array_equal(z, expected)
+    np.testing.assert_array_equal(s.transform(x[123]), expected[123])  # a single row
