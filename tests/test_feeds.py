@@ -64,16 +64,8 @@ def test_replay_stops_when_asked(candle_file: Path) -> None:
     assert len(out) == 3
 
 
-class NetworkError(Exception):
-    pass
-
-
-class RateLimitExceeded(NetworkError):
-    pass
-
-
 class ExchangeError(Exception):
-    pass
+    """Not a network error: must not be retried."""
 
 
 class FakeExchange:
@@ -92,7 +84,7 @@ class FakeExchange:
         if isinstance(step, Exception):
             raise step
         now_ms = self.clock[0] * 1000
-        first = 0 if since is None else since
+        first = since
         rows = []
         t = first
         while t <= now_ms:  # includes the forming candle
@@ -135,20 +127,20 @@ def test_ccxt_drops_forming_candle_and_polls_next_close() -> None:
 
 def test_ccxt_retries_network_errors_with_backoff() -> None:
     clock = [5 * 3600 + 60.0]
-    feed, _, slept = _feed(clock, [NetworkError("down"), RateLimitExceeded("slow"), "ok"])
+    feed, _, slept = _feed(clock, [ConnectionError("down"), TimeoutError("slow"), "ok"])
     warm = feed.warmup(2)
     assert [c.ts.hour for c in warm] == [3, 4]
-    assert slept == [1.0, 2.0]  # rate limit waits at least rateLimit (1.5 s): 2.0 here
+    assert slept == [1.5, 3.0]  # exponential from the exchange's rate limit (1.5 s)
     assert feed.retries == 2
 
 
 def test_ccxt_gives_up_after_max_retries_and_other_errors_are_clear() -> None:
-    feed, _, _ = _feed([3600.0], [NetworkError("x")] * 3, max_retries=2)
-    with pytest.raises(DataError, match="still failing after 2 retries"):
+    feed, _, _ = _feed([3600.0], [ConnectionError("x")] * 3, max_retries=2)
+    with pytest.raises(DataError, match="failed after 3 attempts"):
         feed.warmup(1)
     feed, _, _ = _feed([3600.0], [ExchangeError("bad symbol")])
-    with pytest.raises(DataError, match="ExchangeError: bad symbol"):
-        feed.warmup(1)
+    with pytest.raises(ExchangeError, match="bad symbol"):
+        feed.warmup(1)  # without ccxt installed, only network errors are known; others propagate
 
 
 def test_ccxt_passes_bad_values_through_as_nan() -> None:
@@ -176,3 +168,13 @@ def test_missing_ccxt_is_one_line_with_install_hint(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(builtins, "__import__", no_ccxt)
     with pytest.raises(DataError, match=r"pip install 'jaxtrader\[live\]'"):
         feeds.make_exchange("binance")
+
+
+def test_stop_during_retry_ends_the_feed() -> None:
+    clock = [3600.0 * 3 + 5]
+    stop_after_first = [True]
+    ex = FakeExchange(clock, [ConnectionError("down")] * 5)
+    feed = CcxtFeed("fake", "X/Y", H, exchange=ex, clock=lambda: clock[0],
+                    sleep=lambda s: stop_after_first[0])  # fmt: skip
+    assert list(feed.candles(after=None)) == []
+    assert feed.retries == 1

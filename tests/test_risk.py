@@ -61,11 +61,12 @@ def test_breaker_on_model_failures_then_cooldown() -> None:
     for _ in range(3):
         state, ev = risk.on_model_result(cfg, state, failed=True, why="timeout")
     assert ev[0].kind == "circuit_breaker" and "3 consecutive model failures" in ev[0].reason
-    assert state.cooldown_left == 2
+    assert state.cooldown_left == 3  # the tripping candle plus 2
     d, state, _ = _decide(cfg, state, current=1.0, units=5.0, avg_entry=100.0)
     assert (d.target, d.action, d.reason) == (0.0, "exit", "circuit_breaker")
-    d, state, _ = _decide(cfg, state)
-    assert (d.target, d.action) == (0.0, "block")
+    for _ in range(2):
+        d, state, _ = _decide(cfg, state)
+        assert (d.target, d.action) == (0.0, "block")
     d, state, _ = _decide(cfg, state)
     assert (d.target, d.action) == (1.0, "allow")
 
@@ -78,7 +79,7 @@ def test_breaker_on_losing_trades() -> None:
     assert state.losing_trades == 0
     state, _ = risk.on_trade_closed(cfg, state, -1.0)
     state, ev = risk.on_trade_closed(cfg, state, -2.0)
-    assert ev[0].kind == "circuit_breaker" and state.cooldown_left == 5
+    assert ev[0].kind == "circuit_breaker" and state.cooldown_left == 6
 
 
 @pytest.mark.parametrize(

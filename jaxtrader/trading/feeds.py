@@ -20,15 +20,7 @@ import pandas as pd
 
 from jaxtrader.data import format_interval, load_candles
 from jaxtrader.errors import DataError
-from jaxtrader.logs import get_logger, log_event
-
-_log = get_logger(__name__)
-
-# ccxt's network-error family (RateLimitExceeded and DDoSProtection are subclasses of
-# NetworkError there). Matched by class name through the MRO so the retry logic works with the real
-# library and with fakes at the network boundary alike, and without importing ccxt.
-_NETWORK_ERRORS = {"NetworkError", "RequestTimeout", "ExchangeNotAvailable", "OnMaintenance"}
-_RATE_LIMIT_ERRORS = {"RateLimitExceeded", "DDoSProtection"}
+from jaxtrader.fetch import _fetch_page, make_exchange
 
 
 @dataclass(frozen=True)
@@ -125,36 +117,18 @@ def _rows(frame: pd.DataFrame) -> list[Candle]:
     ]
 
 
-def _error_family(exc: BaseException) -> str | None:
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if names & _RATE_LIMIT_ERRORS:
-        return "rate_limit"
-    if names & _NETWORK_ERRORS:
-        return "network"
-    return None
-
-
-def make_exchange(exchange_id: str) -> Any:
-    """A public (key-less) ccxt exchange with ccxt's own rate limiter on."""
-    try:
-        import ccxt  # type: ignore[import-not-found]
-    except ImportError:
-        raise DataError(
-            "the ccxt feed needs the ccxt package, which is not installed; "
-            "pip install 'jaxtrader[live]'"
-        ) from None
-    cls = getattr(ccxt, exchange_id, None)
-    if cls is None:
-        raise DataError(f"unknown ccxt exchange '{exchange_id}'; see ccxt.exchanges for the names")
-    return cls({"enableRateLimit": True})
+class _Stopped(Exception):
+    """Raised from a retry sleep when the runner was asked to stop."""
 
 
 class CcxtFeed:
     """Polls closed candles of a public market. The still-forming candle is always dropped.
 
-    Network errors and rate limits are retried with exponential backoff (capped at `max_backoff`
-    seconds); `max_retries=None` retries forever, as a live runner should. The exchange object is
-    injectable so tests can fake the network boundary; `clock` returns epoch seconds.
+    Network errors and rate limits (ccxt.NetworkError and its subclasses, TimeoutError,
+    ConnectionError) are retried with exponential backoff from the exchange's rate limit, up to
+    `max_retries` times a poll (about 17 minutes in all with the default 10 and a 1 s rate limit).
+    The exchange object is injectable so tests can fake the network boundary; `clock` returns epoch
+    seconds; `sleep(seconds) -> stop_requested`.
     """
 
     def __init__(
@@ -166,9 +140,8 @@ class CcxtFeed:
         exchange: Any = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
-        backoff: float = 1.0,
-        max_backoff: float = 60.0,
-        max_retries: int | None = None,
+        max_retries: int = 10,
+        page_limit: int = 1000,
         settle_seconds: float = 2.0,
         sleep: Callable[[float], bool] | None = None,
     ) -> None:
@@ -178,45 +151,29 @@ class CcxtFeed:
         self.interval = interval
         self.stop = stop
         self.clock = clock
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.max_retries = max_retries
         self.settle_seconds = settle_seconds
+        self.page_limit = page_limit
         # Returns True when a stop was requested during the sleep.
         self.sleep = sleep or (lambda seconds: _wait(self.stop, seconds))
         self.timeframe = format_interval(interval)  # ccxt spells timeframes the same way
         self.retries = 0  # total retried calls, for the status line and tests
 
-    def _fetch(self, since_ms: int | None, limit: int | None) -> list[list[Any]] | None:
-        attempt = 0
-        while True:
-            try:
-                return list(
-                    self.exchange.fetch_ohlcv(
-                        self.symbol, self.timeframe, since=since_ms, limit=limit
-                    )
-                )
-            except Exception as e:
-                family = _error_family(e)
-                if family is None:
-                    raise DataError(
-                        f"ccxt {self.exchange_id} {self.symbol} {self.timeframe}: "
-                        f"{type(e).__name__}: {e}"
-                    ) from None
-                attempt += 1
-                self.retries += 1
-                if self.max_retries is not None and attempt > self.max_retries:
-                    raise DataError(
-                        f"ccxt {self.exchange_id}: still failing after {self.max_retries} "
-                        f"retries ({type(e).__name__}: {e}); check the network"
-                    ) from None
-                delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
-                if family == "rate_limit":
-                    delay = max(delay, getattr(self.exchange, "rateLimit", 1000) / 1000.0)
-                log_event(_log, "feed_retry", kind=family, attempt=attempt, delay_s=delay,
-                          error=f"{type(e).__name__}: {e}")  # fmt: skip
-                if self.sleep(delay):
-                    return None
+    def _fetch(self, since_ms: int, limit: int) -> list[list[Any]] | None:
+        """One poll, retried with exponential backoff on network errors by the same code the
+        `data fetch` command uses; None when a stop was requested while waiting."""
+
+        def sleep(seconds: float) -> None:
+            self.retries += 1
+            if self.sleep(seconds):
+                raise _Stopped
+
+        try:
+            return _fetch_page(
+                self.exchange, self.symbol, self.timeframe, since_ms, limit, self.max_retries, sleep
+            )
+        except _Stopped:
+            return None
 
     def _closed(self, rows: list[list[Any]]) -> list[Candle]:
         """Rows whose candle has closed by now, as Candles (bad values pass through unjudged)."""
@@ -233,7 +190,10 @@ class CcxtFeed:
         return out
 
     def warmup(self, n: int, before: pd.Timestamp | None = None) -> list[Candle]:
-        rows = self._fetch(None, n + 1) or []
+        step_ms = int(self.interval.total_seconds() * 1000)
+        now_ms = int(self.clock() * 1000)
+        since = now_ms - now_ms % step_ms - n * step_ms  # n closed candles plus the forming one
+        rows = self._fetch(since, n + 1) or []
         closed = [c for c in self._closed(rows) if before is None or c.ts < before]
         return closed[-n:]
 
@@ -241,8 +201,14 @@ class CcxtFeed:
         last = after
         step_s = self.interval.total_seconds()
         while not (self.stop is not None and self.stop.is_set()):
-            since = None if last is None else int((last + self.interval).value // 1_000_000)
-            rows = self._fetch(since, None)
+            step_ms = int(self.interval.total_seconds() * 1000)
+            now_ms = int(self.clock() * 1000)
+            since = (
+                now_ms - now_ms % step_ms - step_ms
+                if last is None
+                else int((last + self.interval).value // 1_000_000)
+            )
+            rows = self._fetch(since, self.page_limit)
             if rows is None:
                 return
             for c in self._closed(rows):

@@ -9,7 +9,8 @@ Policies (documented in the README):
   the previous day's last close) by `daily_drawdown`, the position is closed and new entries are
   halted until the next UTC day.
 - circuit breaker: `breaker_failures` consecutive model failures or `breaker_losses` consecutive
-  losing trades close the position and block entries for `cooldown` candles.
+  losing trades close the position at that candle and block entries for the next `cooldown`
+  candles.
 - stop-loss / take-profit: checked at each close against the average entry; exits at the next open.
 - max trades per day: orders that add or change exposure are refused once the day's count is
   reached; exits are always allowed.
@@ -101,7 +102,8 @@ def on_trade_closed(
 
 
 def _trip(state: RiskState, reason: str, cooldown: int) -> tuple[RiskState, list[RiskEvent]]:
-    new = dataclasses.replace(state, model_failures=0, losing_trades=0, cooldown_left=cooldown)
+    # +1: the tripping candle itself (which closes the position) does not count as cooldown.
+    new = dataclasses.replace(state, model_failures=0, losing_trades=0, cooldown_left=cooldown + 1)
     return new, [RiskEvent("circuit_breaker", f"{reason}; cooling down {cooldown} candles")]
 
 

@@ -1,0 +1,487 @@
+"""The strategy runner core: one closed candle in, one atomic state change out.
+
+`TradingManager` owns a strategy's rolling candle buffer, portfolio, risk state and pending order.
+For each closed candle it (1) validates the candle, (2) fills the order decided at the previous close
+at this candle's OPEN, (3) appends the candle (filling a gap with flat candles, as the data layer
+does), (4) builds the model input with `dataset.model_inputs` (the training code path) and predicts
+under a timeout, (5) maps the probability to a target exposure with `positions_from_probs` (as
+evaluate does), (6) passes it through the risk manager, (7) records a new order for the next open,
+and commits all of it to SQLite in ONE transaction. A restart rebuilds everything from that state.
+
+Neutral fallback: when the model raises, times out or returns a non-probability, or the history is
+too short or has a gap at this candle, the desired signal is neutral: the strategy HOLDS its current
+position and never adds exposure. Risk exits (stop-loss, take-profit, drawdown, breaker) still act;
+consecutive model failures trip the circuit breaker, which closes the position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from jaxtrader.config import RiskConfig
+from jaxtrader.data import OHLCV, _fill, candle_problem
+from jaxtrader.errors import DeadlineExceeded
+from jaxtrader.evaluate.backtest import max_drawdown, periods_per_year, positions_from_probs
+from jaxtrader.evaluate.significance import sharpe
+from jaxtrader.logs import get_logger, log_event
+from jaxtrader.timeouts import TimeoutRunner
+from jaxtrader.trading import risk
+from jaxtrader.trading.broker import Order, PaperBroker
+from jaxtrader.trading.feeds import Candle, Feed
+from jaxtrader.trading.portfolio import Portfolio
+from jaxtrader.trading.risk import RiskState
+from jaxtrader.trading.store import CandleCommit, CandleRow, Store
+
+_log = get_logger(__name__)
+
+ModelFn = Callable[[np.ndarray, np.ndarray], Any]  # (seq_1xWx5, feats_1xF) -> P(up), shape [1]
+InputFn = Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray]]
+# The first call compiles the jitted model; it gets this budget instead of the per-candle timeout
+# so compilation never counts as a model failure.
+FIRST_CALL_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """What defines a strategy besides its model; a restart must present the same values."""
+
+    strategy_id: str
+    symbol: str
+    interval_s: float
+    capital: float = 10_000.0
+    fee_bps: float = 10.0
+    slippage_bps: float = 0.0
+    threshold: float = 0.5
+    long_short: bool = False
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    max_gap: int = 48  # candles; a longer gap restarts the rolling buffer
+
+    def identity(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("strategy_id")
+        return d
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one candle did (also the per-candle log event)."""
+
+    ts: pd.Timestamp
+    prob_up: float | None
+    fallback: str | None
+    action: str
+    reason: str
+    target: float
+    order: int | None
+    fill_units: float | None
+    fill_price: float | None
+    equity: float
+    latency_ms: float
+
+
+def candle_frame(
+    rows: Iterable[tuple[int, float, float, float, float, float, bool]],
+) -> pd.DataFrame:
+    """A Candles-style frame (UTC `timestamp` index, OHLCV float64, `filled`) from buffer rows."""
+    rows = list(rows)
+    ts = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    vals = np.array([r[1:6] for r in rows], dtype=np.float64).reshape(len(rows), 5)
+    index = pd.DatetimeIndex(pd.to_datetime(ts, unit="ns", utc=True), name="timestamp")
+    frame = pd.DataFrame(vals, index=index, columns=["open", "high", "low", "close", "volume"])
+    frame["filled"] = np.fromiter((r[6] for r in rows), dtype=bool, count=len(rows))
+    return frame
+
+
+def _iso(ts: pd.Timestamp) -> str:
+    return ts.isoformat()
+
+
+class TradingManager:
+    """Runs one strategy against one state file. Create, `warm_up` if fresh, then `process`."""
+
+    def __init__(
+        self,
+        cfg: StrategyConfig,
+        store: Store,
+        model: ModelFn,
+        inputs: InputFn,
+        history: int,
+        model_meta: dict[str, Any],
+        *,
+        fresh: bool = False,
+        runner: TimeoutRunner | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.sid = cfg.strategy_id
+        self.store = store
+        self.model = model
+        self.inputs = inputs
+        self.history = history
+        self.broker = PaperBroker(cfg.fee_bps, cfg.slippage_bps)
+        self.runner = runner or TimeoutRunner()
+        self.step_ns = round(cfg.interval_s * 1e9)
+        self._model_called = False
+        self.started_fresh = store.register(self.sid, cfg.identity(), model_meta, fresh=fresh)
+        self.buffer: deque[tuple[int, float, float, float, float, float, bool]] = deque(
+            maxlen=history
+        )
+        loaded = store.load_state(self.sid)
+        if loaded is None:
+            self.last_ts: pd.Timestamp | None = None
+            self.pf = Portfolio(cash=cfg.capital)
+            self.rs = RiskState()
+            self.pending: Order | None = None
+            self.target = 0.0
+            self.next_order_id = 1
+            self.last_close = math.nan
+            self.counts: dict[str, int] = {}
+            self.warmed = False
+        else:
+            self._restore(*loaded)
+            self.warmed = True
+        for r in store.history(self.sid, history):
+            self.buffer.append(_buffer_row(pd.Timestamp(r.ts).value, r, r.filled))
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _restore(self, last_ts: str | None, s: dict[str, Any]) -> None:
+        self.last_ts = None if last_ts is None else pd.Timestamp(last_ts)
+        self.pf = Portfolio.from_dict(s["portfolio"])
+        self.rs = RiskState.from_dict(s["risk"])
+        self.pending = None if s["pending"] is None else Order.from_dict(s["pending"])
+        self.target = float(s["target"])
+        self.next_order_id = int(s["next_order_id"])
+        self.last_close = float(s["last_close"]) if s["last_close"] is not None else math.nan
+        self.counts = dict(s["counts"])
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "portfolio": self.pf.to_dict(),
+            "risk": self.rs.to_dict(),
+            "pending": None if self.pending is None else self.pending.to_dict(),
+            "target": self.target,
+            "next_order_id": self.next_order_id,
+            "last_close": None if math.isnan(self.last_close) else self.last_close,
+            "counts": self.counts,
+        }
+
+    @property
+    def resume_after(self) -> pd.Timestamp | None:
+        """The feed position to continue from: the newest processed or buffered candle."""
+        if self.buffer:
+            newest = pd.Timestamp(self.buffer[-1][0], unit="ns", tz="UTC")
+            return newest if self.last_ts is None else max(newest, self.last_ts)
+        return self.last_ts
+
+    def warm_up(self, candles: list[Candle]) -> int:
+        """Fills the rolling buffer with history that is never traded (only when starting fresh)."""
+        if self.warmed:
+            return 0
+        rows: list[CandleRow] = []
+        for c in candles:
+            problem = candle_problem(c.ts, c.open, c.high, c.low, c.close, c.volume)
+            if problem is not None or (self.buffer and c.ts.value <= self.buffer[-1][0]):
+                continue
+            self.buffer.append(_buffer_row(c.ts.value, c, False))
+            rows.append(CandleRow(_iso(c.ts), c.open, c.high, c.low, c.close, c.volume))
+            self.last_close = c.close
+        self.store.commit_warmup(self.sid, self._state(), rows[-self.history :])
+        self.warmed = True
+        return len(rows)
+
+    # -- one candle ----------------------------------------------------------------------------
+
+    def _count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def _reject(self, c: Candle) -> str | None:
+        problem = candle_problem(c.ts, c.open, c.high, c.low, c.close, c.volume)
+        if problem is not None:
+            return problem
+        newest = self.buffer[-1][0] if self.buffer else None
+        if self.last_ts is not None:
+            newest = max(newest or 0, self.last_ts.value)
+        if newest is not None:
+            if c.ts.value == newest:
+                return "duplicate of the last candle"
+            if c.ts.value < newest:
+                return f"out of order (older than {pd.Timestamp(newest, unit='ns', tz='UTC')})"
+            if (c.ts.value - newest) % self.step_ns:
+                return f"off the {self.cfg.interval_s:g} s candle grid"
+        return None
+
+    def process(self, c: Candle) -> Outcome | None:
+        """Processes one closed candle; None when the candle was rejected (event recorded)."""
+        why = self._reject(c)
+        if why is not None:
+            self._count("skipped")
+            ts = c.ts.isoformat() if isinstance(c.ts, pd.Timestamp) else str(c.ts)
+            self.store.add_event(self.sid, ts, "feed", "bad_candle", why)
+            log_event(_log, "bad_candle", 30, strategy=self.sid, ts=ts, reason=why)
+            return None
+        t0 = time.perf_counter()
+        events: list[tuple[str, str, str]] = []
+        equity_before = (
+            self.pf.cash if math.isnan(self.last_close) else self.pf.equity(self.last_close)
+        )
+        self.rs, ev = risk.start_candle(self.rs, c.ts, equity_before)
+        events += [("risk", e.kind, e.reason) for e in ev]
+
+        # The order decided at the previous close fills at this open.
+        fill_row = None
+        settled = None
+        fill = None
+        if self.pending is not None:
+            fill = self.broker.fill(self.pf, self.pending, c.ts, c.open)
+            settled = (self.pending.order_id, "filled" if fill is not None else "nothing_to_do")
+            if fill is not None:
+                self.pf = fill.result.portfolio
+                fill_row = {
+                    "order_id": fill.order_id,
+                    "units": fill.units,
+                    "price": fill.price,
+                    "fee": fill.fee,
+                    "realized": fill.result.realized,
+                    "trade_pnl": fill.result.closed_trade_pnl,
+                }
+                if fill.result.closed_trade_pnl is not None:
+                    self.rs, ev = risk.on_trade_closed(
+                        self.cfg.risk, self.rs, fill.result.closed_trade_pnl
+                    )
+                    events += [("risk", e.kind, e.reason) for e in ev]
+            self.pending = None
+
+        new_rows, gap = self._append(c)
+        equity = self.pf.equity(c.close)
+
+        prob, fallback, ev2 = self._predict(gap)
+        events += ev2
+        if fallback is not None:
+            self._count(f"fallback_{fallback.split(':')[0]}")
+            events.append(("model", "fallback", fallback))
+        desired = None
+        if prob is not None:
+            pos = positions_from_probs(np.array([prob]), self.cfg.threshold, self.cfg.long_short)
+            desired = float(pos[0])
+        decision, self.rs, ev = risk.decide(
+            self.cfg.risk,
+            self.rs,
+            desired=desired,
+            current=self.target,
+            equity=equity,
+            close=c.close,
+            units=self.pf.units,
+            avg_entry=self.pf.avg_entry,
+        )
+        events += [("risk", e.kind, e.reason) for e in ev]
+        if decision.action == "clamp":
+            events.append(("risk", "clamp", f"desired {desired} clamped to {decision.target}"))
+        new_order = None
+        if decision.target != self.target:
+            self.pending = Order(self.next_order_id, c.ts, decision.target, decision.reason)
+            new_order = self.pending.to_dict()
+            self.next_order_id += 1
+            self.target = decision.target
+            self.rs = risk.count_order(self.rs)
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        self.last_ts, self.last_close = c.ts, c.close
+        self._count("candles")
+
+        ts = _iso(c.ts)
+        self.store.commit_candle(
+            self.sid,
+            CandleCommit(
+                ts=ts,
+                state=self._state(),
+                candles=new_rows,
+                signal={
+                    "prob_up": prob,
+                    "desired": desired,
+                    "fallback": fallback,
+                    "action": decision.action,
+                    "reason": decision.reason,
+                    "target": decision.target,
+                    "latency_ms": latency_ms,
+                },
+                position={
+                    "units": self.pf.units,
+                    "avg_entry": self.pf.avg_entry,
+                    "cash": self.pf.cash,
+                    "realized_pnl": self.pf.realized_pnl,
+                    "fees": self.pf.fees,
+                },
+                equity={
+                    "close": c.close,
+                    "equity": equity,
+                    "unrealized": self.pf.unrealized(c.close),
+                },
+                new_order=new_order,
+                fill=fill_row,
+                settled=settled,
+                events=events,
+            ),
+        )
+        return Outcome(
+            ts=c.ts,
+            prob_up=prob,
+            fallback=fallback,
+            action=decision.action,
+            reason=decision.reason,
+            target=decision.target,
+            order=None if new_order is None else int(new_order["order_id"]),
+            fill_units=None if fill is None else fill.units,
+            fill_price=None if fill is None else fill.price,
+            equity=equity,
+            latency_ms=latency_ms,
+        )
+
+    def _append(self, c: Candle) -> tuple[list[CandleRow], bool]:
+        """Adds the candle to the buffer; gaps up to `max_gap` candles are filled with flat
+        candles at the previous close (the data layer's policy), longer ones restart the buffer."""
+        rows: list[CandleRow] = []
+        missing = (c.ts.value - self.buffer[-1][0]) // self.step_ns - 1 if self.buffer else 0
+        if missing > self.cfg.max_gap:
+            self.buffer.clear()
+        elif missing > 0:
+            last = self.buffer[-1]
+            ts_ns, vals, _ = _fill(
+                np.array([last[0], c.ts.value], dtype=np.int64),
+                {k: np.array([last[i + 1], getattr(c, k)]) for i, k in enumerate(OHLCV)},
+                np.array([0, missing + 1]),
+                self.step_ns,
+            )
+            for j in range(1, len(ts_ns) - 1):
+                o, h, lo, cl, v = (float(vals[k][j]) for k in OHLCV)
+                ts = _iso(pd.Timestamp(int(ts_ns[j]), unit="ns", tz="UTC"))
+                row = CandleRow(ts, o, h, lo, cl, v, filled=True)
+                self.buffer.append(_buffer_row(int(ts_ns[j]), row, True))
+                rows.append(row)
+        self.buffer.append(_buffer_row(c.ts.value, c, False))
+        rows.append(CandleRow(_iso(c.ts), c.open, c.high, c.low, c.close, c.volume))
+        return rows, missing > 0
+
+    def _predict(self, gap: bool) -> tuple[float | None, str | None, list[tuple[str, str, str]]]:
+        """P(up) or the reason for a neutral signal. Model failures feed the circuit breaker."""
+        if gap:
+            return None, "gap: missing candles before this one", []
+        if len(self.buffer) < self.history:
+            return None, f"short_history: {len(self.buffer)} of {self.history} candles", []
+        failure = None
+        prob = None
+        try:
+            seq, feats = self.inputs(candle_frame(self.buffer))
+            first = not self._model_called
+            budget = FIRST_CALL_TIMEOUT_S if first else self.cfg.risk.model_timeout_ms / 1e3
+            out = self.runner.call(lambda: self.model(seq, feats), budget, "model prediction")
+            self._model_called = True
+            p = float(np.asarray(out, dtype=np.float64).reshape(-1)[0])
+            if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+                failure = f"nan: model returned {p}"
+            else:
+                prob = p
+        except DeadlineExceeded as e:
+            failure = f"timeout: {e}"
+        except Exception as e:
+            failure = f"model_error: {type(e).__name__}: {e}"
+        self.rs, ev = risk.on_model_result(
+            self.cfg.risk, self.rs, failed=failure is not None, why=(failure or "").split(":")[0]
+        )
+        return prob, failure, [("risk", e.kind, e.reason) for e in ev]
+
+    # -- loop ----------------------------------------------------------------------------------
+
+    def run(
+        self,
+        feed: Feed,
+        stop: threading.Event | None = None,
+        on_outcome: Callable[[Outcome | None], None] | None = None,
+    ) -> dict[str, Any]:
+        if not self.warmed:
+            self.warm_up(feed.warmup(self.history, None))
+        for c in feed.candles(self.resume_after):
+            out = self.process(c)
+            if on_outcome is not None:
+                on_outcome(out)
+            if stop is not None and stop.is_set():
+                break
+        return summarize(self.store, self.sid)
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def _buffer_row(
+    ts_ns: int, c: Any, filled: bool
+) -> tuple[int, float, float, float, float, float, bool]:
+    return (
+        ts_ns,
+        float(c.open),
+        float(c.high),
+        float(c.low),
+        float(c.close),
+        float(c.volume),
+        filled,
+    )
+
+
+def summarize(store: Store, sid: str) -> dict[str, Any]:
+    """One strategy's figures from its state file: equity, return, Sharpe, drawdown, activity."""
+    info = store.strategy(sid)
+    if info is None:
+        return {"strategy_id": sid, "candles": 0}
+    cfg = info["config"]
+    capital = float(cfg["capital"])
+    eq = store.rows("equity", sid)
+    equity = np.array([r["equity"] for r in eq], dtype=np.float64)
+    fills = store.rows("fills", sid)
+    signals = store.rows("signals", sid)
+    counts = store.event_counts(sid)
+    loaded = store.load_state(sid)
+    state = loaded[1] if loaded else {}
+    returns = np.diff(np.concatenate([[capital], equity])) / np.concatenate(
+        [[capital], equity[:-1]]
+    )
+    ppy = periods_per_year(float(cfg["interval_s"]))
+    closed = [f["trade_pnl"] for f in fills if f["trade_pnl"] is not None]
+    risk_kinds = {k: n for k, n in counts.items() if k not in ("fallback", "bad_candle")}
+    pf = state.get("portfolio", {})
+    return {
+        "strategy_id": sid,
+        "checkpoint": info["model"].get("checkpoint"),
+        "arch": info["model"].get("arch"),
+        "candles": int(equity.size),
+        "first": eq[0]["ts"] if eq else None,
+        "last": eq[-1]["ts"] if eq else None,
+        "capital": capital,
+        "equity": float(equity[-1]) if equity.size else capital,
+        "return": float(equity[-1] / capital - 1.0) if equity.size else 0.0,
+        "sharpe": sharpe(returns, ppy) if equity.size else 0.0,
+        "max_drawdown": max_drawdown(equity, start=capital) if equity.size else 0.0,
+        "fills": len(fills),
+        "trades_closed": len(closed),
+        "win_rate": float(np.mean(np.array(closed) > 0)) if closed else None,
+        "fees": float(pf.get("fees", 0.0)),
+        "realized_pnl": float(pf.get("realized_pnl", 0.0)),
+        "position_units": float(pf.get("units", 0.0)),
+        "fallbacks": sum(1 for s in signals if s["fallback"] is not None),
+        "bad_candles": counts.get("bad_candle", 0),
+        "risk_events": sum(risk_kinds.values()),
+        "risk_event_kinds": risk_kinds,
+        "pending_order": state.get("pending"),
+        "latency_ms_p50": float(np.percentile([s["latency_ms"] for s in signals], 50))
+        if signals
+        else None,
+        "latency_ms_p99": float(np.percentile([s["latency_ms"] for s in signals], 99))
+        if signals
+        else None,
+    }

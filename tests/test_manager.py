@@ -1,0 +1,306 @@
+"""TradingManager: hand-checked accounting, no look-ahead, fallbacks, bad candles, crash-resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxtrader.config import RiskConfig
+from jaxtrader.data import load_candles, synth_candles, write_candles
+from jaxtrader.dataset import model_inputs
+from jaxtrader.features import NUM_FEATURES, min_history
+from jaxtrader.scaling import Scaler
+from jaxtrader.trading.feeds import Candle, ReplayFeed
+from jaxtrader.trading.manager import StrategyConfig, TradingManager, summarize
+from jaxtrader.trading.store import Store
+
+SEQ_LEN = 50
+HISTORY = min_history() + SEQ_LEN
+SCALER = Scaler(np.zeros(NUM_FEATURES), np.ones(NUM_FEATURES), 5.0)
+META = {"hash": "test-model", "checkpoint": "inline", "arch": "scripted"}
+ROWS = HISTORY + 40
+
+
+def inputs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return model_inputs(frame, SCALER, SEQ_LEN)
+
+
+def input_model(seq: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    """Deterministic in its input (so a resumed run sees the same probabilities)."""
+    return np.array([1.0 / (1.0 + math.exp(-float(feats[0, :10].sum())))])
+
+
+class Scripted:
+    """Returns the scripted probabilities in order (or raises / sleeps for the special values)."""
+
+    def __init__(self, probs: list[Any]) -> None:
+        self.probs = list(probs)
+        self.calls = 0
+
+    def __call__(self, seq: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        assert seq.shape == (1, SEQ_LEN, 5) and feats.shape == (1, NUM_FEATURES)
+        p = self.probs[self.calls] if self.calls < len(self.probs) else 0.5
+        self.calls += 1
+        if p == "raise":
+            raise RuntimeError("model blew up")
+        if p == "sleep":
+            time.sleep(0.3)
+            return np.array([0.9])
+        return np.array([p])
+
+
+@pytest.fixture(scope="module")
+def market() -> pd.DataFrame:
+    return synth_candles(rows=ROWS, seed=1).frame
+
+
+def candles_of(frame: pd.DataFrame) -> list[Candle]:
+    return [
+        Candle(ts, r.open, r.high, r.low, r.close, r.volume)
+        for ts, r in zip(frame.index, frame.itertuples(), strict=True)
+    ]
+
+
+def make(
+    tmp_path: Path,
+    model: Callable[[np.ndarray, np.ndarray], Any],
+    *,
+    sid: str = "s",
+    db: str = "state.db",
+    **cfg: Any,
+) -> TradingManager:
+    risk = cfg.pop("risk", RiskConfig(model_timeout_ms=100.0))
+    scfg = StrategyConfig(strategy_id=sid, symbol="SYNTH/USD", interval_s=3600.0, risk=risk, **cfg)
+    return TradingManager(scfg, Store(tmp_path / db), model, inputs, HISTORY, META)
+
+
+def run_on(m: TradingManager, frame: pd.DataFrame) -> list[Any]:
+    c = candles_of(frame)
+    m.warm_up(c[:HISTORY])
+    return [m.process(x) for x in c[HISTORY:]]
+
+
+def test_accounting_matches_a_hand_calculation(tmp_path: Path, market: pd.DataFrame) -> None:
+    # long, long, flat, long, flat: two round trips, orders at closes 0, 2, 3, 4.
+    m = make(tmp_path, Scripted([0.7, 0.8, 0.2, 0.9, 0.1]), capital=1000.0, fee_bps=10.0,
+             slippage_bps=20.0)  # fmt: skip
+    frame = market.iloc[: HISTORY + 6]
+    out = run_on(m, frame)
+    o = frame["open"].to_numpy()[HISTORY:]
+    c = frame["close"].to_numpy()[HISTORY:]
+    fee, slip = 0.001, 0.002
+    # Candle 1 open: buy with all equity, fee included.
+    p1 = o[1] * (1 + slip)
+    u1 = 1000.0 / (p1 * (1 + fee))
+    assert out[1].fill_price == pytest.approx(p1) and out[1].fill_units == pytest.approx(u1)
+    assert out[1].equity == pytest.approx(u1 * c[1])  # cash is exactly 0
+    assert out[2].fill_units is None  # still long: no order
+    # Candle 3 open: sell everything (decided at close 2).
+    p3 = o[3] * (1 - slip)
+    cash3 = u1 * p3 * (1 - fee)
+    assert out[3].fill_units == pytest.approx(-u1)
+    assert out[3].equity == pytest.approx(cash3)
+    # Candle 4 open: buy again; candle 5 open: sell.
+    p4 = o[4] * (1 + slip)
+    u4 = cash3 / (p4 * (1 + fee))
+    p5 = o[5] * (1 - slip)
+    final = u4 * p5 * (1 - fee)
+    assert out[5].equity == pytest.approx(final)
+    s = summarize(m.store, "s")
+    fees = u1 * p1 * fee + u1 * p3 * fee + u4 * p4 * fee + u4 * p5 * fee
+    assert s["fees"] == pytest.approx(fees)
+    assert s["realized_pnl"] == pytest.approx(u1 * (p3 - p1) + u4 * (p5 - p4))
+    assert s["equity"] == pytest.approx(final)
+    assert s["return"] == pytest.approx(final / 1000.0 - 1.0)
+    assert (s["fills"], s["trades_closed"], s["fallbacks"]) == (4, 2, 0)
+    fills = m.store.rows("fills", "s")
+    # Every fill is at the open of the candle after the decision.
+    orders = {r["order_id"]: r for r in m.store.rows("orders", "s")}
+    for f in fills:
+        decided = pd.Timestamp(orders[f["order_id"]]["decided_ts"])
+        assert pd.Timestamp(f["ts"]) == decided + pd.Timedelta("1h")
+        assert orders[f["order_id"]]["status"] == "filled"
+
+
+def test_decisions_do_not_see_the_future(tmp_path: Path, market: pd.DataFrame) -> None:
+    frame = market.iloc[: HISTORY + 12]
+    a = run_on(make(tmp_path, input_model, db="a.db"), frame)
+    future = frame.copy()
+    k = 6  # change every candle after the 6th traded one
+    future.iloc[HISTORY + k + 1 :, :4] *= 1.5
+    b = run_on(make(tmp_path, input_model, db="b.db"), future)
+    for x, y in zip(a[: k + 1], b[: k + 1], strict=True):
+        assert (x.prob_up, x.target, x.order) == (y.prob_up, y.target, y.order)
+        assert x.equity == y.equity
+    assert any(x.prob_up != y.prob_up for x, y in zip(a[k + 1 :], b[k + 1 :], strict=True))
+
+
+def test_model_failures_fall_back_to_neutral_and_trip_the_breaker(
+    tmp_path: Path, market: pd.DataFrame
+) -> None:
+    risk = RiskConfig(breaker_failures=3, cooldown=2, model_timeout_ms=100.0)
+    model = Scripted([0.9, "raise", float("nan"), "sleep", 0.9, 0.9, 0.9])
+    out = run_on(make(tmp_path, model, risk=risk), market.iloc[: HISTORY + 7])
+    assert out[0].target == 1.0 and out[0].order == 1
+    kinds = [o.fallback.split(":")[0] if o.fallback else None for o in out]
+    assert kinds[:4] == [None, "model_error", "nan", "timeout"]
+    assert [o.action for o in out[1:3]] == ["hold", "hold"]  # neutral holds the position
+    assert (out[3].action, out[3].reason, out[3].target) == ("exit", "circuit_breaker", 0.0)
+    assert [o.action for o in out[4:6]] == ["block", "block"]  # cooldown of 2 candles
+    assert (out[6].action, out[6].target) == ("allow", 1.0)
+    events = m_events(tmp_path)
+    assert events.get("circuit_breaker") == 1 and events.get("fallback") == 3
+
+
+def m_events(tmp_path: Path, db: str = "state.db", sid: str = "s") -> dict[str, int]:
+    return Store(tmp_path / db).event_counts(sid)
+
+
+def test_bad_candles_are_skipped_and_gaps_filled(tmp_path: Path, market: pd.DataFrame) -> None:
+    m = make(tmp_path, input_model)
+    c = candles_of(market.iloc[: HISTORY + 8])
+    m.warm_up(c[:HISTORY])
+    good = c[HISTORY:]
+    bad = [
+        dataclasses.replace(good[0], close=math.nan),
+        dataclasses.replace(good[0], high=good[0].low * 0.5),
+        dataclasses.replace(good[0], open=-1.0),
+    ]
+    assert all(m.process(x) is None for x in bad)
+    assert m.process(good[0]) is not None
+    assert m.process(good[0]) is None  # duplicate
+    assert m.process(good[1]) is not None
+    assert m.process(good[0]) is None  # out of order
+    assert m.process(dataclasses.replace(good[2], ts=good[2].ts + pd.Timedelta("7min"))) is None
+    gapped = m.process(good[5])  # good[2..4] missing
+    assert gapped is not None and gapped.fallback is not None and gapped.fallback.startswith("gap")
+    after = m.process(good[6])
+    assert after is not None and after.fallback is None and after.prob_up is not None
+    rows = m.store.history("s", 5)
+    assert [r.filled for r in rows] == [True, True, True, False, False]
+    assert [r.close for r in rows[:3]] == [good[1].close] * 3  # flat at the previous close
+    assert [r.volume for r in rows[:3]] == [0.0] * 3
+    counts = m.store.event_counts("s")
+    assert counts["bad_candle"] == 6  # 3 invalid, duplicate, out of order, off-grid
+
+
+def test_in_process_resume_equals_uninterrupted(tmp_path: Path, market: pd.DataFrame) -> None:
+    frame = market.iloc[: HISTORY + 20]
+    full = run_on(make(tmp_path, input_model, db="full.db"), frame)
+    c = candles_of(frame)
+    first = make(tmp_path, input_model, db="part.db")
+    first.warm_up(c[:HISTORY])
+    for x in c[HISTORY : HISTORY + 9]:
+        first.process(x)
+    first.store.close()
+    second = make(tmp_path, input_model, db="part.db")
+    assert second.warmed and second.last_ts == c[HISTORY + 8].ts
+    assert second.resume_after == c[HISTORY + 8].ts
+    rest = [second.process(x) for x in c[HISTORY + 9 :]]
+    assert [r.equity for r in rest] == [r.equity for r in full[9:]]
+    a = Store(tmp_path / "full.db").rows("fills", "s")
+    b = Store(tmp_path / "part.db").rows("fills", "s")
+    assert [(f["ts"], f["units"], f["price"]) for f in a] == [
+        (f["ts"], f["units"], f["price"]) for f in b
+    ]
+
+
+def test_drawdown_halt_of_one_strategy_does_not_block_another(
+    tmp_path: Path, market: pd.DataFrame
+) -> None:
+    # Flipping long/flat every candle burns about 0.2% of equity in fees per round trip.
+    frame = market.iloc[: HISTORY + 12]
+    flip = [0.9, 0.1] * 10
+    tight = make(tmp_path, Scripted(flip), sid="tight", risk=RiskConfig(daily_drawdown=0.003))
+    loose = make(tmp_path, Scripted(flip), sid="loose", risk=RiskConfig(daily_drawdown=0.5))
+    a = run_on(tight, frame)
+    b = run_on(loose, frame)
+    halted = [i for i, o in enumerate(a) if o.reason == "daily_drawdown"]
+    assert halted, [o.equity for o in a]
+    day = a[halted[0]].ts.date()
+    assert all(o.target == 0.0 for o in a[halted[0] :] if o.ts.date() == day)
+    assert all(o.reason != "daily_drawdown" for o in b)
+    assert [o.target for o in b] == [1.0, 0.0] * 6  # the loose one keeps trading
+    store = Store(tmp_path / "state.db")
+    assert store.event_counts("tight")["daily_drawdown"] >= 1
+    assert "daily_drawdown" not in store.event_counts("loose")
+    assert len(store.rows("fills", "loose")) > len(store.rows("fills", "tight"))
+
+
+# -- crash-resume in a real subprocess -------------------------------------------------------
+
+
+def run_strategy(db: str, csv: str, sid: str) -> None:
+    """Entry point of the subprocess: a replay over the whole file with the input model."""
+    feed = ReplayFeed(csv, start=load_candles(csv).frame.index[HISTORY])
+    scfg = StrategyConfig(strategy_id=sid, symbol="SYNTH/USD", interval_s=3600.0,
+                          risk=RiskConfig(model_timeout_ms=5000.0))  # fmt: skip
+    m = TradingManager(scfg, Store(db), input_model, inputs, HISTORY, META)
+    m.run(feed)
+
+
+def _spawn(db: Path, csv: Path, sid: str) -> subprocess.Popen[bytes]:
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"from test_manager import run_strategy; run_strategy({str(db)!r}, {str(csv)!r}, {sid!r})"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+
+
+def _count(db: Path, sid: str) -> int:
+    try:
+        con = sqlite3.connect(str(db), timeout=10)
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM equity WHERE strategy_id = ?", (sid,))
+                       .fetchone()[0])  # fmt: skip
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _final(db: Path, sid: str) -> tuple[list[Any], list[Any], list[str]]:
+    store = Store(db)
+    fills = [
+        (f["ts"], f["order_id"], f["units"], f["price"], f["fee"]) for f in store.rows("fills", sid)
+    ]
+    equity = [(e["ts"], e["equity"]) for e in store.rows("equity", sid)]
+    ts = [s["ts"] for s in store.rows("signals", sid)]
+    return fills, equity, ts
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+    frame = synth_candles(rows=HISTORY + 160, seed=2).frame
+    csv = write_candles(frame, tmp_path / "c.csv")
+    ref, crash = tmp_path / "ref.db", tmp_path / "crash.db"
+    p = _spawn(ref, csv, "a")
+    q = _spawn(crash, csv, "a")
+    deadline = time.monotonic() + 60
+    while _count(crash, "a") < 40 and q.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert q.poll() is None, "the run finished before it could be killed; use more candles"
+    q.send_signal(signal.SIGKILL)
+    q.wait()
+    killed_at = _count(crash, "a")
+    assert 0 < killed_at < 160
+    r = _spawn(crash, csv, "a")
+    assert r.wait(timeout=120) == 0, r.stderr.read() if r.stderr else ""
+    assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""
+    a, b = _final(ref, "a"), _final(crash, "a")
+    assert len(a[2]) == 160 and len(set(b[2])) == len(b[2])  # no candle processed twice
+    assert a == b  # identical fills and equity
+    assert len(a[0]) > 0
