@@ -28,7 +28,7 @@ def _close(a: object, b: object, rel: float = 1e-10) -> bool:
     return a == b
 
 
-def _table(tmp_path: Path, long_short: bool = False) -> tuple[s.EvalRows, s.EvalSettings]:
+def make_table(tmp_path: Path, long_short: bool = False) -> tuple[s.EvalRows, s.EvalSettings]:
     rng = np.random.default_rng(0)
     T = 600
     ts = pd.date_range("2024-01-01", periods=T, freq="1h", tz="UTC").as_unit("ns").asi8
@@ -83,7 +83,7 @@ def _table(tmp_path: Path, long_short: bool = False) -> tuple[s.EvalRows, s.Eval
 
 @pytest.mark.parametrize("long_short", [False, True])
 def test_every_number_recomputes_from_the_csv(tmp_path: Path, long_short: bool) -> None:
-    table, settings = _table(tmp_path, long_short)
+    table, settings = make_table(tmp_path, long_short)
     report = s.summarize(table, settings)
     path = tmp_path / "pred.csv"
     s.write_csv(table, path)
@@ -142,7 +142,7 @@ def test_every_number_recomputes_from_the_csv(tmp_path: Path, long_short: bool) 
 
 
 def test_sharpe_ci_and_period_are_reported(tmp_path: Path) -> None:
-    table, settings = _table(tmp_path)
+    table, settings = make_table(tmp_path)
     report = s.summarize(table, settings)
     ci = report["significance"]["sharpe_ci95"]
     assert ci["lo"] < report["backtest"]["sharpe"] < ci["hi"]

@@ -1,7 +1,138 @@
-"""CLI commands for evaluate (filled in by the evaluate work)."""
+"""CLI command `evaluate`: score a checkpoint against baselines, with significance and a backtest."""
 
 from __future__ import annotations
 
 import click
 
-COMMANDS: list[click.Command] = []
+from jaxtrader.cli.common import CliState
+
+
+@click.command("evaluate")
+@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
+@click.option(
+    "--arch",
+    type=click.Choice(["lstm", "transformer"]),
+    default=None,
+    help="Architecture to pick (default: any).",
+)
+@click.option(
+    "--symbol", type=str, default=None, help="Market symbol of the checkpoint, e.g. BTC/USDT."
+)
+@click.option(
+    "--version",
+    "version",
+    type=str,
+    default="best",
+    show_default=True,
+    help="best, latest or a version number.",
+)
+@click.option(
+    "--ckpt-dir", type=str, default=None, help="Checkpoint root (default: train.ckpt_dir)."
+)
+@click.option(
+    "--checkpoint", type=str, default=None, help="A version directory, overrides the above."
+)
+@click.option(
+    "--data",
+    "data_path",
+    type=str,
+    default=None,
+    help="Candle file (default: the data recorded in the checkpoint's manifest).",
+)
+@click.option("--fee-bps", type=float, default=None, help="Fee per side in bps (default 10).")
+@click.option(
+    "--slippage-bps", type=float, default=None, help="Slippage per side in bps (default 0)."
+)
+@click.option(
+    "--threshold", type=float, default=None, help="Go long when P(up) > this (default 0.5)."
+)
+@click.option(
+    "--long-short", is_flag=True, default=None, help="Also short when P(up) < 1 - threshold."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@click.option(
+    "--predictions",
+    type=str,
+    default=None,
+    help="Write one CSV row per evaluated candle (recomputes every reported number).",
+)
+@click.option(
+    "--report-dir", type=str, default=None, help="Write report.json, report.md and PNG plots here."
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the random baseline and the bootstrap.",
+)
+@click.pass_obj
+def evaluate(
+    state: CliState,
+    split: str,
+    arch: str | None,
+    symbol: str | None,
+    version: str,
+    ckpt_dir: str | None,
+    checkpoint: str | None,
+    data_path: str | None,
+    fee_bps: float | None,
+    slippage_bps: float | None,
+    threshold: float | None,
+    long_short: bool | None,
+    as_json: bool,
+    predictions: str | None,
+    report_dir: str | None,
+    seed: int,
+) -> None:
+    """Evaluate a trained model honestly: metrics, baselines, significance, calibration, backtest.
+
+    Signals are decided at a candle's close and filled at the next open, net of fees; the Sharpe
+    ratio is annualized from the candle interval. Every number is recomputable from --predictions.
+    """
+    import json
+
+    from jaxtrader.evaluate.report import format_table, write_report
+    from jaxtrader.evaluate.run import evaluate_checkpoint
+    from jaxtrader.evaluate.summary import write_csv
+    from jaxtrader.logs import _jsonable
+
+    cfg = state.config(
+        {
+            "backtest.fee_bps": fee_bps,
+            "backtest.slippage_bps": slippage_bps,
+            "backtest.threshold": threshold,
+            "backtest.long_short": long_short,
+        }
+    )
+    result = evaluate_checkpoint(
+        split=split,
+        backtest=cfg.backtest,
+        ckpt_dir=ckpt_dir or cfg.train.ckpt_dir,
+        symbol=symbol,
+        arch=arch,
+        version=version,
+        checkpoint=checkpoint,
+        data_path=data_path,
+        seed=seed,
+        with_attention=report_dir is not None,
+    )
+    if predictions:
+        write_csv(result.rows, predictions)
+        result.doc["predictions_csv"] = predictions
+    if report_dir:
+        write_report(
+            report_dir,
+            result.doc,
+            result.rows,
+            training_records=result.training_records,
+            attention=result.attention,
+        )
+        result.doc["report_dir"] = report_dir
+    if as_json:
+        click.echo(json.dumps(_jsonable(result.doc)))
+    else:
+        click.echo(format_table(result.doc))
+
+
+COMMANDS: list[click.Command] = [evaluate]

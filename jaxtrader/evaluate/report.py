@@ -1,0 +1,360 @@
+"""Turns an evaluation summary into words and pictures: the CLI table, report.md, report.json, PNGs.
+
+Plots use matplotlib's Agg backend (selected before pyplot is imported, so no display is needed):
+equity vs buy-and-hold with the drawdown underneath, the confusion matrix, the reliability diagram,
+training curves from the run's metrics JSONL and, for the Transformer, attention heatmaps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxtrader.evaluate import backtest as bt
+from jaxtrader.evaluate.summary import EvalRows
+
+CLASS_KEYS = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "log_loss", "brier")
+BACKTEST_KEYS = (
+    "total_return",
+    "cagr",
+    "sharpe",
+    "sortino",
+    "calmar",
+    "max_drawdown",
+    "win_rate",
+    "profit_factor",
+    "exposure",
+    "trades",
+    "fees_paid",
+)
+PCT_KEYS = {"total_return", "cagr", "max_drawdown", "win_rate", "exposure", "fees_paid"}
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if pct:
+            return f"{100 * value:+.2f}%" if value else "0.00%"
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.3g}"
+    return str(value)
+
+
+def _rows(header: Sequence[str], body: Sequence[Sequence[str]], markdown: bool) -> list[str]:
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(r) + " |" for r in body]
+        return out
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+    line = "  ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)) for r in body]
+    return out
+
+
+def _tables(doc: dict[str, Any], markdown: bool) -> list[str]:
+    sig = doc["significance"]
+    cls = doc["classification"]
+    lines: list[str] = []
+    names = ["model", *doc["baselines"].keys()]
+    sources = [cls, *doc["baselines"].values()]
+    lines += _rows(
+        ["metric", *names],
+        [[k, *(_fmt(src.get(k)) for src in sources)] for k in CLASS_KEYS],
+        markdown,
+    )
+    lo, hi = sig["accuracy_ci95"]
+    lines += [
+        "",
+        f"accuracy {cls['accuracy']:.4f}, 95% CI [{lo:.4f}, {hi:.4f}] on effective n "
+        f"{sig['effective_n']} (= {doc['n']} rows / horizon {sig['horizon']}); one-sided p-value vs "
+        f"the training-majority baseline ({sig['majority_accuracy']:.4f}): "
+        f"{sig['p_value_vs_majority']:.4g}",
+        "",
+    ]
+    bh = doc["buy_and_hold"]
+    extra = doc.get("baseline_backtests", {})
+    bt_names = ["strategy", "buy_and_hold", *(f"{k} rule" for k in extra)]
+    bt_sources = [doc["backtest"], bh, *extra.values()]
+    lines += _rows(
+        ["backtest", *bt_names],
+        [[k, *(_fmt(s.get(k), k in PCT_KEYS) for s in bt_sources)] for k in BACKTEST_KEYS],
+        markdown,
+    )
+    ci = sig["sharpe_ci95"]
+    ann = doc["annualization"]
+    st = doc["settings"]
+    lines += [
+        "",
+        f"Sharpe {doc['backtest']['sharpe']:.3f}, 95% {ci['method']} CI "
+        f"[{_fmt(ci['lo'])}, {_fmt(ci['hi'])}] (mean block {ci['mean_block_length']}, "
+        f"{ci['samples']} resamples, seed {ci['seed']}); annualized with "
+        f"{ann['periods_per_year']:g} periods/year (sqrt {ann['sqrt_factor']:.2f}, "
+        f"{ann['basis']}); fees {st['fee_bps']:g} bps + slippage {st['slippage_bps']:g} bps per "
+        f"side, threshold {st['threshold']}, {'long-short' if st['long_short'] else 'long-only'}",
+    ]
+    return lines
+
+
+def format_table(doc: dict[str, Any]) -> str:
+    """The compact human-readable summary the CLI prints."""
+    head = [
+        f"evaluate {doc.get('source', {}).get('label', '')} split={doc['split']} n={doc['n']} "
+        f"({doc['period']['first']} .. {doc['period']['last']})".replace("  ", " "),
+        "",
+    ]
+    notes = [f"note: {n}" for n in doc.get("notes", [])]
+    return "\n".join(head + _tables(doc, markdown=False) + (["", *notes] if notes else []))
+
+
+def render_markdown(doc: dict[str, Any], images: Sequence[str] = ()) -> str:
+    """report.md: the same numbers as the JSON, as tables, plus the plots."""
+    src = doc.get("source", {})
+    lines = [
+        f"# Evaluation: {src.get('label', 'model')} on the {doc['split']} split",
+        "",
+        f"{doc['n']} prediction rows from {doc['period']['first']} to {doc['period']['last']}.",
+    ]
+    if src:
+        lines += ["", "| what | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in src.items() if k != "label"]
+    lines += ["", "## Classification and baselines", ""]
+    lines += _tables(doc, markdown=True)
+    lines += [
+        "",
+        "## Calibration",
+        "",
+        f"Brier {_fmt(doc['calibration']['brier'])}, expected "
+        f"calibration error {_fmt(doc['calibration']['ece'])}.",
+        "",
+    ]
+    lines += _rows(
+        ["bin", "mean predicted", "observed up", "count"],
+        [
+            [
+                f"{r['bin_lo']:.1f}-{r['bin_hi']:.1f}",
+                _fmt(r["mean_predicted"]),
+                _fmt(r["observed_frequency"]),
+                str(r["count"]),
+            ]
+            for r in doc["calibration"]["reliability"]
+        ],
+        markdown=True,
+    )
+    for note in doc.get("notes", []):
+        lines += ["", f"Note: {note}"]
+    if images:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{Path(i).stem}]({Path(i).name})" for i in images]
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_equity(rows: EvalRows, cost_rate: float, path: Path, title: str = "") -> Path:
+    """Strategy and buy-and-hold equity (log scale) with the strategy drawdown underneath."""
+    plt = _pyplot()
+    import pandas as pd
+
+    t = pd.to_datetime(rows.timestamp_ns, utc=True)
+    hold = bt.simulate(np.ones(len(rows)), rows.asset_return, cost_rate).equity
+    fig, (ax, ax_dd) = plt.subplots(
+        2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot(t, rows.equity, label="strategy (net of costs)", lw=1.2)
+    ax.plot(t, hold, label="buy and hold", lw=1.0, alpha=0.8)
+    both = np.concatenate([rows.equity, hold])
+    positive = both[both > 0]
+    # Log scale only when growth spans a wide range; plain numbers read better otherwise.
+    if positive.size and positive.max() / positive.min() > 4:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    ax.set_ylabel("equity (start = 1)")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Equity")
+    ax_dd.fill_between(
+        t, bt.drawdown_curve(rows.equity) * 100, 0, color="tab:red", alpha=0.4, label="strategy"
+    )
+    ax_dd.plot(t, bt.drawdown_curve(hold) * 100, color="tab:orange", lw=0.8, label="buy and hold")
+    ax_dd.set_ylabel("drawdown %")
+    ax_dd.legend(loc="lower left", fontsize=8)
+    ax_dd.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(cm: list[list[int]], path: Path, title: str = "") -> Path:
+    plt = _pyplot()
+    m = np.asarray(cm, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(m, cmap="Blues")
+    total = m.sum()
+    for i in range(2):
+        for j in range(2):
+            ax.text(
+                j,
+                i,
+                f"{int(m[i, j])}\n{m[i, j] / total:.1%}",
+                ha="center",
+                va="center",
+                color="white" if m[i, j] > m.max() / 2 else "black",
+            )
+    ax.set_xticks([0, 1], ["down", "up"])
+    ax.set_yticks([0, 1], ["down", "up"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title or "Confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(table: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Observed up-frequency against mean predicted P(up) per bin, with bin counts below."""
+    plt = _pyplot()
+    used = [r for r in table if r["count"]]
+    fig, (ax, ax_n) = plt.subplots(
+        2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.plot(
+        [r["mean_predicted"] for r in used],
+        [r["observed_frequency"] for r in used],
+        marker="o",
+        label="model",
+    )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("observed frequency of up")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Reliability")
+    ax_n.bar(
+        [(r["bin_lo"] + r["bin_hi"]) / 2 for r in table], [r["count"] for r in table], width=0.09
+    )
+    ax_n.set_xlabel("predicted P(up)")
+    ax_n.set_ylabel("count")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Per-epoch training records; a missing file gives an empty list (the caller adds a note)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    records = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            records.append(json.loads(line))
+    return records
+
+
+def plot_training(records: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Train/val loss and val accuracy (with the majority rate) per epoch."""
+    plt = _pyplot()
+    epochs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key in ("train_loss", "val_loss"):
+        if any(key in r for r in records):
+            ax_l.plot(epochs, [r.get(key, np.nan) for r in records], marker="o", label=key)
+    ax_l.set_xlabel("epoch")
+    ax_l.set_ylabel("cross-entropy")
+    ax_l.legend()
+    ax_l.grid(alpha=0.3)
+    for key in ("train_acc", "val_acc", "val_majority_rate"):
+        if any(key in r for r in records):
+            ax_a.plot(epochs, [r.get(key, np.nan) for r in records], marker="o", label=key)
+    ax_a.set_xlabel("epoch")
+    ax_a.set_ylabel("accuracy")
+    ax_a.legend()
+    ax_a.grid(alpha=0.3)
+    fig.suptitle(title or "Training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_attention(
+    weights_LxBxHxTxT: np.ndarray, labels: Sequence[str], path: Path, title: str = ""
+) -> Path:
+    """Last block's head-averaged attention of the prediction point over the window, per sample.
+
+    Each row is one recent window; columns are window positions (oldest left, the prediction
+    candle right), so the picture shows which past candles the final position attends to.
+    """
+    plt = _pyplot()
+    w = np.asarray(weights_LxBxHxTxT, dtype=np.float64)
+    last_BxT = w[-1].mean(axis=1)[:, -1, :]  # last layer, mean over heads, query = last position
+    fig, ax = plt.subplots(figsize=(10, 0.5 * last_BxT.shape[0] + 1.8))
+    im = ax.imshow(last_BxT, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(labels)), list(labels), fontsize=8)
+    ax.set_xlabel("window position (right = prediction candle)")
+    ax.set_title(title or "Attention of the prediction point (last block, mean over heads)")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    directory: str | Path,
+    doc: dict[str, Any],
+    rows: EvalRows,
+    *,
+    training_records: list[dict[str, Any]] | None = None,
+    attention: tuple[np.ndarray, Sequence[str]] | None = None,
+) -> list[Path]:
+    """Writes report.json, report.md and the PNG plots; returns the written paths."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    label = doc.get("source", {}).get("label", "model")
+    cost = (doc["settings"]["fee_bps"] + doc["settings"]["slippage_bps"]) / 1e4
+    images = [
+        plot_equity(rows, cost, out / "equity.png", f"{label}: equity vs buy and hold"),
+        plot_confusion(
+            doc["classification"]["confusion_matrix"],
+            out / "confusion.png",
+            f"{label}: confusion ({doc['split']})",
+        ),
+        plot_reliability(
+            doc["calibration"]["reliability"],
+            out / "reliability.png",
+            f"{label}: reliability ({doc['split']})",
+        ),
+    ]
+    if training_records:
+        images.append(plot_training(training_records, out / "training.png", f"{label}: training"))
+    if attention is not None:
+        images.append(plot_attention(attention[0], attention[1], out / "attention.png"))
+    from jaxtrader.logs import _jsonable
+
+    (out / "report.json").write_text(json.dumps(_jsonable(doc), indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(doc, [str(i) for i in images]), encoding="utf-8")
+    return [out / "report.json", out / "report.md", *images]

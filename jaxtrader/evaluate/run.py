@@ -1,0 +1,201 @@
+"""The evaluation pipeline for one checkpoint: load, rebuild the data it was trained on, predict,
+score against baselines, backtest. The I/O edge of the evaluate package (the CLI stays thin).
+
+The checkpoint's manifest decides the features, scaler, window and split boundaries
+(`Predictor.rebuild_dataset`); the data is the manifest's own source unless `data_path` is given,
+in which case a different file hash is allowed with a warning but the file must still cover the
+splits (else `DataError` from the split rebuild).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxtrader.config import BacktestConfig
+from jaxtrader.errors import DataError
+from jaxtrader.evaluate.baselines import predict_baselines
+from jaxtrader.evaluate.summary import EvalRows, EvalSettings, annualization, build_rows, summarize
+from jaxtrader.logs import get_logger, log_event
+
+_log = get_logger("evaluate")
+ATTENTION_WINDOWS = 4
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one evaluation produced: the report document, its rows, and material for plots."""
+
+    doc: dict[str, Any]
+    rows: EvalRows
+    training_records: list[dict[str, Any]]
+    attention: tuple[np.ndarray, list[str]] | None
+
+
+def _load_candles(manifest: Any, config: Any, data_path: str | None) -> tuple[Any, list[str]]:
+    """Candles for evaluation: `data_path` if given, else the manifest's file or synthetic market."""
+    from jaxtrader.data import file_sha256, load_market
+
+    notes: list[str] = []
+    recorded = manifest.data.get("path")
+    path = data_path or recorded
+    data_cfg = dataclasses.replace(config.data, path=path)
+    if path is not None and not Path(path).is_file():
+        raise DataError(
+            f"data file {path} does not exist; pass --data with the file the model was trained on"
+        )
+    candles = load_market(data_cfg)
+    expected = manifest.data.get("sha256")
+    if data_path is not None:
+        actual = file_sha256(data_path)
+        if expected is None:
+            notes.append(
+                f"the model was trained on {manifest.data.get('source')}, evaluated on {data_path}"
+            )
+        elif actual != expected:
+            notes.append(
+                f"data file {data_path} (sha256 {actual[:12]}) differs from the training file "
+                f"(sha256 {expected[:12]}); splits are matched by timestamp, so rows outside the "
+                "original file or revised candles may change the numbers"
+            )
+    for note in notes:
+        log_event(_log, "data_mismatch", logging.WARNING, note=note)
+    return candles, notes
+
+
+def _attention(predictor: Any, dataset: Any, split: str) -> tuple[np.ndarray, list[str]] | None:
+    """Attention weights of the last few windows of the split, or None when not available."""
+    from jaxtrader.models import transformer
+
+    model = getattr(predictor, "model", None)
+    variables = getattr(predictor, "variables", None)
+    if variables is None and getattr(predictor, "params", None) is not None:
+        variables = {"params": predictor.params}
+    if model is None or variables is None:
+        return None
+    rows = dataset.rows(split)[-ATTENTION_WINDOWS:]
+    batch = dataset.gather(rows)
+    weights = transformer.attention_weights(model, variables, batch["seq"], batch["feats"])
+    labels = [ts.strftime("%Y-%m-%d %H:%M") for ts in dataset.index[rows]]
+    return np.asarray(weights), labels
+
+
+def evaluate_checkpoint(
+    *,
+    split: str,
+    backtest: BacktestConfig,
+    ckpt_dir: str,
+    symbol: str | None = None,
+    arch: str | None = None,
+    version: str = "best",
+    checkpoint: str | None = None,
+    data_path: str | None = None,
+    seed: int = 0,
+    bootstrap_samples: int = 1000,
+    with_attention: bool = False,
+) -> Evaluation:
+    """Runs the whole evaluation of one checkpoint version on one split."""
+    from jaxtrader.evaluate.report import read_metrics_jsonl
+    from jaxtrader.inference import Predictor
+
+    if split not in ("val", "test"):
+        raise DataError(f"--split must be val or test, got {split!r}")
+    predictor = Predictor.load(
+        ckpt_dir=ckpt_dir, symbol=symbol, arch=arch, version=version, checkpoint=checkpoint
+    )
+    manifest = predictor.manifest
+    candles, notes = _load_candles(manifest, predictor.config, data_path)
+    dataset = predictor.rebuild_dataset(candles)
+    prob_up = np.asarray(predictor.predict_split(dataset, split), dtype=np.float64)
+
+    frame = candles.frame
+    open_ = frame["open"].to_numpy(np.float64)
+    close = frame["close"].to_numpy(np.float64)
+    ts_ns = frame.index.as_unit("ns").asi8
+    rows = dataset.rows(split)
+    train_rows = dataset.rows("train")
+    horizon = int(manifest.horizon)
+    baselines = predict_baselines(
+        train_labels=dataset.labels("train"),
+        train_feats_NxF=dataset.feats_TxF[train_rows],
+        eval_feats_NxF=dataset.feats_TxF[rows],
+        close=close,
+        eval_rows=rows,
+        horizon=horizon,
+        seed=seed,
+    )
+    interval_s = float(candles.interval.total_seconds())
+    ppy, basis = annualization(interval_s, ts_ns[rows])
+    settings = EvalSettings(
+        split=split,
+        horizon=horizon,
+        interval_seconds=interval_s,
+        periods_per_year=ppy,
+        annualization_basis=basis,
+        fee_bps=backtest.fee_bps,
+        slippage_bps=backtest.slippage_bps,
+        threshold=backtest.threshold,
+        long_short=backtest.long_short,
+        majority_class=baselines.majority_class,
+        train_up_rate=baselines.train_up_rate,
+        seed=seed,
+        bootstrap_samples=bootstrap_samples,
+    )
+    table = build_rows(
+        prob_up=prob_up,
+        labels=dataset.labels(split),
+        forward_return=dataset.fwd_returns(split),
+        candle_rows=rows,
+        timestamps_ns=ts_ns,
+        open_=open_,
+        close=close,
+        baselines=baselines,
+        settings=settings,
+    )
+    doc = summarize(table, settings)
+    version_dir = _version_dir(predictor)
+    doc["source"] = {
+        "label": f"{manifest.arch} v{manifest.version}",
+        "arch": manifest.arch,
+        "version": manifest.version,
+        "checkpoint": str(version_dir) if version_dir else None,
+        "symbol": candles.symbol,
+        "data": str(candles.source),
+        "data_sha256": manifest.data.get("sha256"),
+        "interval": str(candles.interval),
+        "trained_at": manifest.created_at,
+        "best_step": manifest.best_step,
+    }
+    doc["notes"] = [*notes, *baselines.notes]
+    records: list[dict[str, Any]] = []
+    if version_dir is not None and manifest.metrics_path:
+        records = read_metrics_jsonl(version_dir / manifest.metrics_path)
+    if not records:
+        doc["notes"].append("no training metrics JSONL found: training curves skipped")
+    attention = None
+    if with_attention and manifest.arch == "transformer":
+        attention = _attention(predictor, dataset, split)
+        if attention is None:
+            doc["notes"].append("attention weights not exposed by the predictor: heatmap skipped")
+    log_event(
+        _log,
+        "evaluated",
+        split=split,
+        n=doc["n"],
+        accuracy=doc["classification"]["accuracy"],
+        sharpe=doc["backtest"]["sharpe"],
+    )
+    return Evaluation(doc=doc, rows=table, training_records=records, attention=attention)
+
+
+def _version_dir(predictor: Any) -> Path | None:
+    for name in ("version_dir", "path", "directory"):
+        value = getattr(predictor, name, None)
+        if value is not None:
+            return Path(value)
+    return None
