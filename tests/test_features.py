@@ -1,0 +1,266 @@
+"""Tests for jaxtrader.features: registry, no look-ahead, scale invariance, guards, warm-ups."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import chex
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxtrader import features as F
+from jaxtrader.errors import FeatureError
+
+ROWS = 3_000
+
+
+def random_candles(
+    rows: int, seed: int, start: str = "2024-01-01", first_close: float = 100.0
+) -> pd.DataFrame:
+    """Random but valid OHLCV (low <= open, close <= high; volume >= 0) with volatility regimes."""
+    rng = np.random.default_rng(seed)
+    vol = 0.01 * np.exp(np.cumsum(rng.normal(0.0, 0.05, rows)).clip(-2, 2))
+    close = first_close * np.exp(np.cumsum(vol * rng.standard_t(4, rows)))
+    prev = np.concatenate([[first_close], close[:-1]])
+    open_ = prev * np.exp(rng.normal(0.0, 1e-4, rows))
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0.0, vol / 2)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0.0, vol / 2)))
+    volume = rng.lognormal(5.0, 1.0, rows)
+    index = pd.date_range(start, periods=rows, freq="1h", tz="UTC", name="timestamp")
+    return pd.DataFrame(
+        {"open": open_, "high": high, "low": low, "close": close, "volume": volume,
+         "filled": np.zeros(rows, bool)},
+        index=index,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def candles() -> pd.DataFrame:
+    return random_candles(ROWS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def full(candles: pd.DataFrame) -> np.ndarray:
+    return F.feature_matrix(candles)
+
+
+def offenders(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> list[str]:
+    """Names of features whose columns differ (NaN only matches NaN), with the worst row."""
+    bad = []
+    for j, name in enumerate(F.FEATURE_NAMES):
+        x, y = a[:, j], b[:, j]
+        same = np.isclose(x, y, rtol=rtol, atol=atol, equal_nan=True)
+        if not same.all():
+            i = int(np.flatnonzero(~same)[0])
+            bad.append(f"{name} (row {i}: {x[i]!r} vs {y[i]!r})")
+    return bad
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_registry_has_86_unique_documented_features() -> None:
+    assert F.NUM_FEATURES == 86
+    assert len(F.FEATURES) == len(F.FEATURE_NAMES) == 86
+    assert len(set(F.FEATURE_NAMES)) == 86
+    assert set(F.FAMILIES) == {
+        "returns", "trend", "oscillator", "volatility", "volume", "candle", "rolling", "calendar"
+    }  # fmt: skip
+    for spec in F.FEATURES:
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", spec.name), spec.name
+        assert spec.definition.strip() and "\n" not in spec.definition, spec.name
+        assert isinstance(spec.warmup, int) and 0 <= spec.warmup <= F.WARMUP, spec.name
+    assert max(s.warmup for s in F.FEATURES) == F.WARMUP
+    assert F.min_history() == F.MIN_HISTORY == F.WARMUP + 1
+
+
+def test_feature_hash_is_stable_and_tracks_definitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = F.feature_hash()
+    assert re.fullmatch(r"[0-9a-f]{64}", h)
+    assert F.feature_hash() == h
+    changed = list(F.FEATURES)
+    changed[5] = dataclasses.replace(changed[5], definition=changed[5].definition + " ")
+    monkeypatch.setattr(F, "FEATURES", tuple(changed))
+    assert F.feature_hash() != h
+    monkeypatch.undo()
+    monkeypatch.setattr(F, "FEATURES_VERSION", F.FEATURES_VERSION + 1)
+    assert F.feature_hash() != h
+    monkeypatch.undo()
+    warm = list(F.FEATURES)
+    warm[0] = dataclasses.replace(warm[0], warmup=warm[0].warmup + 1)
+    monkeypatch.setattr(F, "FEATURES", tuple(warm))
+    assert F.feature_hash() != h
+
+
+# ----------------------------------------------------------------------------- shape and NaNs
+
+
+def test_compute_features_frame_shape_and_warmup(candles: pd.DataFrame, full: np.ndarray) -> None:
+    out = F.compute_features(candles)
+    assert list(out.columns) == list(F.FEATURE_NAMES)
+    assert out.index.equals(candles.index)
+    assert (out.dtypes == np.float64).all()
+    chex.assert_shape(full, (ROWS, 86))
+    np.testing.assert_array_equal(out.to_numpy(), full)
+    assert np.isnan(full[: F.WARMUP]).all()
+    chex.assert_tree_all_finite(full[F.WARMUP :])
+
+
+def test_short_frames_are_all_nan_and_empty_frames_work(candles: pd.DataFrame) -> None:
+    assert np.isnan(F.feature_matrix(candles.iloc[: F.WARMUP])).all()
+    assert F.compute_features(candles.iloc[:0]).shape == (0, 86)
+
+
+# ----------------------------------------------------------------------------- no look-ahead
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_no_look_ahead_prefix_and_replaced_future(
+    candles: pd.DataFrame, full: np.ndarray, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    for t in sorted(rng.integers(F.WARMUP // 2, ROWS - 50, size=3)):
+        prefix = F.feature_matrix(candles.iloc[: t + 1])
+        assert not offenders(prefix, full[: t + 1], 0, 0), f"prefix ending at row {t}"
+
+        future = random_candles(ROWS - t - 1, seed=100 + seed, start="2000-01-01",
+                                first_close=float(candles["close"].iloc[t]) * 3.0)  # fmt: skip
+        future.index = candles.index[t + 1 :]
+        changed = F.feature_matrix(pd.concat([candles.iloc[: t + 1], future]))
+        bad = offenders(changed[: t + 1], full[: t + 1], 0, 0)
+        assert not bad, f"look-ahead at t={t} (future replaced) in: {bad}"
+        assert offenders(changed[t + 1 :], full[t + 1 :], 1e-9, 1e-12), "future did not change"
+
+
+def test_look_ahead_check_catches_a_centred_window(candles: pd.DataFrame) -> None:
+    """The check above is not vacuous: a centred (non-causal) mean fails it."""
+    t = 1_000
+
+    def centred(frame: pd.DataFrame) -> np.ndarray:
+        x = frame["close"].rolling(5, center=True, min_periods=1).mean().to_numpy()
+        return np.repeat(x[:, None], 86, axis=1)
+
+    future = random_candles(ROWS - t - 1, seed=7, first_close=50.0)
+    future.index = candles.index[t + 1 :]
+    changed = centred(pd.concat([candles.iloc[: t + 1], future]))
+    assert offenders(changed[: t + 1], centred(candles)[: t + 1], 0, 0)
+
+
+# ----------------------------------------------------------------------------- invariances, guards
+
+
+@pytest.mark.parametrize("volume_factor", [0.001, 37.0])
+def test_scale_invariance(candles: pd.DataFrame, full: np.ndarray, volume_factor: float) -> None:
+    scaled = candles.copy()
+    scaled[["open", "high", "low", "close"]] *= 4.5
+    scaled["volume"] *= volume_factor
+    bad = offenders(F.feature_matrix(scaled), full, rtol=1e-7, atol=1e-9)
+    assert not bad, f"not scale-free: {bad}"
+
+
+def flat_and_dead(candles: pd.DataFrame) -> pd.DataFrame:
+    """Gap-filled stretches (flat OHLC at the previous close, volume 0), zero-volume candles."""
+    out = candles.copy()
+    close = out["close"].to_numpy().copy()
+    cols = {c: out[c].to_numpy().copy() for c in ("open", "high", "low", "close", "volume")}
+    for start, length in ((600, 40), (1_200, 260), (2_000, 3)):
+        price = close[start - 1]
+        for c in ("open", "high", "low", "close"):
+            cols[c][start : start + length] = price
+        cols["volume"][start : start + length] = 0.0
+    cols["volume"][[800, 801, 1_700]] = 0.0  # zero-volume placeholders with real prices
+    for c, x in cols.items():
+        out[c] = x
+    out.loc[out.index[600:640], "filled"] = True
+    return out
+
+
+def test_finite_on_flat_and_zero_volume_candles(candles: pd.DataFrame) -> None:
+    frame = flat_and_dead(candles)
+    out = F.compute_features(frame)
+    chex.assert_tree_all_finite(out.iloc[F.WARMUP :].to_numpy())
+    deep = out.iloc[1_200 + 230]  # 230 candles into a 260-candle dead stretch
+    expected = {
+        "ret_1": 0.0, "body_range": 0.0, "upper_wick": 0.0, "lower_wick": 0.0, "close_loc": 0.5,
+        "range_log": 0.0, "mfi_14": 0.5, "willr_14": -0.5, "volume_ratio_20": 0.0,
+        "volume_ratio_5_50": 0.0, "obv_slope_20": 0.0, "volume_z_20": 0.0, "std_ret_20": 0.0,
+        "skew_20": 0.0, "kurt_20": 0.0, "autocorr_20": 0.0, "bb_pctb_20": 0.5, "bb_width_20": 0.0,
+        "vwap_dist_20": 0.0, "minmax_pos_20": 0.5, "std_ratio_5_60": 1.0, "parkinson_20": 0.0,
+    }  # fmt: skip
+    got = {k: float(deep[k]) for k in expected}
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_nan_close_after_warmup_names_feature_and_timestamp(candles: pd.DataFrame) -> None:
+    bad = candles.copy()
+    row = F.WARMUP + 50
+    bad.iloc[row, bad.columns.get_loc("close")] = np.nan
+    with pytest.raises(FeatureError) as err:
+        F.compute_features(bad)
+    msg = str(err.value)
+    stamp = candles.index[row].isoformat()
+    assert f"feature ret_1 is NaN at {stamp} (row {row})" in msg
+    assert f"input close is not finite at {stamp}" in msg
+
+
+def test_bad_frames_raise_feature_error(candles: pd.DataFrame) -> None:
+    with pytest.raises(FeatureError, match="lacks column"):
+        F.compute_features(candles.drop(columns=["volume"]))
+    with pytest.raises(FeatureError, match="not a DatetimeIndex"):
+        F.compute_features(candles.reset_index(drop=True))
+    zero = candles.copy()
+    zero.iloc[F.WARMUP + 5, zero.columns.get_loc("low")] = 0.0
+    with pytest.raises(FeatureError, match="input low is not positive"):
+        F.compute_features(zero)
+
+
+# ----------------------------------------------------------------------------- warm-up honesty
+
+
+def test_each_warmup_makes_values_independent_of_the_start(
+    candles: pd.DataFrame, full: np.ndarray
+) -> None:
+    """From row start + warmup on, a series cut at `start` agrees with the full series."""
+    bad = []
+    for start in (137, 1_000):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cut = F._columns(*_arrays(candles.iloc[start:]))
+        for j, spec in enumerate(F.FEATURES):
+            a, b = cut[spec.name][spec.warmup :], full[start + spec.warmup :, j]
+            keep = np.isfinite(b)
+            if not np.allclose(a[keep], b[keep], rtol=1e-6, atol=1e-6):
+                k = int(np.flatnonzero(~np.isclose(a[keep], b[keep], rtol=1e-6, atol=1e-6))[0])
+                bad.append(f"{spec.name} (warm-up {spec.warmup}, off at +{k})")
+    assert not bad, f"warm-up too short: {bad}"
+
+
+def _arrays(frame: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    (o, h, low, c, v), ts = F._inputs(frame)
+    return o, h, low, c, v, ts
+
+
+def test_min_history_buffer_matches_full_history(candles: pd.DataFrame, full: np.ndarray) -> None:
+    for end in (F.MIN_HISTORY + 10, 1_999, ROWS):
+        buffer = F.feature_matrix(candles.iloc[end - F.min_history() : end])
+        np.testing.assert_allclose(buffer[-1], full[end - 1], rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+def test_real_btc_1h_is_finite_after_warmup(btc_1h: Path) -> None:
+    from jaxtrader.data import load_candles
+
+    candles = load_candles(btc_1h)
+    out = F.compute_features(candles.frame)
+    assert out.shape == (len(candles), 86)
+    assert np.isnan(out.iloc[: F.WARMUP].to_numpy()).all()
+    chex.assert_tree_all_finite(out.iloc[F.WARMUP :].to_numpy())
+    tail = candles.frame.iloc[-F.min_history() :]
+    np.testing.assert_allclose(
+        F.feature_matrix(tail)[-1], out.iloc[-1].to_numpy(), rtol=1e-6, atol=1e-6
+    )
