@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -68,19 +68,16 @@ def _load_candles(manifest: Any, config: Any, data_path: str | None) -> tuple[An
     return candles, notes
 
 
-def _attention(predictor: Any, dataset: Any, split: str) -> tuple[np.ndarray, list[str]] | None:
-    """Attention weights of the last few windows of the split, or None when not available."""
-    from jaxtrader.models import transformer
+def _attention(predictor: Any, dataset: Any, split: str) -> tuple[np.ndarray, list[str]]:
+    """Attention weights (LxBxHxTxT) of the split's last few windows, labelled by timestamp."""
+    from jaxtrader.models import build_model, transformer
 
-    model = getattr(predictor, "model", None)
-    variables = getattr(predictor, "variables", None)
-    if variables is None and getattr(predictor, "params", None) is not None:
-        variables = {"params": predictor.params}
-    if model is None or variables is None:
-        return None
+    model = cast(transformer.TransformerClassifier, build_model(predictor.config.model))
     rows = dataset.rows(split)[-ATTENTION_WINDOWS:]
     batch = dataset.gather(rows)
-    weights = transformer.attention_weights(model, variables, batch["seq"], batch["feats"])
+    weights = transformer.attention_weights(
+        model, {"params": predictor.params}, batch["seq"], batch["feats"]
+    )
     labels = [ts.strftime("%Y-%m-%d %H:%M") for ts in dataset.index[rows]]
     return np.asarray(weights), labels
 
@@ -158,12 +155,12 @@ def evaluate_checkpoint(
         settings=settings,
     )
     doc = summarize(table, settings)
-    version_dir = _version_dir(predictor)
+    version_dir = Path(predictor.version_dir)
     doc["source"] = {
         "label": f"{manifest.arch} v{manifest.version}",
         "arch": manifest.arch,
         "version": manifest.version,
-        "checkpoint": str(version_dir) if version_dir else None,
+        "checkpoint": str(version_dir),
         "symbol": candles.symbol,
         "data": str(candles.source),
         "data_sha256": manifest.data.get("sha256"),
@@ -173,15 +170,13 @@ def evaluate_checkpoint(
     }
     doc["notes"] = [*notes, *baselines.notes]
     records: list[dict[str, Any]] = []
-    if version_dir is not None and manifest.metrics_path:
+    if manifest.metrics_path:
         records = read_metrics_jsonl(version_dir / manifest.metrics_path)
     if not records:
         doc["notes"].append("no training metrics JSONL found: training curves skipped")
     attention = None
     if with_attention and manifest.arch == "transformer":
         attention = _attention(predictor, dataset, split)
-        if attention is None:
-            doc["notes"].append("attention weights not exposed by the predictor: heatmap skipped")
     log_event(
         _log,
         "evaluated",
@@ -191,11 +186,3 @@ def evaluate_checkpoint(
         sharpe=doc["backtest"]["sharpe"],
     )
     return Evaluation(doc=doc, rows=table, training_records=records, attention=attention)
-
-
-def _version_dir(predictor: Any) -> Path | None:
-    for name in ("version_dir", "path", "directory"):
-        value = getattr(predictor, name, None)
-        if value is not None:
-            return Path(value)
-    return None
