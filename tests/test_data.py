@@ -469,7 +469,7 @@ def test_cli_info_on_broken_file_is_one_line_exit_2(tmp_path: Path) -> None:
 
 def test_cli_info_json_parses(tmp_path: Path) -> None:
     path = write_candles(synth_candles(rows=500, seed=1).frame, tmp_path / "s.csv.gz")
-    result = jaxtrader("data", "info", str(path), "--symbol", "SYNTH/USD", "--json")
+    result = jaxtrader("data", "info", str(path), "--symbol", "SYNTH/USD", "--json", "--no-labels")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert (info["rows"], info["interval"], info["symbol"], info["gaps"]["count"]) == (
@@ -503,7 +503,21 @@ def test_cli_synth_writes_the_market(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert f"wrote 300 candles (synthetic:seed=4,rows=300,interval=1h) to {out}" in stdout
     expected = synth_candles(rows=300, seed=4).frame
     pd.testing.assert_frame_equal(load_candles(out, symbol="SYNTH/USD").frame, expected)
-    code, stdout, _ = run_main(capsys, "data", "info")
+    code, stdout, _ = run_main(capsys, "data", "info", "--json")
+    assert code == 0
+    info = json.loads(stdout)
+    assert (info["rows"], info["symbol"], info["source"]) == (
+        20_000,
+        "SYNTH/USD",
+        "synthetic:seed=0,rows=20000,interval=1h",
+    )
+    assert info["labels"]["horizon"] == 5 and set(info["labels"]["balance"]) == {
+        "train",
+        "val",
+        "test",
+    }
+    assert all(0.4 < up < 0.6 for up in info["labels"]["balance"].values())  # no signal to find
+    code, stdout, _ = run_main(capsys, "data", "info", "--no-labels")
     assert code == 0
     assert "rows         20,000" in stdout and "symbol       SYNTH/USD" in stdout
     code, _, stderr = run_main(capsys, "data", "synth", "--out", str(tmp_path / "s.txt"))

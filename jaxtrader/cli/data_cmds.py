@@ -46,21 +46,47 @@ def _format_info(info: dict[str, Any]) -> str:
     ]
     if info.get("sha256"):
         rows.append(("sha256", info["sha256"]))
-    for split, frac in (info.get("label_balance") or {}).items():
-        rows.append((f"ups {split}", f"{frac:.1%}"))
+    labels = info.get("labels")
+    if labels is not None:
+        how = f"(horizon {labels['horizon']}, threshold {labels['threshold']:g})"
+        if labels.get("error"):
+            rows.append(("up labels", f"unavailable {how}: {labels['error']}"))
+        else:
+            text = "  ".join(f"{k} {v:.1%}" for k, v in labels["balance"].items())
+            rows.append(("up labels", f"{text}  {how}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _label_balance(candles: Any, cfg: Any) -> dict[str, Any]:
+    """Up-label fraction per split through the one dataset pipeline (as training will see it)."""
+    from jaxtrader.dataset import build_dataset, label_balance
+    from jaxtrader.errors import JaxTraderError
+
+    out: dict[str, Any] = {"horizon": cfg.horizon, "threshold": cfg.threshold}
+    try:
+        out["balance"] = label_balance(build_dataset(candles, cfg))
+    except JaxTraderError as e:  # e.g. too few candles for the feature warm-up and splits
+        out["error"] = str(e)
+    return out
 
 
 @data_group.command("info")
 @click.argument("path", required=False)
 @data_options
+@click.option(
+    "--labels/--no-labels",
+    default=True,
+    show_default=True,
+    help="Fraction of up labels per split (builds the dataset: features, labels, splits).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.pass_obj
-def info(state: CliState, path: str | None, as_json: bool, **data_flags: Any) -> None:
+def info(state: CliState, path: str | None, labels: bool, as_json: bool, **data_flags: Any) -> None:
     """Describe a candle file (default: the embedded synthetic market).
 
-    Shows rows, symbol, first/last candle, interval, gaps, zero-volume candles and price range.
+    Shows rows, symbol, first/last candle, interval, gaps, zero-volume candles, price range and
+    the fraction of up labels per split (label horizon/threshold from the [dataset] config).
     """
     import json
 
@@ -70,7 +96,10 @@ def info(state: CliState, path: str | None, as_json: bool, **data_flags: Any) ->
         raise click.UsageError("give the file either as PATH or as --data, not both")
     data_flags["data_path"] = path or data_flags["data_path"]
     cfg = state.config(data_overrides(**data_flags))
-    summary = summarize(load_market(cfg.data))
+    candles = load_market(cfg.data)
+    summary = summarize(candles)
+    if labels:
+        summary["labels"] = _label_balance(candles, cfg.dataset)
     if as_json:
         click.echo(json.dumps(summary))
     else:
