@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxtrader import dataset as ds_mod
 from jaxtrader.config import DatasetConfig
 from jaxtrader.data import synth_candles
 from jaxtrader.dataset import (
@@ -25,28 +24,10 @@ from jaxtrader.dataset import (
     model_inputs,
 )
 from jaxtrader.errors import DataError, FeatureError
+from jaxtrader.features import NUM_FEATURES, WARMUP, compute_features
 
 CFG = DatasetConfig(seq_len=50, horizon=5)
 ROWS = 3_000
-WARMUP = 30
-
-
-def _features(frame: pd.DataFrame) -> pd.DataFrame:
-    """Stand-in for features.compute_features: causal columns with a NaN warm-up."""
-    logc = np.log(frame["close"])
-    out = pd.DataFrame(index=frame.index)
-    for lag in (1, 3, 10):
-        out[f"ret_{lag}"] = logc.diff(lag)
-    out["vol_20"] = logc.diff().rolling(20).std()
-    out["range"] = np.log(frame["high"] / frame["low"])
-    out["logv_z"] = np.log1p(frame["volume"]) - np.log1p(frame["volume"]).rolling(WARMUP).mean()
-    out.iloc[:WARMUP] = np.nan
-    return out
-
-
-@pytest.fixture(autouse=True)
-def _standin_features(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ds_mod, "_compute_features", _features)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +36,13 @@ def frame() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
+def feats(frame: pd.DataFrame) -> pd.DataFrame:
+    return compute_features(frame)
+
+
+@pytest.fixture(scope="module")
 def data(frame: pd.DataFrame) -> Dataset:
-    return build_dataset(frame, CFG, features=_features(frame))
+    return build_dataset(frame, CFG)  # the default path: features computed inside
 
 
 def _continue_randomly(frame: pd.DataFrame, t: int, seed: int) -> pd.DataFrame:
@@ -94,7 +80,7 @@ def test_splits_are_chronological_disjoint_and_purged(data: Dataset) -> None:
 def test_inputs_do_not_move_when_the_future_changes(frame: pd.DataFrame, data: Dataset) -> None:
     t = int(data.rows("val")[len(data.rows("val")) // 2])
     changed = _continue_randomly(frame, t, seed=11)
-    other = build_dataset(changed, CFG, features=_features(changed))
+    other = build_dataset(changed, CFG, features=compute_features(changed))
     assert other.splits == data.splits
     np.testing.assert_array_equal(other.scaler.median, data.scaler.median)
     rows = data.valid_T.nonzero()[0]
@@ -105,7 +91,10 @@ def test_inputs_do_not_move_when_the_future_changes(frame: pd.DataFrame, data: D
     # Labels are the future by definition: only those whose horizon ends by t are unchanged.
     settled = past[past + CFG.horizon <= t]
     np.testing.assert_array_equal(data.label_T[settled], other.label_T[settled])
-    assert not np.array_equal(data.label_T[past], other.label_T[past])  # the test has teeth
+    # The test has teeth: the very next point already sees the replaced candle.
+    nxt = rows[rows > t][:1]
+    assert not np.array_equal(data.gather(nxt)["seq"], other.gather(nxt)["seq"])
+    assert not np.array_equal(data.gather(nxt)["feats"], other.gather(nxt)["feats"])
 
 
 def test_model_inputs_on_a_prefix_equal_the_training_inputs(
@@ -115,25 +104,20 @@ def test_model_inputs_on_a_prefix_equal_the_training_inputs(
         seq, feats = model_inputs(frame.iloc[: t + 1], data.scaler, CFG.seq_len)
         batch = data.gather(np.array([t]))
         chex.assert_shape(seq, (1, CFG.seq_len, 5))
-        chex.assert_shape(feats, (1, data.num_features))
+        chex.assert_shape(feats, (1, NUM_FEATURES))
         np.testing.assert_array_equal(seq, batch["seq"])
         np.testing.assert_array_equal(feats, batch["feats"])
     with pytest.raises(DataError, match="at least 50 candles"):
         model_inputs(frame.iloc[:40], data.scaler, CFG.seq_len)
-
-    def long_warmup(f: pd.DataFrame) -> pd.DataFrame:
-        out = _features(f)
-        out.iloc[:60] = np.nan
-        return out
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ds_mod, "_compute_features", long_warmup)
-        with pytest.raises(FeatureError, match="warm-up"):
-            model_inputs(frame.iloc[:60], data.scaler, CFG.seq_len)
+    with pytest.raises(FeatureError, match="warm-up"):
+        model_inputs(frame.iloc[:WARMUP], data.scaler, CFG.seq_len)
+    seq, feats = model_inputs(frame.iloc[: WARMUP + 1], data.scaler, CFG.seq_len)
+    assert np.isfinite(feats).all() and np.isfinite(seq).all()
 
 
-def test_scaler_sees_only_train_rows(frame: pd.DataFrame, data: Dataset) -> None:
-    feats = _features(frame)
+def test_scaler_sees_only_train_rows(
+    frame: pd.DataFrame, feats: pd.DataFrame, data: Dataset
+) -> None:
     later = data.splits.range("train")[1]
     shifted = feats.copy()
     shifted.iloc[later:] = shifted.iloc[later:] * 10.0 + 3.0
@@ -159,7 +143,7 @@ def test_gap_filled_points_are_excluded(frame: pd.DataFrame) -> None:
         gapped["close"].iloc[1_499]
     )
     gapped.iloc[gap, gapped.columns.get_loc("volume")] = 0.0
-    data = build_dataset(gapped, CFG, features=_features(gapped))
+    data = build_dataset(gapped, CFG)
     used = np.concatenate([data.rows(n) for n in SPLIT_NAMES])
     assert not np.isin(gap, used).any()
     # Points whose target candle falls in the gap are excluded; 1_494 (target 1_499) is kept.
@@ -167,7 +151,9 @@ def test_gap_filled_points_are_excluded(frame: pd.DataFrame) -> None:
     assert 1_494 in used and 1_510 in used
 
 
-def test_rebuild_from_manifest_dicts(frame: pd.DataFrame, data: Dataset) -> None:
+def test_rebuild_from_manifest_dicts(
+    frame: pd.DataFrame, feats: pd.DataFrame, data: Dataset
+) -> None:
     manifest = json.loads(
         json.dumps({"splits": data.splits.to_dict(), "scaler": data.scaler.to_dict()})
     )
@@ -177,7 +163,7 @@ def test_rebuild_from_manifest_dicts(frame: pd.DataFrame, data: Dataset) -> None
         CFG,
         scaler=Scaler.from_dict(manifest["scaler"]),
         splits=splits,
-        features=_features(frame),
+        features=feats,
     )
     for name in SPLIT_NAMES:
         np.testing.assert_array_equal(again.rows(name), data.rows(name))
@@ -186,15 +172,18 @@ def test_rebuild_from_manifest_dicts(frame: pd.DataFrame, data: Dataset) -> None
         Splits.from_dict(manifest["splits"], pd.DatetimeIndex(frame.index[:2_900]))
 
 
-def test_manifest_splits_for_another_window_are_refused(frame: pd.DataFrame, data: Dataset) -> None:
+def test_manifest_splits_for_another_window_are_refused(
+    frame: pd.DataFrame, feats: pd.DataFrame, data: Dataset
+) -> None:
     longer = dataclasses.replace(CFG, seq_len=120)
     with pytest.raises(DataError, match="not purged for horizon 5 and seq_len 120"):
-        build_dataset(frame, longer, splits=data.splits, features=_features(frame))
+        build_dataset(frame, longer, splits=data.splits, features=feats)
 
 
-def test_walk_forward_folds_build_purged_datasets(frame: pd.DataFrame, data: Dataset) -> None:
+def test_walk_forward_folds_build_purged_datasets(
+    frame: pd.DataFrame, feats: pd.DataFrame, data: Dataset
+) -> None:
     folds = data.folds(3)
-    feats = _features(frame)
     test_rows = []
     for fold in folds:
         fold_data = build_dataset(frame, CFG, splits=fold, features=feats)
@@ -223,7 +212,7 @@ def test_train_batches_shapes_seeded_shuffle(data: Dataset) -> None:
     for batch in batches:
         chex.assert_shape(
             [batch["seq"], batch["feats"], batch["label"]],
-            [(bs, CFG.seq_len, 5), (bs, data.num_features), (bs,)],
+            [(bs, CFG.seq_len, 5), (bs, NUM_FEATURES), (bs,)],
         )
         chex.assert_type(
             [batch["seq"], batch["feats"], batch["label"]], [np.float32, np.float32, np.int32]
@@ -298,13 +287,13 @@ def test_label_balance_and_majority_rate(data: Dataset) -> None:
         assert majority[name] == pytest.approx(balance[name] if up else 1 - balance[name])
 
 
-def test_config_validation(frame: pd.DataFrame) -> None:
+def test_config_validation(frame: pd.DataFrame, feats: pd.DataFrame) -> None:
     from jaxtrader.errors import ConfigError
 
     with pytest.raises(ConfigError, match="seq_len"):
-        build_dataset(frame, dataclasses.replace(CFG, seq_len=20), features=_features(frame))
+        build_dataset(frame, dataclasses.replace(CFG, seq_len=20), features=feats)
     with pytest.raises(DataError, match="no valid prediction points"):
-        build_dataset(frame.iloc[:54], CFG, features=_features(frame.iloc[:54]))
+        build_dataset(frame.iloc[: WARMUP + 2], CFG)
 
 
 @pytest.mark.realdata
