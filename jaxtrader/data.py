@@ -439,9 +439,11 @@ def _parse_timestamps(col: Any, raw: _Raw, path: Path) -> np.ndarray:
         return _epoch_to_ns(values)
     else:
         text = series.astype("string").str.strip()
-        numeric = pd.to_numeric(text, errors="coerce")
-        if numeric.notna().all():
-            return _epoch_to_ns(numeric.to_numpy(dtype=np.float64))
+        first = text.iloc[0]
+        if isinstance(first, str) and _is_number(first):  # epoch numbers stored as text
+            numeric = pd.to_numeric(text, errors="coerce")
+            if numeric.notna().all():
+                return _epoch_to_ns(numeric.to_numpy(dtype=np.float64))
         parsed = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
         if parsed.isna().any():
             parsed = pd.to_datetime(text, utc=True, format="mixed", errors="coerce")
