@@ -276,7 +276,8 @@ def _read_csv(path: Path) -> _Raw:
             f"{path}: file is empty; expected a header timestamp,open,high,low,close,volume"
         )
     sep = "," if "," in line else (";" if ";" in line else "\t")
-    headerless = _is_number(line.split(sep)[0])
+    first = line.split(sep)[0].strip().strip('"')
+    headerless = _is_number(first) or re.match(r"\d{4}-\d{2}-\d{2}", first) is not None
     table = pd.read_csv(
         path,
         sep=sep,
@@ -402,10 +403,13 @@ def _pick_columns(raw: _Raw, path: Path, symbol: str) -> dict[str, Any]:
         named = {n[len("volume_") :]: col for n, col in by_norm.items() if n.startswith("volume_")}
         if base.lower() in named:
             chosen["volume"] = named[base.lower()]
-        else:
+        elif named:
             rest = [col for n, col in named.items() if n not in (quote.lower(), "quote", "usd")]
-            if rest or named:
-                chosen["volume"] = (rest or list(named.values()))[0]
+            chosen["volume"] = (rest or list(named.values()))[0]
+            if not rest:
+                log_event(_log, "quote_volume_used", logging.WARNING, path=str(path),
+                          column=str(chosen["volume"]), symbol=symbol,
+                          note="no base-asset volume column; volume is in the quote currency")  # fmt: skip
     missing = [c for c in ("timestamp", *OHLCV) if c not in chosen]
     if missing:
         found = ", ".join(str(c) for c in raw.table.columns)

@@ -180,6 +180,21 @@ def test_separate_date_and_time_columns(tmp_path: Path) -> None:
     assert_expected(load_candles(write(tmp_path / "x.csv", "\n".join(lines) + "\n")))
 
 
+def test_headerless_canonical_rows(tmp_path: Path) -> None:
+    assert_expected(load_candles(write(tmp_path / "x.csv", canonical().split("\n", 1)[1])))
+
+
+def test_only_quote_volume_is_used_with_a_warning(
+    tmp_path: Path, events: pytest.LogCaptureFixture
+) -> None:
+    lines = ["Date,Open,High,Low,Close,Volume USDT"]
+    lines += [f"{iso},{o},{h},{lo},{c},{v * 2}" for iso, o, h, lo, c, v in ROWS]
+    candles = load_candles(write(tmp_path / "BTCUSDT.csv", "\n".join(lines) + "\n"))
+    np.testing.assert_allclose(candles.frame["volume"], [r[5] * 2 for r in ROWS])
+    (record,) = [r for r in events.records if r.getMessage() == "quote_volume_used"]
+    assert record.jt_fields["column"] == "Volume USDT"
+
+
 @pytest.mark.parametrize(
     ("name", "symbol"),
     [
