@@ -251,6 +251,7 @@ _READ_ERRORS = (
     zlib.error,
     UnicodeDecodeError,
     ValueError,
+    TypeError,
     pd.errors.ParserError,
 )
 
@@ -316,11 +317,11 @@ def _read_json(path: Path) -> _Raw:
             f"{path}: unexpected JSON layout; expected freqtrade candles "
             "[[ms, open, high, low, close, volume], ...]"
         )
-    widths = {len(r) for r in doc} if doc else {6}
-    if min(widths) < 6:
+    bad = next((i for i, r in enumerate(doc) if not isinstance(r, list) or len(r) < 6), None)
+    if bad is not None:
         raise DataError(
-            f"{path}: JSON candles have {min(widths)} fields; expected "
-            "[ms, open, high, low, close, volume]"
+            f"{path}: row {bad + 1}: expected [ms, open, high, low, close, volume], got "
+            f"{json.dumps(doc[bad])[:60]}; fix or remove the row"
         )
     table = pd.DataFrame([r[:6] for r in doc], columns=["timestamp", *OHLCV])
     return _Raw(table, first_line=None)

@@ -309,6 +309,12 @@ def test_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match=r"bad\.json: not valid JSON .*expected freqtrade candles"):
         load_candles(tmp_path / "bad.json")
+    (tmp_path / "short.json").write_text("[[1704067200000, 1, 2, 0.5, 1.5, 3], null]")
+    with pytest.raises(
+        DataError,
+        match=r"short\.json: row 2: expected \[ms, open, high, low, close, volume\], got null",
+    ):
+        load_candles(tmp_path / "short.json")
     (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match=r"junk\.parquet: cannot read file"):
         load_candles(tmp_path / "junk.parquet")
