@@ -1,23 +1,319 @@
-"""CLI commands for training and listing model versions."""
+"""`jaxtrader train` (one versioned checkpoint per run) and `jaxtrader models list`.
+
+Training wires the pipeline together: load_market -> build_dataset -> build_model ->
+create_train_state -> fit (each epoch saved through checkpoint.make_manager) -> manifest ->
+summary. Heavy libraries are imported inside the commands so `--help` stays instant.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from jaxtrader.cli.common import CliState, data_options, data_overrides
 
+if TYPE_CHECKING:
+    from jaxtrader.checkpoint import VersionInfo
+    from jaxtrader.config import AppConfig
+    from jaxtrader.dataset import Dataset
+    from jaxtrader.train import FitResult
+
+INTERRUPTED_EXIT = 130
+
+
+def _mb(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB"
+
+
+def _check_arch(arch: str) -> None:
+    """Validates against the registry lazily, so `--help` never imports Flax."""
+    from jaxtrader.errors import ConfigError
+    from jaxtrader.models import ARCHS
+
+    if arch not in ARCHS:
+        raise ConfigError(
+            f"--arch {arch!r} is not a registered architecture; choose one of "
+            f"{', '.join(sorted(ARCHS))}"
+        )
+
+
+def _summary_lines(summary: dict[str, Any]) -> str:
+    vs = summary["val_accuracy"] - summary["val_majority_rate"]
+    rows = [
+        ("checkpoint", summary["path"]),
+        ("model", f"{summary['arch']} v{summary['version']} on {summary['symbol']}"),
+        (
+            "epochs",
+            f"{summary['epochs']} (best {summary['best_epoch']}, {summary['stopped_reason']})",
+        ),
+        ("best val loss", f"{summary['val_loss']:.4f}"),
+        (
+            "val accuracy",
+            f"{summary['val_accuracy']:.2%} vs majority {summary['val_majority_rate']:.2%} "
+            f"({vs:+.2%})",
+        ),
+        (
+            "train time",
+            f"{summary['train_seconds']:.1f} s (total {summary['total_seconds']:.1f} s)",
+        ),
+        ("checkpoint size", _mb(summary["size_bytes"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """What one `jaxtrader train` produced: the printed summary, fit's result and the dataset."""
+
+    summary: dict[str, Any]
+    result: FitResult
+    dataset: Dataset
+
+
+def run_training(cfg: AppConfig) -> TrainRun:
+    """Trains one new checkpoint version per `cfg` (the body of `jaxtrader train`).
+
+    Raises KeyboardInterrupt after saving what finished (the finished epochs and a manifest with
+    stopped_reason "interrupted") when the user presses Ctrl-C during training.
+    """
+    import shutil
+    import time
+
+    import jax
+
+    from jaxtrader import checkpoint as ckpt
+    from jaxtrader.data import load_market
+    from jaxtrader.dataset import build_dataset
+    from jaxtrader.logs import get_logger, log_event
+    from jaxtrader.models import build_model
+    from jaxtrader.train import create_train_state, enable_compilation_cache, fit, steps_per_epoch
+
+    t_start = time.perf_counter()
+    logger = get_logger("train")
+    enable_compilation_cache()
+    candles = load_market(cfg.data)
+    dataset = build_dataset(candles, cfg.dataset)
+    model = build_model(cfg.model)
+    init_key, fit_key = jax.random.split(jax.random.key(cfg.train.seed))
+    sample = next(dataset.eval_batches("train", cfg.train.batch_size))
+    steps_total = steps_per_epoch(dataset, cfg.train.batch_size) * cfg.train.epochs
+    state = create_train_state(model, cfg.train, init_key, sample, steps_total)
+
+    version, vdir = ckpt.new_version_dir(cfg.train.ckpt_dir, candles.symbol, cfg.model.arch)
+    log_event(logger, "train_start", path=str(vdir), arch=cfg.model.arch, symbol=candles.symbol)
+    manager = ckpt.make_manager(vdir, max_to_keep=cfg.train.max_to_keep)
+    history: list[dict[str, Any]] = []
+
+    def on_epoch(epoch: int, st: Any, record: dict[str, float]) -> None:
+        ckpt.save_step(manager, epoch, st, record)
+        history.append(record)
+
+    interrupted = False
+    t_fit = time.perf_counter()
+    try:
+        result = fit(
+            state, dataset, cfg.train, fit_key, on_epoch, metrics_path=vdir / ckpt.METRICS_FILE
+        )
+        best_epoch, stopped, epochs = (
+            result.best_epoch,
+            str(result.stopped_reason),
+            result.epochs_run,
+        )
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException:
+        manager.close()
+        if not manager.all_steps():
+            shutil.rmtree(vdir, ignore_errors=True)  # nothing finished: leave no empty version
+        raise
+    train_seconds = time.perf_counter() - t_fit
+    manager.wait_until_finished()
+    best_step = manager.best_step()
+    manager.close()
+    if interrupted:
+        if best_step is None:
+            shutil.rmtree(vdir, ignore_errors=True)
+            log_event(logger, "train_interrupted", saved=False)
+            raise KeyboardInterrupt
+        best_epoch, stopped, epochs = best_step, "interrupted", len(history)
+    if best_step != best_epoch:  # cannot happen with the shared tie rule; never trust silently
+        raise ckpt.CheckpointError(
+            f"checkpoint {vdir} holds best step {best_step} but training chose epoch {best_epoch}; "
+            "delete the version and retrain"
+        )
+    best = next(r for r in history if r["epoch"] == best_epoch)
+    metrics = {
+        "train_loss": best["train_loss"],
+        "train_accuracy": best["train_acc"],
+        "val_loss": best["val_loss"],
+        "val_accuracy": best["val_acc"],
+        "val_majority_rate": best["val_majority_rate"],
+        "best_epoch": best_epoch,
+        "epochs": epochs,
+        "stopped_reason": stopped,
+        "train_seconds": round(train_seconds, 3),
+    }
+    manifest = ckpt.build_manifest(
+        cfg=cfg,
+        version=version,
+        candles=candles,
+        dataset=dataset,
+        metrics=metrics,
+        best_step=best_epoch,
+        metrics_path=ckpt.METRICS_FILE,
+    )
+    ckpt.write_manifest(vdir, manifest)
+    summary = {
+        "path": str(vdir),
+        "arch": cfg.model.arch,
+        "version": version,
+        "symbol": candles.symbol,
+        **metrics,
+        "size_bytes": ckpt.dir_size(vdir),
+        "total_seconds": round(time.perf_counter() - t_start, 3),
+    }
+    log_event(logger, "train_done", **summary)
+    if interrupted:
+        raise TrainingInterrupted(summary)
+    return TrainRun(summary=summary, result=result, dataset=dataset)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training after the finished epochs were saved; carries the summary."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        super().__init__("training interrupted")
+        self.summary = summary
+
 
 @click.command("train")
-@click.option("--arch", type=click.Choice(["lstm", "transformer"]), required=True)
+@click.option(
+    "--arch",
+    type=str,
+    default=None,
+    metavar="ARCH",
+    help="Model architecture from the registry (lstm, transformer). Default: model.arch.",
+)
 @data_options
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=None, help="Window length W.")
+@click.option(
+    "--horizon", type=click.IntRange(min=1), default=None, help="Label horizon in candles."
+)
+@click.option("--seed", type=int, default=None, help="PRNG seed (init, shuffling, dropout).")
+@click.option("--ckpt-dir", type=str, default=None, help="Checkpoint root. Default: ckpt.")
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Wall-clock limit; training stops cleanly and still saves.",
+)
 @click.pass_obj
-def train(state: CliState, arch: str, **data_flags: object) -> None:
-    """Train a model on candles (default: the embedded synthetic market)."""
-    state.config({"model.arch": arch, **data_overrides(**data_flags)})  # type: ignore[arg-type]
-    click.echo(
-        "training lands next: the data layer and CLI are in place, `jaxtrader train` is being "
-        "built (see issue 4). Try `jaxtrader data info` meanwhile."
+def train(
+    state: CliState,
+    arch: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    seq_len: int | None,
+    horizon: int | None,
+    seed: int | None,
+    ckpt_dir: str | None,
+    max_minutes: float | None,
+    **data_flags: Any,
+) -> None:
+    """Train a model and save it as a new version under CKPT_DIR/<SYMBOL>/<ARCH>/v<N>.
+
+    Uses the embedded synthetic market unless --data is given. Flags override --config FILE.
+    Ctrl-C stops training, keeps the finished epochs and exits with code 130.
+    """
+    import json
+
+    cfg = state.config(
+        {
+            "model.arch": arch,
+            "train.epochs": epochs,
+            "train.batch_size": batch_size,
+            "dataset.seq_len": seq_len,
+            "dataset.horizon": horizon,
+            "train.seed": seed,
+            "train.ckpt_dir": ckpt_dir,
+            "train.max_minutes": max_minutes,
+            **data_overrides(**data_flags),
+        }
+    )
+    _check_arch(cfg.model.arch)
+    try:
+        summary = run_training(cfg).summary
+    except TrainingInterrupted as e:
+        click.echo(
+            f"interrupted: saved {e.summary['epochs']} finished epoch(s) to {e.summary['path']} "
+            f"(best epoch {e.summary['best_epoch']})",
+            err=True,
+        )
+        raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted before the first epoch finished: nothing saved", err=True)
+        raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
+    if state.log_format == "json":
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(_summary_lines(summary))
+
+
+@click.group("models")
+def models_group() -> None:
+    """List trained model versions."""
+
+
+def _format_versions(rows: list[VersionInfo]) -> str:
+    header = ("symbol", "arch", "ver", "created", "data", "val loss", "val acc", "majority", "size")
+    table = [header]
+    for r in rows:
+        table.append(
+            (
+                r.symbol,
+                r.arch,
+                f"v{r.version}",
+                (r.created_at or "incomplete")[:19],
+                f"{(r.data_start or '?')[:10]}..{(r.data_end or '?')[:10]}" if r.complete else "-",
+                f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-",
+                f"{r.val_accuracy:.2%}" if r.val_accuracy is not None else "-",
+                f"{r.val_majority_rate:.2%}" if r.val_majority_rate is not None else "-",
+                _mb(r.size_bytes),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
     )
 
 
-COMMANDS: list[click.Command] = [train]
+@models_group.command("list")
+@click.option("--symbol", type=str, default=None, help="Only this symbol, e.g. BTC/USDT.")
+@click.option(
+    "--ckpt-dir", type=str, default=None, help="Checkpoint root. Default: train.ckpt_dir."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of a table.")
+@click.pass_obj
+def models_list(state: CliState, symbol: str | None, ckpt_dir: str | None, as_json: bool) -> None:
+    """Versions with their data span, validation loss, accuracy vs majority rate and size."""
+    import json
+
+    from jaxtrader.checkpoint import list_versions
+
+    root = Path(ckpt_dir or state.config().train.ckpt_dir)
+    rows = list_versions(root, symbol)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows]))
+    elif not rows:
+        click.echo(f"no model versions under {root}; train one with `jaxtrader train`")
+    else:
+        click.echo(_format_versions(rows))
+
+
+COMMANDS: list[click.Command] = [train, models_group]

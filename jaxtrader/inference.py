@@ -1,0 +1,226 @@
+"""Inference from a checkpoint: the `Predictor` that evaluation and trading both use.
+
+`Predictor.load(...)` resolves a version (see `jaxtrader.checkpoint` for best/latest/N), refuses a
+checkpoint whose feature hash differs from the running code, restores only the parameters of the
+version's best step onto an abstract target (no optimizer is built), and compiles one jitted
+`P(up)` function, warmed up at load for batch 1 (the trading shape).
+
+Stable API (evaluate and trade code against it):
+- `Predictor.load(ckpt_dir=None, symbol=None, arch=None, version="best", checkpoint=None)`
+- attributes `manifest` (checkpoint.Manifest), `config` (AppConfig the model was trained with),
+  `scaler` (dataset.Scaler), `seq_len`, `version_dir`, `step`, `params`
+- `predict_proba(seq_BxWx5, feats_BxF) -> np.ndarray[B]` float32 P(label == 1, "up")
+- `predict_split(dataset, split) -> np.ndarray[N]` in `dataset.rows(split)` order
+- `rebuild_dataset(candles) -> Dataset` exactly as trained (manifest scaler and split boundaries)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtrader import checkpoint as ckpt
+from jaxtrader.config import AppConfig, from_dict
+from jaxtrader.errors import CheckpointError, ConfigError, DeepLearningError
+from jaxtrader.logs import get_logger, log_event
+
+if TYPE_CHECKING:
+    from jaxtrader.dataset import Dataset, Scaler
+
+logger = get_logger(__name__)
+
+ProbaFn = Callable[[Any, Any, Any], jax.Array]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def proba_up(model: Any, params: Any, seq_BxWx5: Any, feats_BxF: Any) -> jax.Array:
+    """P(up)[B] of a Flax classifier with dropout off.
+
+    Jitted once at module level with the (hashable, frozen) module as a static argument, so every
+    Predictor of the same architecture and shapes reuses one compiled program.
+    """
+    logits_Bx2 = model.apply({"params": params}, seq_BxWx5, feats_BxF, deterministic=True)
+    return jax.nn.softmax(logits_Bx2.astype(jnp.float32), axis=-1)[:, 1]
+
+
+def make_proba_fn(model: Any) -> ProbaFn:
+    """`(params, seq_BxWx5, feats_BxF) -> P(up)[B]` for `model` (see `proba_up`)."""
+    return functools.partial(proba_up, model)
+
+
+def abstract_params(model: Any, seq_len: int, num_features: int) -> Any:
+    """Shapes and dtypes of `model`'s params, without allocating or compiling anything."""
+    seq = jax.ShapeDtypeStruct((1, seq_len, 5), jnp.float32)
+    feats = jax.ShapeDtypeStruct((1, num_features), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), seq, feats)["params"]
+
+
+@dataclass(frozen=True, eq=False)
+class Predictor:
+    """A restored model plus everything needed to build its inputs. Create with `load`."""
+
+    manifest: ckpt.Manifest
+    config: AppConfig
+    scaler: Scaler
+    seq_len: int
+    version_dir: Path
+    step: int
+    params: Any
+    proba_fn: ProbaFn
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        ckpt_dir: str | Path | None = None,
+        symbol: str | None = None,
+        arch: str | None = None,
+        version: str | int = "best",
+        checkpoint: str | Path | None = None,
+    ) -> Predictor:
+        """Restores a version's best step in this process.
+
+        `checkpoint` (a `v<N>` version directory) wins over the search arguments. Otherwise the
+        version is resolved under `ckpt_dir` (default `train.ckpt_dir`, "ckpt") for `symbol` and
+        `arch` (None = any) by `version`: "best" (lowest best validation loss), "latest" (highest
+        N) or a number. Raises CheckpointError for a missing, partial, corrupt or incompatible
+        checkpoint.
+        """
+        from jaxtrader.dataset import Scaler
+        from jaxtrader.models import build_model
+
+        if checkpoint is not None:
+            version_dir = Path(checkpoint)
+        else:
+            root = Path(ckpt_dir) if ckpt_dir is not None else Path(AppConfig().train.ckpt_dir)
+            version_dir = ckpt.resolve_version(root, symbol, arch, version)
+        manifest = ckpt.read_manifest(version_dir)
+        ckpt.check_features(manifest, version_dir)
+        try:
+            config = from_dict(manifest.config)
+        except ConfigError as e:
+            raise CheckpointError(
+                f"{version_dir / ckpt.MANIFEST_FILE} holds a config this code "
+                f"cannot read ({e}); retrain with `jaxtrader train`"
+            ) from None
+        scaler = Scaler.from_dict(manifest.scaler)
+        model = build_model(config.model)
+        target = abstract_params(model, manifest.seq_len, scaler.num_features)
+        params, step = ckpt.restore_params(version_dir, target)
+        predictor = cls(
+            manifest=manifest,
+            config=config,
+            scaler=scaler,
+            seq_len=manifest.seq_len,
+            version_dir=version_dir,
+            step=step,
+            params=params,
+            proba_fn=make_proba_fn(model),
+        )
+        predictor.predict_proba(
+            np.zeros((1, predictor.seq_len, 5), np.float32),
+            np.zeros((1, predictor.num_features), np.float32),
+        )  # compile the batch-1 program now, not on the first live candle
+        log_event(
+            logger,
+            "predictor_loaded",
+            path=str(version_dir),
+            arch=manifest.arch,
+            version=manifest.version,
+            step=step,
+            symbol=manifest.data.get("symbol"),
+        )
+        return predictor
+
+    @property
+    def num_features(self) -> int:
+        return self.scaler.num_features
+
+    @property
+    def arch(self) -> str:
+        return self.manifest.arch
+
+    def predict_proba(self, seq_BxWx5: Any, feats_BxF: Any) -> np.ndarray:
+        """P(up) per row as float32[B]; inputs are raw windows and SCALED features (float32)."""
+        seq = np.asarray(seq_BxWx5, dtype=np.float32)
+        feats = np.asarray(feats_BxF, dtype=np.float32)
+        if seq.ndim != 3 or seq.shape[1:] != (self.seq_len, 5):
+            raise DeepLearningError(
+                f"seq has shape {seq.shape}; the model at {self.version_dir} expects "
+                f"[B, {self.seq_len}, 5] (build inputs with dataset.model_inputs)"
+            )
+        if feats.shape != (seq.shape[0], self.num_features):
+            raise DeepLearningError(
+                f"feats has shape {feats.shape}; the model at {self.version_dir} expects "
+                f"[{seq.shape[0]}, {self.num_features}]"
+            )
+        return np.asarray(self.proba_fn(self.params, seq, feats))
+
+    def predict_split(
+        self, dataset: Dataset, split: str, batch_size: int | None = None
+    ) -> np.ndarray:
+        """P(up) for every prediction point of `split`, in `dataset.rows(split)` order.
+
+        Runs fixed-shape padded eval batches (one compile per batch size) and drops the padding.
+        """
+        if dataset.seq_len != self.seq_len:
+            raise DeepLearningError(
+                f"dataset windows are {dataset.seq_len} candles but the model at "
+                f"{self.version_dir} was trained on {self.seq_len}; use rebuild_dataset"
+            )
+        size = batch_size or self.config.train.eval_batch_size
+        out = [
+            self.predict_proba(batch["seq"], batch["feats"])[np.asarray(batch["mask"], bool)]
+            for batch in dataset.eval_batches(split, size)
+        ]
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    def rebuild_dataset(self, candles: Any) -> Dataset:
+        """The dataset exactly as trained: the manifest's scaler and split boundaries, no refit.
+
+        Works on the training file or an extended one (boundaries are timestamps). Logs a WARNING
+        `data_changed` when the candle source differs from the one the model was trained on.
+        """
+        import pandas as pd
+
+        from jaxtrader.dataset import Splits, build_dataset
+
+        self._check_data(candles)
+        splits = Splits.from_dict(self.manifest.splits, pd.DatetimeIndex(candles.frame.index))
+        return build_dataset(candles, self.config.dataset, scaler=self.scaler, splits=splits)
+
+    def _check_data(self, candles: Any) -> None:
+        from jaxtrader.data import file_sha256
+
+        trained = self.manifest.data
+        source = str(candles.source)
+        if trained.get("sha256"):
+            now = file_sha256(source) if Path(source).is_file() else None
+            if now != trained["sha256"]:
+                log_event(
+                    logger,
+                    "data_changed",
+                    logging.WARNING,
+                    checkpoint=str(self.version_dir),
+                    trained_on=trained.get("path"),
+                    trained_sha256=trained["sha256"],
+                    now=source,
+                    now_sha256=now,
+                )
+        elif trained.get("source") != source:
+            log_event(
+                logger,
+                "data_changed",
+                logging.WARNING,
+                checkpoint=str(self.version_dir),
+                trained_on=trained.get("source"),
+                now=source,
+            )

@@ -1,0 +1,299 @@
+"""Checkpoints on a real tiny train state: exact round trips, versions, selection, damage, manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtrader import checkpoint as ckpt
+from jaxtrader.config import AppConfig, DatasetConfig, ModelConfig, TrainConfig, to_dict
+from jaxtrader.errors import CheckpointError
+from jaxtrader.models import build_model
+from jaxtrader.train import TrainState, create_train_state
+
+W, F, B = 50, 86, 8
+
+
+def _batch(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "seq": rng.normal(size=(B, W, 5)).astype(np.float32),
+        "feats": rng.normal(size=(B, F)).astype(np.float32),
+        "label": rng.integers(0, 2, size=B).astype(np.int32),
+    }
+
+
+@pytest.fixture(scope="module")
+def state() -> TrainState:
+    """A real tiny LSTM train state with random params and non-zero Adam moments.
+
+    The moments are filled on the host (no train step) to keep this fixture free of compiles.
+    """
+    model = build_model(ModelConfig(arch="lstm", hidden=8, num_layers=1, dropout=0.0))
+    st = create_train_state(model, TrainConfig(warmup_steps=1), jax.random.key(0), _batch(0), 10)
+    rng = np.random.default_rng(0)
+
+    def perturb(x: jax.Array) -> jax.Array:
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.floating):
+            x = x + rng.normal(size=x.shape).astype(x.dtype)
+        return jnp.asarray(x)
+
+    return jax.tree.map(perturb, st).replace(step=jnp.asarray(7, jnp.int32))
+
+
+def _host(tree: Any) -> Any:
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def _manifest(version: int, val_loss: float, best_step: int = 1, **changes: Any) -> ckpt.Manifest:
+    m = ckpt.Manifest(
+        config=to_dict(AppConfig()),
+        arch="lstm",
+        version=version,
+        feature_names=("a", "b"),
+        feature_hash="0" * 16,
+        scaler={"median": [0.0], "iqr": [1.0]},
+        seq_len=W,
+        horizon=5,
+        threshold=0.0,
+        data={"symbol": "SYNTH/USD", "start": "2023-01-01T00:00:00+00:00", "end": "x", "rows": 1},
+        splits={},
+        seed=0,
+        packages=ckpt.package_versions(),
+        metrics={"val_loss": val_loss, "val_accuracy": 0.5, "val_majority_rate": 0.51},
+        best_step=best_step,
+        created_at=f"2026-01-01T00:00:0{version}+00:00",
+        metrics_path=ckpt.METRICS_FILE,
+    )
+    return dataclasses.replace(m, **changes)
+
+
+def _save_run(root: Path, state: TrainState, losses: list[float], max_to_keep: int = 2) -> Path:
+    """Saves one fake run (one step per val loss) into a new version dir with its manifest."""
+    version, vdir = ckpt.new_version_dir(root, "SYNTH/USD", "lstm")
+    manager = ckpt.make_manager(vdir, max_to_keep=max_to_keep)
+    for epoch, loss in enumerate(losses, start=1):
+        ckpt.save_step(manager, epoch, state, {"epoch": epoch, "val_loss": loss})
+    manager.wait_until_finished()
+    best = manager.best_step()
+    manager.close()
+    assert best is not None
+    best_loss = min(losses)
+    ckpt.write_manifest(vdir, _manifest(version, best_loss, best_step=best))
+    return vdir
+
+
+def test_round_trip_is_bitwise_and_keeps_optax_types(tmp_path: Path, state: TrainState) -> None:
+    vdir = _save_run(tmp_path, state, [0.9, 0.5, 0.7, 0.8])
+    # Best step (2) plus the latest max_to_keep=2 steps survive; the rest are pruned.
+    assert sorted(int(p.name) for p in vdir.iterdir() if p.name.isdigit()) == [2, 3, 4]
+    assert ckpt.read_manifest(vdir).best_step == 2
+
+    restored = ckpt.restore_state(vdir, state)
+    chex.assert_trees_all_equal(_host(restored), _host(state))
+    assert jax.tree.structure(restored) == jax.tree.structure(state)  # optax NamedTuples, not lists
+    assert int(restored.step) == int(state.step)
+
+    abstract = jax.eval_shape(lambda: state.params)
+    params, step = ckpt.restore_params(vdir, abstract)
+    assert step == 2
+    chex.assert_trees_all_equal(_host(params), _host(state.params))
+    params_3, _ = ckpt.restore_params(vdir, abstract, step=3)
+    chex.assert_trees_all_equal(_host(params_3), _host(state.params))
+
+
+def test_save_survives_buffer_donation(tmp_path: Path, state: TrainState) -> None:
+    # fit's train_step donates the state: a save queued before the next step must keep old values.
+    bump = jax.jit(lambda tree: jax.tree.map(lambda x: x + 1, tree), donate_argnums=0)
+    params = jax.tree.map(jnp.copy, state.params)
+    expected = _host(params)
+    _, vdir = ckpt.new_version_dir(tmp_path, "SYNTH/USD", "lstm")
+    manager = ckpt.make_manager(vdir)
+    ckpt.save_step(manager, 1, state.replace(params=params), {"val_loss": 0.1})
+    bumped = bump(params)
+    assert all(x.is_deleted() for x in jax.tree.leaves(params))
+    manager.wait_until_finished()
+    manager.close()
+    restored, _ = ckpt.restore_params(vdir, jax.eval_shape(lambda: state.params), step=1)
+    chex.assert_trees_all_equal(_host(restored), expected)
+    chex.assert_trees_all_equal(_host(bumped), jax.tree.map(lambda x: x + 1, expected))
+
+
+def test_versions_increase_per_run(tmp_path: Path) -> None:
+    assert ckpt.new_version_dir(tmp_path, "BTC/USDT", "lstm") == (
+        1,
+        tmp_path / "BTC-USDT" / "lstm" / "v1",
+    )
+    assert ckpt.new_version_dir(tmp_path, "BTC/USDT", "lstm")[0] == 2
+    (tmp_path / "BTC-USDT" / "lstm" / "v9").mkdir()
+    assert ckpt.new_version_dir(tmp_path, "BTC/USDT", "lstm")[0] == 10
+    # Versions count per symbol and arch.
+    assert ckpt.new_version_dir(tmp_path, "BTC/USDT", "transformer")[0] == 1
+
+
+def test_resolve_best_latest_and_number(tmp_path: Path) -> None:
+    adir = ckpt.arch_dir(tmp_path, "SYNTH/USD", "lstm")
+    for version, loss in [(1, 0.6), (2, 0.4), (3, 0.5)]:
+        (adir / f"v{version}").mkdir(parents=True)
+        ckpt.write_manifest(adir / f"v{version}", _manifest(version, loss))
+    (adir / "v4").mkdir()  # a run still training (no manifest) is never picked implicitly
+    tdir = ckpt.arch_dir(tmp_path, "SYNTH/USD", "transformer") / "v1"
+    tdir.mkdir(parents=True)
+    ckpt.write_manifest(tdir, _manifest(1, 0.45, arch="transformer"))
+
+    assert ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", "latest") == adir / "v3"
+    assert ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", "best") == adir / "v2"
+    assert ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", 1) == adir / "v1"
+    assert ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", "1") == adir / "v1"
+    assert ckpt.resolve_version(tmp_path, "SYNTH/USD", "transformer", "best") == tdir
+    # Any arch: best over both, latest by creation time.
+    assert ckpt.resolve_version(tmp_path, "SYNTH/USD", None, "best") == adir / "v2"
+    with pytest.raises(CheckpointError, match="no version v9 for SYNTH/USD lstm"):
+        ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", 9)
+    with pytest.raises(CheckpointError, match="several models"):
+        ckpt.resolve_version(tmp_path, "SYNTH/USD", None, 1)
+    with pytest.raises(CheckpointError, match="no complete checkpoint for ETH/USDT"):
+        ckpt.resolve_version(tmp_path, "ETH/USDT", None, "latest")
+    with pytest.raises(CheckpointError, match="best, latest or a number"):
+        ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", "newest")
+
+
+def test_list_versions(tmp_path: Path, state: TrainState) -> None:
+    vdir = _save_run(tmp_path, state, [0.7, 0.6])
+    (vdir.parent / "v2").mkdir()
+    rows = ckpt.list_versions(tmp_path)
+    assert [(r.symbol, r.arch, r.version, r.complete) for r in rows] == [
+        ("SYNTH/USD", "lstm", 1, True),
+        ("SYNTH-USD", "lstm", 2, False),
+    ]
+    assert rows[0].best_val_loss == 0.6
+    assert rows[0].val_accuracy == 0.5 and rows[0].val_majority_rate == 0.51
+    assert rows[0].size_bytes == ckpt.dir_size(vdir) > 10_000
+    assert rows[1].size_bytes == 0 and rows[1].best_val_loss is None
+    assert ckpt.list_versions(tmp_path, symbol="BTC/USDT") == []
+    json.dumps([r.to_dict() for r in rows])
+
+
+def test_manifest_write_is_atomic_and_round_trips(tmp_path: Path) -> None:
+    m = _manifest(3, 0.5)
+    path = ckpt.write_manifest(tmp_path, m)
+    assert [p.name for p in tmp_path.iterdir()] == [ckpt.MANIFEST_FILE]
+    assert ckpt.read_manifest(tmp_path) == m
+    assert json.loads(path.read_text())["feature_names"] == ["a", "b"]
+    with pytest.raises(ValueError):  # NaN is not valid JSON: refuse rather than write it
+        ckpt.write_manifest(tmp_path, _manifest(3, float("nan")))
+    assert ckpt.read_manifest(tmp_path) == m  # the old manifest is intact
+    assert [p.name for p in tmp_path.iterdir()] == [ckpt.MANIFEST_FILE]
+
+
+def test_missing_or_corrupt_manifest(tmp_path: Path, state: TrainState) -> None:
+    vdir = _save_run(tmp_path, state, [0.5])
+    abstract = jax.eval_shape(lambda: state.params)
+    manifest = vdir / ckpt.MANIFEST_FILE
+    good = manifest.read_text()
+
+    manifest.write_text(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match=rf"{manifest} is corrupt"):
+        ckpt.restore_params(vdir, abstract)
+
+    raw = json.loads(good)
+    del raw["scaler"]
+    manifest.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=rf"{manifest} is missing scaler"):
+        ckpt.read_manifest(vdir)
+
+    manifest.unlink()
+    with pytest.raises(CheckpointError, match=rf"{manifest} is missing: the training run"):
+        ckpt.restore_params(vdir, abstract)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ckpt.restore_params(tmp_path / "nope", abstract)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_damaged_step_raises_naming_the_step(
+    tmp_path: Path, state: TrainState, damage: str
+) -> None:
+    vdir = _save_run(tmp_path, state, [0.5])
+    data_files = sorted(
+        (p for p in (vdir / "1" / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
+        key=lambda p: -p.stat().st_size,
+    )
+    assert data_files, "expected tensorstore data files under the params item"
+    for p in data_files:
+        if damage == "delete":
+            p.unlink()
+        else:
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoint step {vdir / '1'} is partial or corrupt"
+    ):
+        ckpt.restore_params(vdir, jax.eval_shape(lambda: state.params))
+
+
+def test_removed_step_and_unfinished_save(tmp_path: Path, state: TrainState) -> None:
+    vdir = _save_run(tmp_path, state, [0.5, 0.6])
+    shutil.rmtree(vdir / "1")  # the manifest's best step
+    with pytest.raises(CheckpointError, match=rf"step 1 is missing from checkpoint {vdir}"):
+        ckpt.restore_params(vdir, jax.eval_shape(lambda: state.params))
+    shutil.rmtree(vdir / "2")
+    (vdir / "3.orbax-checkpoint-tmp-123").mkdir()
+    with pytest.raises(CheckpointError, match=rf"checkpoint {vdir} has no finished step"):
+        ckpt.restore_params(vdir, jax.eval_shape(lambda: state.params))
+
+
+def test_feature_hash_mismatch_is_refused(tmp_path: Path) -> None:
+    from jaxtrader.features import feature_hash
+
+    ckpt.check_features(_manifest(1, 0.5, feature_hash=feature_hash()), tmp_path)
+    with pytest.raises(CheckpointError, match=r"hash 0000000000000000 but this code computes"):
+        ckpt.check_features(_manifest(1, 0.5), tmp_path)
+
+
+def test_build_manifest_is_complete(tmp_path: Path) -> None:
+    from jaxtrader.data import file_sha256, synth_candles, write_candles
+    from jaxtrader.dataset import build_dataset
+    from jaxtrader.features import FEATURE_NAMES, feature_hash
+
+    candles_path = write_candles(synth_candles(rows=1200, seed=3).frame, tmp_path / "c.csv")
+    from jaxtrader.config import DataConfig
+    from jaxtrader.data import load_market
+
+    cfg = AppConfig(data=DataConfig(path=str(candles_path)), dataset=DatasetConfig(seq_len=W))
+    candles = load_market(cfg.data)
+    ds = build_dataset(candles, cfg.dataset)
+    metrics = {"val_loss": np.float32(0.69), "val_accuracy": 0.52, "stopped_reason": "max_epochs"}
+    m = ckpt.build_manifest(
+        cfg=cfg,
+        version=4,
+        candles=candles,
+        dataset=ds,
+        metrics=metrics,
+        best_step=2,
+        metrics_path=ckpt.METRICS_FILE,
+    )
+    d = json.loads(json.dumps(m.to_dict(), allow_nan=False))
+    assert set(d) >= set(ckpt._REQUIRED_KEYS)
+    assert d["config"] == to_dict(cfg)
+    assert d["feature_names"] == list(FEATURE_NAMES) and d["feature_hash"] == feature_hash()
+    assert d["data"]["sha256"] == file_sha256(candles_path)
+    assert d["data"]["rows"] == 1200 and d["data"]["symbol"] == candles.symbol
+    assert d["data"]["start"] == "2023-01-01T00:00:00+00:00"
+    assert d["seq_len"] == W and d["horizon"] == 5 and d["version"] == 4 and d["best_step"] == 2
+    assert d["metrics"]["val_loss"] == pytest.approx(0.69)
+    assert {"python", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"} <= set(
+        d["packages"]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(d["scaler"]["median"]), np.asarray(ds.scaler.to_dict()["median"])
+    )
+    assert d["splits"] == json.loads(json.dumps(ds.splits.to_dict()))
