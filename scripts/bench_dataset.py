@@ -105,6 +105,13 @@ def main() -> None:
             f"batch {bs}: gather_windows {fancy:.0f} us, sliding_window_view+take {slide:.0f} us, "
             f"full batch dict {full:.0f} us"
         )
+    from jaxtrader.dataset import model_inputs
+    from jaxtrader.features import WARMUP
+
+    for buffer in (WARMUP + 1, 1_000):
+        tail = candles.frame.iloc[-buffer:]
+        live = median_us(lambda tail=tail: model_inputs(tail, data.scaler, data.seq_len), 30)
+        print(f"model_inputs on a {buffer}-candle buffer: {live / 1000:.1f} ms")
     t0 = time.perf_counter()
     n = sum(1 for _ in data.batches("train", 64, key=0))
     print(f"one train epoch of batches ({n} x 64): {time.perf_counter() - t0:.2f} s")
