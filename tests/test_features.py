@@ -264,3 +264,67 @@ def test_real_btc_1h_is_finite_after_warmup(btc_1h: Path) -> None:
     np.testing.assert_allclose(
         F.feature_matrix(tail)[-1], out.iloc[-1].to_numpy(), rtol=1e-6, atol=1e-6
     )
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_list_json_in_a_subprocess() -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxtrader", "features", "list", "--json"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    rows = json.loads(out.stdout)
+    assert [r["name"] for r in rows] == list(F.FEATURE_NAMES)
+    assert [r["warmup"] for r in rows] == [s.warmup for s in F.FEATURES]
+    assert {r["family"] for r in rows} == set(F.FAMILIES)
+
+
+def test_cli_list_table() -> None:
+    from click.testing import CliRunner
+
+    from jaxtrader.cli import cli
+
+    result = CliRunner().invoke(cli, ["features", "list"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["name", "family", "warmup", "definition"]
+    assert [ln.split()[0] for ln in lines[1:87]] == list(F.FEATURE_NAMES)
+    assert f"86 features, warm-up {F.WARMUP} candles, hash {F.feature_hash()[:16]}" in lines[-1]
+
+
+def test_cli_compute_writes_parquet_and_csv_with_filled_flag(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from jaxtrader.cli import cli
+    from jaxtrader.data import load_candles, write_candles
+
+    frame = random_candles(F.WARMUP + 300, seed=3)
+    gap = frame.index[F.WARMUP + 100 : F.WARMUP + 105]
+    path = write_candles(frame.drop(index=gap), tmp_path / "candles.csv")
+    expected = F.compute_features(load_candles(path).frame).iloc[F.WARMUP :]
+
+    runner = CliRunner()
+    for name in ("f.parquet", "f.csv.gz"):
+        out = tmp_path / name
+        result = runner.invoke(cli, ["features", "compute", "--data", str(path), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        if name.endswith(".parquet"):
+            got = pd.read_parquet(out)
+            np.testing.assert_array_equal(got[list(F.FEATURE_NAMES)].to_numpy(), expected)
+            assert got.index.equals(expected.index)
+        else:
+            got = pd.read_csv(out, index_col="timestamp")
+            np.testing.assert_allclose(got[list(F.FEATURE_NAMES)].to_numpy(), expected,
+                                       rtol=2e-7, atol=1e-12)  # fmt: skip
+            assert list(got.index[:1]) == [expected.index[0].strftime("%Y-%m-%dT%H:%M:%SZ")]
+        assert list(got.columns) == [*F.FEATURE_NAMES, "filled"]
+        assert len(got) == 300
+        assert got["filled"].to_numpy().nonzero()[0].tolist() == list(range(100, 105))
+
+    bad = runner.invoke(cli, ["features", "compute", "--out", str(tmp_path / "f.txt")])
+    assert bad.exit_code == 2 and "unsupported extension" in bad.output
