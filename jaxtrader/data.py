@@ -186,6 +186,7 @@ def _first_problem(
         masks = (
             ~finite,
             finite & ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0)),
+            finite & (h < lo),
             finite & (h < np.maximum(o, c)),
             finite & (lo > np.minimum(o, c)),
             finite & (v < 0),
@@ -209,8 +210,10 @@ def _describe(kind: int, o: float, h: float, lo: float, c: float, v: float) -> s
         names = [f"{n}={x:g}" for n, x in values.items() if n != "volume" and x <= 0]
         return f"non-positive price ({', '.join(names)})"
     if kind == 2:
-        return f"high {h:g} is below max(open, close) {max(o, c):g}"
+        return f"high {h:g} is below low {lo:g}"
     if kind == 3:
+        return f"high {h:g} is below max(open, close) {max(o, c):g}"
+    if kind == 4:
         return f"low {lo:g} is above min(open, close) {min(o, c):g}"
     return f"negative volume {v:g}"
 

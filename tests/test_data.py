@@ -243,6 +243,7 @@ def test_candle_problem() -> None:
     )
     assert candle_problem(ts, 100, 110, 0, 105, 1) == "non-positive price (low=0)"
     assert candle_problem(ts, 100, 104, 90, 105, 1) == "high 104 is below max(open, close) 105"
+    assert candle_problem(ts, 100, 95, 96, 97, 1) == "high 95 is below low 96"
     assert candle_problem(ts, 100, 110, 101, 105, 1) == "low 101 is above min(open, close) 100"
     assert candle_problem(ts, 100, 110, 90, 105, -1) == "negative volume -1"
 
@@ -278,6 +279,7 @@ def _bad(tmp_path: Path, row: int, replacement: str) -> Path:
             r"line 4 .*low 100 is above min\(open, close\) 95",
         ),
         ("2024-01-01T02:00:00Z,108,109,100,102,-8", r"line 4 .*negative volume -8"),
+        ("2024-01-01T02:00:00Z,108,99,101,102,8", r"line 4 .*high 99 is below low 101"),
         ("2024-01-01T02:00:00Z,108,109,abc,102,8", r"line 4: low 'abc' is not a number"),
         (
             "2024-13-45T02:00:00Z,108,109,100,102,8",
