@@ -96,6 +96,7 @@ def evaluate(
     from jaxtrader.evaluate.run import evaluate_checkpoint
     from jaxtrader.evaluate.summary import write_csv
     from jaxtrader.logs import _jsonable
+    from jaxtrader.train import enable_compilation_cache
 
     cfg = state.config(
         {
@@ -105,6 +106,7 @@ def evaluate(
             "backtest.long_short": long_short,
         }
     )
+    enable_compilation_cache()  # the predictor's programs compile once per machine, not per run
     result = evaluate_checkpoint(
         split=split,
         backtest=cfg.backtest,

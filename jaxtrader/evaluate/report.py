@@ -32,10 +32,11 @@ BACKTEST_KEYS = (
     "trades",
     "fees_paid",
 )
-PCT_KEYS = {"total_return", "cagr", "max_drawdown", "win_rate", "exposure", "fees_paid"}
+SIGNED_PCT_KEYS = {"total_return", "cagr", "max_drawdown"}
+PCT_KEYS = {*SIGNED_PCT_KEYS, "win_rate", "exposure", "fees_paid"}
 
 
-def _fmt(value: Any, pct: bool = False) -> str:
+def _fmt(value: Any, pct: bool = False, signed: bool = False) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, bool):
@@ -46,7 +47,7 @@ def _fmt(value: Any, pct: bool = False) -> str:
         if not math.isfinite(value):
             return str(value)
         if pct:
-            return f"{100 * value:+.2f}%" if value else "0.00%"
+            return f"{100 * value:+.2f}%" if signed and value else f"{100 * value:.2f}%"
         return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.3g}"
     return str(value)
 
@@ -89,7 +90,10 @@ def _tables(doc: dict[str, Any], markdown: bool) -> list[str]:
     bt_sources = [doc["backtest"], bh, *extra.values()]
     lines += _rows(
         ["backtest", *bt_names],
-        [[k, *(_fmt(s.get(k), k in PCT_KEYS) for s in bt_sources)] for k in BACKTEST_KEYS],
+        [
+            [k, *(_fmt(s.get(k), k in PCT_KEYS, k in SIGNED_PCT_KEYS) for s in bt_sources)]
+            for k in BACKTEST_KEYS
+        ],
         markdown,
     )
     ci = sig["sharpe_ci95"]
@@ -301,7 +305,11 @@ def plot_training(records: list[dict[str, Any]], path: Path, title: str = "") ->
 
 
 def plot_attention(
-    weights_LxBxHxTxT: np.ndarray, labels: Sequence[str], path: Path, title: str = ""
+    weights_LxBxHxTxT: np.ndarray,
+    labels: Sequence[str],
+    path: Path,
+    title: str = "",
+    feature_token: bool = False,
 ) -> Path:
     """Last block's head-averaged attention of the prediction point over the window, per sample.
 
@@ -314,7 +322,10 @@ def plot_attention(
     fig, ax = plt.subplots(figsize=(10, 0.5 * last_BxT.shape[0] + 1.8))
     im = ax.imshow(last_BxT, aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(labels)), list(labels), fontsize=8)
-    ax.set_xlabel("window position (right = prediction candle)")
+    ax.set_xlabel(
+        "window position (right = prediction candle"
+        + ("; position 0 = the engineered-feature token)" if feature_token else ")")
+    )
     ax.set_title(title or "Attention of the prediction point (last block, mean over heads)")
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
@@ -352,7 +363,10 @@ def write_report(
     if training_records:
         images.append(plot_training(training_records, out / "training.png", f"{label}: training"))
     if attention is not None:
-        images.append(plot_attention(attention[0], attention[1], out / "attention.png"))
+        token = doc.get("source", {}).get("feature_join") == "token"
+        images.append(
+            plot_attention(attention[0], attention[1], out / "attention.png", feature_token=token)
+        )
     from jaxtrader.logs import _jsonable
 
     (out / "report.json").write_text(json.dumps(_jsonable(doc), indent=2) + "\n", encoding="utf-8")

@@ -168,6 +168,8 @@ def evaluate_checkpoint(
         "trained_at": manifest.created_at,
         "best_step": manifest.best_step,
     }
+    if manifest.arch == "transformer":
+        doc["source"]["feature_join"] = getattr(predictor.config.model, "feature_join", "add")
     doc["notes"] = [*notes, *baselines.notes]
     records: list[dict[str, Any]] = []
     if manifest.metrics_path:

@@ -1,0 +1,218 @@
+"""`jaxtrader evaluate` end to end on a real (tiny) checkpoint trained from a real candle file.
+
+One training run and one evaluate subprocess are shared; the JSON numbers are then recomputed from
+the --predictions CSV alone with the pure functions of jaxtrader.evaluate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from jaxtrader.evaluate import backtest as bt
+from jaxtrader.evaluate.baselines import momentum_predictions
+from jaxtrader.evaluate.metrics import classification_metrics, reliability_table
+from jaxtrader.evaluate.significance import binomial_p_value, effective_n, wilson_interval
+
+TINY = {
+    "data.synth_rows": 3000,
+    "dataset.seq_len": 50,
+    "model.arch": "lstm",
+    "model.num_layers": 1,
+    "model.hidden": 8,
+    "train.epochs": 1,
+    "train.batch_size": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny LSTM trained on a synthetic candle FILE (so the manifest records a path and hash)."""
+    from jaxtrader.cli.train_cmds import run_training
+    from jaxtrader.config import AppConfig, with_overrides
+    from jaxtrader.data import synth_candles, write_candles
+
+    root = tmp_path_factory.mktemp("evalcli")
+    candles = synth_candles(3000, seed=1)
+    data = write_candles(candles.frame, root / "candles.csv")
+    cfg = with_overrides(
+        AppConfig(), {**TINY, "data.path": str(data), "train.ckpt_dir": str(root / "ckpt")}
+    )
+    run = run_training(cfg)
+    return {"root": root, "data": data, "version_dir": Path(run.summary["path"])}
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained: dict[str, Path]) -> dict[str, Any]:
+    """One real `jaxtrader evaluate` subprocess with --json, --predictions and --report-dir."""
+    root = trained["root"]
+    csv_path, report = root / "pred.csv", root / "report"
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "jaxtrader", "evaluate", "--split", "test",
+            "--ckpt-dir", str(root / "ckpt"), "--arch", "lstm", "--version", "latest",
+            "--fee-bps", "7", "--slippage-bps", "1", "--json",
+            "--predictions", str(csv_path), "--report-dir", str(report),
+        ],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return {"doc": json.loads(out.stdout), "csv": csv_path, "report": report, "stderr": out.stderr}
+
+
+def _near(a: Any, b: Any, rel: float = 1e-9) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
+
+
+def test_json_has_every_documented_field(evaluated: dict[str, Any]) -> None:
+    doc = evaluated["doc"]
+    assert doc["split"] == "test" and doc["n"] > 100
+    cls_keys = {"accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc",
+                "log_loss", "brier", "confusion_matrix"}  # fmt: skip
+    assert cls_keys <= doc["classification"].keys()
+    for name in ("random", "majority", "always_long", "momentum", "logistic"):
+        assert cls_keys <= doc["baselines"][name].keys(), name
+    assert {"accuracy_ci95", "p_value_vs_majority", "effective_n", "sharpe_ci95"} <= doc[
+        "significance"
+    ].keys()
+    bt_keys = {"total_return", "cagr", "sharpe", "sortino", "calmar", "max_drawdown", "win_rate",
+               "profit_factor", "exposure", "trades", "fees_paid"}  # fmt: skip
+    assert bt_keys <= doc["backtest"].keys() and bt_keys <= doc["buy_and_hold"].keys()
+    assert doc["annualization"]["periods_per_year"] == 8760.0
+    assert len(doc["calibration"]["reliability"]) == 10
+    assert doc["source"]["arch"] == "lstm" and doc["source"]["version"] == 1
+    assert doc["settings"]["fee_bps"] == 7.0 and doc["settings"]["slippage_bps"] == 1.0
+    assert doc["source"]["data_sha256"]
+
+
+def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[str, Any]) -> None:
+    doc, df = evaluated["doc"], pd.read_csv(evaluated["csv"])
+    st = doc["settings"]
+    y, p = df["label"].to_numpy(), df["prob_up"].to_numpy()
+    assert len(df) == doc["n"]
+
+    cls = classification_metrics(y, (p > 0.5).astype(int), p)
+    for key in ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc",
+                "log_loss", "brier"):  # fmt: skip
+        assert _near(cls[key], doc["classification"][key]), key
+    assert cls["confusion_matrix"] == doc["classification"]["confusion_matrix"]
+    table = reliability_table(y, p)
+    assert [r["count"] for r in table] == [r["count"] for r in doc["calibration"]["reliability"]]
+
+    n_eff = effective_n(len(df), st["horizon"])
+    majority_acc = float(np.mean(y == st["majority_class"]))
+    assert doc["significance"]["effective_n"] == n_eff
+    assert np.allclose(
+        wilson_interval(cls["accuracy"], n_eff), doc["significance"]["accuracy_ci95"]
+    )
+    assert _near(
+        binomial_p_value(cls["accuracy"], n_eff, majority_acc),
+        doc["significance"]["p_value_vs_majority"],
+    )
+    assert _near(majority_acc, doc["baselines"]["majority"]["accuracy"])
+    assert _near(float(np.mean(y == 1)), doc["baselines"]["always_long"]["accuracy"])
+    mom = classification_metrics(y, df["momentum_pred"].to_numpy())
+    lr = df["logistic_prob"].to_numpy()
+    assert _near(mom["accuracy"], doc["baselines"]["momentum"]["accuracy"])
+    assert _near(classification_metrics(y, (lr > 0.5).astype(int), lr)["roc_auc"],
+                 doc["baselines"]["logistic"]["roc_auc"])  # fmt: skip
+
+    cost = (st["fee_bps"] + st["slippage_bps"]) / 1e4
+    pos = bt.positions_from_probs(p, st["threshold"], st["long_short"])
+    assert np.array_equal(pos, df["position"].to_numpy())
+    series = bt.simulate(pos, df["asset_return"].to_numpy(), cost)
+    assert np.allclose(series.equity, df["equity"].to_numpy(), rtol=1e-12)
+    ts = pd.to_datetime(df["timestamp"], utc=True)
+    span = (ts.iloc[-1] - ts.iloc[0]) / pd.Timedelta(seconds=st["interval_seconds"]) + 1
+    perf = bt.performance(series, st["periods_per_year"], span)
+    hold = bt.performance(
+        bt.simulate(np.ones(len(df)), df["asset_return"].to_numpy(), cost),
+        st["periods_per_year"],
+        span,
+    )
+    for key, value in doc["backtest"].items():
+        assert _near(perf[key], value), key
+    for key, value in doc["buy_and_hold"].items():
+        assert _near(hold[key], value), key
+
+
+def test_momentum_and_returns_match_the_candle_file(
+    trained: dict[str, Path], evaluated: dict[str, Any]
+) -> None:
+    """The CSV's per-row asset returns and momentum calls come from the candles: next opens."""
+    candles = pd.read_csv(trained["data"], parse_dates=["timestamp"]).set_index("timestamp")
+    df = pd.read_csv(evaluated["csv"], parse_dates=["timestamp"])
+    t = candles.index.get_indexer(df["timestamp"])
+    assert (t >= 0).all()
+    o, c = candles["open"].to_numpy(), candles["close"].to_numpy()
+    r, _ = bt.period_returns(o, c, t)
+    assert np.allclose(r, df["asset_return"].to_numpy(), rtol=1e-12)
+    h = evaluated["doc"]["settings"]["horizon"]
+    assert np.array_equal(momentum_predictions(c, t, h), df["momentum_pred"].to_numpy())
+    fwd = c[t + h] / c[t] - 1
+    assert np.allclose(fwd, df["forward_return"].to_numpy(), rtol=1e-9)
+    assert np.array_equal((fwd > 0).astype(int), df["label"].to_numpy())
+
+
+def test_report_dir_has_json_markdown_and_plots(evaluated: dict[str, Any]) -> None:
+    report = evaluated["report"]
+    names = {p.name for p in report.iterdir()}
+    assert {"report.json", "report.md", "equity.png", "confusion.png", "reliability.png",
+            "training.png"} <= names  # fmt: skip
+    saved = json.loads((report / "report.json").read_text())
+    assert saved["backtest"] == evaluated["doc"]["backtest"]
+
+
+def test_changed_data_file_warns_but_evaluates(trained: dict[str, Path], tmp_path: Path) -> None:
+    from jaxtrader.cli import cli
+
+    lines = trained["data"].read_text().splitlines()
+    # Revise the volume of the last candle: a different hash, same timestamps.
+    ts, o, h, lo, c, v = lines[-1].split(",")
+    lines[-1] = ",".join([ts, o, h, lo, c, str(float(v) + 1.0)])
+    changed = tmp_path / "changed.csv"
+    changed.write_text("\n".join(lines) + "\n")
+    args = ["evaluate", "--split", "val", "--ckpt-dir", str(trained["root"] / "ckpt"),
+            "--data", str(changed), "--json"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["split"] == "val"
+    assert any("differs from the training file" in n for n in doc["notes"])
+
+
+def test_data_that_misses_the_split_is_a_one_line_error(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jaxtrader.cli import main
+
+    lines = trained["data"].read_text().splitlines()
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join(lines[:2000]) + "\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--checkpoint", str(trained["version_dir"]), "--data", str(short)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: split") and "does not contain both ends" in err
+
+
+def test_missing_checkpoint_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jaxtrader.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--ckpt-dir", str(tmp_path / "none")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("error: no complete checkpoint")
