@@ -243,7 +243,7 @@ def build_dataset(
             raise DataError(
                 f"split '{name}' ({start}..{stop}) holds no valid prediction points; use more data"
             )
-        points[name] = rows
+        points[name] = _read_only(rows)
     _check_purged(points, cfg)
     names = tuple(str(c) for c in feats_df.columns)
     if scaler is None:
