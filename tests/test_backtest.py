@@ -241,3 +241,24 @@ def test_bad_thresholds_name_the_flag() -> None:
         bt.positions_from_probs(np.array([0.5]), 1.2)
     with pytest.raises(ConfigError, match="--long-short"):
         bt.positions_from_probs(np.array([0.5]), 0.4, long_short=True)
+
+
+def test_changing_future_prices_never_moves_earlier_rows() -> None:
+    rng = np.random.default_rng(3)
+    close = 100 * np.cumprod(1 + rng.normal(0, 0.01, 80))
+    open_ = np.concatenate([[100.0], close[:-1]])
+    rows = np.arange(10, 70)
+    p = rng.random(rows.size)
+    r, _ = bt.period_returns(open_, close, rows)
+    s = bt.simulate(bt.positions_from_probs(p), r, C)
+    # Rewrite every price from candle 40 on: rows whose period ends at or before open[39]
+    # (decisions at t <= 37, filled at open[t + 1], closed at open[t + 2]) must not move.
+    open2, close2 = open_.copy(), close.copy()
+    open2[40:] *= 1.5
+    close2[40:] *= 0.7
+    r2, _ = bt.period_returns(open2, close2, rows)
+    s2 = bt.simulate(bt.positions_from_probs(p), r2, C)
+    keep = rows <= 37
+    chex.assert_trees_all_equal(r[keep], r2[keep])
+    chex.assert_trees_all_equal(s.equity[keep], s2.equity[keep])
+    assert not np.array_equal(s.equity[~keep], s2.equity[~keep])
