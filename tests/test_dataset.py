@@ -97,6 +97,22 @@ def test_inputs_do_not_move_when_the_future_changes(frame: pd.DataFrame, data: D
     assert not np.array_equal(data.gather(nxt)["feats"], other.gather(nxt)["feats"])
 
 
+def test_inputs_are_causal_inside_train_with_the_stored_scaler(
+    frame: pd.DataFrame, data: Dataset
+) -> None:
+    # Inside train a refit scaler legitimately moves (its statistics span train); with the
+    # checkpoint's scaler and splits, as evaluate and trade rebuild them, nothing at t' <= t moves.
+    t = int(data.rows("train")[300])
+    changed = _continue_randomly(frame, t, seed=12)
+    other = build_dataset(changed, CFG, scaler=data.scaler, splits=data.splits)
+    past = data.rows("train")[:301]
+    a, b = data.gather(past), other.gather(past)
+    np.testing.assert_array_equal(a["seq"], b["seq"])
+    np.testing.assert_array_equal(a["feats"], b["feats"])
+    refit = build_dataset(changed, CFG, features=compute_features(changed))
+    assert not np.array_equal(refit.scaler.median, data.scaler.median)
+
+
 def test_model_inputs_on_a_prefix_equal_the_training_inputs(
     frame: pd.DataFrame, data: Dataset
 ) -> None:
