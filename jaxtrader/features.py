@@ -31,7 +31,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -327,9 +328,27 @@ def _calendar(ts_ns: Array) -> dict[str, Array]:
 # ----------------------------------------------------------------------------- the features
 
 
+@cache
+def _talib() -> Any:
+    """TA-Lib's functions without the pandas/polars dispatch wrapper `talib` puts around each.
+
+    The wrapper scans every argument for Series types; on a trading buffer of ~500 rows that
+    check cost more than the indicators themselves (2.2 ms vs 1.3 ms for all 86 features). We
+    only pass float64 numpy arrays, so the wrapped function (functools.wraps' `__wrapped__`) is
+    called directly when present.
+    """
+    import talib
+
+    names = [n for n in dir(talib) if n.isupper() and callable(getattr(talib, n))]
+    return SimpleNamespace(
+        MA_Type=talib.MA_Type,
+        **{n: getattr(getattr(talib, n), "__wrapped__", getattr(talib, n)) for n in names},
+    )
+
+
 def _columns(o: Array, h: Array, low: Array, c: Array, v: Array, ts_ns: Array) -> dict[str, Array]:
     """All 86 features as float64 arrays keyed by name (warm-up rows not yet masked)."""
-    import talib
+    talib = _talib()
 
     f: dict[str, Array] = {}
     lc = np.log(c)
