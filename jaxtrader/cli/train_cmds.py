@@ -7,6 +7,10 @@ summary. Heavy libraries are imported inside the commands so `--help` stays inst
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +69,46 @@ def _summary_lines(summary: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+class _InterruptGuard:
+    """Ctrl-C raises KeyboardInterrupt at once, except while an epoch's save is being queued.
+
+    A save cut in half by the interrupt could leave Orbax's bookkeeping inconsistent, so a Ctrl-C
+    that arrives then is held and raised right after the save call returns.
+    """
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.holding:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
 @dataclass(frozen=True)
 class TrainRun:
     """What one `jaxtrader train` produced: the printed summary, fit's result and the dataset."""
@@ -108,16 +152,20 @@ def run_training(cfg: AppConfig) -> TrainRun:
     manager = ckpt.make_manager(vdir, max_to_keep=cfg.train.max_to_keep)
     history: list[dict[str, Any]] = []
 
+    guard = _InterruptGuard()
+
     def on_epoch(epoch: int, st: Any, record: dict[str, float]) -> None:
-        ckpt.save_step(manager, epoch, st, record)
-        history.append(record)
+        with guard.hold():
+            ckpt.save_step(manager, epoch, st, record)
+            history.append(record)
 
     interrupted = False
     t_fit = time.perf_counter()
     try:
-        result = fit(
-            state, dataset, cfg.train, fit_key, on_epoch, metrics_path=vdir / ckpt.METRICS_FILE
-        )
+        with guard.installed():
+            result = fit(
+                state, dataset, cfg.train, fit_key, on_epoch, metrics_path=vdir / ckpt.METRICS_FILE
+            )
         best_epoch, stopped, epochs = (
             result.best_epoch,
             str(result.stopped_reason),
@@ -190,6 +238,15 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.summary = summary
 
 
+def _print_summary(state: CliState, summary: dict[str, Any]) -> None:
+    import json
+
+    if state.log_format == "json":
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(_summary_lines(summary))
+
+
 @click.command("train")
 @click.option(
     "--arch",
@@ -231,8 +288,6 @@ def train(
     Uses the embedded synthetic market unless --data is given. Flags override --config FILE.
     Ctrl-C stops training, keeps the finished epochs and exits with code 130.
     """
-    import json
-
     cfg = state.config(
         {
             "model.arch": arch,
@@ -250,19 +305,17 @@ def train(
     try:
         summary = run_training(cfg).summary
     except TrainingInterrupted as e:
+        _print_summary(state, e.summary)
         click.echo(
             f"interrupted: saved {e.summary['epochs']} finished epoch(s) to {e.summary['path']} "
             f"(best epoch {e.summary['best_epoch']})",
             err=True,
         )
-        raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
+        raise SystemExit(INTERRUPTED_EXIT) from None
     except KeyboardInterrupt:
         click.echo("interrupted before the first epoch finished: nothing saved", err=True)
-        raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
-    if state.log_format == "json":
-        click.echo(json.dumps(summary))
-    else:
-        click.echo(_summary_lines(summary))
+        raise SystemExit(INTERRUPTED_EXIT) from None
+    _print_summary(state, summary)
 
 
 @click.group("models")

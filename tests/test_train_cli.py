@@ -1,0 +1,184 @@
+"""`jaxtrader train` and `jaxtrader models list` end to end in real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY_TOML = """
+[data]
+synth_rows = 1200
+synth_seed = 1
+
+[dataset]
+seq_len = 50
+
+[model]
+num_layers = 1
+hidden = 8
+d_model = 16
+num_heads = 2
+ff_dim = 32
+dropout = 0.0
+
+[train]
+epochs = 2
+batch_size = 32
+eval_batch_size = 64
+warmup_steps = 2
+patience = 1000
+"""
+
+
+def jaxtrader(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jaxtrader", *args]
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(jaxtrader(*args), capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    return tmp_path
+
+
+def test_train_twice_then_list(workdir: Path) -> None:
+    from jaxtrader.checkpoint import METRICS_FILE, read_manifest
+    from jaxtrader.data import file_sha256, synth_candles, write_candles
+
+    # Run 1: embedded synthetic market, text output.
+    first = run("--config", "tiny.toml", "train", "--arch", "lstm", cwd=workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    v1 = workdir / "ckpt" / "SYNTH-USD" / "lstm" / "v1"
+    assert f"checkpoint       {Path('ckpt/SYNTH-USD/lstm/v1')}" in first.stdout
+    assert "val accuracy" in first.stdout and "vs majority" in first.stdout
+    m1 = read_manifest(v1)
+    assert m1.version == 1 and m1.metrics["stopped_reason"] == "max_epochs"
+    assert m1.metrics["epochs"] == 2 and m1.config["train"]["epochs"] == 2
+    assert m1.data["sha256"] is None and m1.data["source"].startswith("synthetic:")
+    assert len((v1 / METRICS_FILE).read_text().splitlines()) == 2
+
+    # Run 2: a candle file, flags overriding the config, JSON logs, Ctrl-C during training.
+    data = write_candles(synth_candles(rows=1200, seed=5).frame, workdir / "candles.csv")
+    proc = subprocess.Popen(
+        jaxtrader(
+            *["--log-format", "json", "--config", "tiny.toml", "train", "--arch", "lstm"],
+            *("--data", str(data)),
+            *["--symbol", "SYNTH/USD", "--epochs", "500", "--seed", "3"],
+        ),
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    events = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        assert line, "train exited before its second epoch"
+        events.append(json.loads(line))  # JSON mode: every stderr line is one JSON object
+        # Epoch 2's event means epoch 1's checkpoint was already queued.
+        if events[-1]["event"] == "epoch" and events[-1]["epoch"] == 2:
+            break
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "interrupted: saved" in stderr
+    summary = json.loads(stdout)  # stdout holds exactly the machine-readable summary
+    v2 = workdir / "ckpt" / "SYNTH-USD" / "lstm" / "v2"
+    assert summary["path"] == str(Path("ckpt/SYNTH-USD/lstm/v2"))
+    assert summary["stopped_reason"] == "interrupted" and summary["epochs"] >= 1
+    m2 = read_manifest(v2)
+    assert m2.version == 2 and m2.seed == 3 and m2.config["train"]["epochs"] == 500
+    assert m2.data["sha256"] == file_sha256(data) and m2.data["path"] == str(data)
+    assert m2.metrics["stopped_reason"] == "interrupted"
+    assert m2.best_step == m2.metrics["best_epoch"] <= m2.metrics["epochs"]
+
+    listed = run("models", "list", "--json", cwd=workdir)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["symbol"], r["arch"], r["version"], r["complete"]) for r in rows] == [
+        ("SYNTH/USD", "lstm", 1, True),
+        ("SYNTH/USD", "lstm", 2, True),
+    ]
+    assert rows[0]["best_val_loss"] == pytest.approx(m1.metrics["val_loss"])
+    assert rows[1]["val_majority_rate"] == pytest.approx(m2.metrics["val_majority_rate"])
+    assert all(r["size_bytes"] > 10_000 for r in rows)
+
+    table = run("models", "list", "--symbol", "SYNTH/USD", cwd=workdir)
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["symbol", "arch", "ver"]
+    assert [line.split()[2] for line in lines[1:]] == ["v1", "v2"]
+
+
+def test_models_list_empty(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from jaxtrader.cli import cli
+
+    result = CliRunner().invoke(cli, ["models", "list", "--ckpt-dir", str(tmp_path / "none")])
+    assert result.exit_code == 0
+    assert result.output.startswith(f"no model versions under {tmp_path / 'none'}")
+    result = CliRunner().invoke(cli, ["models", "list", "--json", "--ckpt-dir", str(tmp_path)])
+    assert json.loads(result.output) == []
+
+
+def main_exit(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Runs the console entry point in this process (same error handling as the script)."""
+    from jaxtrader.cli import main
+
+    monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return int(exc.value.code or 0)
+
+
+def test_unknown_arch_is_one_line_exit_2(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main_exit(["train", "--arch", "gru"], workdir, monkeypatch) == 2
+    assert capsys.readouterr().err == (
+        "error: --arch 'gru' is not a registered architecture; choose one of lstm, transformer\n"
+    )
+    assert not (workdir / "ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--epochs", "0"], "Invalid value for '--epochs'"),
+        (["--batch-size", "many"], "Invalid value for '--batch-size'"),
+        (["--max-minutes", "-1"], "Invalid value for '--max-minutes'"),
+        (["--no-such-flag"], "No such option '--no-such-flag'"),
+    ],
+)
+def test_bad_flags_exit_2(workdir: Path, flags: list[str], message: str) -> None:
+    from click.testing import CliRunner
+
+    from jaxtrader.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "--arch", "lstm", *flags])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_config_value_is_one_line(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "bad.toml").write_text("[dataset]\nseq_len = 10\n")
+    args = ["--config", "bad.toml", "train", "--arch", "lstm"]
+    assert main_exit(args, workdir, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: dataset.seq_len=10")
+    assert not (workdir / "ckpt").exists()
