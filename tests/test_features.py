@@ -227,9 +227,9 @@ def test_each_warmup_makes_values_independent_of_the_start(
     bad = []
     for start in (137, 1_000):
         with np.errstate(divide="ignore", invalid="ignore"):
-            cut = F._columns(*_arrays(candles.iloc[start:]))
+            cut = F._unmasked(*_arrays(candles.iloc[start:]))
         for j, spec in enumerate(F.FEATURES):
-            a, b = cut[spec.name][spec.warmup :], full[start + spec.warmup :, j]
+            a, b = cut[j, spec.warmup :], full[start + spec.warmup :, j]
             keep = np.isfinite(b)
             if not np.allclose(a[keep], b[keep], rtol=1e-6, atol=1e-6):
                 k = int(np.flatnonzero(~np.isclose(a[keep], b[keep], rtol=1e-6, atol=1e-6))[0])
