@@ -149,3 +149,17 @@ def test_sharpe_ci_and_period_are_reported(tmp_path: Path) -> None:
     assert report["period"]["first"] == "2024-01-03T02:00:00Z"
     assert math.isfinite(report["calibration"]["ece"])
     assert report["annualization"]["sqrt_factor"] == pytest.approx(math.sqrt(8760))
+
+
+def test_verdict_states_significance_and_costs_plainly(tmp_path: Path) -> None:
+    table, settings = make_table(tmp_path)
+    doc = s.summarize(table, settings)
+    doc["significance"]["p_value_vs_majority"] = 0.2
+    lines = s.verdict(doc)
+    assert "NOT significantly better" in lines[0] and "p = 0.2" in lines[0]
+    doc["significance"]["p_value_vs_majority"] = 0.001
+    assert "beats the training-majority baseline" in s.verdict(doc)[0]
+    doc["significance"]["sharpe_ci95"].update(lo=-1.0, hi=2.0)
+    assert any("includes 0" in line for line in s.verdict(doc))
+    doc["baselines"]["logistic"]["accuracy"] = 0.99
+    assert any("logistic baseline is at least as accurate" in line for line in s.verdict(doc))

@@ -119,7 +119,9 @@ def format_table(doc: dict[str, Any]) -> str:
         "",
     ]
     notes = [f"note: {n}" for n in doc.get("notes", [])]
-    return "\n".join(head + _tables(doc, markdown=False) + (["", *notes] if notes else []))
+    verdict = [f"verdict: {v}" for v in doc.get("verdict", [])]
+    tail = ["", *verdict, *notes] if verdict or notes else []
+    return "\n".join(head + _tables(doc, markdown=False) + tail)
 
 
 def render_markdown(doc: dict[str, Any], images: Sequence[str] = ()) -> str:
@@ -133,6 +135,8 @@ def render_markdown(doc: dict[str, Any], images: Sequence[str] = ()) -> str:
     if src:
         lines += ["", "| what | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in src.items() if k != "label"]
+    if doc.get("verdict"):
+        lines += ["", "## Verdict", ""] + [f"- {v}" for v in doc["verdict"]]
     lines += ["", "## Classification and baselines", ""]
     lines += _tables(doc, markdown=True)
     lines += [

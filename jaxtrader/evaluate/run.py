@@ -20,7 +20,14 @@ import numpy as np
 from jaxtrader.config import BacktestConfig
 from jaxtrader.errors import DataError
 from jaxtrader.evaluate.baselines import predict_baselines
-from jaxtrader.evaluate.summary import EvalRows, EvalSettings, annualization, build_rows, summarize
+from jaxtrader.evaluate.summary import (
+    EvalRows,
+    EvalSettings,
+    annualization,
+    build_rows,
+    summarize,
+    verdict,
+)
 from jaxtrader.logs import get_logger, log_event
 
 _log = get_logger("evaluate")
@@ -97,6 +104,7 @@ def evaluate_checkpoint(
     with_attention: bool = False,
 ) -> Evaluation:
     """Runs the whole evaluation of one checkpoint version on one split."""
+    from jaxtrader.data import format_interval
     from jaxtrader.evaluate.report import read_metrics_jsonl
     from jaxtrader.inference import Predictor
 
@@ -155,6 +163,7 @@ def evaluate_checkpoint(
         settings=settings,
     )
     doc = summarize(table, settings)
+    doc["verdict"] = verdict(doc)
     version_dir = Path(predictor.version_dir)
     doc["source"] = {
         "label": f"{manifest.arch} v{manifest.version}",
@@ -164,7 +173,7 @@ def evaluate_checkpoint(
         "symbol": candles.symbol,
         "data": str(candles.source),
         "data_sha256": manifest.data.get("sha256"),
-        "interval": str(candles.interval),
+        "interval": format_interval(candles.interval),
         "trained_at": manifest.created_at,
         "best_step": manifest.best_step,
     }

@@ -236,6 +236,39 @@ def summarize(rows: EvalRows, settings: EvalSettings) -> dict[str, Any]:
     }
 
 
+def verdict(doc: dict[str, Any], alpha: float = 0.05) -> list[str]:
+    """Plain-language conclusions drawn only from the numbers in `doc` (no new computation)."""
+    cls, sig, base = doc["classification"], doc["significance"], doc["baselines"]
+    acc, p = cls["accuracy"], sig["p_value_vs_majority"]
+    maj = base["majority"]["accuracy"]
+    lines = [
+        (
+            f"accuracy {acc:.4f} beats the training-majority baseline ({maj:.4f}) at the "
+            f"{1 - alpha:.0%} level (p = {p:.3g}, effective n {sig['effective_n']})"
+            if p < alpha
+            else f"accuracy {acc:.4f} is NOT significantly better than the training-majority "
+            f"baseline ({maj:.4f}): p = {p:.3g} on effective n {sig['effective_n']}"
+        )
+    ]
+    best_name, best = max(
+        ((k, v) for k, v in base.items() if k != "random"), key=lambda kv: kv[1]["accuracy"]
+    )
+    if best["accuracy"] >= acc:
+        lines.append(f"the {best_name} baseline is at least as accurate ({best['accuracy']:.4f})")
+    s_model, s_hold = doc["backtest"]["sharpe"], doc["buy_and_hold"]["sharpe"]
+    ci = sig["sharpe_ci95"]
+    if ci["lo"] is not None and ci["lo"] <= 0 <= ci["hi"]:
+        lines.append(
+            f"net Sharpe {s_model:.2f} has a 95% interval [{ci['lo']:.2f}, {ci['hi']:.2f}] that "
+            "includes 0: no evidence of a positive risk-adjusted return after costs"
+        )
+    lines.append(
+        f"net Sharpe {s_model:.2f} vs buy-and-hold {s_hold:.2f} "
+        f"({'better' if s_model > s_hold else 'worse'})"
+    )
+    return lines
+
+
 def _iso(ns: int | np.integer) -> str:
     import datetime as dt
 
