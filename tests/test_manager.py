@@ -1,14 +1,12 @@
-"""TradingManager: hand-checked accounting, no look-ahead, fallbacks, bad candles, crash-resume."""
+"""TradingManager: hand-checked accounting, no look-ahead, fallbacks, bad candles, resume.
+
+The SIGKILL-and-resume test with real subprocesses and a real checkpoint is in test_trade_cli.py.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +17,11 @@ import pandas as pd
 import pytest
 
 from jaxtrader.config import RiskConfig
-from jaxtrader.data import load_candles, synth_candles, write_candles
+from jaxtrader.data import synth_candles
 from jaxtrader.dataset import model_inputs
 from jaxtrader.features import NUM_FEATURES, min_history
 from jaxtrader.scaling import Scaler
-from jaxtrader.trading.feeds import Candle, ReplayFeed
+from jaxtrader.trading.feeds import Candle
 from jaxtrader.trading.manager import StrategyConfig, TradingManager, summarize
 from jaxtrader.trading.store import Store
 
@@ -238,69 +236,3 @@ def test_drawdown_halt_of_one_strategy_does_not_block_another(
     assert store.event_counts("tight")["daily_drawdown"] >= 1
     assert "daily_drawdown" not in store.event_counts("loose")
     assert len(store.rows("fills", "loose")) > len(store.rows("fills", "tight"))
-
-
-# -- crash-resume in a real subprocess -------------------------------------------------------
-
-
-def run_strategy(db: str, csv: str, sid: str) -> None:
-    """Entry point of the subprocess: a replay over the whole file with the input model."""
-    feed = ReplayFeed(csv, start=load_candles(csv).frame.index[HISTORY])
-    scfg = StrategyConfig(strategy_id=sid, symbol="SYNTH/USD", interval_s=3600.0,
-                          risk=RiskConfig(model_timeout_ms=5000.0))  # fmt: skip
-    m = TradingManager(scfg, Store(db), input_model, inputs, HISTORY, META)
-    m.run(feed)
-
-
-def _spawn(db: Path, csv: Path, sid: str) -> subprocess.Popen[bytes]:
-    code = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-        f"from test_manager import run_strategy; run_strategy({str(db)!r}, {str(csv)!r}, {sid!r})"
-    )
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
-
-
-def _count(db: Path, sid: str) -> int:
-    try:
-        con = sqlite3.connect(str(db), timeout=10)
-        try:
-            return int(con.execute("SELECT COUNT(*) FROM equity WHERE strategy_id = ?", (sid,))
-                       .fetchone()[0])  # fmt: skip
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
-        return 0
-
-
-def _final(db: Path, sid: str) -> tuple[list[Any], list[Any], list[str]]:
-    store = Store(db)
-    fills = [
-        (f["ts"], f["order_id"], f["units"], f["price"], f["fee"]) for f in store.rows("fills", sid)
-    ]
-    equity = [(e["ts"], e["equity"]) for e in store.rows("equity", sid)]
-    ts = [s["ts"] for s in store.rows("signals", sid)]
-    return fills, equity, ts
-
-
-def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
-    frame = synth_candles(rows=HISTORY + 160, seed=2).frame
-    csv = write_candles(frame, tmp_path / "c.csv")
-    ref, crash = tmp_path / "ref.db", tmp_path / "crash.db"
-    p = _spawn(ref, csv, "a")
-    q = _spawn(crash, csv, "a")
-    deadline = time.monotonic() + 60
-    while _count(crash, "a") < 40 and q.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert q.poll() is None, "the run finished before it could be killed; use more candles"
-    q.send_signal(signal.SIGKILL)
-    q.wait()
-    killed_at = _count(crash, "a")
-    assert 0 < killed_at < 160
-    r = _spawn(crash, csv, "a")
-    assert r.wait(timeout=120) == 0, r.stderr.read() if r.stderr else ""
-    assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""
-    a, b = _final(ref, "a"), _final(crash, "a")
-    assert len(a[2]) == 160 and len(set(b[2])) == len(b[2])  # no candle processed twice
-    assert a == b  # identical fills and equity
-    assert len(a[0]) > 0

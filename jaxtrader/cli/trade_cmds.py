@@ -1,7 +1,371 @@
-"""CLI commands for trade (filled in by the trade work)."""
+"""CLI commands `trade` (run one paper-trading strategy) and `portfolio` (compare strategies)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from jaxtrader.cli.common import CliState
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from jaxtrader.trading.feeds import Feed
+    from jaxtrader.trading.manager import Outcome
+
+
+def _timestamp(value: str | None, flag: str) -> pd.Timestamp | None:
+    import pandas as pd
+
+    from jaxtrader.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"{flag} {value!r} is not a date/time; use e.g. 2024-01-01T00:00"
+        ) from None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+@click.command("trade")
+@click.option("--checkpoint", type=str, default=None, help="A version directory (ckpt/.../vN).")
+@click.option(
+    "--arch", type=click.Choice(["lstm", "transformer"]), default=None, help="Pick by arch."
+)
+@click.option("--symbol", type=str, default=None, help="Checkpoint (and ccxt market) symbol.")
+@click.option("--version", type=str, default="best", show_default=True, help="best, latest or N.")
+@click.option("--ckpt-dir", type=str, default=None, help="Checkpoint root (default: ckpt).")
+@click.option(
+    "--feed",
+    "feed_spec",
+    type=str,
+    required=True,
+    help="replay:PATH (a candle file, played in order) or ccxt:EXCHANGE (live closed candles; "
+    "needs pip install 'jaxtrader[live]').",
+)
+@click.option(
+    "--timeframe", type=str, default=None, help="Candle interval (default: the checkpoint's)."
+)
+@click.option("--state", "state_path", type=str, required=True, help="SQLite state file.")
+@click.option("--strategy-id", type=str, required=True, help="Name of this strategy in the file.")
+@click.option("--capital", type=float, default=10_000.0, show_default=True, help="Starting cash.")
+@click.option(
+    "--speed",
+    type=click.Choice(["max", "realtime"]),
+    default="max",
+    show_default=True,
+    help="Replay pace: as fast as possible, or one candle per interval.",
+)
+@click.option("--fee-bps", type=float, default=None, help="Fee per fill in bps [10].")
+@click.option("--slippage-bps", type=float, default=None, help="Slippage per fill in bps [0].")
+@click.option("--threshold", type=float, default=None, help="Go long when P(up) > this [0.5].")
+@click.option(
+    "--long-short", is_flag=True, default=None, help="Also short when P(up) < 1 - threshold."
+)
+@click.option(
+    "--max-position", type=float, default=None, help="Max |position| as a fraction of equity [1.0]."
+)
+@click.option(
+    "--daily-drawdown",
+    type=float,
+    default=None,
+    help="Halt entries (and close) for the UTC day after this loss from the day's start [0.05].",
+)
+@click.option(
+    "--breaker-failures",
+    type=int,
+    default=None,
+    help="Consecutive model failures that trip the circuit breaker [3].",
+)
+@click.option(
+    "--breaker-losses",
+    type=int,
+    default=None,
+    help="Consecutive losing trades that trip the circuit breaker [5].",
+)
+@click.option(
+    "--cooldown", type=int, default=None, help="Candles without entries after a trip [24]."
+)
+@click.option(
+    "--stop-loss", type=float, default=None, help="Exit at a loss of this fraction [off]."
+)
+@click.option(
+    "--take-profit", type=float, default=None, help="Exit at a gain of this fraction [off]."
+)
+@click.option(
+    "--max-trades-per-day", type=int, default=None, help="Orders per UTC day that add risk [off]."
+)
+@click.option(
+    "--model-timeout-ms",
+    type=float,
+    default=None,
+    help="Per-candle model budget; slower means a neutral signal [500].",
+)
+@click.option("--start", type=str, default=None, help="Replay start (default: the test split).")
+@click.option("--end", type=str, default=None, help="Replay end (default: the test split).")
+@click.option(
+    "--new-strategy",
+    is_flag=True,
+    help="Discard this strategy id's stored state and start afresh.",
+)
+@click.pass_obj
+def trade(
+    state: CliState,
+    checkpoint: str | None,
+    arch: str | None,
+    symbol: str | None,
+    version: str,
+    ckpt_dir: str | None,
+    feed_spec: str,
+    timeframe: str | None,
+    state_path: str,
+    strategy_id: str,
+    capital: float,
+    speed: str,
+    start: str | None,
+    end: str | None,
+    new_strategy: bool,
+    **flags: Any,
+) -> None:
+    """Paper-trade a checkpoint with its own portfolio, risk limits and resumable SQLite state.
+
+    PAPER TRADING ONLY: orders are simulated (filled at the next candle's open with fee and
+    slippage); real order placement is out of scope. Run the same command again to resume after
+    the last processed candle. Risk flags are fractions of equity or counts of candles/trades.
+    """
+    from jaxtrader.errors import ConfigError
+
+    if checkpoint is None and arch is None:
+        raise ConfigError("trade needs --checkpoint PATH or --arch lstm|transformer")
+    kind, _, target = feed_spec.partition(":")
+    if kind not in ("replay", "ccxt") or not target:
+        raise ConfigError(
+            f"--feed {feed_spec!r} is not replay:PATH or ccxt:EXCHANGE (e.g. ccxt:binance)"
+        )
+    overrides = {
+        "backtest.fee_bps": flags.pop("fee_bps"),
+        "backtest.slippage_bps": flags.pop("slippage_bps"),
+        "backtest.threshold": flags.pop("threshold"),
+        "backtest.long_short": flags.pop("long_short"),
+        **{f"risk.{k}": v for k, v in flags.items()},
+    }
+    cfg = state.config(overrides)
+    _run(cfg, state, checkpoint, arch, symbol, version, ckpt_dir, kind, target, timeframe,
+         state_path, strategy_id, capital, speed, start, end, new_strategy)  # fmt: skip
+
+
+def _run(
+    cfg: Any,
+    cli_state: CliState,
+    checkpoint: str | None,
+    arch: str | None,
+    symbol: str | None,
+    version: str,
+    ckpt_dir: str | None,
+    kind: str,
+    target: str,
+    timeframe: str | None,
+    state_path: str,
+    strategy_id: str,
+    capital: float,
+    speed: str,
+    start: str | None,
+    end: str | None,
+    new_strategy: bool,
+) -> None:
+    import signal
+    import threading
+
+    import pandas as pd
+
+    from jaxtrader.data import format_interval, parse_interval
+    from jaxtrader.errors import ConfigError
+    from jaxtrader.features import min_history
+    from jaxtrader.inference import Predictor
+    from jaxtrader.logs import get_logger, log_event, log_format, progress_bar
+    from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
+    from jaxtrader.trading.manager import StrategyConfig, TradingManager, model_inputs_fn
+    from jaxtrader.trading.store import Store, stable_hash
+
+    log = get_logger("trade")
+    if capital <= 0:
+        raise ConfigError(f"--capital must be positive, got {capital}")
+    start_ts, end_ts = _timestamp(start, "--start"), _timestamp(end, "--end")
+    predictor = Predictor.load(
+        ckpt_dir=ckpt_dir, symbol=symbol, arch=arch, version=version, checkpoint=checkpoint
+    )
+    manifest = predictor.manifest
+    trained_interval = pd.Timedelta(manifest.data["interval"])  # stored as str(Timedelta)
+    interval = trained_interval if timeframe is None else parse_interval(timeframe)
+    if interval != trained_interval:
+        raise ConfigError(
+            f"--timeframe {format_interval(interval)} differs from the checkpoint's "
+            f"{format_interval(trained_interval)} candles ({predictor.version_dir}); the model "
+            "only understands the interval it was trained on"
+        )
+    market = symbol or manifest.data.get("symbol") or "BTC/USDT"
+    stop = threading.Event()
+    feed: Feed
+    if kind == "replay":
+        if start_ts is None and end_ts is None:
+            test = manifest.splits["test"]
+            start_ts, end_ts = (
+                _timestamp(test["start"], "test start"),
+                _timestamp(test["end"], "test end"),
+            )
+        feed = ReplayFeed(
+            target,
+            interval=format_interval(interval),
+            symbol=symbol or manifest.data.get("symbol"),
+            start=start_ts,
+            end=end_ts,
+            speed=speed,
+            stop=stop,
+        )
+    else:
+        feed = CcxtFeed(target, market, interval, stop=stop)
+    scfg = StrategyConfig(
+        strategy_id=strategy_id,
+        symbol=feed.symbol,
+        interval_s=interval.total_seconds(),
+        capital=capital,
+        fee_bps=cfg.backtest.fee_bps,
+        slippage_bps=cfg.backtest.slippage_bps,
+        threshold=cfg.backtest.threshold,
+        long_short=cfg.backtest.long_short,
+        risk=cfg.risk,
+    )
+    meta = {
+        "hash": stable_hash(manifest.to_dict()),
+        "checkpoint": str(predictor.version_dir),
+        "arch": manifest.arch,
+        "version": manifest.version,
+        "step": predictor.step,
+    }
+    store = Store(state_path)
+    manager = TradingManager(
+        scfg,
+        store,
+        predictor.predict_proba,
+        model_inputs_fn(predictor.scaler, predictor.seq_len),
+        min_history() + predictor.seq_len,
+        meta,
+        fresh=new_strategy,
+    )
+    resumed = not manager.started_fresh and manager.last_ts is not None
+    log_event(log, "trade_start", strategy=strategy_id, checkpoint=meta["checkpoint"],
+              arch=manifest.arch, feed=f"{kind}:{target}", state=state_path,
+              resumed_after=None if not resumed else manager.last_ts.isoformat())  # type: ignore[union-attr]  # fmt: skip
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    total = feed.remaining(manager.resume_after) if isinstance(feed, ReplayFeed) else None
+    json_logs = log_format() == "json"
+    bar = progress_bar(total=total, desc=f"trade {strategy_id}")
+
+    def on_outcome(out: Outcome | None) -> None:
+        bar.update(1)
+        if out is None:
+            return
+        log_event(log, "candle", 20 if json_logs else 10, strategy=strategy_id,
+                  ts=out.ts.isoformat(), prob_up=out.prob_up, signal=out.desired,
+                  fallback=out.fallback, risk=out.action, reason=out.reason, target=out.target,
+                  order=out.order, fill_units=out.fill_units, fill_price=out.fill_price,
+                  equity=out.equity, latency_ms=round(out.latency_ms, 3))  # fmt: skip
+        bar.set_postfix(ts=out.ts.strftime("%Y-%m-%d %H:%M"), p=_fmt(out.prob_up),
+                        pos=out.target, equity=f"{out.equity:,.2f}", refresh=False)  # fmt: skip
+
+    try:
+        summary = manager.run(feed, stop=stop, on_outcome=on_outcome)
+    finally:
+        bar.close()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        manager.close()
+    if stop.is_set():
+        log_event(log, "trade_stopped", strategy=strategy_id, last=summary.get("last"))
+    log_event(log, "trade_summary", **{k: v for k, v in summary.items() if k != "pending_order"})
+    if cli_state.log_format != "json":
+        click.echo(_table([summary]))
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+_COLUMNS = (
+    ("strategy", "strategy_id", "{}"),
+    ("arch", "arch", "{}"),
+    ("candles", "candles", "{}"),
+    ("last", "last", "{}"),
+    ("equity", "equity", "{:,.2f}"),
+    ("return", "return", "{:+.2%}"),
+    ("sharpe", "sharpe", "{:.2f}"),
+    ("max_dd", "max_drawdown", "{:.2%}"),
+    ("fills", "fills", "{}"),
+    ("trades", "trades_closed", "{}"),
+    ("fees", "fees", "{:,.2f}"),
+    ("fallbacks", "fallbacks", "{}"),
+    ("risk_events", "risk_events", "{}"),
+    ("bad_candles", "bad_candles", "{}"),
+)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    cells = [[h for h, _, _ in _COLUMNS]]
+    for r in rows:
+        line = []
+        for _, key, fmt in _COLUMNS:
+            v = r.get(key)
+            line.append("-" if v is None else fmt.format(v))
+        cells.append(line)
+    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
+    return "\n".join(
+        "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells
+    )
+
+
+@click.command("portfolio")
+@click.option("--state", "state_path", type=str, required=True, help="SQLite state file.")
+@click.option("--strategy-id", type=str, default=None, help="Only this strategy.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@click.pass_obj
+def portfolio(state: CliState, state_path: str, strategy_id: str | None, as_json: bool) -> None:
+    """Show every strategy in a state file side by side: equity, return, Sharpe (annualised by
+    the candle interval), max drawdown, trades, fees, fallbacks and risk events."""
+    import json
+    from pathlib import Path
+
+    from jaxtrader.errors import RiskError
+    from jaxtrader.trading.manager import summarize
+    from jaxtrader.trading.store import Store
+
+    if not Path(state_path).is_file():
+        raise RiskError(f"state file {state_path} does not exist; run `jaxtrader trade` first")
+    store = Store(state_path)
+    ids = store.strategy_ids()
+    if strategy_id is not None:
+        if strategy_id not in ids:
+            raise RiskError(
+                f"no strategy '{strategy_id}' in {state_path}; it has: {', '.join(ids) or 'none'}"
+            )
+        ids = [strategy_id]
+    rows = [summarize(store, sid) for sid in ids]
+    store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        click.echo(_table(rows) if rows else f"no strategies in {state_path}")
+        for r in rows:
+            if r.get("risk_event_kinds"):
+                kinds = ", ".join(f"{k}={n}" for k, n in sorted(r["risk_event_kinds"].items()))
+                click.echo(f"{r['strategy_id']} risk events: {kinds}")
+
+
+COMMANDS: list[click.Command] = [trade, portfolio]

@@ -78,6 +78,7 @@ class Outcome:
 
     ts: pd.Timestamp
     prob_up: float | None
+    desired: float | None  # the signal before risk (None = neutral)
     fallback: str | None
     action: str
     reason: str
@@ -100,6 +101,13 @@ def candle_frame(
     frame = pd.DataFrame(vals, index=index, columns=["open", "high", "low", "close", "volume"])
     frame["filled"] = np.fromiter((r[6] for r in rows), dtype=bool, count=len(rows))
     return frame
+
+
+def model_inputs_fn(scaler: Any, seq_len: int) -> InputFn:
+    """The input builder for a checkpoint: `dataset.model_inputs`, the training code path."""
+    from jaxtrader.dataset import model_inputs
+
+    return lambda frame: model_inputs(frame, scaler, seq_len)
 
 
 def _iso(ts: pd.Timestamp) -> str:
@@ -334,6 +342,7 @@ class TradingManager:
         return Outcome(
             ts=c.ts,
             prob_up=prob,
+            desired=desired,
             fallback=fallback,
             action=decision.action,
             reason=decision.reason,

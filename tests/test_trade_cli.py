@@ -1,0 +1,258 @@
+"""`jaxtrader trade` / `portfolio` on a tiny checkpoint trained here: accounting by hand, refusals,
+one-line errors, and real subprocesses (two strategies on one file, SIGKILL + resume, SIGTERM)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from jaxtrader.cli import cli, main
+from jaxtrader.cli.train_cmds import run_training
+from jaxtrader.config import AppConfig, DataConfig, DatasetConfig, ModelConfig, TrainConfig
+from jaxtrader.data import load_candles, synth_candles, write_candles
+from jaxtrader.trading.store import Store
+
+# The same shapes as tests/test_inference.py, so the persistent compilation cache is shared.
+W = 50
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("trade")
+    csv = write_candles(synth_candles(rows=1200, seed=1).frame, root / "synth.csv")
+    cfg = AppConfig(
+        data=DataConfig(path=str(csv), symbol="SYNTH/USD"),
+        dataset=DatasetConfig(seq_len=W),
+        model=ModelConfig(
+            arch="lstm", num_layers=1, hidden=8, d_model=16, num_heads=2, ff_dim=32, dropout=0.0
+        ),
+        train=TrainConfig(
+            epochs=1, batch_size=32, eval_batch_size=64, warmup_steps=2, ckpt_dir=str(root / "ck")
+        ),
+    )
+    run = run_training(cfg)
+    return {"root": root, "csv": csv, "ckpt": Path(run.summary["path"])}
+
+
+def trade_args(s: dict[str, Path], db: Path, sid: str, *extra: str) -> list[str]:
+    return ["trade", "--checkpoint", str(s["ckpt"]), "--feed", f"replay:{s['csv']}", "--state",
+            str(db), "--strategy-id", sid, "--capital", "1000", "--fee-bps", "10",
+            "--slippage-bps", "5", "--model-timeout-ms", "5000", *extra]  # fmt: skip
+
+
+def one_line_error(code: int, err: str) -> str:
+    """The `error: ...` line of a failed command (info records may precede it), checked."""
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: "), err
+    return last
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main(args)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_replay_of_the_test_split_matches_hand_accounting(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = setup["root"] / "ref.db"
+    code, _, err = run_cli(["--log-format", "json", *trade_args(setup, db, "ref")], capsys)
+    assert code == 0, err
+    manifest = json.loads((setup["ckpt"] / "manifest.json").read_text())
+    test = manifest["splits"]["test"]
+    frame = load_candles(setup["csv"]).frame
+    in_test = frame.loc[pd.Timestamp(test["start"]) : pd.Timestamp(test["end"])]
+    store = Store(db)
+    signals = store.rows("signals", "ref")
+    assert [pd.Timestamp(s["ts"]) for s in signals] == list(in_test.index)
+    assert all(s["fallback"] is None for s in signals)  # warm-up covered the buffer
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert sum(e["event"] == "candle" for e in events) == len(in_test)
+    # Replay the fills by hand: price = next open +- 5 bps, fee = 10 bps of notional.
+    cash, units = 1000.0, 0.0
+    fills = store.rows("fills", "ref")
+    orders = {o["order_id"]: o for o in store.rows("orders", "ref")}
+    assert fills, "the tiny model never traded; the test would prove nothing"
+    for f in fills:
+        ts = pd.Timestamp(f["ts"])
+        assert ts == pd.Timestamp(orders[f["order_id"]]["decided_ts"]) + pd.Timedelta("1h")
+        side = 1.0 if f["units"] > 0 else -1.0
+        assert f["price"] == pytest.approx(frame.loc[ts, "open"] * (1 + side * 5e-4))
+        assert f["fee"] == pytest.approx(abs(f["units"]) * f["price"] * 1e-3)
+        cash -= f["units"] * f["price"] + f["fee"]
+        units += f["units"]
+        assert cash >= -1e-9  # long-only sizing never borrows
+    last_close = float(in_test["close"].iloc[-1])
+    equity = store.rows("equity", "ref")
+    assert equity[-1]["equity"] == pytest.approx(cash + units * last_close)
+    summary = next(e for e in events if e["event"] == "trade_summary")
+    assert summary["fees"] == pytest.approx(sum(f["fee"] for f in fills))
+    assert summary["equity"] == pytest.approx(cash + units * last_close)
+    assert summary["return"] == pytest.approx((cash + units * last_close) / 1000.0 - 1.0)
+    assert summary["fills"] == len(fills)
+
+
+def test_restart_with_other_config_or_model_is_refused(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = setup["root"] / "refuse.db"
+    args = trade_args(setup, db, "x", "--start", "2023-02-18T00:00", "--end", "2023-02-18T03:00")
+    assert run_cli(args, capsys)[0] == 0
+    err = one_line_error(*run_cli([*args, "--max-position", "0.5"], capsys)[::2])
+    assert "different config (changed: risk)" in err and "--new-strategy" in err
+    code, _, err = run_cli([*args, "--max-position", "0.5", "--new-strategy"], capsys)
+    assert code == 0, err
+    # Same command again: resumes after the last candle, nothing is processed twice.
+    assert run_cli([*args, "--max-position", "0.5"], capsys)[0] == 0
+    assert len(Store(db).rows("signals", "x")) == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--checkpoint", "nowhere/v1", "--feed", "replay:x.csv"], "nowhere"),
+        (["--arch", "lstm", "--feed", "bogus"], "--feed 'bogus' is not replay:PATH or ccxt"),
+        (["--feed", "replay:x.csv"], "--checkpoint PATH or --arch"),
+    ],
+)
+def test_bad_start_is_one_line_exit_2(
+    tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(
+        ["trade", *args, "--state", str(tmp_path / "s.db"), "--strategy-id", "a"], capsys
+    )
+    assert message in one_line_error(code, err)
+
+
+def test_corrupt_checkpoint_and_missing_ccxt_are_one_line(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "v9"
+    bad.mkdir()
+    (bad / "manifest.json").write_text("{not json")
+    code, _, err = run_cli(["trade", "--checkpoint", str(bad), "--feed", "replay:x.csv",
+                            "--state", str(tmp_path / "s.db"), "--strategy-id", "a"], capsys)  # fmt: skip
+    assert "corrupt" in one_line_error(code, err)
+    code, _, err = run_cli(["trade", "--checkpoint", str(setup["ckpt"]), "--feed", "ccxt:binance",
+                            "--state", str(tmp_path / "s.db"), "--strategy-id", "a"], capsys)  # fmt: skip
+    assert "pip install 'jaxtrader[live]'" in one_line_error(code, err)
+
+
+def test_help_says_paper_trading_only() -> None:
+    out = CliRunner().invoke(cli, ["trade", "--help"]).output
+    assert "PAPER TRADING ONLY" in out and "real order placement is out of scope" in out
+    for flag in ("--daily-drawdown", "--breaker-failures", "--cooldown", "--model-timeout-ms"):
+        assert flag in out
+
+
+# -- real subprocesses ------------------------------------------------------------------------
+
+
+def spawn(args: list[str]) -> subprocess.Popen[str]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxtrader", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def processed(db: Path, sid: str) -> int:
+    try:
+        con = sqlite3.connect(str(db), timeout=10)
+        try:
+            q = "SELECT COUNT(*) FROM signals WHERE strategy_id = ?"
+            return int(con.execute(q, (sid,)).fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def wait_for(db: Path, sid: str, n: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while processed(db, sid) < n and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"{sid} finished before it could be interrupted: {proc.stderr}"
+
+
+def final(db: Path, sid: str) -> tuple[Any, ...]:
+    store = Store(db)
+    fills = [(f["ts"], f["units"], f["price"], f["fee"]) for f in store.rows("fills", sid)]
+    equity = [(e["ts"], e["equity"]) for e in store.rows("equity", sid)]
+    return fills, equity
+
+
+def test_two_strategies_side_by_side_kill_resume_and_sigterm(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A and B share one state file in two processes. B's drawdown limit is tiny (it halts);
+    A is SIGKILLed mid-run and restarted; B gets SIGTERM and stops cleanly, then resumes. A must
+    end identical to the uninterrupted reference run, B unaffected by A and vice versa."""
+    span: list[str] = []  # the default range: the checkpoint's test split
+    ref = setup["root"] / "ref.db"
+    if not ref.exists():
+        assert run_cli(trade_args(setup, ref, "ref"), capsys)[0] == 0
+    n = len(final(ref, "ref")[1])
+    db = setup["root"] / "shared.db"
+    b_flags = [*span, "--daily-drawdown", "0.0005", "--max-position", "0.5"]
+    a = spawn(trade_args(setup, db, "A", *span))
+    b = spawn(trade_args(setup, db, "B", *b_flags))
+    wait_for(db, "A", n // 3, a)
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    wait_for(db, "B", n // 2, b)
+    b.send_signal(signal.SIGTERM)
+    out_b, err_b = b.communicate(timeout=60)
+    assert b.returncode == 0, err_b
+    assert "strategy" in out_b and "B" in out_b  # the summary table
+    assert "trade_stopped" in err_b
+    n_b = processed(db, "B")
+    assert n // 2 <= n_b < n
+    a2 = spawn(trade_args(setup, db, "A", *span))
+    b2 = spawn(trade_args(setup, db, "B", *b_flags))
+    for p in (a2, b2):
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+    # A, killed and resumed next to B, ends exactly like the uninterrupted run.
+    assert final(db, "A") == final(ref, "ref")
+    store = Store(db)
+    for sid in ("A", "B"):
+        ts = [s["ts"] for s in store.rows("signals", sid)]
+        assert len(ts) == len(set(ts)) == n  # none twice, none lost
+        orders = {o["order_id"] for o in store.rows("orders", sid) if o["status"] == "filled"}
+        assert orders == {f["order_id"] for f in store.rows("fills", sid)}
+    counts_b = store.event_counts("B")
+    assert counts_b.get("daily_drawdown", 0) >= 1
+    assert "daily_drawdown" not in store.event_counts("A")
+    units_b = [f["units"] for f in store.rows("fills", "B")]
+    assert units_b and np.all(np.abs(np.array(units_b)) > 0)
+    # portfolio shows both side by side.
+    code, out, _ = run_cli(["portfolio", "--state", str(db), "--json"], capsys)
+    rows = {r["strategy_id"]: r for r in json.loads(out)}
+    assert code == 0 and set(rows) == {"A", "B"}
+    assert rows["A"]["equity"] == pytest.approx(final(ref, "ref")[1][-1][1])
+    assert rows["B"]["risk_event_kinds"].get("daily_drawdown", 0) >= 1
+    code, out, _ = run_cli(["portfolio", "--state", str(db)], capsys)
+    assert code == 0 and "sharpe" in out and "max_dd" in out
+    assert out.count("\n") >= 3
