@@ -21,7 +21,12 @@ from click.testing import CliRunner
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.baselines import momentum_predictions
 from jaxtrader.evaluate.metrics import classification_metrics, reliability_table
-from jaxtrader.evaluate.significance import binomial_p_value, effective_n, wilson_interval
+from jaxtrader.evaluate.significance import (
+    binomial_p_value,
+    effective_n,
+    sharpe_bootstrap_ci,
+    wilson_interval,
+)
 
 TINY = {
     "data.synth_rows": 3000,
@@ -93,7 +98,8 @@ def test_json_has_every_documented_field(evaluated: dict[str, Any]) -> None:
     assert len(doc["calibration"]["reliability"]) == 10
     assert doc["source"]["arch"] == "lstm" and doc["source"]["version"] == 1
     assert doc["settings"]["fee_bps"] == 7.0 and doc["settings"]["slippage_bps"] == 1.0
-    assert doc["source"]["data_sha256"]
+    assert doc["source"]["data_sha256"] and doc["source"]["interval"] == "1h"
+    assert doc["verdict"] and isinstance(doc["verdict"][0], str)
 
 
 def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[str, Any]) -> None:
@@ -145,6 +151,20 @@ def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[s
         assert _near(perf[key], value), key
     for key, value in doc["buy_and_hold"].items():
         assert _near(hold[key], value), key
+    ci = doc["significance"]["sharpe_ci95"]
+    again = sharpe_bootstrap_ci(
+        df["strategy_return"].to_numpy(),
+        st["periods_per_year"],
+        horizon=st["horizon"],
+        num_samples=ci["samples"],
+        seed=ci["seed"],
+    )
+    assert _near(again["lo"], ci["lo"]) and _near(again["hi"], ci["hi"])
+    rule = bt.positions_from_probs(lr, st["threshold"], st["long_short"])
+    logistic_rule = bt.performance(
+        bt.simulate(rule, df["asset_return"].to_numpy(), cost), st["periods_per_year"], span
+    )
+    assert _near(logistic_rule["sharpe"], doc["baseline_backtests"]["logistic"]["sharpe"])
 
 
 def test_momentum_and_returns_match_the_candle_file(
