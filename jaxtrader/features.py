@@ -20,8 +20,9 @@ about 2e-7 of the full-history value, which is what a rolling trading buffer nee
 Guards (all documented in the definitions): a zero high-low range gives body/wicks 0 and
 positions 0.5; a zero-volume window gives volume ratios, OBV slope and Chaikin 0, VWAP falls back
 to the mean typical price, MFI becomes 0.5; a flat-returns window gives z-scores, skew, kurtosis
-and autocorrelation 0. TA-Lib's own convention on a flat 14-candle range (stochastic %K/%D 0) is
-kept.
+and autocorrelation 0; stochastic %K/%D and the ultimate oscillator are 0.5 and Williams %R -0.5
+where their whole lookback is flat (TA-Lib would say 0). Inside a partly flat lookback TA-Lib's
+convention stands (a zero-range candle counts as 0).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from jaxtrader.errors import FeatureError
 if TYPE_CHECKING:
     import pandas as pd
 
-FEATURES_VERSION = 1  # bump whenever code changes any feature value
+FEATURES_VERSION = 2  # bump whenever code changes any feature value
 
 _TRANSIENT_TOL = 1e-7  # seed transients of EMA-type indicators must decay below this
 _FLAT_VAR = 1e-14  # return variance at or below this (std 1e-7 a candle) counts as flat
@@ -127,13 +128,13 @@ def _registry() -> tuple[FeatureSpec, ...]:
 
     for n in _RSI_WINDOWS:
         _add(f"rsi_{n}", "oscillator", f"RSI({n}) / 100", _wilder_warm(n))
-    _add("stoch_k", "oscillator", "slow stochastic %K(14, 3) / 100 (flat 14-range: 0)", 17)
-    _add("stoch_d", "oscillator", "slow stochastic %D(14, 3, 3) / 100 (flat 14-range: 0)", 17)
+    _add("stoch_k", "oscillator", "slow stochastic %K(14, 3) / 100 (flat 16-range: 0.5)", 17)
+    _add("stoch_d", "oscillator", "slow stochastic %D(14, 3, 3) / 100 (flat 18-range: 0.5)", 17)
     _add("willr_14", "oscillator", "Williams %R(14) / 100 in [-1, 0] (flat range: -0.5)", 13)
     _add("willr_48", "oscillator", "Williams %R(48) / 100 in [-1, 0] (flat range: -0.5)", 47)
     _add("cci_20", "oscillator", "CCI(20) / 100", 19)
     _add("mfi_14", "oscillator", "MFI(14) / 100 (zero volume over 14 candles: 0.5)", 14)
-    _add("ultosc", "oscillator", "ultimate oscillator(7, 14, 28) / 100", 28)
+    _add("ultosc", "oscillator", "ultimate oscillator(7, 14, 28) / 100 (flat 29-range: 0.5)", 28)
     _add("cmo_14", "oscillator", "Chande momentum oscillator(14) / 100", _wilder_warm(14))
 
     _add("atr_pct_7", "volatility", "NATR(7) / 100 = ATR(7) / close", _wilder_warm(7))
@@ -418,16 +419,22 @@ def _unmasked(o: Array, h: Array, low: Array, c: Array, v: Array, ts_ns: Array) 
     # oscillators
     for n in _RSI_WINDOWS:
         f[f"rsi_{n}"] = talib.RSI(c, n) / 100.0
+
+    # TA-Lib scores a zero high-low range as 0 (%K "at the low", %R "at the high", ultimate
+    # oscillator "oversold"); where the whole lookback is flat (gap-filled) we use the midpoint.
+    def flat(n: int) -> Array:
+        return (talib.MAX(h, n) - talib.MIN(low, n)) == 0
+
     slowk, slowd = talib.STOCH(h, low, c, 14, 3, talib.MA_Type.SMA, 3, talib.MA_Type.SMA)
-    f["stoch_k"], f["stoch_d"] = slowk / 100.0, slowd / 100.0
+    f["stoch_k"] = np.where(flat(16), 0.5, slowk / 100.0)
+    f["stoch_d"] = np.where(flat(18), 0.5, slowd / 100.0)
     for n in (14, 48):
-        flat_range = (talib.MAX(h, n) - talib.MIN(low, n)) == 0  # TA-Lib says 0 (at the high)
-        f[f"willr_{n}"] = np.where(flat_range, -0.5, talib.WILLR(h, low, c, n) / 100.0)
+        f[f"willr_{n}"] = np.where(flat(n), -0.5, talib.WILLR(h, low, c, n) / 100.0)
     f["cci_20"] = talib.CCI(h, low, c, 20) / 100.0
     sum_v = _sums(v)
     dead = sum_v(14) == 0  # TA-Lib's MFI is 0 ("oversold") on zero flow; neutral is 0.5
     f["mfi_14"] = np.where(dead, 0.5, talib.MFI(h, low, c, v, 14) / 100.0)
-    f["ultosc"] = talib.ULTOSC(h, low, c, 7, 14, 28) / 100.0
+    f["ultosc"] = np.where(flat(29), 0.5, talib.ULTOSC(h, low, c, 7, 14, 28) / 100.0)
     f["cmo_14"] = talib.CMO(c, 14) / 100.0
 
     # volatility

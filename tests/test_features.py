@@ -189,6 +189,7 @@ def test_finite_on_flat_and_zero_volume_candles(candles: pd.DataFrame) -> None:
         "volume_ratio_5_50": 0.0, "obv_slope_20": 0.0, "volume_z_20": 0.0, "std_ret_20": 0.0,
         "skew_20": 0.0, "kurt_20": 0.0, "autocorr_20": 0.0, "bb_pctb_20": 0.5, "bb_width_20": 0.0,
         "vwap_dist_20": 0.0, "minmax_pos_20": 0.5, "std_ratio_5_60": 1.0, "parkinson_20": 0.0,
+        "stoch_k": 0.5, "stoch_d": 0.5, "ultosc": 0.5, "willr_48": -0.5, "cci_20": 0.0,
     }  # fmt: skip
     got = {k: float(deep[k]) for k in expected}
     assert got == pytest.approx(expected, abs=1e-12)
