@@ -22,7 +22,7 @@ from jaxtrader.dataset import model_inputs
 from jaxtrader.features import NUM_FEATURES, min_history
 from jaxtrader.scaling import Scaler
 from jaxtrader.trading.feeds import Candle
-from jaxtrader.trading.manager import StrategyConfig, TradingManager, summarize
+from jaxtrader.trading.manager import CandleBuffer, StrategyConfig, TradingManager, summarize
 from jaxtrader.trading.store import Store
 
 SEQ_LEN = 50
@@ -236,3 +236,18 @@ def test_drawdown_halt_of_one_strategy_does_not_block_another(
     assert store.event_counts("tight")["daily_drawdown"] >= 1
     assert "daily_drawdown" not in store.event_counts("loose")
     assert len(store.rows("fills", "loose")) > len(store.rows("fills", "tight"))
+
+
+def test_candle_buffer_keeps_the_last_n_across_wraparound() -> None:
+    buf = CandleBuffer(3)
+    for i in range(10):
+        buf.append(i * 3_600_000_000_000, (i, i + 1, i - 1, i + 0.5, 10.0 * i), i % 2 == 0)
+        assert len(buf) == min(i + 1, 3)
+    frame = buf.frame()
+    assert list(frame["open"]) == [7.0, 8.0, 9.0]
+    assert list(frame["volume"]) == [70.0, 80.0, 90.0]
+    assert frame.index[-1] == pd.Timestamp("1970-01-01T09:00Z") and str(frame.index.tz) == "UTC"
+    frame.iloc[0, 0] = -1.0  # the frame is a copy: the buffer is untouched
+    assert buf.frame()["open"].iloc[0] == 7.0
+    buf.clear()
+    assert len(buf) == 0

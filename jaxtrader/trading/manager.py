@@ -20,8 +20,7 @@ import dataclasses
 import math
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,17 +89,51 @@ class Outcome:
     latency_ms: float
 
 
-def candle_frame(
-    rows: Iterable[tuple[int, float, float, float, float, float, bool]],
-) -> pd.DataFrame:
-    """A Candles-style frame (UTC `timestamp` index, OHLCV float64, `filled`) from buffer rows."""
-    rows = list(rows)
-    ts = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    vals = np.array([r[1:6] for r in rows], dtype=np.float64).reshape(len(rows), 5)
-    index = pd.DatetimeIndex(pd.to_datetime(ts, unit="ns", utc=True), name="timestamp")
-    frame = pd.DataFrame(vals, index=index, columns=["open", "high", "low", "close", "volume"])
-    frame["filled"] = np.fromiter((r[6] for r in rows), dtype=bool, count=len(rows))
-    return frame
+class CandleBuffer:
+    """The rolling history: the last `size` candles as numpy columns, amortised O(1) appends.
+
+    Rows live in arrays of twice the size; when the end is reached, the newest rows move to the
+    front. `frame()` builds the model's candle frame without per-row Python work.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ts = np.zeros(2 * size, dtype=np.int64)
+        self._v = np.zeros((2 * size, 5), dtype=np.float64)
+        self._filled = np.zeros(2 * size, dtype=bool)
+        self._start = self._end = 0
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def clear(self) -> None:
+        self._start = self._end
+
+    def append(self, ts_ns: int, ohlcv: tuple[float, ...], filled: bool) -> None:
+        if self._end == self._ts.size:
+            keep = min(len(self), self.size - 1)
+            src = slice(self._end - keep, self._end)
+            self._ts[:keep], self._v[:keep] = self._ts[src], self._v[src]
+            self._filled[:keep] = self._filled[src]
+            self._start, self._end = 0, keep
+        self._ts[self._end] = ts_ns
+        self._v[self._end] = ohlcv
+        self._filled[self._end] = filled
+        self._end += 1
+        self._start = max(self._start, self._end - self.size)
+
+    def last_ts(self) -> int:
+        return int(self._ts[self._end - 1])
+
+    def last_ohlcv(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in self._v[self._end - 1])
+
+    def frame(self) -> pd.DataFrame:
+        """A copy as a Candles-style frame: UTC `timestamp` index and OHLCV float64 columns (the
+        `filled` flag is kept here but not passed on: the feature pipeline does not read it)."""
+        sl = slice(self._start, self._end)
+        index = pd.DatetimeIndex(self._ts[sl].view("M8[ns]"), name="timestamp", tz="UTC")
+        return pd.DataFrame(self._v[sl].copy(), index=index, columns=list(OHLCV))
 
 
 def model_inputs_fn(scaler: Any, seq_len: int) -> InputFn:
@@ -140,9 +173,7 @@ class TradingManager:
         self.step_ns = round(cfg.interval_s * 1e9)
         self._model_called = False
         self.started_fresh = store.register(self.sid, cfg.identity(), model_meta, fresh=fresh)
-        self.buffer: deque[tuple[int, float, float, float, float, float, bool]] = deque(
-            maxlen=history
-        )
+        self.buffer = CandleBuffer(history)
         loaded = store.load_state(self.sid)
         if loaded is None:
             self.last_ts: pd.Timestamp | None = None
@@ -158,7 +189,7 @@ class TradingManager:
             self._restore(*loaded)
             self.warmed = True
         for r in store.history(self.sid, history):
-            self.buffer.append(_buffer_row(pd.Timestamp(r.ts).value, r, r.filled))
+            self.buffer.append(pd.Timestamp(r.ts).value, _ohlcv(r), r.filled)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -187,7 +218,7 @@ class TradingManager:
     def resume_after(self) -> pd.Timestamp | None:
         """The feed position to continue from: the newest processed or buffered candle."""
         if self.buffer:
-            newest = pd.Timestamp(self.buffer[-1][0], unit="ns", tz="UTC")
+            newest = pd.Timestamp(self.buffer.last_ts(), unit="ns", tz="UTC")
             return newest if self.last_ts is None else max(newest, self.last_ts)
         return self.last_ts
 
@@ -198,9 +229,9 @@ class TradingManager:
         rows: list[CandleRow] = []
         for c in candles:
             problem = candle_problem(c.ts, c.open, c.high, c.low, c.close, c.volume)
-            if problem is not None or (self.buffer and c.ts.value <= self.buffer[-1][0]):
+            if problem is not None or (self.buffer and c.ts.value <= self.buffer.last_ts()):
                 continue
-            self.buffer.append(_buffer_row(c.ts.value, c, False))
+            self.buffer.append(c.ts.value, _ohlcv(c), False)
             rows.append(CandleRow(_iso(c.ts), c.open, c.high, c.low, c.close, c.volume))
             self.last_close = c.close
         self.store.commit_warmup(self.sid, self._state(), rows[-self.history :])
@@ -216,7 +247,7 @@ class TradingManager:
         problem = candle_problem(c.ts, c.open, c.high, c.low, c.close, c.volume)
         if problem is not None:
             return problem
-        newest = self.buffer[-1][0] if self.buffer else None
+        newest = self.buffer.last_ts() if self.buffer else None
         if self.last_ts is not None:
             newest = max(newest or 0, self.last_ts.value)
         if newest is not None:
@@ -358,14 +389,14 @@ class TradingManager:
         """Adds the candle to the buffer; gaps up to `max_gap` candles are filled with flat
         candles at the previous close (the data layer's policy), longer ones restart the buffer."""
         rows: list[CandleRow] = []
-        missing = (c.ts.value - self.buffer[-1][0]) // self.step_ns - 1 if self.buffer else 0
+        missing = (c.ts.value - self.buffer.last_ts()) // self.step_ns - 1 if self.buffer else 0
         if missing > self.cfg.max_gap:
             self.buffer.clear()
         elif missing > 0:
-            last = self.buffer[-1]
+            last = self.buffer.last_ohlcv()
             ts_ns, vals, _ = _fill(
-                np.array([last[0], c.ts.value], dtype=np.int64),
-                {k: np.array([last[i + 1], getattr(c, k)]) for i, k in enumerate(OHLCV)},
+                np.array([self.buffer.last_ts(), c.ts.value], dtype=np.int64),
+                {k: np.array([last[i], getattr(c, k)]) for i, k in enumerate(OHLCV)},
                 np.array([0, missing + 1]),
                 self.step_ns,
             )
@@ -373,9 +404,9 @@ class TradingManager:
                 o, h, lo, cl, v = (float(vals[k][j]) for k in OHLCV)
                 ts = _iso(pd.Timestamp(int(ts_ns[j]), unit="ns", tz="UTC"))
                 row = CandleRow(ts, o, h, lo, cl, v, filled=True)
-                self.buffer.append(_buffer_row(int(ts_ns[j]), row, True))
+                self.buffer.append(int(ts_ns[j]), (o, h, lo, cl, v), True)
                 rows.append(row)
-        self.buffer.append(_buffer_row(c.ts.value, c, False))
+        self.buffer.append(c.ts.value, _ohlcv(c), False)
         rows.append(CandleRow(_iso(c.ts), c.open, c.high, c.low, c.close, c.volume))
         return rows, missing > 0
 
@@ -388,7 +419,7 @@ class TradingManager:
         failure = None
         prob = None
         try:
-            seq, feats = self.inputs(candle_frame(self.buffer))
+            seq, feats = self.inputs(self.buffer.frame())
             first = not self._model_called
             budget = FIRST_CALL_TIMEOUT_S if first else self.cfg.risk.model_timeout_ms / 1e3
             out = self.runner.call(lambda: self.model(seq, feats), budget, "model prediction")
@@ -429,18 +460,8 @@ class TradingManager:
         self.runner.close()
 
 
-def _buffer_row(
-    ts_ns: int, c: Any, filled: bool
-) -> tuple[int, float, float, float, float, float, bool]:
-    return (
-        ts_ns,
-        float(c.open),
-        float(c.high),
-        float(c.low),
-        float(c.close),
-        float(c.volume),
-        filled,
-    )
+def _ohlcv(c: Any) -> tuple[float, float, float, float, float]:
+    return (float(c.open), float(c.high), float(c.low), float(c.close), float(c.volume))
 
 
 def summarize(store: Store, sid: str) -> dict[str, Any]:
