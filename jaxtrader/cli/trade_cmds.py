@@ -31,6 +31,33 @@ def _timestamp(value: str | None, flag: str) -> pd.Timestamp | None:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
+# (flag, type, help): config-backed strategy flags; None = "not given" so --config FILE applies.
+_STRATEGY_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("--fee-bps", float, "Fee per fill in bps of notional [10]."),
+    ("--slippage-bps", float, "Slippage per fill in bps, against the trader [0]."),
+    ("--threshold", float, "Go long when P(up) > this [0.5]."),
+    ("--max-position", float, "Max |position| as a fraction of equity [1.0]."),
+    ("--daily-drawdown", float,
+     "Close and halt entries for the UTC day after this loss from the day's start [0.05]."),
+    ("--breaker-failures", int, "Consecutive model failures that trip the circuit breaker [3]."),
+    ("--breaker-losses", int, "Consecutive losing trades that trip the circuit breaker [5]."),
+    ("--cooldown", int, "Candles without entries after the breaker trips [24]."),
+    ("--stop-loss", float, "Exit at this loss from the average entry, as a fraction [off]."),
+    ("--take-profit", float, "Exit at this gain from the average entry, as a fraction [off]."),
+    ("--max-trades-per-day", int, "Orders per UTC day that add exposure [off]."),
+    ("--model-timeout-ms", float, "Per-candle model budget; slower is a neutral signal [500]."),
+)  # fmt: skip
+
+
+def _strategy_options(fn: Any) -> Any:
+    fn = click.option(
+        "--long-short", is_flag=True, default=None, help="Also short when P(up) < 1 - threshold."
+    )(fn)
+    for flag, kind, text in reversed(_STRATEGY_FLAGS):
+        fn = click.option(flag, type=kind, default=None, help=text)(fn)
+    return fn
+
+
 @click.command("trade")
 @click.option("--checkpoint", type=str, default=None, help="A version directory (ckpt/.../vN).")
 @click.option(
@@ -60,51 +87,7 @@ def _timestamp(value: str | None, flag: str) -> pd.Timestamp | None:
     show_default=True,
     help="Replay pace: as fast as possible, or one candle per interval.",
 )
-@click.option("--fee-bps", type=float, default=None, help="Fee per fill in bps [10].")
-@click.option("--slippage-bps", type=float, default=None, help="Slippage per fill in bps [0].")
-@click.option("--threshold", type=float, default=None, help="Go long when P(up) > this [0.5].")
-@click.option(
-    "--long-short", is_flag=True, default=None, help="Also short when P(up) < 1 - threshold."
-)
-@click.option(
-    "--max-position", type=float, default=None, help="Max |position| as a fraction of equity [1.0]."
-)
-@click.option(
-    "--daily-drawdown",
-    type=float,
-    default=None,
-    help="Halt entries (and close) for the UTC day after this loss from the day's start [0.05].",
-)
-@click.option(
-    "--breaker-failures",
-    type=int,
-    default=None,
-    help="Consecutive model failures that trip the circuit breaker [3].",
-)
-@click.option(
-    "--breaker-losses",
-    type=int,
-    default=None,
-    help="Consecutive losing trades that trip the circuit breaker [5].",
-)
-@click.option(
-    "--cooldown", type=int, default=None, help="Candles without entries after a trip [24]."
-)
-@click.option(
-    "--stop-loss", type=float, default=None, help="Exit at a loss of this fraction [off]."
-)
-@click.option(
-    "--take-profit", type=float, default=None, help="Exit at a gain of this fraction [off]."
-)
-@click.option(
-    "--max-trades-per-day", type=int, default=None, help="Orders per UTC day that add risk [off]."
-)
-@click.option(
-    "--model-timeout-ms",
-    type=float,
-    default=None,
-    help="Per-candle model budget; slower means a neutral signal [500].",
-)
+@_strategy_options
 @click.option("--start", type=str, default=None, help="Replay start (default: the test split).")
 @click.option("--end", type=str, default=None, help="Replay end (default: the test split).")
 @click.option(
