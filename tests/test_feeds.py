@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,17 @@ def test_replay_empty_range_is_an_error(candle_file: Path) -> None:
         )
     with pytest.raises(DataError, match="replay range is empty"):
         ReplayFeed(candle_file, start=pd.Timestamp("2030-01-01T00:00Z"))
+
+
+def test_realtime_replay_waits_and_stops_promptly(candle_file: Path) -> None:
+    stop = threading.Event()
+    feed = ReplayFeed(candle_file, speed="realtime", stop=stop)
+    got = []
+    start = time.monotonic()
+    for c in feed.candles():
+        got.append(c)
+        threading.Timer(0.05, stop.set).start()  # the 1 h wait must end on the stop request
+    assert len(got) == 1 and time.monotonic() - start < 5
 
 
 def test_replay_stops_when_asked(candle_file: Path) -> None:

@@ -156,6 +156,18 @@ def test_corrupt_checkpoint_and_missing_ccxt_are_one_line(
     assert "pip install 'jaxtrader[live]'" in one_line_error(code, err)
 
 
+def test_portfolio_of_a_missing_file_or_id_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = one_line_error(*run_cli(["portfolio", "--state", str(tmp_path / "no.db")], capsys)[::2])
+    assert "does not exist" in err and not (tmp_path / "no.db").exists()
+    Store(tmp_path / "empty.db").close()
+    code, out, _ = run_cli(["portfolio", "--state", str(tmp_path / "empty.db")], capsys)
+    assert code == 0 and "no strategies" in out
+    args = ["portfolio", "--state", str(tmp_path / "empty.db"), "--strategy-id", "zz"]
+    assert "no strategy 'zz'" in one_line_error(*run_cli(args, capsys)[::2])
+
+
 def test_help_says_paper_trading_only() -> None:
     out = CliRunner().invoke(cli, ["trade", "--help"]).output
     assert "PAPER TRADING ONLY" in out and "real order placement is out of scope" in out

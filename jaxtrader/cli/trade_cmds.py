@@ -173,11 +173,13 @@ def _run(
     from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
     from jaxtrader.trading.manager import StrategyConfig, TradingManager, model_inputs_fn
     from jaxtrader.trading.store import Store, stable_hash
+    from jaxtrader.train import enable_compilation_cache
 
     log = get_logger("trade")
     if capital <= 0:
         raise ConfigError(f"--capital must be positive, got {capital}")
     start_ts, end_ts = _timestamp(start, "--start"), _timestamp(end, "--end")
+    enable_compilation_cache()  # a restarted strategy reuses the compiled model programs
     predictor = Predictor.load(
         ckpt_dir=ckpt_dir, symbol=symbol, arch=arch, version=version, checkpoint=checkpoint
     )
