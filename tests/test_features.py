@@ -280,6 +280,18 @@ def test_real_btc_1h_is_finite_after_warmup(btc_1h: Path) -> None:
     assert not bad, f"warm-up too short on BTC 1h: {bad}"
 
 
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", ["eth_1h", "btc_5m"])
+def test_real_eth_1h_and_btc_5m_are_finite_after_warmup(
+    name: str, request: pytest.FixtureRequest
+) -> None:
+    from jaxtrader.data import load_candles
+
+    candles = load_candles(request.getfixturevalue(name))
+    out = F.feature_matrix(candles.frame)
+    chex.assert_tree_all_finite(out[F.WARMUP :])
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -339,6 +351,11 @@ def test_cli_compute_writes_parquet_and_csv_with_filled_flag(tmp_path: Path) -> 
         assert list(got.columns) == [*F.FEATURE_NAMES, "filled"]
         assert len(got) == 300
         assert got["filled"].to_numpy().nonzero()[0].tolist() == list(range(100, 105))
+
+    result = runner.invoke(cli, ["features", "compute", "--out", str(tmp_path / "synth.parquet")])
+    assert result.exit_code == 0, result.output  # the embedded synthetic market
+    synth = pd.read_parquet(tmp_path / "synth.parquet")
+    assert synth.shape == (20_000 - F.WARMUP, 87) and not synth["filled"].any()
 
     bad = runner.invoke(cli, ["features", "compute", "--out", str(tmp_path / "f.txt")])
     assert bad.exit_code == 2 and "unsupported extension" in bad.output
