@@ -251,3 +251,15 @@ def test_candle_buffer_keeps_the_last_n_across_wraparound() -> None:
     assert buf.frame()["open"].iloc[0] == 7.0
     buf.clear()
     assert len(buf) == 0
+
+
+def test_warm_up_fills_gaps_like_live_candles(tmp_path: Path, market: pd.DataFrame) -> None:
+    m = make(tmp_path, input_model)
+    c = candles_of(market.iloc[:HISTORY])
+    assert m.warm_up(c[:10] + c[12:]) == HISTORY  # 2 of them gap-filled
+    frame = m.buffer.frame()
+    assert len(frame) == HISTORY and frame.index.is_monotonic_increasing
+    assert (np.diff(frame.index.asi8) == 3_600 * 10**9).all()
+    rows = m.store.history("s", HISTORY)
+    assert [r.filled for r in rows[10:12]] == [True, True]
+    assert rows[10].close == rows[11].open == c[9].close

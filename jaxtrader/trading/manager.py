@@ -228,12 +228,9 @@ class TradingManager:
             return 0
         rows: list[CandleRow] = []
         for c in candles:
-            problem = candle_problem(c.ts, c.open, c.high, c.low, c.close, c.volume)
-            if problem is not None or (self.buffer and c.ts.value <= self.buffer.last_ts()):
-                continue
-            self.buffer.append(c.ts.value, _ohlcv(c), False)
-            rows.append(CandleRow(_iso(c.ts), c.open, c.high, c.low, c.close, c.volume))
-            self.last_close = c.close
+            if self._reject(c) is None:  # bad history is dropped quietly; gaps are filled
+                rows += self._append(c)[0]
+                self.last_close = c.close
         self.store.commit_warmup(self.sid, self._state(), rows[-self.history :])
         self.warmed = True
         return len(rows)
