@@ -241,6 +241,10 @@ def test_bad_thresholds_name_the_flag() -> None:
         bt.positions_from_probs(np.array([0.5]), 1.2)
     with pytest.raises(ConfigError, match="--long-short"):
         bt.positions_from_probs(np.array([0.5]), 0.4, long_short=True)
+    with pytest.raises(ConfigError, match="--fee-bps"):
+        bt.check_settings(fee_bps=-1.0)
+    with pytest.raises(ConfigError, match="--slippage-bps"):
+        bt.check_settings(slippage_bps=float("nan"))
 
 
 def test_changing_future_prices_never_moves_earlier_rows() -> None:

@@ -236,3 +236,12 @@ def test_missing_checkpoint_is_a_one_line_error(
         main(["evaluate", "--ckpt-dir", str(tmp_path / "none")])
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("error: no complete checkpoint")
+
+
+def test_bad_fee_fails_fast_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from jaxtrader.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--fee-bps", "-5", "--ckpt-dir", "/nonexistent"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --fee-bps must be")

@@ -103,7 +103,7 @@ def evaluate(
             "backtest.fee_bps": fee_bps,
             "backtest.slippage_bps": slippage_bps,
             "backtest.threshold": threshold,
-            "backtest.long_short": long_short,
+            "backtest.long_short": long_short or None,  # absent flag keeps the config value
         }
     )
     enable_compilation_cache()  # the predictor's programs compile once per machine, not per run

@@ -57,10 +57,14 @@ def has_weekend_candles(timestamps_ns: np.ndarray) -> bool:
     return bool(np.any(weekday >= 5))
 
 
-def positions_from_probs(
-    prob_up: np.ndarray, threshold: float = 0.5, long_short: bool = False
-) -> np.ndarray:
-    """+1 above `threshold`, -1 below 1 - threshold with long_short, else 0 (float64)."""
+def check_settings(
+    *,
+    threshold: float = 0.5,
+    long_short: bool = False,
+    fee_bps: float = 0.0,
+    slippage_bps: float = 0.0,
+) -> None:
+    """ConfigError naming the flag for settings that make no sense (checked before any work)."""
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
     if long_short and threshold < 0.5:
@@ -68,6 +72,16 @@ def positions_from_probs(
             f"--threshold {threshold} < 0.5 with --long-short makes long and short overlap; "
             "use a threshold >= 0.5"
         )
+    for flag, value in (("--fee-bps", fee_bps), ("--slippage-bps", slippage_bps)):
+        if not 0.0 <= value < 10_000.0:
+            raise ConfigError(f"{flag} must be between 0 and 10000 bps, got {value}")
+
+
+def positions_from_probs(
+    prob_up: np.ndarray, threshold: float = 0.5, long_short: bool = False
+) -> np.ndarray:
+    """+1 above `threshold`, -1 below 1 - threshold with long_short, else 0 (float64)."""
+    check_settings(threshold=threshold, long_short=long_short)
     p = np.asarray(prob_up, dtype=np.float64)
     pos = (p > threshold).astype(np.float64)
     if long_short:

@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxtrader.config import BacktestConfig
 from jaxtrader.errors import DataError
+from jaxtrader.evaluate.backtest import check_settings
 from jaxtrader.evaluate.baselines import predict_baselines
 from jaxtrader.evaluate.summary import (
     EvalRows,
@@ -110,6 +111,12 @@ def evaluate_checkpoint(
 
     if split not in ("val", "test"):
         raise DataError(f"--split must be val or test, got {split!r}")
+    check_settings(
+        threshold=backtest.threshold,
+        long_short=backtest.long_short,
+        fee_bps=backtest.fee_bps,
+        slippage_bps=backtest.slippage_bps,
+    )
     predictor = Predictor.load(
         ckpt_dir=ckpt_dir, symbol=symbol, arch=arch, version=version, checkpoint=checkpoint
     )
