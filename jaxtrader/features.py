@@ -203,7 +203,6 @@ NUM_FEATURES = len(FEATURES)
 FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(s.family for s in FEATURES))
 WARMUP = max(s.warmup for s in FEATURES)
 MIN_HISTORY = WARMUP + 1
-_WARMUPS = np.array([s.warmup for s in FEATURES])
 
 assert NUM_FEATURES == 86, NUM_FEATURES
 assert len(set(FEATURE_NAMES)) == NUM_FEATURES
@@ -557,13 +556,11 @@ def _raise_not_finite(out: Array, frame: pd.DataFrame, inputs: tuple[Array, ...]
     what = "NaN" if np.isnan(value) else "infinite"
     hint = ""
     for col, x in zip(_COLUMNS, inputs, strict=True):
-        nonfinite = np.flatnonzero(~np.isfinite(x[: i + 1]))
-        if len(nonfinite):
-            hint = f" (input {col} is not finite at {frame.index[nonfinite[0]].isoformat()})"
-            break
-        if col != "volume" and (x[: i + 1] <= 0).any():
-            k = int(np.flatnonzero(x[: i + 1] <= 0)[0])
-            hint = f" (input {col} is not positive at {frame.index[k].isoformat()})"
+        head = x[: i + 1]
+        invalid = ~np.isfinite(head) | ((head < 0) if col == "volume" else (head <= 0))
+        if invalid.any():
+            k = int(invalid.argmax())
+            hint = f" (input {col} is {float(x[k])!r} at {frame.index[k].isoformat()})"
             break
     raise FeatureError(
         f"feature {FEATURE_NAMES[j]} is {what} at {frame.index[i].isoformat()} (row {i}){hint}; "
