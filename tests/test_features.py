@@ -214,7 +214,7 @@ def test_bad_frames_raise_feature_error(candles: pd.DataFrame) -> None:
         F.compute_features(candles.reset_index(drop=True))
     zero = candles.copy()
     zero.iloc[F.WARMUP + 5, zero.columns.get_loc("low")] = 0.0
-    with pytest.raises(FeatureError, match="input low is 0.0 at"):
+    with pytest.raises(FeatureError, match=r"input low is 0\.0 at"):
         F.compute_features(zero)
 
 
