@@ -120,7 +120,20 @@ def trade(
     slippage); real order placement is out of scope. Run the same command again to resume after
     the last processed candle. Risk flags are fractions of equity or counts of candles/trades.
     """
+    import signal
+    import threading
+
+    import pandas as pd
+
+    from jaxtrader.data import format_interval, parse_interval
     from jaxtrader.errors import ConfigError
+    from jaxtrader.features import min_history
+    from jaxtrader.inference import Predictor
+    from jaxtrader.logs import get_logger, log_event, log_format, progress_bar
+    from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
+    from jaxtrader.trading.manager import StrategyConfig, TradingManager, model_inputs_fn
+    from jaxtrader.trading.store import Store, stable_hash
+    from jaxtrader.train import enable_compilation_cache
 
     if checkpoint is None and arch is None:
         raise ConfigError("trade needs --checkpoint PATH or --arch lstm|transformer")
@@ -137,43 +150,6 @@ def trade(
         **{f"risk.{k}": v for k, v in flags.items()},
     }
     cfg = state.config(overrides)
-    _run(cfg, state, checkpoint, arch, symbol, version, ckpt_dir, kind, target, timeframe,
-         state_path, strategy_id, capital, speed, start, end, new_strategy)  # fmt: skip
-
-
-def _run(
-    cfg: Any,
-    cli_state: CliState,
-    checkpoint: str | None,
-    arch: str | None,
-    symbol: str | None,
-    version: str,
-    ckpt_dir: str | None,
-    kind: str,
-    target: str,
-    timeframe: str | None,
-    state_path: str,
-    strategy_id: str,
-    capital: float,
-    speed: str,
-    start: str | None,
-    end: str | None,
-    new_strategy: bool,
-) -> None:
-    import signal
-    import threading
-
-    import pandas as pd
-
-    from jaxtrader.data import format_interval, parse_interval
-    from jaxtrader.errors import ConfigError
-    from jaxtrader.features import min_history
-    from jaxtrader.inference import Predictor
-    from jaxtrader.logs import get_logger, log_event, log_format, progress_bar
-    from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
-    from jaxtrader.trading.manager import StrategyConfig, TradingManager, model_inputs_fn
-    from jaxtrader.trading.store import Store, stable_hash
-    from jaxtrader.train import enable_compilation_cache
 
     log = get_logger("trade")
     if capital <= 0:
@@ -276,7 +252,7 @@ def _run(
     if stop.is_set():
         log_event(log, "trade_stopped", strategy=strategy_id, last=summary.get("last"))
     log_event(log, "trade_summary", **{k: v for k, v in summary.items() if k != "pending_order"})
-    if cli_state.log_format != "json":
+    if state.log_format != "json":
         click.echo(_table([summary]))
 
 

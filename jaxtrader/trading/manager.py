@@ -30,8 +30,9 @@ import pandas as pd
 from jaxtrader.config import RiskConfig
 from jaxtrader.data import OHLCV, _fill, candle_problem
 from jaxtrader.errors import DeadlineExceeded
-from jaxtrader.evaluate.backtest import max_drawdown, periods_per_year, positions_from_probs
+from jaxtrader.evaluate.backtest import max_drawdown, positions_from_probs
 from jaxtrader.evaluate.significance import sharpe
+from jaxtrader.evaluate.summary import annualization
 from jaxtrader.logs import get_logger, log_event
 from jaxtrader.timeouts import TimeoutRunner
 from jaxtrader.trading import risk
@@ -478,7 +479,8 @@ def summarize(store: Store, sid: str) -> dict[str, Any]:
     returns = np.diff(np.concatenate([[capital], equity])) / np.concatenate(
         [[capital], equity[:-1]]
     )
-    ppy = periods_per_year(float(cfg["interval_s"]))
+    ts_ns = pd.DatetimeIndex([r["ts"] for r in eq]).asi8 if eq else np.zeros(0, np.int64)
+    ppy, _ = annualization(float(cfg["interval_s"]), ts_ns)  # the same basis as evaluate
     closed = [f["trade_pnl"] for f in fills if f["trade_pnl"] is not None]
     risk_kinds = {k: n for k, n in counts.items() if k not in ("fallback", "bad_candle")}
     pf = state.get("portfolio", {})
