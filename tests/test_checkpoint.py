@@ -112,6 +112,13 @@ def test_round_trip_is_bitwise_and_keeps_optax_types(tmp_path: Path, state: Trai
     chex.assert_trees_all_equal(_host(params_3), _host(state.params))
 
 
+def test_best_step_ties_go_to_the_earlier_epoch(tmp_path: Path, state: TrainState) -> None:
+    # fit keeps the first epoch that reached the best loss; the checkpoint must agree.
+    vdir = _save_run(tmp_path, state, [0.5, 0.5, 0.7, 0.8])
+    assert ckpt.read_manifest(vdir).best_step == 1
+    assert sorted(int(p.name) for p in vdir.iterdir() if p.name.isdigit()) == [1, 3, 4]
+
+
 def test_save_survives_buffer_donation(tmp_path: Path, state: TrainState) -> None:
     # fit's train_step donates the state: a save queued before the next step must keep old values.
     bump = jax.jit(lambda tree: jax.tree.map(lambda x: x + 1, tree), donate_argnums=0)
