@@ -59,6 +59,8 @@ class ModelConfig:
     num_heads: int = 4
     ff_dim: int = 256
     pos_encoding: Literal["sinusoidal", "learned"] = "sinusoidal"
+    # How the 86 features join the Transformer's sequence: added to every position, or a token.
+    feature_join: Literal["add", "token"] = "add"
 
 
 @dataclass(frozen=True)

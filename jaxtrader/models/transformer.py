@@ -1,0 +1,152 @@
+"""The causal Transformer classifier: pre-LayerNorm encoder over the window, head at the last step.
+
+The window steps and the 86 engineered features have separate embeddings. By default
+(`feature_join="add"`) the feature embedding is added to every position's embedding, the same
+information the LSTM gets by concatenating the features to every step. `feature_join="token"`
+instead prepends one conditioning token built from the features; the causal mask lets every position
+attend to it, and it is dropped before the head. Both only use information available at the
+prediction point (the features are those of the window's last candle).
+
+Attention weights are sown into the `intermediates` collection only when `sow_attention=True`
+(see `attention_weights`), so the training path never materialises them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+
+def sinusoidal_positions(length: int, d_model: int) -> np.ndarray:
+    """The fixed sin/cos position table of "Attention is all you need", length x d_model."""
+    pos_Tx1 = np.arange(length, dtype=np.float32)[:, None]
+    rates = np.exp(-np.log(10_000.0) * np.arange(0, d_model, 2, dtype=np.float32) / d_model)
+    table = np.zeros((length, d_model), np.float32)
+    table[:, 0::2] = np.sin(pos_Tx1 * rates)
+    table[:, 1::2] = np.cos(pos_Tx1 * rates[: d_model // 2])
+    return table
+
+
+class LearnedPositions(nn.Module):
+    """A trained position table; its length is the window length W seen at initialisation."""
+
+    d_model: int
+
+    @nn.compact
+    def __call__(self, length: int) -> jax.Array:
+        table: jax.Array = self.param("table", nn.initializers.normal(0.02), (length, self.d_model))
+        return table
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN block: x + Drop(MHA(LN x)), then x + Drop(FF(LN x)). No dropout on attention weights:
+    it would draw B*H*T*T random bits per layer, the most expensive part of dropout on CPU."""
+
+    d_model: int
+    num_heads: int
+    ff_dim: int
+    dropout: float
+
+    @nn.compact
+    def __call__(
+        self, x_BxTxD: jax.Array, mask: jax.Array, deterministic: bool, sow_attention: bool
+    ) -> jax.Array:
+        drop = nn.Dropout(self.dropout)
+        y = nn.LayerNorm(name="ln_attn")(x_BxTxD)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, qkv_features=self.d_model, name="attn"
+        )(y, y, mask=mask, deterministic=True, sow_weights=sow_attention)
+        x_BxTxD = x_BxTxD + drop(y, deterministic=deterministic)
+        y = nn.LayerNorm(name="ln_ff")(x_BxTxD)
+        y = nn.Dense(self.ff_dim, name="ff_in")(y)
+        y = nn.gelu(y)
+        y = nn.Dense(self.d_model, name="ff_out")(y)
+        return x_BxTxD + drop(y, deterministic=deterministic)
+
+
+class TransformerClassifier(nn.Module):
+    """Embeddings + positions, `num_layers` causal pre-LN blocks, final LayerNorm, 2-logit head."""
+
+    d_model: int = 64
+    num_heads: int = 4
+    ff_dim: int = 256
+    num_layers: int = 2
+    dropout: float = 0.1
+    pos_encoding: Literal["sinusoidal", "learned"] = "sinusoidal"
+    feature_join: Literal["add", "token"] = "add"
+
+    def setup(self) -> None:
+        self.seq_embed = nn.Dense(self.d_model, name="seq_embed")
+        self.feat_embed = nn.Dense(self.d_model, name="feat_embed")
+        self.blocks = [
+            EncoderBlock(self.d_model, self.num_heads, self.ff_dim, self.dropout, name=f"block_{i}")
+            for i in range(self.num_layers)
+        ]
+        if self.pos_encoding == "learned":
+            self.pos_embed = LearnedPositions(self.d_model, name="pos_embed")
+        self.ln_final = nn.LayerNorm(name="ln_final")
+        self.drop = nn.Dropout(self.dropout)
+        self.head = nn.Dense(2, name="head")
+
+    def _positions(self, length: int) -> jax.Array:
+        if self.pos_encoding == "learned":
+            return self.pos_embed(length)
+        return jnp.asarray(sinusoidal_positions(length, self.d_model))
+
+    def encode(
+        self,
+        seq_BxTx5: jax.Array,
+        feats_BxF: jax.Array,
+        deterministic: bool = True,
+        sow_attention: bool = False,
+    ) -> jax.Array:
+        """Encoded window, BxTxD: position t depends only on steps <= t (and the features)."""
+        x_BxTxD = self.seq_embed(seq_BxTx5)
+        f_BxD = self.feat_embed(feats_BxF)
+        if self.feature_join == "token":
+            x_BxTxD = jnp.concatenate([f_BxD[:, None, :], x_BxTxD], axis=1)
+        else:
+            x_BxTxD = x_BxTxD + f_BxD[:, None, :]
+        batch, length = x_BxTxD.shape[:2]
+        x_BxTxD = x_BxTxD + self._positions(length)[None]
+        x_BxTxD = self.drop(x_BxTxD, deterministic=deterministic)
+        mask_Bx1xTxT = nn.make_causal_mask(jnp.ones((batch, length), jnp.int32))
+        for block in self.blocks:
+            x_BxTxD = block(x_BxTxD, mask_Bx1xTxT, deterministic, sow_attention)
+        x_BxTxD = self.ln_final(x_BxTxD)
+        if self.feature_join == "token":
+            x_BxTxD = x_BxTxD[:, 1:]
+        return x_BxTxD
+
+    def __call__(
+        self,
+        seq_BxTx5: jax.Array,
+        feats_BxF: jax.Array,
+        deterministic: bool = True,
+        sow_attention: bool = False,
+    ) -> jax.Array:
+        x_BxTxD = self.encode(seq_BxTx5, feats_BxF, deterministic, sow_attention)
+        return self.head(self.drop(x_BxTxD[:, -1], deterministic=deterministic))
+
+    def logits_per_position(
+        self, seq_BxTx5: jax.Array, feats_BxF: jax.Array, deterministic: bool = True
+    ) -> jax.Array:
+        """Logits as if each position were the prediction point, BxTx2 (used to test causality)."""
+        return self.head(self.encode(seq_BxTx5, feats_BxF, deterministic))
+
+
+def attention_weights(
+    model: TransformerClassifier, variables: Any, seq_BxTx5: jax.Array, feats_BxF: jax.Array
+) -> jax.Array:
+    """Attention weights of every block, LxBxHxTxT (T includes the token with feature_join="token").
+
+    Off the hot path: a separate eager apply that sows the weights, for visualisation only.
+    """
+    _, state = model.apply(variables, seq_BxTx5, feats_BxF, True, True, mutable=["intermediates"])
+    inter = state["intermediates"]
+    weights = [inter[f"block_{i}"]["attn"]["attention_weights"][0] for i in range(model.num_layers)]
+    return jnp.stack(weights)

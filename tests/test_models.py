@@ -1,0 +1,148 @@
+"""Models: registry, output shapes, causality by gradient, dropout modes, attention weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtrader.config import ModelConfig
+from jaxtrader.errors import DeepLearningError
+from jaxtrader.models import ARCHS, build_model, with_defaults
+from jaxtrader.models.lstm import LSTMClassifier
+from jaxtrader.models.transformer import (
+    TransformerClassifier,
+    attention_weights,
+    sinusoidal_positions,
+)
+
+B, W, F = 4, 16, 86
+TINY = {
+    "lstm": with_defaults("lstm", hidden=8, num_layers=2, dropout=0.3),
+    "transformer": with_defaults(
+        "transformer", d_model=16, num_heads=2, ff_dim=32, num_layers=2, dropout=0.3
+    ),
+    "transformer-token-learned": with_defaults(
+        "transformer",
+        d_model=16,
+        num_heads=2,
+        ff_dim=32,
+        num_layers=1,
+        dropout=0.3,
+        feature_join="token",
+        pos_encoding="learned",
+    ),
+}
+
+
+def _inputs(seed: int = 0) -> tuple[jax.Array, jax.Array]:
+    rng = np.random.default_rng(seed)
+    return (
+        jnp.asarray(rng.normal(size=(B, W, 5)), jnp.float32),
+        jnp.asarray(rng.normal(size=(B, F)), jnp.float32),
+    )
+
+
+@functools.cache
+def _build(name: str) -> tuple[str, Any, Any]:
+    model = build_model(TINY[name])
+    seq, feats = _inputs()
+    return name, model, jax.jit(model.init)(jax.random.key(0), seq, feats)
+
+
+@pytest.fixture(params=["lstm", "transformer"])
+def built(request: pytest.FixtureRequest) -> tuple[str, Any, Any]:
+    return _build(request.param)
+
+
+def test_registry_builds_each_arch_with_its_defaults() -> None:
+    assert set(ARCHS) == {"lstm", "transformer"}
+    assert isinstance(build_model(with_defaults("lstm")), LSTMClassifier)
+    transformer = build_model(with_defaults("transformer"))
+    assert isinstance(transformer, TransformerClassifier)
+    assert (transformer.d_model, transformer.num_heads, transformer.ff_dim) == (64, 4, 256)
+    assert build_model(with_defaults("lstm")).hidden == 128
+    assert with_defaults("lstm", hidden=32).hidden == 32
+
+
+def test_registry_rejects_unknown_arch_and_bad_heads() -> None:
+    with pytest.raises(DeepLearningError, match=r"unknown model\.arch 'gru'"):
+        build_model(ModelConfig(arch="gru"))
+    with pytest.raises(DeepLearningError, match="num_heads=3"):
+        build_model(dataclasses.replace(with_defaults("transformer"), num_heads=3))
+
+
+def test_output_shapes(built: tuple[str, Any, Any]) -> None:
+    _, model, variables = built
+    seq, feats = _inputs(1)
+    logits = model.apply(variables, seq, feats)
+    chex.assert_shape(logits, (B, 2))
+    chex.assert_tree_all_finite(logits)
+    per_pos = model.apply(variables, seq, feats, method="logits_per_position")
+    chex.assert_shape(per_pos, (B, W, 2))
+    # The classifier's logit is exactly the last position's logit (eval mode).
+    np.testing.assert_allclose(per_pos[:, -1], logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_logit_at_t_has_zero_gradient_wrt_later_inputs(name: str) -> None:
+    _, model, variables = _build(name)
+    seq, feats = _inputs(2)
+
+    def logit_up_per_position(seq_BxTx5: jax.Array) -> jax.Array:
+        out = model.apply(variables, seq_BxTx5, feats, method="logits_per_position")
+        return out[..., 1].sum(axis=0)  # T: sums over the batch (samples are independent)
+
+    jac_TxBxTx5 = np.asarray(jax.jit(jax.jacrev(logit_up_per_position))(seq))
+    influence_TxT = np.abs(jac_TxBxTx5).sum(axis=(1, 3))  # [output position t, input position s]
+    future = np.triu(np.ones((W, W), bool), k=1)
+    assert (influence_TxT[future] == 0.0).all(), f"{name}: a logit depends on a later input"
+    # ...and every position does use its own and earlier inputs.
+    assert (influence_TxT[~future] > 0.0).all(), f"{name}: a logit ignores a past input"
+
+
+def test_eval_is_deterministic_and_train_mode_uses_the_dropout_key(
+    built: tuple[str, Any, Any],
+) -> None:
+    _, model, variables = built
+    seq, feats = _inputs(3)
+    apply = model.apply
+    a = apply(variables, seq, feats, deterministic=True)
+    b = apply(variables, seq, feats, deterministic=True, rngs={"dropout": jax.random.key(9)})
+    np.testing.assert_array_equal(a, b)
+    t1 = apply(variables, seq, feats, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    t1_again = apply(
+        variables, seq, feats, deterministic=False, rngs={"dropout": jax.random.key(1)}
+    )
+    t2 = apply(variables, seq, feats, deterministic=False, rngs={"dropout": jax.random.key(2)})
+    np.testing.assert_array_equal(t1, t1_again)
+    assert not np.allclose(t1, t2)
+    assert not np.allclose(t1, a)
+
+
+def test_attention_weights_are_causal_distributions() -> None:
+    cfg = TINY["transformer"]
+    _, model, variables = _build("transformer")
+    assert isinstance(model, TransformerClassifier)
+    seq, feats = _inputs(4)
+    weights = np.asarray(attention_weights(model, variables, seq, feats))
+    chex.assert_shape(weights, (cfg.num_layers, B, cfg.num_heads, W, W))
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+    assert (weights[..., np.triu(np.ones((W, W), bool), k=1)] == 0.0).all()
+    # The hot path sows nothing.
+    _, state = model.apply(variables, seq, feats, mutable=["intermediates"])
+    assert not state.get("intermediates")
+
+
+def test_sinusoidal_positions_are_distinct_and_bounded() -> None:
+    table = sinusoidal_positions(50, 16)
+    chex.assert_shape(table, (50, 16))
+    assert np.abs(table).max() <= 1.0
+    np.testing.assert_allclose(table[0, 1::2], 1.0)  # cos(0)
+    assert len({row.tobytes() for row in table}) == 50

@@ -1,0 +1,267 @@
+"""Training core: jitted steps, masked evaluation, the fit loop's stops, NaN handling, determinism.
+
+The data is synthetic in memory (a planted rule), served through the same batch contract as
+jaxtrader.dataset.Dataset; tiny models keep the compile time small. All fits share one TrainConfig
+optimizer setting and `STEPS_TOTAL` so they reuse one compiled train step per architecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtrader import train
+from jaxtrader.config import TrainConfig
+from jaxtrader.errors import DeepLearningError
+from jaxtrader.models import build_model, with_defaults
+
+W, F, BATCH = 16, 86, 32
+STEPS_TOTAL = 400
+CFG = TrainConfig(
+    epochs=6,
+    batch_size=BATCH,
+    eval_batch_size=128,
+    learning_rate=1e-2,
+    weight_decay=1e-4,
+    warmup_steps=0,
+    patience=50,
+    seed=0,
+)
+TINY = {
+    "lstm": with_defaults("lstm", hidden=16, num_layers=2, dropout=0.1),
+    "transformer": with_defaults(
+        "transformer", d_model=16, num_heads=2, ff_dim=32, num_layers=2, dropout=0.1
+    ),
+}
+
+
+def planted(n: int, seed: int, noise_labels: bool = False) -> dict[str, np.ndarray]:
+    """Random windows whose label is the sign of the window's last close step (a planted rule)."""
+    rng = np.random.default_rng(seed)
+    seq = rng.normal(size=(n, W, 5)).astype(np.float32)
+    feats = rng.normal(size=(n, F)).astype(np.float32)
+    label = (seq[:, -1, 3] > 0).astype(np.int32)
+    if noise_labels:
+        label = rng.integers(0, 2, n).astype(np.int32)
+    return {"seq": seq, "feats": feats, "label": label}
+
+
+class ArrayDataset:
+    """In-memory splits behind the Dataset batch contract (fixed shapes, masked eval padding)."""
+
+    def __init__(self, **splits: dict[str, np.ndarray]) -> None:
+        self.splits = splits
+
+    def batches(
+        self, split: str, batch_size: int, key: jax.Array | None = None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        data = self.splits[split]
+        n = len(data["label"])
+        order = np.arange(n) if key is None else np.asarray(jax.random.permutation(key, n))
+        for start in range(0, n - batch_size + 1, batch_size):
+            rows = order[start : start + batch_size]
+            yield {k: v[rows] for k, v in data.items()}
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        data = self.splits[split]
+        n = len(data["label"])
+        for start in range(0, n, batch_size):
+            rows = np.arange(start, start + batch_size)
+            mask = rows < n
+            batch = {k: v[np.minimum(rows, n - 1)] for k, v in data.items()}
+            batch["label"] = np.where(mask, batch["label"], 1)  # padding must not count
+            yield {**batch, "mask": mask}
+
+
+# Every train step in this module goes through this counted jit: across all the fits below (fresh
+# states, different epochs/patience/time limits, both architectures) it may trace once per arch.
+COUNTED_STEP = jax.jit(chex.assert_max_traces(train._train_step, n=len(TINY)), donate_argnums=0)
+
+
+@pytest.fixture(autouse=True)
+def _count_traces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train, "train_step", COUNTED_STEP)
+
+
+def _state(arch: str, cfg: TrainConfig = CFG, seed: int = 0) -> train.TrainState:
+    model = build_model(TINY[arch])
+    return train.create_train_state(model, cfg, jax.random.key(seed), planted(2, 0), STEPS_TOTAL)
+
+
+@pytest.fixture(scope="module")
+def planted_data() -> ArrayDataset:
+    return ArrayDataset(train=planted(2048, 1), val=planted(300, 2))
+
+
+def _host(tree: object) -> object:
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def test_class_weights_balance_the_labels() -> None:
+    np.testing.assert_allclose(train.class_weights_from_counts(np.array([30, 10])), [2 / 3, 2.0])
+    with pytest.raises(DeepLearningError, match=r"label counts \[0, 12\]"):
+        train.class_weights_from_counts(np.array([0, 12]))
+
+
+def test_one_step_changes_every_parameter_and_traces_once() -> None:
+    counted = train.train_step
+    state = _state("lstm")
+    before = _host(state.params)
+    data = planted(3 * BATCH, 5)
+    for i in range(3):
+        batch = {k: v[i * BATCH : (i + 1) * BATCH] for k, v in data.items()}
+        state, metrics = counted(state, batch, jax.random.key(0))
+        if i == 0:
+            changed = jax.tree.map(
+                lambda a, b: bool((a != np.asarray(b)).any()), before, state.params
+            )
+            assert all(jax.tree.leaves(changed)), f"parameters left unchanged: {changed}"
+    assert int(state.step) == 3
+    assert np.isfinite(float(metrics["loss"]))
+    # A second, equal state reuses the same compiled program.
+    state2 = _state("lstm", seed=1)
+    counted(state2, batch, jax.random.key(0))  # COUNTED_STEP raises on a second LSTM trace
+
+
+def test_eval_step_ignores_padding_rows() -> None:
+    state = _state("lstm")
+    data = planted(40, 6)
+    full = ArrayDataset(val=data)
+    result = train.evaluate(state, full, "val", 128)  # one batch: 40 real rows + 88 padding
+    assert result["count"] == 40
+    logits = state.apply_fn({"params": state.params}, data["seq"], data["feats"])
+    expected_acc = float(np.mean(np.argmax(np.asarray(logits), -1) == data["label"]))
+    assert result["accuracy"] == pytest.approx(expected_acc)
+    up = data["label"].mean()
+    assert result["majority_rate"] == pytest.approx(max(up, 1 - up))
+
+
+@pytest.mark.parametrize("arch", list(TINY))
+def test_overfits_a_tiny_fixed_batch(arch: str) -> None:
+    state = _state(arch)
+    rng = np.random.default_rng(7)
+    batch = {
+        "seq": rng.normal(size=(BATCH, W, 5)).astype(np.float32),
+        "feats": rng.normal(size=(BATCH, F)).astype(np.float32),
+        "label": rng.integers(0, 2, BATCH).astype(np.int32),  # random: only memorising works
+    }
+    for _ in range(150):
+        state, _ = train.train_step(state, batch, jax.random.key(0))
+    acc = train.evaluate(state, ArrayDataset(val=batch), "val", 128)["accuracy"]
+    assert acc >= 0.97, f"{arch} memorised only {acc:.2%} of 32 examples"
+
+
+@pytest.mark.parametrize("arch", list(TINY))
+def test_learns_a_planted_rule(arch: str, planted_data: ArrayDataset, tmp_path: Path) -> None:
+    epochs_seen: list[int] = []
+    result = train.fit(
+        _state(arch),
+        planted_data,
+        CFG,
+        jax.random.key(0),
+        on_epoch=lambda epoch, state, metrics: epochs_seen.append(epoch),
+        metrics_path=tmp_path / "metrics.jsonl",
+    )
+    hist = result.history
+    assert result.stopped_reason == "max_epochs"
+    assert epochs_seen == list(range(1, CFG.epochs + 1))
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert result.best_val_loss < hist[0]["val_loss"]
+    assert result.best_val_acc > 0.90, f"{arch}: val accuracy {result.best_val_acc:.3f}"
+    assert abs(result.val_majority_rate - 0.5) < 0.1  # the rule is balanced: no majority shortcut
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == list(range(1, CFG.epochs + 1))
+    keys = {"train_loss", "train_acc", "val_loss", "val_acc", "val_majority_rate", "lr"}
+    assert keys | {"steps_per_s", "seconds"} <= set(lines[0])
+    assert lines[0]["lr"] > lines[-1]["lr"]  # cosine decay
+    # The returned state holds the best epoch's parameters.
+    again = train.evaluate(result.state, planted_data, "val", 128)
+    assert again["loss"] == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+def test_early_stopping_restores_the_best_epoch() -> None:
+    noise = ArrayDataset(train=planted(256, 3, noise_labels=True), val=planted(256, 4, True))
+    cfg = dataclasses.replace(CFG, epochs=30, patience=2)
+    result = train.fit(_state("lstm", cfg), noise, cfg, jax.random.key(0))
+    val_losses = [h["val_loss"] for h in result.history]
+    assert result.stopped_reason == "early_stopping"
+    assert result.epochs_run < cfg.epochs
+    assert result.best_epoch == int(np.argmin(val_losses)) + 1
+    assert result.epochs_run == result.best_epoch + cfg.patience
+    again = train.evaluate(result.state, noise, "val", 128)
+    assert again["loss"] == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+def test_time_limit_stops_after_the_current_step(planted_data: ArrayDataset) -> None:
+    cfg = dataclasses.replace(CFG, max_minutes=1e-9)
+    seen: list[dict[str, float]] = []
+    result = train.fit(
+        _state("lstm", cfg),
+        planted_data,
+        cfg,
+        jax.random.key(0),
+        on_epoch=lambda e, s, m: seen.append(m),
+    )
+    assert result.stopped_reason == "time_limit"
+    assert result.epochs_run == 1 and result.history[0]["steps"] == 1
+    assert int(result.state.step) == 1
+    assert len(seen) == 1 and np.isfinite(seen[0]["val_loss"])  # the caller can still save
+
+
+class PoisonedDataset(ArrayDataset):
+    """Training batch number `bad` (1-based) carries a NaN."""
+
+    def __init__(self, bad: int, **splits: dict[str, np.ndarray]) -> None:
+        super().__init__(**splits)
+        self.bad = bad
+
+    def batches(
+        self, split: str, batch_size: int, key: jax.Array | None = None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        for i, batch in enumerate(super().batches(split, batch_size, key), start=1):
+            if i == self.bad:
+                batch = {**batch, "seq": batch["seq"].copy()}
+                batch["seq"][0, 0, 0] = np.nan
+            yield batch
+
+
+def test_nan_loss_raises_naming_step_and_epoch() -> None:
+    data = PoisonedDataset(3, train=planted(256, 1), val=planted(64, 2))
+    with pytest.raises(DeepLearningError, match=r"loss became nan at step 3 \(epoch 1\)"):
+        train.fit(_state("lstm"), data, CFG, jax.random.key(0))
+
+
+def test_same_seed_same_metrics_other_seed_differs() -> None:
+    data = ArrayDataset(train=planted(256, 1), val=planted(128, 2))
+    cfg = dataclasses.replace(CFG, epochs=2)
+    runs = [train.fit(_state("lstm", cfg), data, cfg, jax.random.key(s)) for s in (0, 0, 1)]
+    fields = ("train_loss", "val_loss", "val_acc")
+    first, second, other = ([[h[f] for f in fields] for h in r.history] for r in runs)
+    np.testing.assert_allclose(first, second, rtol=1e-6)
+    assert not np.allclose(first, other)
+
+
+def test_compilation_cache_helper_sets_the_directory(tmp_path: Path) -> None:
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        path = train.enable_compilation_cache(tmp_path / "jaxcache")
+        assert path == str(tmp_path / "jaxcache") and Path(path).is_dir()
+        assert jax.config.jax_compilation_cache_dir == path
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    cfg = dataclasses.replace(CFG, warmup_steps=10, learning_rate=1e-3)
+    _, schedule = train.make_optimizer(cfg, 100)
+    lrs = np.array([float(schedule(jnp.asarray(s))) for s in (0, 5, 10, 50, 100)])
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(5e-4) and lrs[2] == pytest.approx(1e-3)
+    assert lrs[2] > lrs[3] > lrs[4] == pytest.approx(5e-5)
