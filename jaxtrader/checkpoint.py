@@ -272,6 +272,22 @@ def write_manifest(version_dir: str | Path, manifest: Manifest) -> Path:
     return target
 
 
+def _missing_manifest(directory: Path) -> str:
+    """Why a directory has no manifest, with the likeliest fix."""
+    versions = _version_numbers(directory)
+    if versions:
+        return (
+            f"{directory} is not a version directory; pass one of its versions, e.g. "
+            f"{directory / f'v{versions[-1]}'}"
+        )
+    if (directory.parent / MANIFEST_FILE).is_file():
+        return f"{directory} is a step inside a version; pass the version {directory.parent}"
+    return (
+        f"{directory / MANIFEST_FILE} is missing: the training run did not finish or the "
+        f"checkpoint was damaged; {_RETRAIN_HINT}"
+    )
+
+
 def read_manifest(version_dir: str | Path) -> Manifest:
     """Reads and checks `manifest.json`; CheckpointError naming the path when missing or corrupt."""
     path = Path(version_dir) / MANIFEST_FILE
@@ -280,10 +296,7 @@ def read_manifest(version_dir: str | Path) -> Manifest:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(
-            f"{path} is missing: the training run did not finish or the checkpoint was damaged; "
-            f"{_RETRAIN_HINT}"
-        ) from None
+        raise CheckpointError(_missing_manifest(Path(version_dir))) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} is corrupt ({e}); {_RETRAIN_HINT}") from None
     if not isinstance(raw, dict):
@@ -447,10 +460,7 @@ def _pick_step(version_dir: Path, steps: list[int], step: int | None) -> int:
         if manifest_path.is_file():
             step = read_manifest(version_dir).best_step
         else:
-            raise CheckpointError(
-                f"{manifest_path} is missing: the training run did not finish or the checkpoint "
-                f"was damaged; {_RETRAIN_HINT}"
-            )
+            raise CheckpointError(_missing_manifest(version_dir))
     if step not in steps:
         raise CheckpointError(
             f"step {step} is missing from checkpoint {version_dir} (steps on disk: "

@@ -224,6 +224,12 @@ def test_missing_or_corrupt_manifest(tmp_path: Path, state: TrainState) -> None:
         ckpt.restore_params(vdir, abstract)
     with pytest.raises(CheckpointError, match="does not exist"):
         ckpt.restore_params(tmp_path / "nope", abstract)
+    # Pointing one level too high or too low names the directory to pass instead.
+    ckpt.write_manifest(vdir, ckpt.Manifest.from_dict(json.loads(good)))
+    with pytest.raises(CheckpointError, match=rf"pass one of its versions, e.g. {vdir}"):
+        ckpt.read_manifest(vdir.parent)
+    with pytest.raises(CheckpointError, match=rf"pass the version {vdir}"):
+        ckpt.read_manifest(vdir / "1")
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate"])
