@@ -223,7 +223,11 @@ def trade(
               resumed_after=None if not resumed else manager.last_ts.isoformat())  # type: ignore[union-attr]  # fmt: skip
 
     def on_signal(signum: int, frame: Any) -> None:
+        # Finish the current candle, then stop. A second signal acts at once (the default
+        # handler): that is safe too, since each candle commits atomically.
         stop.set()
+        signal.signal(signum, old[signal.Signals(signum)])
+        log_event(log, "stop_requested", signal=signal.Signals(signum).name)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     total = feed.remaining(manager.resume_after) if isinstance(feed, ReplayFeed) else None
