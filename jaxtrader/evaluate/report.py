@@ -194,7 +194,9 @@ def plot_equity(rows: EvalRows, cost_rate: float, path: Path, title: str = "") -
     # Log scale only when growth spans a wide range; plain numbers read better otherwise.
     if positive.size and positive.max() / positive.min() > 4:
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+        plain = plt.matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.set_ylabel("equity (start = 1)")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -123,7 +124,9 @@ def evaluate_checkpoint(
     manifest = predictor.manifest
     candles, notes = _load_candles(manifest, predictor.config, data_path)
     dataset = predictor.rebuild_dataset(candles)
+    started = time.perf_counter()
     prob_up = np.asarray(predictor.predict_split(dataset, split), dtype=np.float64)
+    log_event(_log, "predicted", split=split, rows=prob_up.size, seconds=_since(started))
 
     frame = candles.frame
     open_ = frame["open"].to_numpy(np.float64)
@@ -132,6 +135,7 @@ def evaluate_checkpoint(
     rows = dataset.rows(split)
     train_rows = dataset.rows("train")
     horizon = int(manifest.horizon)
+    started = time.perf_counter()
     baselines = predict_baselines(
         train_labels=dataset.labels("train"),
         train_feats_NxF=dataset.feats_TxF[train_rows],
@@ -141,6 +145,8 @@ def evaluate_checkpoint(
         horizon=horizon,
         seed=seed,
     )
+    log_event(_log, "baselines_fit", seconds=_since(started))
+    started = time.perf_counter()
     interval_s = float(candles.interval.total_seconds())
     ppy, basis = annualization(interval_s, ts_ns[rows])
     settings = EvalSettings(
@@ -171,6 +177,7 @@ def evaluate_checkpoint(
     )
     doc = summarize(table, settings)
     doc["verdict"] = verdict(doc)
+    log_event(_log, "summarized", seconds=_since(started))
     version_dir = Path(predictor.version_dir)
     doc["source"] = {
         "label": f"{manifest.arch} v{manifest.version}",
@@ -204,3 +211,7 @@ def evaluate_checkpoint(
         sharpe=doc["backtest"]["sharpe"],
     )
     return Evaluation(doc=doc, rows=table, training_records=records, attention=attention)
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 3)
