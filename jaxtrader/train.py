@@ -48,6 +48,10 @@ class BatchSource(Protocol):
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]: ...
 
+    def labels(self, split: str) -> np.ndarray: ...
+
+    def num_batches(self, split: str, batch_size: int) -> int: ...
+
 
 class TrainState(train_state.TrainState):  # type: ignore[misc]
     """Flax TrainState plus the loss's class weights and the learning-rate schedule (for logs)."""
@@ -228,20 +232,15 @@ def evaluate(
     }
 
 
-def label_counts(dataset: BatchSource, split: str, batch_size: int) -> np.ndarray:
-    """(down, up) counts of the labeled windows of `split`, read through the eval batches."""
-    counts = np.zeros(2, np.int64)
-    for batch in dataset.eval_batches(split, batch_size):
-        labels = np.asarray(batch["label"])
-        mask = np.asarray(batch["mask"], bool) if "mask" in batch else np.ones(labels.shape, bool)
-        counts += np.bincount(labels[mask].astype(np.int64), minlength=2)[:2]
-    return counts
+def label_counts(dataset: BatchSource, split: str) -> np.ndarray:
+    """(down, up) counts of the labeled prediction points of `split`."""
+    labels = np.asarray(dataset.labels(split)).astype(np.int64)
+    return np.bincount(labels[labels >= 0], minlength=2)[:2]
 
 
 def steps_per_epoch(dataset: BatchSource, batch_size: int) -> int:
     """Full training batches per epoch (the last partial batch is dropped to keep shapes fixed)."""
-    n = int(label_counts(dataset, "train", max(batch_size, 512)).sum())
-    return max(n // batch_size, 1)
+    return max(dataset.num_batches("train", batch_size), 1)
 
 
 @dataclass
@@ -311,10 +310,10 @@ def fit(
     """
     deadline = Deadline(None if cfg.max_minutes is None else cfg.max_minutes * 60.0)
     shuffle_key, dropout_key = jax.random.split(key)
-    counts = label_counts(dataset, "train", cfg.eval_batch_size)
+    counts = label_counts(dataset, "train")
     if cfg.class_weights:
         state = state.replace(class_weights=jnp.asarray(class_weights_from_counts(counts)))
-    n_steps = max(int(counts.sum()) // cfg.batch_size, 1)
+    n_steps = steps_per_epoch(dataset, cfg.batch_size)
     log_event(
         logger,
         "fit_start",

@@ -70,6 +70,12 @@ class ArrayDataset:
             rows = order[start : start + batch_size]
             yield {k: v[rows] for k, v in data.items()}
 
+    def labels(self, split: str) -> np.ndarray:
+        return self.splits[split]["label"]
+
+    def num_batches(self, split: str, batch_size: int) -> int:
+        return len(self.splits[split]["label"]) // batch_size
+
     def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         data = self.splits[split]
         n = len(data["label"])

@@ -1,0 +1,196 @@
+"""Training benchmark: ms/step, samples/s, first-step compile time (cold and cached), peak RSS.
+
+Each measurement runs in a fresh subprocess (so compile and RSS figures are honest), variants are
+alternated across rounds because the machine is shared, and medians are printed.
+
+    python scripts/bench_train.py                       # both archs, batch 64 and 128, 3 rounds
+    python scripts/bench_train.py --arch lstm --variants --batch 64 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+SEQ_LEN = 100
+
+
+def child(args: argparse.Namespace) -> None:
+    """One measurement in this process; prints one JSON line."""
+    import resource
+
+    t0 = time.perf_counter()
+    from jaxtrader.train import enable_compilation_cache
+
+    if args.cache_dir:
+        enable_compilation_cache(args.cache_dir)
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from jaxtrader.config import TrainConfig
+    from jaxtrader.models import build_model, with_defaults
+    from jaxtrader.models.lstm import LSTMClassifier
+    from jaxtrader.train import create_train_state, train_step
+
+    cfg = TrainConfig(batch_size=args.batch)
+    mcfg = with_defaults(args.arch)
+    if args.variant == "dropout0":
+        mcfg = dataclasses.replace(mcfg, dropout=0.0)
+    model = build_model(mcfg)
+    if args.variant == "optimized_cell":
+        model = LSTMClassifier(
+            hidden=mcfg.hidden,
+            num_layers=mcfg.num_layers,
+            dropout=mcfg.dropout,
+            precompute_input=False,
+        )
+    rng = np.random.default_rng(0)
+    batches = [
+        {
+            "seq": rng.normal(size=(args.batch, SEQ_LEN, 5)).astype(np.float32),
+            "feats": rng.normal(size=(args.batch, 86)).astype(np.float32),
+            "label": rng.integers(0, 2, args.batch).astype(np.int32),
+        }
+        for _ in range(4)
+    ]
+    t_init = time.perf_counter()
+    state = create_train_state(model, cfg, jax.random.key(0), batches[0], 10_000)
+    jax.block_until_ready(state.params)
+    init_s = time.perf_counter() - t_init
+    key = jax.random.key(1)
+    t_first = time.perf_counter()
+    state, metrics = train_step(state, batches[0], key)
+    jax.block_until_ready(metrics)
+    first_s = time.perf_counter() - t_first
+    for i in range(3):  # warm-up
+        state, metrics = train_step(state, batches[i % 4], key)
+    jax.block_until_ready(metrics)
+    windows = []
+    for _ in range(args.windows):
+        t = time.perf_counter()
+        for i in range(args.steps):
+            state, metrics = train_step(state, batches[i % 4], key)
+        jax.block_until_ready(metrics)
+        windows.append((time.perf_counter() - t) / args.steps)
+    step_s = statistics.median(windows)
+    print(
+        json.dumps(
+            {
+                "arch": args.arch,
+                "variant": args.variant,
+                "batch": args.batch,
+                "ms_per_step": step_s * 1000,
+                "samples_per_s": args.batch / step_s,
+                "init_s": init_s,
+                "first_step_s": first_s,
+                "process_s": time.perf_counter() - t0,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
+
+
+def run_child(arch: str, variant: str, batch: int, cache_dir: str, a: argparse.Namespace) -> Any:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--arch",
+        arch,
+        "--variant",
+        variant,
+        "--batch",
+        str(batch),
+        "--steps",
+        str(a.steps),
+        "--windows",
+        str(a.windows),
+        "--cache-dir",
+        cache_dir,
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--arch", choices=["lstm", "transformer", "both"], default="both")
+    p.add_argument("--variant", default="default", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="also LSTM without the precomputed projection, Transformer without dropout",
+    )
+    p.add_argument("--batch", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    p.add_argument("--windows", type=int, default=3, help="timed windows per process (median)")
+    p.add_argument("--rounds", type=int, default=3, help="processes per configuration")
+    p.add_argument("--cache-dir", default="")
+    a = p.parse_args()
+    if a.child:
+        a.batch = a.batch[0]
+        child(a)
+        return
+    archs = ["lstm", "transformer"] if a.arch == "both" else [a.arch]
+    configs = []
+    for arch in archs:
+        variants = ["default"]
+        if a.variants:
+            variants.append("optimized_cell" if arch == "lstm" else "dropout0")
+        configs += [(arch, v, b) for v in variants for b in a.batch]
+    results: dict[tuple[str, str, int], list[Any]] = {c: [] for c in configs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):
+            for arch, variant, batch in configs:  # alternated: the machine is shared
+                cache = os.path.join(tmp, f"{arch}-{variant}-{batch}")
+                # Round 0 compiles cold into an empty cache; later rounds reuse it.
+                res = run_child(arch, variant, batch, cache, a)
+                res["cold"] = r == 0
+                results[(arch, variant, batch)].append(res)
+                print(
+                    f"# round {r} {arch}/{variant}/b{batch}: {res['ms_per_step']:.1f} ms/step",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    print(
+        f"medians over {a.rounds} processes x {a.windows} windows of {a.steps} steps; "
+        f"input (B, {SEQ_LEN}, 5) + (B, 86); jax {_jax_version()}"
+    )
+    print(
+        "| arch | variant | batch | ms/step | samples/s | first step cold | first step cached "
+        "| init cached | peak RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (arch, variant, batch), rs in results.items():
+        warm = [x for x in rs if not x["cold"]] or rs
+        cold = [x for x in rs if x["cold"]]
+
+        def med(key: str, rows: list[Any]) -> float:
+            return statistics.median(x[key] for x in rows)
+
+        print(
+            f"| {arch} | {variant} | {batch} | {med('ms_per_step', rs):.1f} "
+            f"| {med('samples_per_s', rs):.0f} | {med('first_step_s', cold):.2f} s "
+            f"| {med('first_step_s', warm):.2f} s | {med('init_s', warm):.2f} s "
+            f"| {max(x['peak_rss_mb'] for x in rs):.0f} |"
+        )
+
+
+def _jax_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("jax")
+
+
+if __name__ == "__main__":
+    main()
