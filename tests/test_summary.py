@@ -163,3 +163,15 @@ def test_verdict_states_significance_and_costs_plainly(tmp_path: Path) -> None:
     assert any("includes 0" in line for line in s.verdict(doc))
     doc["baselines"]["logistic"]["accuracy"] = 0.99
     assert any("logistic baseline is at least as accurate" in line for line in s.verdict(doc))
+
+
+def test_gross_backtest_differs_from_net_only_by_costs(tmp_path: Path) -> None:
+    table, settings = make_table(tmp_path)
+    doc = s.summarize(table, settings)
+    gross, net = doc["backtest_gross"], doc["backtest"]
+    assert gross["fees_paid"] == 0.0
+    assert gross["trades"] == net["trades"] and gross["exposure"] == net["exposure"]
+    assert gross["total_return"] > net["total_return"]
+    free = s.summarize(table, s.EvalSettings.from_dict({**settings.to_dict(), "fee_bps": 0.0,
+                                                       "slippage_bps": 0.0}))  # fmt: skip
+    assert free["backtest"]["total_return"] == pytest.approx(gross["total_return"], rel=1e-12)

@@ -86,8 +86,8 @@ def _tables(doc: dict[str, Any], markdown: bool) -> list[str]:
     ]
     bh = doc["buy_and_hold"]
     extra = doc.get("baseline_backtests", {})
-    bt_names = ["strategy", "buy_and_hold", *(f"{k} rule" for k in extra)]
-    bt_sources = [doc["backtest"], bh, *extra.values()]
+    bt_names = ["strategy", "before costs", "buy_and_hold", *(f"{k} rule" for k in extra)]
+    bt_sources = [doc["backtest"], doc.get("backtest_gross", {}), bh, *extra.values()]
     lines += _rows(
         ["backtest", *bt_names],
         [

@@ -186,8 +186,8 @@ def summarize(rows: EvalRows, settings: EvalSettings) -> dict[str, Any]:
     ppy = settings.periods_per_year
     span = span_periods(rows.timestamp_ns, settings.interval_seconds)
 
-    def run(position: np.ndarray) -> tuple[bt.BacktestSeries, dict[str, Any]]:
-        series = bt.simulate(position, rows.asset_return, settings.cost_rate)
+    def run(position: np.ndarray, cost: float = settings.cost_rate) -> tuple[Any, dict[str, Any]]:
+        series = bt.simulate(position, rows.asset_return, cost)
         return series, bt.performance(series, ppy, span)
 
     strategy, strategy_perf = run(rows.position)
@@ -224,6 +224,8 @@ def summarize(rows: EvalRows, settings: EvalSettings) -> dict[str, Any]:
             "reliability": reliability,
         },
         "backtest": strategy_perf,
+        # The same positions without fees or slippage: how much of the result the costs explain.
+        "backtest_gross": run(rows.position, 0.0)[1],
         "buy_and_hold": hold_perf,
         "baseline_backtests": baseline_backtests,
         "annualization": {
