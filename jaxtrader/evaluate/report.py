@@ -218,7 +218,7 @@ def plot_confusion(cm: list[list[int]], path: Path, title: str = "") -> Path:
     plt = _pyplot()
     m = np.asarray(cm, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    ax.imshow(m, cmap="Blues")
+    ax.imshow(m, cmap="Blues", vmin=0.0, vmax=max(m.max(), 1.0))  # shade by count from zero
     total = m.sum()
     for i in range(2):
         for j in range(2):
