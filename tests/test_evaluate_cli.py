@@ -28,32 +28,37 @@ from jaxtrader.evaluate.significance import (
     wilson_interval,
 )
 
-TINY = {
-    "data.synth_rows": 3000,
-    "dataset.seq_len": 50,
-    "model.arch": "lstm",
-    "model.num_layers": 1,
-    "model.hidden": 8,
-    "train.epochs": 1,
-    "train.batch_size": 64,
-}
+TINY_TOML = """
+[data]
+synth_rows = 3000
+[dataset]
+seq_len = 50
+[model]
+num_layers = 1
+hidden = 8
+[train]
+epochs = 1
+batch_size = 64
+"""
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny LSTM trained on a synthetic candle FILE (so the manifest records a path and hash)."""
-    from jaxtrader.cli.train_cmds import run_training
-    from jaxtrader.config import AppConfig, with_overrides
+    """A tiny LSTM trained by `jaxtrader train` on a synthetic candle FILE (so the manifest
+    records a path and a hash)."""
+    from jaxtrader.checkpoint import resolve_version
+    from jaxtrader.cli import main
     from jaxtrader.data import synth_candles, write_candles
 
     root = tmp_path_factory.mktemp("evalcli")
-    candles = synth_candles(3000, seed=1)
-    data = write_candles(candles.frame, root / "candles.csv")
-    cfg = with_overrides(
-        AppConfig(), {**TINY, "data.path": str(data), "train.ckpt_dir": str(root / "ckpt")}
-    )
-    run = run_training(cfg)
-    return {"root": root, "data": data, "version_dir": Path(run.summary["path"])}
+    data = write_candles(synth_candles(3000, seed=1).frame, root / "candles.csv")
+    config = root / "tiny.toml"
+    config.write_text(TINY_TOML)
+    ckpt = root / "ckpt"
+    main(["--config", str(config), "train", "--arch", "lstm", "--data", str(data),
+          "--ckpt-dir", str(ckpt)])  # fmt: skip
+    version_dir = resolve_version(ckpt, arch="lstm", version="latest")
+    return {"root": root, "data": data, "version_dir": version_dir}
 
 
 @pytest.fixture(scope="module")
