@@ -154,15 +154,29 @@ def test_sharpe_ci_and_period_are_reported(tmp_path: Path) -> None:
 def test_verdict_states_significance_and_costs_plainly(tmp_path: Path) -> None:
     table, settings = make_table(tmp_path)
     doc = s.summarize(table, settings)
-    doc["significance"]["p_value_vs_majority"] = 0.2
+    doc["significance"]["p_value_vs_best_constant"] = 0.2
     lines = s.verdict(doc)
-    assert "NOT significantly better" in lines[0] and "p = 0.2" in lines[0]
-    doc["significance"]["p_value_vs_majority"] = 0.001
-    assert "beats the training-majority baseline" in s.verdict(doc)[0]
+    assert "NOT significantly better than the stronger of a coin" in lines[0]
+    assert "p = 0.2" in lines[0]
+    doc["significance"]["p_value_vs_best_constant"] = 0.001
+    assert "beats both a coin (0.5) and the training-majority" in s.verdict(doc)[0]
     doc["significance"]["sharpe_ci95"].update(lo=-1.0, hi=2.0)
-    assert any("includes 0" in line for line in s.verdict(doc))
+    doc["significance"]["sharpe_gross_ci95"].update(lo=-0.5, hi=3.0)
+    joined = "\n".join(s.verdict(doc))
+    assert "net Sharpe has a 95% interval [-1.00, 2.00] that includes 0" in joined
+    assert "Sharpe before costs has a 95% interval [-0.50, 3.00]" in joined
     doc["baselines"]["logistic"]["accuracy"] = 0.99
     assert any("logistic baseline is at least as accurate" in line for line in s.verdict(doc))
+
+
+def test_a_majority_below_one_half_is_not_the_bar() -> None:
+    from jaxtrader.evaluate.significance import accuracy_significance
+
+    # The training majority (up) is the minority in the evaluated split: majority scores 0.47.
+    out = accuracy_significance(0.52, n=3000, horizon=5, majority_accuracy=0.47)
+    assert out["p_value_vs_majority"] < 0.05  # a weak bar...
+    assert out["p_value_vs_chance"] > 0.05  # ...that a coin already clears
+    assert out["p_value_vs_best_constant"] == out["p_value_vs_chance"]
 
 
 def test_gross_backtest_differs_from_net_only_by_costs(tmp_path: Path) -> None:

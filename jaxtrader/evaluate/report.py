@@ -79,9 +79,9 @@ def _tables(doc: dict[str, Any], markdown: bool) -> list[str]:
     lines += [
         "",
         f"accuracy {cls['accuracy']:.4f}, 95% CI [{lo:.4f}, {hi:.4f}] on effective n "
-        f"{sig['effective_n']} (= {doc['n']} rows / horizon {sig['horizon']}); one-sided p-value vs "
-        f"the training-majority baseline ({sig['majority_accuracy']:.4f}): "
-        f"{sig['p_value_vs_majority']:.4g}",
+        f"{sig['effective_n']} (= {doc['n']} rows / horizon {sig['horizon']}); one-sided p-values: "
+        f"vs the training-majority baseline ({sig['majority_accuracy']:.4f}) "
+        f"{sig['p_value_vs_majority']:.4g}, vs a coin (0.5) {sig['p_value_vs_chance']:.4g}",
         "",
     ]
     bh = doc["buy_and_hold"]
@@ -97,13 +97,16 @@ def _tables(doc: dict[str, Any], markdown: bool) -> list[str]:
         markdown,
     )
     ci = sig["sharpe_ci95"]
+    gci = sig.get("sharpe_gross_ci95", {})
     ann = doc["annualization"]
     st = doc["settings"]
     lines += [
         "",
         f"Sharpe {doc['backtest']['sharpe']:.3f}, 95% {ci['method']} CI "
         f"[{_fmt(ci['lo'])}, {_fmt(ci['hi'])}] (mean block {ci['mean_block_length']}, "
-        f"{ci['samples']} resamples, seed {ci['seed']}); annualized with "
+        f"{ci['samples']} resamples, seed {ci['seed']}); before costs "
+        f"{_fmt(doc.get('backtest_gross', {}).get('sharpe'))}, CI [{_fmt(gci.get('lo'))}, "
+        f"{_fmt(gci.get('hi'))}]; annualized with "
         f"{ann['periods_per_year']:g} periods/year (sqrt {ann['sqrt_factor']:.2f}, "
         f"{ann['basis']}); fees {st['fee_bps']:g} bps + slippage {st['slippage_bps']:g} bps per "
         f"side, threshold {st['threshold']}, {'long-short' if st['long_short'] else 'long-only'}",

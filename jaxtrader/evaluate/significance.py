@@ -118,12 +118,19 @@ def sharpe_bootstrap_ci(
 def accuracy_significance(
     accuracy: float, n: int, horizon: int, majority_accuracy: float
 ) -> dict[str, Any]:
-    """Wilson 95% CI (on the effective n, plus the naive one on n) and the p-value vs majority."""
+    """Wilson 95% CI (on the effective n, plus the naive one on n) and one-sided p-values.
+
+    The majority baseline can score below 0.5 when the evaluated split's balance flips from the
+    training split's, which makes "better than majority" a weak bar; `p_value_vs_chance` (0.5) and
+    `p_value_vs_best_constant` (the higher of the two) are reported beside it.
+    """
     n_eff = effective_n(n, horizon)
     return {
         "accuracy_ci95": list(wilson_interval(accuracy, n_eff)),
         "accuracy_ci95_naive": list(wilson_interval(accuracy, n)),
         "p_value_vs_majority": binomial_p_value(accuracy, n_eff, majority_accuracy),
+        "p_value_vs_chance": binomial_p_value(accuracy, n_eff, 0.5),
+        "p_value_vs_best_constant": binomial_p_value(accuracy, n_eff, max(0.5, majority_accuracy)),
         "majority_accuracy": majority_accuracy,
         "effective_n": n_eff,
         "n": n,

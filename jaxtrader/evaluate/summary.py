@@ -192,13 +192,15 @@ def summarize(rows: EvalRows, settings: EvalSettings) -> dict[str, Any]:
 
     strategy, strategy_perf = run(rows.position)
     _, hold_perf = run(np.ones(n))
-    significance["sharpe_ci95"] = sharpe_bootstrap_ci(
-        strategy.strategy_return,
-        ppy,
-        horizon=settings.horizon,
-        num_samples=settings.bootstrap_samples,
-        seed=settings.seed,
-    )
+    gross, gross_perf = run(rows.position, 0.0)
+    for key, series in (("sharpe_ci95", strategy), ("sharpe_gross_ci95", gross)):
+        significance[key] = sharpe_bootstrap_ci(
+            series.strategy_return,
+            ppy,
+            horizon=settings.horizon,
+            num_samples=settings.bootstrap_samples,
+            seed=settings.seed,
+        )
     baseline_backtests = {
         "momentum": run(rows.momentum_pred.astype(np.float64))[1],
         "logistic": run(
@@ -225,7 +227,7 @@ def summarize(rows: EvalRows, settings: EvalSettings) -> dict[str, Any]:
         },
         "backtest": strategy_perf,
         # The same positions without fees or slippage: how much of the result the costs explain.
-        "backtest_gross": run(rows.position, 0.0)[1],
+        "backtest_gross": gross_perf,
         "buy_and_hold": hold_perf,
         "baseline_backtests": baseline_backtests,
         "annualization": {
@@ -239,17 +241,21 @@ def summarize(rows: EvalRows, settings: EvalSettings) -> dict[str, Any]:
 
 
 def verdict(doc: dict[str, Any], alpha: float = 0.05) -> list[str]:
-    """Plain-language conclusions drawn only from the numbers in `doc` (no new computation)."""
+    """Plain-language conclusions drawn only from the numbers in `doc` (no new computation).
+
+    Accuracy is judged against the stronger of a coin (0.5) and the training-majority baseline.
+    """
     cls, sig, base = doc["classification"], doc["significance"], doc["baselines"]
-    acc, p = cls["accuracy"], sig["p_value_vs_majority"]
-    maj = base["majority"]["accuracy"]
+    acc, maj = cls["accuracy"], base["majority"]["accuracy"]
+    p = sig["p_value_vs_best_constant"]
+    bar = f"a coin (0.5) and the training-majority baseline ({maj:.4f})"
     lines = [
         (
-            f"accuracy {acc:.4f} beats the training-majority baseline ({maj:.4f}) at the "
-            f"{1 - alpha:.0%} level (p = {p:.3g}, effective n {sig['effective_n']})"
+            f"accuracy {acc:.4f} beats both {bar} at the {1 - alpha:.0%} level "
+            f"(p = {p:.3g}, effective n {sig['effective_n']})"
             if p < alpha
-            else f"accuracy {acc:.4f} is NOT significantly better than the training-majority "
-            f"baseline ({maj:.4f}): p = {p:.3g} on effective n {sig['effective_n']}"
+            else f"accuracy {acc:.4f} is NOT significantly better than the stronger of {bar}: "
+            f"p = {p:.3g} on effective n {sig['effective_n']}"
         )
     ]
     best_name, best = max(
@@ -257,13 +263,14 @@ def verdict(doc: dict[str, Any], alpha: float = 0.05) -> list[str]:
     )
     if best["accuracy"] >= acc:
         lines.append(f"the {best_name} baseline is at least as accurate ({best['accuracy']:.4f})")
+    for key, label in (("sharpe_ci95", "net Sharpe"), ("sharpe_gross_ci95", "Sharpe before costs")):
+        ci = sig.get(key)
+        if ci and ci["lo"] is not None and ci["lo"] <= 0 <= ci["hi"]:
+            lines.append(
+                f"{label} has a 95% interval [{ci['lo']:.2f}, {ci['hi']:.2f}] that includes 0: "
+                "no evidence of a positive risk-adjusted return"
+            )
     s_model, s_hold = doc["backtest"]["sharpe"], doc["buy_and_hold"]["sharpe"]
-    ci = sig["sharpe_ci95"]
-    if ci["lo"] is not None and ci["lo"] <= 0 <= ci["hi"]:
-        lines.append(
-            f"net Sharpe {s_model:.2f} has a 95% interval [{ci['lo']:.2f}, {ci['hi']:.2f}] that "
-            "includes 0: no evidence of a positive risk-adjusted return after costs"
-        )
     lines.append(
         f"net Sharpe {s_model:.2f} vs buy-and-hold {s_hold:.2f} "
         f"({'better' if s_model > s_hold else 'worse'})"
