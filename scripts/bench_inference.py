@@ -100,6 +100,17 @@ def write_untrained_checkpoint(root: Path, arch: str, candles: Any) -> Path:
     return vdir
 
 
+def checkpoints_for(
+    archs: list[str], ckpt_dir: str | None, tmp: Path, candles: Any
+) -> dict[str, Path]:
+    """Per arch: the best version under `ckpt_dir`, else an untrained default written to `tmp`."""
+    from jaxtrader.checkpoint import resolve_version
+
+    if ckpt_dir:
+        return {a: resolve_version(ckpt_dir, None, a, "best") for a in archs}
+    return {a: write_untrained_checkpoint(tmp, a, candles) for a in archs}
+
+
 def bench_load(ctx: Context) -> list[Timing]:
     """Predictor.load: first load in this process (includes the batch-1 compile), then repeats."""
     from jaxtrader.inference import Predictor
@@ -149,7 +160,6 @@ def main() -> None:
     parser.add_argument("--ckpt-dir", type=str, default=None)
     args = parser.parse_args()
 
-    from jaxtrader.checkpoint import resolve_version
     from jaxtrader.data import synth_candles
     from jaxtrader.models import ARCHS
     from jaxtrader.train import enable_compilation_cache
@@ -158,10 +168,7 @@ def main() -> None:
     archs = args.arch or sorted(ARCHS)
     candles = synth_candles()
     with tempfile.TemporaryDirectory() as tmp:
-        if args.ckpt_dir:
-            dirs = {a: resolve_version(args.ckpt_dir, None, a, "best") for a in archs}
-        else:
-            dirs = {a: write_untrained_checkpoint(Path(tmp), a, candles) for a in archs}
+        dirs = checkpoints_for(archs, args.ckpt_dir, Path(tmp), candles)
         ctx = Context(iters=args.iters, loads=args.loads, candles=candles, version_dirs=dirs)
         for bench in BENCHES:
             for timing in bench(ctx):
