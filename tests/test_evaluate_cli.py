@@ -93,9 +93,10 @@ def test_json_has_every_documented_field(evaluated: dict[str, Any]) -> None:
     assert cls_keys <= doc["classification"].keys()
     for name in ("random", "majority", "always_long", "momentum", "logistic"):
         assert cls_keys <= doc["baselines"][name].keys(), name
-    assert {"accuracy_ci95", "p_value_vs_majority", "effective_n", "sharpe_ci95"} <= doc[
-        "significance"
-    ].keys()
+    sig_keys = {"accuracy_ci95", "p_value_vs_majority", "p_value_vs_chance", "effective_n",
+                "sharpe_ci95", "sharpe_gross_ci95"}  # fmt: skip
+    assert sig_keys <= doc["significance"].keys()
+    assert doc["backtest_gross"]["fees_paid"] == 0.0
     bt_keys = {"total_return", "cagr", "sharpe", "sortino", "calmar", "max_drawdown", "win_rate",
                "profit_factor", "exposure", "trades", "fees_paid"}  # fmt: skip
     assert bt_keys <= doc["backtest"].keys() and bt_keys <= doc["buy_and_hold"].keys()
@@ -131,6 +132,9 @@ def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[s
         binomial_p_value(cls["accuracy"], n_eff, majority_acc),
         doc["significance"]["p_value_vs_majority"],
     )
+    assert _near(
+        binomial_p_value(cls["accuracy"], n_eff, 0.5), doc["significance"]["p_value_vs_chance"]
+    )
     assert _near(majority_acc, doc["baselines"]["majority"]["accuracy"])
     assert _near(float(np.mean(y == 1)), doc["baselines"]["always_long"]["accuracy"])
     mom = classification_metrics(y, df["momentum_pred"].to_numpy())
@@ -156,6 +160,10 @@ def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[s
         assert _near(perf[key], value), key
     for key, value in doc["buy_and_hold"].items():
         assert _near(hold[key], value), key
+    gross = bt.performance(bt.simulate(pos, df["asset_return"].to_numpy(), 0.0),
+                           st["periods_per_year"], span)  # fmt: skip
+    for key, value in doc["backtest_gross"].items():
+        assert _near(gross[key], value), key
     ci = doc["significance"]["sharpe_ci95"]
     again = sharpe_bootstrap_ci(
         df["strategy_return"].to_numpy(),
