@@ -167,6 +167,14 @@ def test_verdict_states_significance_and_costs_plainly(tmp_path: Path) -> None:
     assert "Sharpe before costs has a 95% interval [-0.50, 3.00]" in joined
     doc["baselines"]["logistic"]["accuracy"] = 0.99
     assert any("logistic baseline is at least as accurate" in line for line in s.verdict(doc))
+    doc["significance"]["sharpe_gross_ci95"].update(lo=0.2, hi=3.0)
+    doc["backtest_gross"]["sharpe"], doc["backtest"]["sharpe"] = 1.5, -2.0
+    doc["backtest"].update(trades=100, fees_paid=0.25)
+    assert any(
+        "before costs the signal has a Sharpe of 1.50" in line
+        and "100 trades paid 25.0% of the starting equity" in line
+        for line in s.verdict(doc)
+    )
 
 
 def test_a_majority_below_one_half_is_not_the_bar() -> None:

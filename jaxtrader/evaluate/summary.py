@@ -270,7 +270,21 @@ def verdict(doc: dict[str, Any], alpha: float = 0.05) -> list[str]:
                 f"{label} has a 95% interval [{ci['lo']:.2f}, {ci['hi']:.2f}] that includes 0: "
                 "no evidence of a positive risk-adjusted return"
             )
-    s_model, s_hold = doc["backtest"]["sharpe"], doc["buy_and_hold"]["sharpe"]
+    net, gross = doc["backtest"], doc.get("backtest_gross")
+    gci = sig.get("sharpe_gross_ci95")
+    if (
+        gross
+        and gci
+        and gci["lo"] is not None
+        and gci["lo"] > 0
+        and net["sharpe"] < gross["sharpe"]
+    ):
+        lines.append(
+            f"before costs the signal has a Sharpe of {gross['sharpe']:.2f} (95% interval "
+            f"[{gci['lo']:.2f}, {gci['hi']:.2f}]), but {net['trades']} trades paid "
+            f"{net['fees_paid']:.1%} of the starting equity in costs, leaving {net['sharpe']:.2f}"
+        )
+    s_model, s_hold = net["sharpe"], doc["buy_and_hold"]["sharpe"]
     lines.append(
         f"net Sharpe {s_model:.2f} vs buy-and-hold {s_hold:.2f} "
         f"({'better' if s_model > s_hold else 'worse'})"
