@@ -86,3 +86,20 @@ def test_logistic_is_fit_on_train_only_and_finds_a_real_signal() -> None:
     except ImportError:
         assert preds.lightgbm_prob is None
         assert any("lightgbm skipped" in n for n in preds.notes)
+
+
+def test_lightgbm_baseline_when_installed() -> None:
+    pytest.importorskip("lightgbm", reason="the optional `gbm` extra is not installed")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 4))
+    y = (x[:, 0] * x[:, 1] > 0).astype(int)  # an interaction a linear model cannot see
+    preds = b.predict_baselines(
+        train_labels=y[:1000],
+        train_feats_NxF=x[:1000],
+        eval_feats_NxF=x[1000:],
+        close=np.linspace(1, 2, 1500),
+        eval_rows=np.arange(1000, 1500),
+        horizon=5,
+    )
+    assert preds.lightgbm_prob is not None
+    assert np.mean((preds.lightgbm_prob > 0.5) == y[1000:]) > 0.8

@@ -187,12 +187,14 @@ def plot_equity(rows: EvalRows, cost_rate: float, path: Path, title: str = "") -
 
     t = pd.to_datetime(rows.timestamp_ns, utc=True)
     hold = bt.simulate(np.ones(len(rows)), rows.asset_return, cost_rate).equity
+    gross = bt.simulate(rows.position, rows.asset_return, 0.0).equity
     fig, (ax, ax_dd) = plt.subplots(
         2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     ax.plot(t, rows.equity, label="strategy (net of costs)", lw=1.2)
-    ax.plot(t, hold, label="buy and hold", lw=1.0, alpha=0.8)
-    both = np.concatenate([rows.equity, hold])
+    ax.plot(t, gross, label="strategy before costs", lw=0.8, ls="--", color="tab:blue", alpha=0.6)
+    ax.plot(t, hold, label="buy and hold", lw=1.0, alpha=0.8, color="tab:orange")
+    both = np.concatenate([rows.equity, hold, gross])
     positive = both[both > 0]
     # Log scale only when growth spans a wide range; plain numbers read better otherwise.
     if positive.size and positive.max() / positive.min() > 4:
