@@ -88,8 +88,10 @@ def _strategy_options(fn: Any) -> Any:
     help="Replay pace: as fast as possible, or one candle per interval.",
 )
 @_strategy_options
-@click.option("--start", type=str, default=None, help="Replay start (default: the test split).")
-@click.option("--end", type=str, default=None, help="Replay end (default: the test split).")
+@click.option(
+    "--start", type=str, default=None, help="Replay start, UTC (default: the test split's)."
+)
+@click.option("--end", type=str, default=None, help="Replay end, UTC (default: the test split's).")
 @click.option(
     "--new-strategy",
     is_flag=True,
@@ -172,12 +174,12 @@ def trade(
     stop = threading.Event()
     feed: Feed
     if kind == "replay":
-        if start_ts is None and end_ts is None:
-            test = manifest.splits["test"]
-            start_ts, end_ts = (
-                _timestamp(test["start"], "test start"),
-                _timestamp(test["end"], "test end"),
-            )
+        # Each bound not given comes from the checkpoint's test split.
+        test = manifest.splits["test"]
+        if start_ts is None:
+            start_ts = _timestamp(test["start"], "test start")
+        if end_ts is None:
+            end_ts = _timestamp(test["end"], "test end")
         feed = ReplayFeed(
             target,
             interval=format_interval(interval),
