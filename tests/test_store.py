@@ -92,3 +92,24 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not sqlite at all, just text" * 100)
     with pytest.raises(RiskError, match="not a usable SQLite database"):
         Store(bad)
+
+
+def test_one_live_runner_per_strategy_id(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    store = Store(tmp_path / "s.db")
+    store.claim("a")
+    store.claim("a")  # the same process may claim again (a restart in-process)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        store.conn.execute("UPDATE runners SET pid = ? WHERE strategy_id = 'a'", (other.pid,))
+        with pytest.raises(RiskError, match=r"'a' .* is already running \(pid"):
+            store.claim("a")
+        store.claim("b")  # other ids are independent
+    finally:
+        other.kill()
+        other.wait()
+    store.claim("a")  # the holder died (as after SIGKILL): taken over
+    store.release("a")
+    assert [r[0] for r in store.conn.execute("SELECT strategy_id FROM runners")] == ["b"]

@@ -261,6 +261,8 @@ def test_two_strategies_side_by_side_kill_resume_and_sigterm(
     a = spawn(trade_args(setup, db, "A", *span))
     b = spawn(trade_args(setup, db, "B", *b_flags))
     wait_for(db, "A", n // 3, a)
+    err = one_line_error(*run_cli(trade_args(setup, db, "A", *span), capsys)[::2])
+    assert "'A'" in err and "already running" in err  # a second runner of one id is refused
     a.send_signal(signal.SIGKILL)
     a.wait()
     wait_for(db, "B", n // 2, b)

@@ -173,6 +173,7 @@ class TradingManager:
         self.runner = runner or TimeoutRunner()
         self.step_ns = round(cfg.interval_s * 1e9)
         self._model_called = False
+        store.claim(self.sid)  # before register: --new-strategy must not wipe a running strategy
         self.started_fresh = store.register(self.sid, cfg.identity(), model_meta, fresh=fresh)
         self.buffer = CandleBuffer(history)
         loaded = store.load_state(self.sid)
@@ -456,6 +457,7 @@ class TradingManager:
 
     def close(self) -> None:
         self.runner.close()
+        self.store.release(self.sid)
 
 
 def _ohlcv(c: Any) -> tuple[float, float, float, float, float]:

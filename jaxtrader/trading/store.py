@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS risk_events (
   id INTEGER PRIMARY KEY AUTOINCREMENT, strategy_id TEXT NOT NULL, ts TEXT NOT NULL,
   category TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS risk_events_sid ON risk_events (strategy_id, ts);
+CREATE TABLE IF NOT EXISTS runners (
+  strategy_id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, since TEXT NOT NULL);
 """
 TABLES = ("strategies", "state", "candles", "signals", "orders", "fills", "positions", "equity")
 
@@ -60,6 +62,22 @@ TABLES = ("strategies", "state", "candles", "signals", "orders", "fills", "posit
 def stable_hash(obj: Any) -> str:
     """SHA-256 of canonical JSON: equal configs hash equal whatever their key order."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _alive(host: str, pid: int) -> bool:
+    """Whether a runner claim is held by a live process (other hosts are trusted as live)."""
+    import os
+    import socket
+
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _now() -> str:
@@ -179,6 +197,35 @@ class Store:
     def _delete(self, c: sqlite3.Connection, sid: str) -> None:
         for table in (*TABLES, "risk_events"):
             c.execute(f"DELETE FROM {table} WHERE strategy_id = ?", (sid,))
+
+    # -- one runner per strategy id ------------------------------------------------------------
+
+    def claim(self, sid: str) -> None:
+        """Marks this process as the strategy's runner; refuses while another live process on
+        this host holds it (two runners of one id would interleave its candles). A claim left by
+        a killed process is taken over."""
+        import os
+        import socket
+
+        host, pid = socket.gethostname(), os.getpid()
+        with self.transaction() as c:
+            row = c.execute(
+                "SELECT host, pid, since FROM runners WHERE strategy_id = ?", (sid,)
+            ).fetchone()
+            if row is not None and (row[0], row[1]) != (host, pid) and _alive(row[0], row[1]):
+                raise RiskError(
+                    f"strategy '{sid}' in {self.path} is already running (pid {row[1]} on "
+                    f"{row[0]} since {row[2]}); stop it first or use a different --strategy-id"
+                )
+            c.execute(
+                "INSERT OR REPLACE INTO runners VALUES (?, ?, ?, ?)", (sid, host, pid, _now())
+            )
+
+    def release(self, sid: str) -> None:
+        import os
+
+        with self.transaction() as c:
+            c.execute("DELETE FROM runners WHERE strategy_id = ? AND pid = ?", (sid, os.getpid()))
 
     def strategy_ids(self) -> list[str]:
         rows = self.conn.execute("SELECT strategy_id FROM strategies ORDER BY strategy_id")
