@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_inference import Timing, write_untrained_checkpoint
+from bench_inference import Timing, checkpoints_for
 
 
 def bench_decision(version_dir: Path, candles: object, n: int, db: Path) -> list[Timing]:
@@ -102,20 +102,15 @@ def main() -> None:
     parser.add_argument("--ckpt-dir", type=str, default=None)
     args = parser.parse_args()
 
-    from jaxtrader.checkpoint import resolve_version
     from jaxtrader.data import synth_candles
     from jaxtrader.models import ARCHS
     from jaxtrader.train import enable_compilation_cache
 
     enable_compilation_cache()
-    archs = args.arch or sorted(ARCHS)
     candles = synth_candles()
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in archs:
-            if args.ckpt_dir:
-                vdir = resolve_version(args.ckpt_dir, None, arch, "best")
-            else:
-                vdir = write_untrained_checkpoint(Path(tmp), arch, candles)
+        dirs = checkpoints_for(args.arch or sorted(ARCHS), args.ckpt_dir, Path(tmp), candles)
+        for arch, vdir in dirs.items():
             for timing in bench_decision(vdir, candles, args.candles, Path(tmp) / f"{arch}.db"):
                 print(timing.line(), flush=True)
 
