@@ -322,10 +322,10 @@ class TradingManager:
             avg_entry=self.pf.avg_entry,
         )
         events += [("risk", e.kind, e.reason) for e in ev]
-        if decision.action == "clamp":
-            events.append(("risk", "clamp", f"desired {desired} clamped to {decision.target}"))
         new_order = None
         if decision.target != self.target:
+            if decision.action == "clamp":  # an event when it shapes an order, not every candle
+                events.append(("risk", "clamp", f"desired {desired} clamped to {decision.target}"))
             self.pending = Order(self.next_order_id, c.ts, decision.target, decision.reason)
             new_order = self.pending.to_dict()
             self.next_order_id += 1
