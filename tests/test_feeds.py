@@ -190,3 +190,33 @@ def test_stop_during_retry_ends_the_feed() -> None:
                     sleep=lambda s: stop_after_first[0])  # fmt: skip
     assert list(feed.candles(after=None)) == []
     assert feed.retries == 1
+
+
+def test_ccxt_stale_market_is_logged_and_polled_often(caplog: pytest.LogCaptureFixture) -> None:
+    clock = [5 * 3600 + 60.0]
+
+    class Frozen(FakeExchange):
+        """Serves candles only up to 05:00: the exchange stopped updating."""
+
+        def fetch_ohlcv(self, *a: Any, **k: Any) -> Any:
+            saved = self.clock[0]
+            self.clock[0] = min(saved, 5 * 3600 + 60.0)
+            try:
+                return super().fetch_ohlcv(*a, **k)
+            finally:
+                self.clock[0] = saved
+
+    slept: list[float] = []
+
+    def sleep(s: float) -> bool:
+        slept.append(s)
+        clock[0] += s
+        return len(slept) > 70  # about an hour of late polls
+
+    feed = CcxtFeed("fake", "X/Y", H, exchange=Frozen(clock, []), clock=lambda: clock[0],
+                    sleep=sleep)  # fmt: skip
+    got = list(feed.candles(after=pd.Timestamp(3 * 3600, unit="s", tz="UTC")))
+    assert [c.ts.hour for c in got] == [4, 5]  # then nothing new arrives
+    assert slept[:3] == [3542.0, 3600.0, 60.0]  # to each close, then every minute while late
+    assert set(slept[2:]) == {60.0}
+    assert any(r.message == "feed_stale" for r in caplog.records)

@@ -8,6 +8,7 @@ rolling buffer. Both feeds stop promptly when their `stop` event is set.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -21,6 +22,9 @@ import pandas as pd
 from jaxtrader.data import format_interval, load_candles
 from jaxtrader.errors import DataError
 from jaxtrader.fetch import _fetch_page, make_exchange
+from jaxtrader.logs import get_logger, log_event
+
+_log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,11 @@ class _Stopped(Exception):
 class CcxtFeed:
     """Polls closed candles of a public market. The still-forming candle is always dropped.
 
+    After each poll it sleeps until the next candle should have closed; while that candle is late
+    it polls every min(interval / 4, 60 s), and once it is more than a candle overdue it logs
+    `feed_stale`. The manager
+    turns the missing candles into a gap (neutral signal) when they arrive.
+
     Network errors and rate limits (ccxt.NetworkError and its subclasses, TimeoutError,
     ConnectionError) are retried with exponential backoff from the exchange's rate limit, up to
     `max_retries` times a poll (about 17 minutes in all with the default 10 and a 1 s rate limit).
@@ -217,6 +226,15 @@ class CcxtFeed:
                     yield c
             # Sleep until the next candle should have closed, plus a margin for the exchange.
             now = self.clock()
-            next_close = now + step_s if last is None else (last + 2 * self.interval).value / 1e9
-            if self.sleep(max(next_close - now, 0.0) + self.settle_seconds):
+            wait = step_s
+            if last is not None:
+                due = (last + 2 * self.interval).value / 1e9  # close time of the next candle
+                if now < due:
+                    wait = due - now + self.settle_seconds
+                else:  # late: poll a few times a candle, not in a tight loop
+                    wait = max(self.settle_seconds, min(step_s / 4, 60.0))
+                if now > due + step_s:  # more than a candle overdue: the market data is stale
+                    log_event(_log, "feed_stale", logging.WARNING, symbol=self.symbol,
+                              last=last.isoformat(), lag_s=round(now - due))  # fmt: skip
+            if self.sleep(wait):
                 return
