@@ -103,7 +103,7 @@ class FakeExchange:
             rows.append([t, 100.0, 101.0, 99.0, 100.5, 1.0])
             t += 3_600_000
         if limit is not None:
-            rows = rows[-limit:]
+            rows = rows[:limit]  # ccxt: the first `limit` candles from `since`
         return rows
 
 
@@ -135,6 +135,14 @@ def test_ccxt_drops_forming_candle_and_polls_next_close() -> None:
     assert ex.calls[1][2] == 10 * 3_600_000  # polled since the candle after the last one
     assert all(c.ts + H <= pd.Timestamp(clock[0], unit="s", tz="UTC") for c in got)
     assert slept[0] == pytest.approx(3000 + 2.0)  # until 11:00 close plus the settle margin
+
+
+def test_ccxt_warmup_pages_through_a_capped_exchange() -> None:
+    clock = [30 * 3600 + 60.0]  # 06:01 on day 2; 30 closed candles since the epoch
+    feed, ex, _ = _feed(clock, [], page_limit=7)
+    warm = feed.warmup(20)
+    assert [c.ts.value // 3_600_000_000_000 for c in warm] == list(range(10, 30))
+    assert all(call[3] <= 7 for call in ex.calls) and len(ex.calls) >= 3
 
 
 def test_ccxt_retries_network_errors_with_backoff() -> None:

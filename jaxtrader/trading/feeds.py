@@ -150,7 +150,7 @@ class CcxtFeed:
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
         max_retries: int = 10,
-        page_limit: int = 1000,
+        page_limit: int = 500,
         settle_seconds: float = 2.0,
         sleep: Callable[[float], bool] | None = None,
     ) -> None:
@@ -199,12 +199,19 @@ class CcxtFeed:
         return out
 
     def warmup(self, n: int, before: pd.Timestamp | None = None) -> list[Candle]:
+        """The last `n` closed candles, paged by `page_limit` (exchanges cap one response)."""
         step_ms = int(self.interval.total_seconds() * 1000)
         now_ms = int(self.clock() * 1000)
         since = now_ms - now_ms % step_ms - n * step_ms  # n closed candles plus the forming one
-        rows = self._fetch(since, n + 1) or []
-        closed = [c for c in self._closed(rows) if before is None or c.ts < before]
-        return closed[-n:]
+        closed: list[Candle] = []
+        while since < now_ms:
+            rows = self._fetch(since, min(n + 1, self.page_limit))
+            page = [c for c in self._closed(rows or []) if not closed or c.ts > closed[-1].ts]
+            if not page:
+                break
+            closed += page
+            since = int(page[-1].ts.value // 1_000_000) + step_ms
+        return [c for c in closed if before is None or c.ts < before][-n:]
 
     def candles(self, after: pd.Timestamp | None = None) -> Iterator[Candle]:
         last = after
