@@ -263,3 +263,44 @@ def test_warm_up_fills_gaps_like_live_candles(tmp_path: Path, market: pd.DataFra
     rows = m.store.history("s", HISTORY)
     assert [r.filled for r in rows[10:12]] == [True, True]
     assert rows[10].close == rows[11].open == c[9].close
+
+
+def test_live_ccxt_path_with_a_fake_exchange(tmp_path: Path, market: pd.DataFrame) -> None:
+    """run() on a CcxtFeed: warm-up from the exchange, closed candles only, a bad row skipped."""
+    import threading
+
+    from jaxtrader.trading.feeds import CcxtFeed
+
+    frame = market.iloc[: HISTORY + 6]
+    ms = (frame.index.asi8 // 1_000_000).tolist()
+    rows = [[t, *r] for t, r in zip(ms, frame[["open", "high", "low", "close", "volume"]]
+                                     .to_numpy().tolist(), strict=True)]  # fmt: skip
+    rows[HISTORY + 2][4] = None  # a broken close from the exchange
+    clock = [ms[HISTORY] / 1000 + 60]  # candle HISTORY is forming
+
+    class Exchange:
+        rateLimit = 100
+
+        def fetch_ohlcv(self, symbol: str, tf: str, since: int, limit: int) -> list[Any]:
+            return [r for r in rows if since <= r[0] <= clock[0] * 1000][:limit]
+
+    stop = threading.Event()
+
+    def sleep(seconds: float) -> bool:
+        clock[0] += seconds
+        if clock[0] * 1000 > ms[-1] + 3_600_000 * 2:
+            stop.set()
+        return stop.is_set()
+
+    feed = CcxtFeed("fake", "SYNTH/USD", pd.Timedelta("1h"), exchange=Exchange(),
+                    clock=lambda: clock[0], sleep=sleep, stop=stop)  # fmt: skip
+    m = make(tmp_path, input_model)
+    summary = m.run(feed, stop=stop)
+    stored = m.store.rows("candles", "s")
+    assert pd.Timestamp(stored[0]["ts"]) == frame.index[0]  # the whole warm-up, paged
+    assert sum(not r["processed"] for r in stored) == HISTORY + 1  # + the gap-filled one
+    processed = [pd.Timestamp(s["ts"]) for s in m.store.rows("signals", "s")]
+    assert processed == [frame.index[HISTORY + i] for i in (0, 1, 3, 4, 5)]
+    assert summary["bad_candles"] == 1 and summary["candles"] == 5
+    gap = m.store.rows("signals", "s")[2]
+    assert gap["fallback"].startswith("gap")  # the skipped candle is a gap for the model
