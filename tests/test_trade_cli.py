@@ -74,7 +74,7 @@ def test_replay_of_the_test_split_matches_hand_accounting(
     setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = setup["root"] / "ref.db"
-    code, _, err = run_cli(["--log-format", "json", *trade_args(setup, db, "ref")], capsys)
+    code, out, err = run_cli(["--log-format", "json", *trade_args(setup, db, "ref")], capsys)
     assert code == 0, err
     manifest = json.loads((setup["ckpt"] / "manifest.json").read_text())
     test = manifest["splits"]["test"]
@@ -104,6 +104,7 @@ def test_replay_of_the_test_split_matches_hand_accounting(
     equity = store.rows("equity", "ref")
     assert equity[-1]["equity"] == pytest.approx(cash + units * last_close)
     summary = next(e for e in events if e["event"] == "trade_summary")
+    assert json.loads(out)["equity"] == summary["equity"]  # the result document on stdout
     assert summary["fees"] == pytest.approx(sum(f["fee"] for f in fills))
     assert summary["equity"] == pytest.approx(cash + units * last_close)
     assert summary["return"] == pytest.approx((cash + units * last_close) / 1000.0 - 1.0)

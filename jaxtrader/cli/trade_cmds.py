@@ -258,7 +258,11 @@ def trade(
     if stop.is_set():
         log_event(log, "trade_stopped", strategy=strategy_id, last=summary.get("last"))
     log_event(log, "trade_summary", **{k: v for k, v in summary.items() if k != "pending_order"})
-    if state.log_format != "json":
+    if state.log_format == "json":
+        import json
+
+        click.echo(json.dumps(summary, default=str))  # stdout: the result; stderr: the events
+    else:
         click.echo(_table([summary]))
 
 
