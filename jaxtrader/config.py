@@ -67,14 +67,16 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, early stopping and checkpointing."""
 
-    epochs: int = 10
-    batch_size: int = 64
+    # Defaults sized so `jaxtrader train --arch transformer` on the embedded 20,000-candle market
+    # finishes well inside 5 minutes on a 2-core CPU (docs/decisions.md has the measurements).
+    epochs: int = 4
+    batch_size: int = 128
     eval_batch_size: int = 512
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     grad_clip: float = 1.0
-    patience: int = 3
+    patience: int = 2
     class_weights: bool = True
     seed: int = 0
     max_minutes: float | None = None
