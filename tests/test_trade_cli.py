@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -151,6 +152,20 @@ def test_restart_with_other_config_or_model_is_refused(
     assert "different config (changed: risk)" in err and "--new-strategy" in err
     code, _, err = run_cli([*args, "--max-position", "0.5", "--new-strategy"], capsys)
     assert code == 0, err
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        con = sqlite3.connect(str(db))
+        con.execute(
+            "INSERT OR REPLACE INTO runners VALUES ('x', ?, ?, 'now')",
+            (socket.gethostname(), holder.pid),
+        )
+        con.commit()
+        con.close()
+        err = one_line_error(*run_cli([*args, "--max-position", "0.5"], capsys)[::2])
+        assert "'x'" in err and "already running" in err  # a second runner of one id
+    finally:
+        holder.kill()
+        holder.wait()
     # Same command again: resumes after the last candle, nothing is processed twice.
     assert run_cli([*args, "--max-position", "0.5"], capsys)[0] == 0
     assert len(Store(db).rows("signals", "x")) == 4
@@ -235,7 +250,7 @@ def processed(db: Path, sid: str) -> int:
 def wait_for(db: Path, sid: str, n: int, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 120
     while processed(db, sid) < n and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.005)
     assert proc.poll() is None, f"{sid} finished before it could be interrupted: {proc.stderr}"
 
 
@@ -252,18 +267,20 @@ def test_two_strategies_side_by_side_kill_resume_and_sigterm(
     """A and B share one state file in two processes. B's drawdown limit is tiny (it halts);
     A is SIGKILLed mid-run and restarted; B gets SIGTERM and stops cleanly, then resumes. A must
     end identical to the uninterrupted reference run, B unaffected by A and vice versa."""
-    span: list[str] = []  # the default range: the checkpoint's test split
-    ref = setup["root"] / "ref.db"
-    if not ref.exists():
-        assert run_cli(trade_args(setup, ref, "ref"), capsys)[0] == 0
+    # 300 candles (val and test splits): long enough to interrupt reliably on a fast machine.
+    end = pd.Timestamp(
+        json.loads((setup["ckpt"] / "manifest.json").read_text())["splits"]["test"]["end"]
+    )
+    span = ["--start", (end - pd.Timedelta(hours=299)).isoformat(), "--end", end.isoformat()]
+    ref = setup["root"] / "ref300.db"
+    assert run_cli(trade_args(setup, ref, "ref", *span), capsys)[0] == 0
     n = len(final(ref, "ref")[1])
+    assert n == 300
     db = setup["root"] / "shared.db"
     b_flags = [*span, "--daily-drawdown", "0.0005", "--max-position", "0.5"]
     a = spawn(trade_args(setup, db, "A", *span))
     b = spawn(trade_args(setup, db, "B", *b_flags))
     wait_for(db, "A", n // 3, a)
-    err = one_line_error(*run_cli(trade_args(setup, db, "A", *span), capsys)[::2])
-    assert "'A'" in err and "already running" in err  # a second runner of one id is refused
     a.send_signal(signal.SIGKILL)
     a.wait()
     wait_for(db, "B", n // 2, b)
