@@ -32,8 +32,15 @@ def tiny_config(ckpt_dir: Path, arch: str = "lstm") -> AppConfig:
         model=ModelConfig(
             arch=arch, num_layers=1, hidden=8, d_model=16, num_heads=2, ff_dim=32, dropout=0.0
         ),
+        # epochs=500 with patience=1: early stopping after a few epochs; the same schedule as
+        # tests/test_train_cli.py, so both share compiled programs through the persistent cache.
         train=TrainConfig(
-            epochs=2, batch_size=32, eval_batch_size=64, warmup_steps=2, ckpt_dir=str(ckpt_dir)
+            epochs=500,
+            patience=1,
+            batch_size=32,
+            eval_batch_size=64,
+            warmup_steps=2,
+            ckpt_dir=str(ckpt_dir),
         ),
     )
 
