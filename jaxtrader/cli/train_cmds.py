@@ -313,7 +313,7 @@ def train(
         )
         raise SystemExit(INTERRUPTED_EXIT) from None
     except KeyboardInterrupt:
-        click.echo("interrupted before the first epoch finished: nothing saved", err=True)
+        click.echo("interrupted: no complete version was saved", err=True)
         raise SystemExit(INTERRUPTED_EXIT) from None
     _print_summary(state, summary)
 
