@@ -469,12 +469,68 @@ def _pick_step(version_dir: Path, steps: list[int], step: int | None) -> int:
     return step
 
 
+def _leaf_shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{key path as names: shape} of a params pytree (dict keys, attributes or indices)."""
+    import jax
+
+    def name(entry: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {tuple(name(e) for e in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _check_params_layout(version_dir: Path, step: int, target: Any) -> None:
+    """Refuses params saved from a different model definition than the one this code builds.
+
+    The feature hash covers the inputs; this covers the model (a renamed layer or a changed size
+    would otherwise surface as an opaque Orbax structure error). Unreadable metadata is left to
+    the restore, which reports damage.
+    """
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    item = (version_dir / str(step) / "params").absolute()
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        saved = _leaf_shapes(handler.metadata(epath.Path(item)))
+    except Exception:
+        return
+    finally:
+        handler.close()
+    wanted = _leaf_shapes(target)
+    if saved == wanted:
+        return
+
+    def show(keys: list[tuple[str, ...]]) -> str:
+        return ", ".join("/".join(k) for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
+
+    missing = sorted(set(wanted) - set(saved))
+    unexpected = sorted(set(saved) - set(wanted))
+    resized = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+    found = [
+        f"{label} {show(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("resized", resized))
+        if keys
+    ]
+    raise CheckpointError(
+        f"checkpoint {version_dir} holds parameters of a different model than this code builds "
+        f"for its config ({'; '.join(found)}); retrain with `jaxtrader train` or use the "
+        "jaxtrader version that trained it"
+    )
+
+
 def _restore(version_dir: Path, step: int | None, items: dict[str, Any]) -> tuple[Any, int]:
     import orbax.checkpoint as ocp
 
     manager, steps = _open_steps(version_dir)
     try:
         chosen = _pick_step(version_dir, steps, step)
+        if "params" in items:
+            _check_params_layout(version_dir, chosen, items["params"])
         try:
             restored = manager.restore(
                 chosen,
