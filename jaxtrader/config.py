@@ -69,8 +69,8 @@ class TrainConfig:
 
     # Defaults sized so `jaxtrader train --arch transformer` on the embedded 20,000-candle market
     # finishes well inside 5 minutes on a 2-core CPU (docs/decisions.md has the measurements).
-    epochs: int = 4
-    batch_size: int = 128
+    epochs: int = 3
+    batch_size: int = 64
     eval_batch_size: int = 512
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
