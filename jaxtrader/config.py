@@ -71,7 +71,8 @@ class TrainConfig:
     # finishes well inside 5 minutes on a 2-core CPU (docs/decisions.md has the measurements).
     epochs: int = 3
     batch_size: int = 64
-    eval_batch_size: int = 512
+    # 512 added ~400 MB of XLA buffers (Transformer attention) to peak RSS; 128 adds ~80 MB.
+    eval_batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100

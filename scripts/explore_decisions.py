@@ -105,7 +105,7 @@ def main() -> None:
             "best_val_acc": round(result.best_val_acc, 4),
             "val_majority_rate": round(result.val_majority_rate, 4),
             "train_windows_seen": a.steps * a.batch_size * result.epochs_run,
-            "val_windows": int(result.history[-1].get("val_count", 0)) or None,
+            "val_windows": dataset.dataset.size("val"),
             "history": [
                 {k: round(v, 4) for k, v in h.items() if k in ("train_loss", "val_loss", "val_acc")}
                 for h in result.history
