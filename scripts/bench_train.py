@@ -170,10 +170,11 @@ def main() -> None:
         f"input (B, {SEQ_LEN}, 5) + (B, 86); jax {_jax_version()}"
     )
     print(
-        "| arch | variant | batch | ms/step | samples/s | first step cold | first step cached "
+        "| arch | variant | batch | ms/step | CPU ms/step | samples/s | first step cold "
+        "| first step cached "
         "| init cached | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (arch, variant, batch), rs in results.items():
         warm = [x for x in rs if not x["cold"]] or rs
         cold = [x for x in rs if x["cold"]]
