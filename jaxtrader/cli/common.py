@@ -69,3 +69,40 @@ def data_overrides(
         "data.gaps": gaps,
         "data.dedupe": dedupe or None,
     }
+
+
+def checkpoint_options(fn: F) -> F:
+    """--checkpoint/--arch/--symbol/--version/--ckpt-dir: how evaluate and trade pick a version."""
+    options = [
+        click.option(
+            "--checkpoint",
+            type=str,
+            default=None,
+            help="A version directory (ckpt/<SYMBOL>/<arch>/v<N>); overrides the options below.",
+        ),
+        click.option(
+            "--arch",
+            type=click.Choice(["lstm", "transformer"]),
+            default=None,
+            help="Architecture to pick (default: any).",
+        ),
+        click.option(
+            "--symbol",
+            type=str,
+            default=None,
+            help="Market symbol, e.g. BTC/USDT (picks the checkpoint; also the ccxt market for trade).",
+        ),
+        click.option(
+            "--version",
+            type=str,
+            default="best",
+            show_default=True,
+            help="best (lowest val loss), latest, or a version number.",
+        ),
+        click.option(
+            "--ckpt-dir", type=str, default=None, help="Checkpoint root (default: train.ckpt_dir)."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn

@@ -4,34 +4,12 @@ from __future__ import annotations
 
 import click
 
-from jaxtrader.cli.common import CliState
+from jaxtrader.cli.common import CliState, checkpoint_options
 
 
 @click.command("evaluate")
 @click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
-@click.option(
-    "--arch",
-    type=click.Choice(["lstm", "transformer"]),
-    default=None,
-    help="Architecture to pick (default: any).",
-)
-@click.option(
-    "--symbol", type=str, default=None, help="Market symbol of the checkpoint, e.g. BTC/USDT."
-)
-@click.option(
-    "--version",
-    "version",
-    type=str,
-    default="best",
-    show_default=True,
-    help="best, latest or a version number.",
-)
-@click.option(
-    "--ckpt-dir", type=str, default=None, help="Checkpoint root (default: train.ckpt_dir)."
-)
-@click.option(
-    "--checkpoint", type=str, default=None, help="A version directory, overrides the above."
-)
+@checkpoint_options
 @click.option(
     "--data",
     "data_path",

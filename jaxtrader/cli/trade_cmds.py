@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jaxtrader.cli.common import CliState
+from jaxtrader.cli.common import CliState, checkpoint_options
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,13 +59,7 @@ def _strategy_options(fn: Any) -> Any:
 
 
 @click.command("trade")
-@click.option("--checkpoint", type=str, default=None, help="A version directory (ckpt/.../vN).")
-@click.option(
-    "--arch", type=click.Choice(["lstm", "transformer"]), default=None, help="Pick by arch."
-)
-@click.option("--symbol", type=str, default=None, help="Checkpoint (and ccxt market) symbol.")
-@click.option("--version", type=str, default="best", show_default=True, help="best, latest or N.")
-@click.option("--ckpt-dir", type=str, default=None, help="Checkpoint root (default: ckpt).")
+@checkpoint_options
 @click.option(
     "--feed",
     "feed_spec",
@@ -159,7 +153,11 @@ def trade(
     start_ts, end_ts = _timestamp(start, "--start"), _timestamp(end, "--end")
     enable_compilation_cache()  # a restarted strategy reuses the compiled model programs
     predictor = Predictor.load(
-        ckpt_dir=ckpt_dir, symbol=symbol, arch=arch, version=version, checkpoint=checkpoint
+        ckpt_dir=ckpt_dir or cfg.train.ckpt_dir,
+        symbol=symbol,
+        arch=arch,
+        version=version,
+        checkpoint=checkpoint,
     )
     manifest = predictor.manifest
     trained_interval = pd.Timedelta(manifest.data["interval"])  # stored as str(Timedelta)
