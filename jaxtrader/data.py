@@ -508,9 +508,9 @@ def _gap_report(steps: np.ndarray, ts_ns: np.ndarray, step_ns: int) -> GapReport
     return GapReport(int(gaps.size), int(missing.sum()), int(missing[j]), at)
 
 
-def _fill(ts_ns: np.ndarray, values: dict[str, np.ndarray], k: np.ndarray, step_ns: int) -> tuple[
-    np.ndarray, dict[str, np.ndarray], np.ndarray
-]:  # fmt: skip
+def fill_gaps(
+    ts_ns: np.ndarray, values: dict[str, np.ndarray], k: np.ndarray, step_ns: int
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Inserts missing grid candles as flat candles at the previous close with zero volume."""
     n = int(k[-1]) + 1
     present = np.zeros(n, dtype=bool)
@@ -644,7 +644,7 @@ def load_candles(
             f"{_stamp(ts, first)}; use --gaps fill or --gaps drop"
         )
     if report.count and gaps == "fill":
-        ts, values, filled = _fill(ts, values, k, step_ns)
+        ts, values, filled = fill_gaps(ts, values, k, step_ns)
     candles = make_candles(
         ts, values, interval=step, symbol=sym, source=str(p), filled=filled, gaps=report
     )

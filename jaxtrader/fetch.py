@@ -84,7 +84,7 @@ def _now_ms(exchange: Any) -> int:
     return int(clock()) if callable(clock) else int(time.time() * 1000)
 
 
-def _fetch_page(
+def fetch_page(
     exchange: Any,
     symbol: str,
     timeframe: str,
@@ -174,7 +174,7 @@ def fetch_candles(
         while start_ms + step_ms <= now_ms:
             if requests and pace:
                 sleep(pause)
-            page = _fetch_page(exchange, symbol, timeframe, start_ms, limit, max_retries, sleep)
+            page = fetch_page(exchange, symbol, timeframe, start_ms, limit, max_retries, sleep)
             requests += 1
             arr = _valid_rows(page, start_ms, now_ms, step_ms)
             if len(arr) == 0:

@@ -22,20 +22,20 @@ _EVENT_ATTR = "jt_event"
 _state: dict[str, LogFormat] = {"format": "text"}
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if hasattr(value, "item") and callable(value.item):  # numpy / jax scalars
         try:
-            return _jsonable(value.item())
+            return jsonable(value.item())
         except (TypeError, ValueError):
             pass
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return str(value)
 
 
@@ -51,7 +51,7 @@ class JsonFormatter(logging.Formatter):
             "event": getattr(record, _EVENT_ATTR, None) or record.getMessage(),
             "logger": record.name,
         }
-        doc.update(_jsonable(getattr(record, _FIELDS_ATTR, {})))
+        doc.update(jsonable(getattr(record, _FIELDS_ATTR, {})))
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc)

@@ -73,7 +73,7 @@ def evaluate(
     from jaxtrader.evaluate.report import format_table, write_report
     from jaxtrader.evaluate.run import evaluate_checkpoint
     from jaxtrader.evaluate.summary import write_csv
-    from jaxtrader.logs import _jsonable
+    from jaxtrader.logs import jsonable
     from jaxtrader.train import enable_compilation_cache
 
     cfg = state.config(
@@ -110,7 +110,7 @@ def evaluate(
         )
         result.doc["report_dir"] = report_dir
     if as_json:
-        click.echo(json.dumps(_jsonable(result.doc)))
+        click.echo(json.dumps(jsonable(result.doc)))
     else:
         click.echo(format_table(result.doc))
 

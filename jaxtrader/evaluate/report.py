@@ -378,8 +378,8 @@ def write_report(
         images.append(
             plot_attention(attention[0], attention[1], out / "attention.png", feature_token=token)
         )
-    from jaxtrader.logs import _jsonable
+    from jaxtrader.logs import jsonable
 
-    (out / "report.json").write_text(json.dumps(_jsonable(doc), indent=2) + "\n", encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(jsonable(doc), indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_markdown(doc, [str(i) for i in images]), encoding="utf-8")
     return [out / "report.json", out / "report.md", *images]

@@ -21,7 +21,7 @@ import pandas as pd
 
 from jaxtrader.data import format_interval, load_candles
 from jaxtrader.errors import DataError
-from jaxtrader.fetch import _fetch_page, make_exchange
+from jaxtrader.fetch import fetch_page, make_exchange
 from jaxtrader.logs import get_logger, log_event
 
 _log = get_logger(__name__)
@@ -178,7 +178,7 @@ class CcxtFeed:
                 raise _Stopped
 
         try:
-            return _fetch_page(
+            return fetch_page(
                 self.exchange, self.symbol, self.timeframe, since_ms, limit, self.max_retries, sleep
             )
         except _Stopped:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from jaxtrader.config import RiskConfig
-from jaxtrader.data import OHLCV, _fill, candle_problem
+from jaxtrader.data import OHLCV, candle_problem, fill_gaps
 from jaxtrader.errors import DeadlineExceeded
 from jaxtrader.evaluate.backtest import max_drawdown, positions_from_probs
 from jaxtrader.evaluate.significance import sharpe
@@ -393,7 +393,7 @@ class TradingManager:
             self.buffer.clear()
         elif missing > 0:
             last = self.buffer.last_ohlcv()
-            ts_ns, vals, _ = _fill(
+            ts_ns, vals, _ = fill_gaps(
                 np.array([self.buffer.last_ts(), c.ts.value], dtype=np.int64),
                 {k: np.array([last[i], getattr(c, k)]) for i, k in enumerate(OHLCV)},
                 np.array([0, missing + 1]),
