@@ -202,25 +202,25 @@ class Predictor:
 
         trained = self.manifest.data
         source = str(candles.source)
+        fields: dict[str, Any]
         if trained.get("sha256"):
             now = file_sha256(source) if Path(source).is_file() else None
-            if now != trained["sha256"]:
-                log_event(
-                    logger,
-                    "data_changed",
-                    logging.WARNING,
-                    checkpoint=str(self.version_dir),
-                    trained_on=trained.get("path"),
-                    trained_sha256=trained["sha256"],
-                    now=source,
-                    now_sha256=now,
-                )
+            if now == trained["sha256"]:
+                return
+            fields = {
+                "trained_on": trained.get("path"),
+                "trained_sha256": trained["sha256"],
+                "now_sha256": now,
+            }
         elif trained.get("source") != source:
-            log_event(
-                logger,
-                "data_changed",
-                logging.WARNING,
-                checkpoint=str(self.version_dir),
-                trained_on=trained.get("source"),
-                now=source,
-            )
+            fields = {"trained_on": trained.get("source")}
+        else:
+            return
+        log_event(
+            logger,
+            "data_changed",
+            logging.WARNING,
+            checkpoint=str(self.version_dir),
+            now=source,
+            **fields,
+        )
