@@ -3,7 +3,9 @@
 `train_step` and `eval_step` are pure functions jitted once at module level (the model and the
 optimizer live in the state's static fields, so a new model traces once, then never again).
 `fit` owns the epoch loop: shuffled training windows, validation every epoch, early stopping on
-validation loss, best parameters restored, a wall-clock limit, NaN detection, progress bars, one
+validation loss, best parameters restored, a wall-clock limit and a caller's stop request (both
+checked after every step, so a partial epoch is still validated and handed to `on_epoch`), NaN
+detection, progress bars (or, without a terminal, a `train_progress` event every few steps), one
 structured event and one JSONL line per epoch. Checkpointing stays with the caller (`on_epoch`).
 """
 
@@ -34,7 +36,8 @@ from jaxtrader.timeouts import Deadline
 
 Batch = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
-StopReason = Literal["early_stopping", "max_epochs", "time_limit"]
+StopReason = Literal["early_stopping", "max_epochs", "time_limit", "interrupted"]
+PROGRESS_EVERY = 10  # steps between progress-bar refreshes and `train_progress` events
 
 logger = get_logger(__name__)
 
@@ -285,14 +288,30 @@ class _EpochMeter:
         self.lr = float(m["lr"])
         self.steps += 1
         self.bar.update(1)
-        if self.steps % 10 == 0 or self.steps == self.total:
+        if self.steps == 1 or self.steps % PROGRESS_EVERY == 0 or self.steps == self.total:
             rate = self.steps / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.set_postfix(
-                loss=f"{self.loss_sum / self.steps:.4f}",
-                acc=f"{self.acc_sum / self.steps:.3f}",
-                lr=f"{self.lr:.2e}",
-                steps_s=f"{rate:.1f}",
-            )
+            loss_avg, acc_avg = self.loss_sum / self.steps, self.acc_sum / self.steps
+            if getattr(self.bar, "disable", False):
+                # No bar (JSON logs or no terminal): the same figures as machine-readable lines.
+                log_event(
+                    logger,
+                    "train_progress",
+                    epoch=self.epoch,
+                    epoch_step=self.steps,
+                    epoch_steps=self.total,
+                    step=step,
+                    loss=loss_avg,
+                    accuracy=acc_avg,
+                    lr=self.lr,
+                    steps_per_s=round(rate, 2),
+                )
+            else:
+                self.bar.set_postfix(
+                    loss=f"{loss_avg:.4f}",
+                    acc=f"{acc_avg:.3f}",
+                    lr=f"{self.lr:.2e}",
+                    steps_s=f"{rate:.1f}",
+                )
 
 
 def fit(
@@ -302,13 +321,25 @@ def fit(
     key: jax.Array,
     on_epoch: Callable[[int, TrainState, dict[str, float]], None] | None = None,
     metrics_path: str | os.PathLike[str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Trains `state` on `dataset` per `cfg`; deterministic given `key` (shuffles and dropout).
 
     Epochs are 1-based. `on_epoch(epoch, state, metrics)` runs after each validation (the state is
-    the current one, not the best). Raises DeepLearningError on a non-finite loss.
+    the current one, not the best). `should_stop()` is polled after every step and after each
+    epoch, like the wall-clock limit: once it returns True the current (possibly partial) epoch is
+    validated and passed to `on_epoch`, and fit returns with stopped_reason "interrupted".
+    Raises DeepLearningError on a non-finite loss.
     """
     deadline = Deadline(None if cfg.max_minutes is None else cfg.max_minutes * 60.0)
+
+    def stop_reason() -> StopReason | None:
+        if should_stop is not None and should_stop():
+            return "interrupted"
+        if deadline.expired():
+            return "time_limit"
+        return None
+
     shuffle_key, dropout_key = jax.random.split(key)
     counts = label_counts(dataset, "train")
     if cfg.class_weights:
@@ -352,8 +383,8 @@ def fit(
                 if pending is not None:
                     meter.add(*pending)
                 pending = (step, metrics)
-                if deadline.expired():
-                    stopped = "time_limit"
+                if (reason := stop_reason()) is not None:
+                    stopped = reason
                     break
             if pending is not None:
                 meter.add(*pending)
@@ -373,6 +404,7 @@ def fit(
                 "steps_per_s": n_done / max(train_seconds, 1e-9),
                 "seconds": time.perf_counter() - t_epoch,
                 "steps": n_done,
+                "global_step": step,
             }
             improved = val["loss"] < best["loss"]
             if improved:
@@ -394,10 +426,10 @@ def fit(
                 sink.flush()
             if on_epoch is not None:
                 on_epoch(epoch, state, dict(record))
-            if stopped == "time_limit":
+            if stopped != "max_epochs":  # stopped mid-epoch
                 break
-            if deadline.expired():
-                stopped = "time_limit"
+            if (reason := stop_reason()) is not None:
+                stopped = reason
                 break
             if bad_epochs >= cfg.patience:
                 stopped = "early_stopping"

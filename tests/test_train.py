@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import chex
@@ -220,6 +220,42 @@ def test_time_limit_stops_after_the_current_step(planted_data: ArrayDataset) -> 
     assert result.epochs_run == 1 and result.history[0]["steps"] == 1
     assert int(result.state.step) == 1
     assert len(seen) == 1 and np.isfinite(seen[0]["val_loss"])  # the caller can still save
+
+
+def _fit_lstm(
+    data: ArrayDataset,
+    on_epoch: Callable[[int, train.TrainState, dict[str, float]], None],
+    should_stop: Callable[[], bool],
+) -> train.FitResult:
+    return train.fit(_state("lstm"), data, CFG, jax.random.key(0), on_epoch, None, should_stop)
+
+
+def test_should_stop_ends_mid_epoch_and_still_validates(planted_data: ArrayDataset) -> None:
+    calls = {"n": 0}
+
+    def stop_after_5_steps() -> bool:  # polled once after every step
+        calls["n"] += 1
+        return calls["n"] >= 5
+
+    seen: list[dict[str, float]] = []
+    result = _fit_lstm(planted_data, lambda e, s, m: seen.append(m), stop_after_5_steps)
+    assert result.stopped_reason == "interrupted"
+    assert result.epochs_run == 1 and result.steps == int(result.state.step) == 5
+    assert result.history[0]["steps"] == result.history[0]["global_step"] == 5
+    assert len(seen) == 1 and np.isfinite(seen[0]["val_loss"])
+    assert result.best_epoch == 1 and result.best_val_loss == seen[0]["val_loss"]
+
+
+def test_should_stop_between_epochs_keeps_the_whole_epoch(planted_data: ArrayDataset) -> None:
+    epochs_done: list[int] = []
+    result = _fit_lstm(
+        planted_data,
+        lambda e, s, m: epochs_done.append(e),
+        lambda: len(epochs_done) >= 2,  # becomes true during epoch 2's save
+    )
+    n = planted_data.num_batches("train", BATCH)
+    assert result.stopped_reason == "interrupted" and epochs_done == [1, 2]
+    assert [h["steps"] for h in result.history] == [n, n] and result.steps == 2 * n
 
 
 class PoisonedDataset(ArrayDataset):

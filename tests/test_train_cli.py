@@ -54,6 +54,23 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def read_events(
+    proc: subprocess.Popen[str], until: str, **fields: object
+) -> list[dict[str, object]]:
+    """JSON log lines from a running `--log-format json` train, up to the first `until` event
+    whose fields match (in JSON mode every stderr line is one JSON object)."""
+    assert proc.stderr is not None
+    events = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        assert line, f"train exited before its {until} {fields} event"
+        events.append(json.loads(line))
+        if events[-1]["event"] == until and all(events[-1].get(k) == v for k, v in fields.items()):
+            return events
+    raise AssertionError(f"no {until} {fields} event within 300 s")
+
+
 def test_train_twice_then_list(workdir: Path) -> None:
     from jaxtrader.checkpoint import METRICS_FILE, read_manifest
     from jaxtrader.data import file_sha256, synth_candles, write_candles
@@ -82,16 +99,8 @@ def test_train_twice_then_list(workdir: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stderr is not None
-    events = []
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        assert line, "train exited before its second epoch"
-        events.append(json.loads(line))  # JSON mode: every stderr line is one JSON object
-        # Epoch 2's event means epoch 1's checkpoint was already queued.
-        if events[-1]["event"] == "epoch" and events[-1]["epoch"] == 2:
-            break
+    # Epoch 2's event means epoch 1's checkpoint was already queued.
+    read_events(proc, "epoch", epoch=2)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
@@ -130,6 +139,95 @@ def test_train_twice_then_list(workdir: Path) -> None:
     lines = table.output.splitlines()
     assert lines[0].split()[:3] == ["symbol", "arch", "ver"]
     assert [line.split()[2] for line in lines[1:]] == ["v1", "v2"]
+
+
+def test_sigint_mid_epoch_saves_the_partial_epoch(workdir: Path) -> None:
+    """Ctrl-C once a step is logged: stop after that step, validate, save, manifest, exit 130."""
+    import chex
+    import jax
+    import numpy as np
+
+    from jaxtrader.checkpoint import METRICS_FILE, read_manifest, restore_state
+    from jaxtrader.config import from_dict
+    from jaxtrader.data import load_market
+    from jaxtrader.dataset import build_dataset
+    from jaxtrader.models import build_model
+    from jaxtrader.train import create_train_state, evaluate
+
+    # 6,180 candles: 125 steps an epoch, so the signal lands well inside epoch 1; 64 epochs keep
+    # the schedule's 8,000 steps of LONG_TOML, so the compiled train step comes from the cache.
+    mid = LONG_TOML.replace("synth_rows = 1200", "synth_rows = 6180")
+    (workdir / "mid.toml").write_text(mid.replace("epochs = 500", "epochs = 64"))
+    proc = subprocess.Popen(
+        jaxtrader("--log-format", "json", "--config", "mid.toml", "train", "--arch", "lstm"),
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    events = read_events(proc, "train_progress")
+    proc.send_signal(signal.SIGINT)
+    signalled_at = events[-1]["step"]
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    events += [json.loads(x) for x in stderr.splitlines() if x.startswith("{")]
+    epoch_steps = next(e["steps_per_epoch"] for e in events if e["event"] == "fit_start")
+    assert epoch_steps == 125
+    assert [e["signal"] for e in events if e["event"] == "stop_requested"] == ["SIGINT"]
+    assert "interrupted: saved 1 epoch(s) (the last one partial)" in stderr
+
+    vdir = workdir / "ckpt" / "SYNTH-USD" / "lstm" / "v1"
+    m = read_manifest(vdir)
+    steps = m.metrics["steps"]
+    assert m.metrics["stopped_reason"] == "interrupted" and m.metrics["last_epoch_partial"]
+    assert m.metrics["epochs"] == m.metrics["best_epoch"] == m.best_step == 1
+    assert signalled_at <= steps < epoch_steps  # stopped after the current step, mid-epoch
+    summary = json.loads(stdout)
+    assert summary["steps"] == steps and summary["stopped_reason"] == "interrupted"
+    (record,) = [json.loads(x) for x in (vdir / METRICS_FILE).read_text().splitlines()]
+    assert record["steps"] == record["global_step"] == steps
+    assert np.isfinite(record["val_loss"]) and record["val_loss"] == m.metrics["val_loss"]
+
+    # The partial epoch restores: the train state after exactly `steps` updates, whose parameters
+    # give the validation loss recorded for the epoch.
+    cfg = from_dict(m.config)
+    sample = {
+        "seq": np.zeros((1, m.seq_len, 5), np.float32),
+        "feats": np.zeros((1, len(m.feature_names)), np.float32),
+    }
+    fresh = create_train_state(build_model(cfg.model), cfg.train, jax.random.key(0), sample, 2)
+    restored = restore_state(vdir, fresh)
+    assert int(restored.step) == steps
+    chex.assert_tree_all_finite(restored.params)
+    assert jax.tree.structure(restored.params) == jax.tree.structure(fresh.params)
+    dataset = build_dataset(load_market(cfg.data), cfg.dataset)
+    val = evaluate(restored, dataset, "val", cfg.train.eval_batch_size)
+    assert val["loss"] == pytest.approx(record["val_loss"], rel=1e-5)
+    assert val["accuracy"] == pytest.approx(record["val_acc"])
+
+
+def test_stop_signals_first_requests_a_stop_second_interrupts() -> None:
+    import os
+
+    from jaxtrader.cli.train_cmds import _StopSignals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals = _StopSignals()
+    with signals.installed():
+        assert not signals.stop_requested()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # let the handler run
+        assert signals.stop_requested() and signals.requested == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]  # a second: default
+        with pytest.raises(KeyboardInterrupt), signals.hold():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            reached_end_of_save = True  # a held interrupt waits for the save call to return
+        assert reached_end_of_save
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_models_list_empty(tmp_path: Path) -> None:

@@ -69,19 +69,41 @@ def _summary_lines(summary: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-class _InterruptGuard:
-    """Ctrl-C raises KeyboardInterrupt at once, except while an epoch's save is being queued.
+class _StopSignals:
+    """SIGINT/SIGTERM during training: the first asks fit to stop after the current step.
 
-    A save cut in half by the interrupt could leave Orbax's bookkeeping inconsistent, so a Ctrl-C
-    that arrives then is held and raised right after the save call returns.
+    fit then validates the partial epoch and the run saves it like any other (exit 130). A second
+    Ctrl-C raises KeyboardInterrupt as it would without this handler (the finished epochs are kept)
+    and a second SIGTERM gets its previous (default: terminate) handler. A KeyboardInterrupt that
+    arrives while an epoch's save is being queued is held and raised right after the save call
+    returns: a save cut in half could leave Orbax's bookkeeping inconsistent.
     """
 
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
+        self.requested: signal.Signals | None = None
         self.holding = False
         self.pending = False
+        self._previous: dict[int, Any] = {}
+
+    def stop_requested(self) -> bool:
+        return self.requested is not None
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.holding:
+        if self.requested is None:
+            from jaxtrader.logs import get_logger, log_event
+
+            self.requested = signal.Signals(signum)
+            if signal.SIGTERM in self._previous:
+                signal.signal(signal.SIGTERM, self._previous[signal.SIGTERM])
+            log_event(
+                get_logger("train"),
+                "stop_requested",
+                signal=self.requested.name,
+                note="stopping after the current step; press Ctrl-C again to abort at once",
+            )
+        elif self.holding:
             self.pending = True
         else:
             raise KeyboardInterrupt
@@ -91,11 +113,12 @@ class _InterruptGuard:
         if threading.current_thread() is not threading.main_thread():
             yield  # signal handlers can only be set from the main thread
             return
-        previous = signal.signal(signal.SIGINT, self._handler)
+        self._previous = {s: signal.signal(s, self._handler) for s in self._SIGNALS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, previous in self._previous.items():
+                signal.signal(s, previous)
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
@@ -121,8 +144,9 @@ class TrainRun:
 def run_training(cfg: AppConfig) -> TrainRun:
     """Trains one new checkpoint version per `cfg` (the body of `jaxtrader train`).
 
-    Raises KeyboardInterrupt after saving what finished (the finished epochs and a manifest with
-    stopped_reason "interrupted") when the user presses Ctrl-C during training.
+    On SIGINT/SIGTERM during training, saves the epochs done (the last one possibly partial) with a
+    manifest whose stopped_reason is "interrupted", then raises TrainingInterrupted carrying the
+    summary; raises a plain KeyboardInterrupt when nothing could be saved.
     """
     import shutil
     import time
@@ -144,50 +168,55 @@ def run_training(cfg: AppConfig) -> TrainRun:
     model = build_model(cfg.model)
     init_key, fit_key = jax.random.split(jax.random.key(cfg.train.seed))
     sample = next(dataset.eval_batches("train", cfg.train.batch_size))
-    steps_total = steps_per_epoch(dataset, cfg.train.batch_size) * cfg.train.epochs
-    state = create_train_state(model, cfg.train, init_key, sample, steps_total)
+    epoch_steps = steps_per_epoch(dataset, cfg.train.batch_size)
+    state = create_train_state(model, cfg.train, init_key, sample, epoch_steps * cfg.train.epochs)
 
     version, vdir = ckpt.new_version_dir(cfg.train.ckpt_dir, candles.symbol, cfg.model.arch)
     log_event(logger, "train_start", path=str(vdir), arch=cfg.model.arch, symbol=candles.symbol)
     manager = ckpt.make_manager(vdir, max_to_keep=cfg.train.max_to_keep)
     history: list[dict[str, Any]] = []
 
-    guard = _InterruptGuard()
+    signals = _StopSignals()
 
     def on_epoch(epoch: int, st: Any, record: dict[str, float]) -> None:
-        with guard.hold():
+        with signals.hold():
             ckpt.save_step(manager, epoch, st, record)
             history.append(record)
 
-    interrupted = False
+    aborted = False  # a second Ctrl-C: KeyboardInterrupt out of fit, finished epochs kept
     t_fit = time.perf_counter()
-    try:
-        with guard.installed():
+    with signals.installed():
+        try:
             result = fit(
-                state, dataset, cfg.train, fit_key, on_epoch, metrics_path=vdir / ckpt.METRICS_FILE
+                state,
+                dataset,
+                cfg.train,
+                fit_key,
+                on_epoch,
+                metrics_path=vdir / ckpt.METRICS_FILE,
+                should_stop=signals.stop_requested,
             )
-        best_epoch, stopped, epochs = (
-            result.best_epoch,
-            str(result.stopped_reason),
-            result.epochs_run,
-        )
-    except KeyboardInterrupt:
-        interrupted = True
-    except BaseException:
-        manager.close()
-        if not manager.all_steps():
-            shutil.rmtree(vdir, ignore_errors=True)  # nothing finished: leave no empty version
-        raise
-    train_seconds = time.perf_counter() - t_fit
-    manager.wait_until_finished()
-    best_step = manager.best_step()
-    manager.close()
-    if interrupted:
+            best_epoch, stopped = result.best_epoch, str(result.stopped_reason)
+        except KeyboardInterrupt:
+            aborted = True
+        except BaseException:
+            manager.close()
+            if not manager.all_steps():
+                shutil.rmtree(vdir, ignore_errors=True)  # nothing finished: leave no empty version
+            raise
+        train_seconds = time.perf_counter() - t_fit
+        # Orbax saves asynchronously: the last (possibly partial) epoch must reach disk before the
+        # manifest points at it and before the process exits.
+        with signals.hold():
+            manager.wait_until_finished()
+            best_step = manager.best_step()
+            manager.close()
+    if aborted:
         if best_step is None:
             shutil.rmtree(vdir, ignore_errors=True)
             log_event(logger, "train_interrupted", saved=False)
             raise KeyboardInterrupt
-        best_epoch, stopped, epochs = best_step, "interrupted", len(history)
+        best_epoch, stopped = best_step, "interrupted"
     if best_step != best_epoch:  # cannot happen with the shared tie rule; never trust silently
         raise ckpt.CheckpointError(
             f"checkpoint {vdir} holds best step {best_step} but training chose epoch {best_epoch}; "
@@ -201,7 +230,9 @@ def run_training(cfg: AppConfig) -> TrainRun:
         "val_accuracy": best["val_acc"],
         "val_majority_rate": best["val_majority_rate"],
         "best_epoch": best_epoch,
-        "epochs": epochs,
+        "epochs": len(history),
+        "steps": history[-1]["global_step"],
+        "last_epoch_partial": history[-1]["steps"] < epoch_steps,
         "stopped_reason": stopped,
         "train_seconds": round(train_seconds, 3),
     }
@@ -225,7 +256,7 @@ def run_training(cfg: AppConfig) -> TrainRun:
         "total_seconds": round(time.perf_counter() - t_start, 3),
     }
     log_event(logger, "train_done", **summary)
-    if interrupted:
+    if aborted or signals.stop_requested():
         raise TrainingInterrupted(summary)
     return TrainRun(summary=summary, result=result, dataset=dataset)
 
@@ -286,7 +317,9 @@ def train(
     """Train a model and save it as a new version under CKPT_DIR/<SYMBOL>/<ARCH>/v<N>.
 
     Uses the embedded synthetic market unless --data is given. Flags override --config FILE.
-    Ctrl-C stops training, keeps the finished epochs and exits with code 130.
+    Ctrl-C (or SIGTERM) stops after the current step, validates and saves the partial epoch, writes
+    the manifest, prints the summary and exits with code 130; a second Ctrl-C stops at once,
+    keeping only the epochs saved so far.
     """
     cfg = state.config(
         {
@@ -306,9 +339,11 @@ def train(
         summary = run_training(cfg).summary
     except TrainingInterrupted as e:
         _print_summary(state, e.summary)
+        s = e.summary
+        partial = " (the last one partial)" if s["last_epoch_partial"] else ""
         click.echo(
-            f"interrupted: saved {e.summary['epochs']} finished epoch(s) to {e.summary['path']} "
-            f"(best epoch {e.summary['best_epoch']})",
+            f"interrupted: saved {s['epochs']} epoch(s){partial}, {s['steps']} steps, to "
+            f"{s['path']} (best epoch {s['best_epoch']})",
             err=True,
         )
         raise SystemExit(INTERRUPTED_EXIT) from None
