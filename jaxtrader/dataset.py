@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ from jaxtrader.splits import (
     purge_gap,
     walk_forward_folds,
 )
-from jaxtrader.windows import check_seq_len, gather_windows, raw_series
+from jaxtrader.windows import check_seq_len, gather_windows, raw_series, raw_series_of
 
 __all__ = [
     "SPLIT_NAMES",
@@ -50,6 +50,7 @@ __all__ = [
     "majority_rate",
     "make_labels",
     "model_inputs",
+    "model_inputs_of",
     "purge_gap",
     "walk_forward_folds",
 ]
@@ -284,19 +285,38 @@ def model_inputs(
     Features are computed on the whole frame (long-memory features need the history the trading
     buffer holds); the window and scaling go through the training functions unchanged.
     """
+    from jaxtrader.features import candle_columns
+
     check_seq_len(seq_len)
-    frame = _frame_of(frame)
-    if len(frame) < seq_len:
-        raise DataError(f"need at least {seq_len} candles for one window, got {len(frame)}")
-    last_1xF = _compute_features(frame).iloc[-1:].to_numpy(dtype=np.float64)
+    cols, ts_ns = candle_columns(_frame_of(frame))
+    return model_inputs_of(cols, ts_ns, scaler, seq_len)
+
+
+def model_inputs_of(
+    cols: Sequence[np.ndarray] | np.ndarray, ts_ns: np.ndarray, scaler: Scaler, seq_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`model_inputs` on contiguous float64 [open, high, low, close, volume] columns (a list or a
+    C-ordered float64[5, T]) and int64 UTC ns open times: no pandas, for the trading hot path."""
+    from jaxtrader.features import feature_matrix_of
+
+    check_seq_len(seq_len)
+    if len(ts_ns) < seq_len:
+        raise DataError(f"need at least {seq_len} candles for one window, got {len(ts_ns)}")
+    o, h, low, c, v = cols
+    last_1xF = feature_matrix_of(o, h, low, c, v, ts_ns)[-1:]
     if not np.isfinite(last_1xF).all():
         raise FeatureError(
-            f"features at {frame.index[-1]} are not finite: {len(frame)} candles do not cover the "
-            f"feature warm-up; keep a longer candle buffer"
+            f"features at {_stamp(ts_ns, -1)} are not finite: {len(ts_ns)} candles do not cover "
+            f"the feature warm-up; keep a longer candle buffer"
         )
-    raw_Wx5 = raw_series(frame.iloc[-seq_len:])
+    tail = len(ts_ns) - seq_len
+    raw_Wx5 = raw_series_of([c[tail:] for c in cols], lambda i: _stamp(ts_ns, tail + i))
     seq_1xWx5 = gather_windows(raw_Wx5, np.array([seq_len - 1]), seq_len)
     return seq_1xWx5, scaler.transform(last_1xF)
+
+
+def _stamp(ts_ns: np.ndarray, i: int) -> str:
+    return str(pd.Timestamp(int(ts_ns[i]), unit="ns", tz="UTC"))
 
 
 def label_balance(dataset: Dataset) -> dict[str, float]:

@@ -512,6 +512,11 @@ def _unmasked(o: Array, h: Array, low: Array, c: Array, v: Array, ts_ns: Array) 
 _COLUMNS = ("open", "high", "low", "close", "volume")
 
 
+def candle_columns(frame: pd.DataFrame) -> tuple[list[Array], Array]:
+    """([open, high, low, close, volume] contiguous float64, int64 UTC ns open times) of a frame."""
+    return _inputs(frame)
+
+
 def _inputs(frame: pd.DataFrame) -> tuple[list[Array], Array]:
     import pandas as pd
 
@@ -533,21 +538,35 @@ def _inputs(frame: pd.DataFrame) -> tuple[list[Array], Array]:
 def feature_matrix(frame: pd.DataFrame) -> Array:
     """The 86 features as a float64 [rows, 86] array (NaN before WARMUP), checked finite after.
 
-    The numpy core of `compute_features`, for callers that do not need a DataFrame (the trading
-    runner's rolling buffer).
+    The numpy core of `compute_features`; `feature_matrix_of` is the same on plain arrays.
     """
     (o, h, low, c, v), ts_ns = _inputs(frame)
+    return feature_matrix_of(o, h, low, c, v, ts_ns)
+
+
+def feature_matrix_of(o: Array, h: Array, low: Array, c: Array, v: Array, ts_ns: Array) -> Array:
+    """`feature_matrix` on contiguous float64 OHLCV columns and int64 UTC ns open times.
+
+    No pandas: the trading runner calls it on its ring buffer's last `min_history()` candles,
+    whose last row matches the full-history value to about 2e-7 (see the module docstring).
+    """
     if len(c) == 0:
         return np.empty((0, NUM_FEATURES))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         out = _unmasked(o, h, low, c, v, ts_ns).T  # F-ordered [rows, 86]: pandas takes it as is
     out[:WARMUP] = np.nan
     if len(c) > WARMUP and not np.isfinite(out[WARMUP:]).all():
-        _raise_not_finite(out, frame, (o, h, low, c, v))
+        _raise_not_finite(out, ts_ns, (o, h, low, c, v))
     return out
 
 
-def _raise_not_finite(out: Array, frame: pd.DataFrame, inputs: tuple[Array, ...]) -> None:
+def _iso(ts_ns: Array, i: int) -> str:
+    import pandas as pd
+
+    return pd.Timestamp(int(ts_ns[i]), unit="ns", tz="UTC").isoformat()
+
+
+def _raise_not_finite(out: Array, ts_ns: Array, inputs: tuple[Array, ...]) -> None:
     bad = ~np.isfinite(out[WARMUP:])
     first_rows = np.where(bad.any(axis=0), bad.argmax(axis=0), len(bad))
     j = int(first_rows.argmin())
@@ -560,10 +579,10 @@ def _raise_not_finite(out: Array, frame: pd.DataFrame, inputs: tuple[Array, ...]
         invalid = ~np.isfinite(head) | ((head < 0) if col == "volume" else (head <= 0))
         if invalid.any():
             k = int(invalid.argmax())
-            hint = f" (input {col} is {float(x[k])!r} at {frame.index[k].isoformat()})"
+            hint = f" (input {col} is {float(x[k])!r} at {_iso(ts_ns, k)})"
             break
     raise FeatureError(
-        f"feature {FEATURE_NAMES[j]} is {what} at {frame.index[i].isoformat()} (row {i}){hint}; "
+        f"feature {FEATURE_NAMES[j]} is {what} at {_iso(ts_ns, i)} (row {i}){hint}; "
         "validate the candles with jaxtrader.data (candle_problem) or drop the bad rows"
     )
 

@@ -1,17 +1,18 @@
 """Time budgets: a wall-clock deadline for loops and a hard timeout for single calls.
 
 Training checks a `Deadline` between steps so it can stop cleanly and still save. Inference runs the
-model through `call_with_timeout` so a stuck call turns into a neutral trading signal instead of a
+model through a `TimeoutRunner` so a stuck call turns into a neutral trading signal instead of a
 hung strategy.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from jaxtrader.errors import DeadlineExceeded
 
@@ -42,29 +43,62 @@ class Deadline:
 
 
 class TimeoutRunner:
-    """Runs calls on one reusable worker thread with a timeout.
+    """Runs calls on one long-lived daemon worker thread with a timeout.
 
-    A call that overruns is abandoned (Python cannot kill a thread); the runner then starts a fresh
-    worker so the next call is not queued behind the stuck one.
+    The hand-off is a queue put and a bare lock the worker releases when done: the cheapest wake-up
+    Python offers (a `concurrent.futures` Future adds a Condition and a Future per call, and its
+    workers are joined at interpreter exit, so a stuck call would also hang shutdown). A call that
+    overruns is abandoned (Python cannot kill a thread): its worker is told to exit after it and a
+    fresh one takes the next call, so nothing queues behind the stuck one.
     """
 
     def __init__(self) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        _start_worker(self._jobs)
 
     def call(self, fn: Callable[[], T], timeout_s: float, what: str = "call") -> T:
-        future = self._pool.submit(fn)
-        try:
-            return future.result(timeout=timeout_s)
-        except concurrent.futures.TimeoutError:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        job = _Job(fn)
+        self._jobs.put(job)
+        if not job.done.acquire(timeout=max(timeout_s, 0.0)):
+            self._jobs.put(None)  # the stuck worker exits once its call returns, if ever
+            self._jobs = queue.SimpleQueue()
+            _start_worker(self._jobs)
             raise DeadlineExceeded(
                 f"{what} did not finish within {timeout_s * 1000:.0f} ms; "
                 "raise the timeout or use a smaller model"
-            ) from None
+            )
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._jobs.put(None)
+
+
+class _Job:
+    """One call in flight: `done` is held until the worker has stored a result or an error."""
+
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Lock()
+        self.done.acquire()
+
+
+def _start_worker(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    threading.Thread(target=_work, args=(jobs,), name="jaxtrader-timeout", daemon=True).start()
+
+
+def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    while (job := jobs.get()) is not None:
+        try:
+            job.result = job.fn()
+        except BaseException as e:  # handed to the caller, which re-raises it
+            job.error = e
+        job.done.release()
 
 
 def call_with_timeout(fn: Callable[[], T], timeout_s: float, what: str = "call") -> T:

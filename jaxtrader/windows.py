@@ -12,6 +12,8 @@ Training, evaluation and live inference all go through `gather_windows`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -37,12 +39,18 @@ def raw_series(frame: pd.DataFrame) -> np.ndarray:
     if missing:
         raise DataError(f"candle frame lacks column(s) {', '.join(missing)}")
     # Column by column: selecting a column list costs ~5 ms of pandas indexing per live candle.
-    prices = np.column_stack([frame[c].to_numpy(dtype=np.float64) for c in RAW_COLUMNS[:VOLUME]])
-    volume = frame["volume"].to_numpy(dtype=np.float64)
+    cols = [frame[c].to_numpy(dtype=np.float64) for c in RAW_COLUMNS]
+    return raw_series_of(cols, lambda i: str(frame.index[i]))
+
+
+def raw_series_of(cols: Sequence[np.ndarray], where: Callable[[int], str]) -> np.ndarray:
+    """`raw_series` on float64 open/high/low/close/volume columns; `where(i)` names row i."""
+    prices = np.column_stack(cols[:VOLUME])
+    volume = np.asarray(cols[VOLUME], dtype=np.float64)
     if not (prices > 0).all() or not (volume >= 0).all():
         bad = int(np.flatnonzero(~((prices > 0).all(axis=1) & (volume >= 0)))[0])
         raise DataError(
-            f"candle at {frame.index[bad]} has a non-positive price or negative volume; "
+            f"candle at {where(bad)} has a non-positive price or negative volume; "
             f"load candles through jaxtrader.data so they are validated"
         )
     out = np.empty((prices.shape[0], NUM_RAW), dtype=np.float32)

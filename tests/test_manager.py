@@ -22,7 +22,13 @@ from jaxtrader.dataset import model_inputs
 from jaxtrader.features import NUM_FEATURES, min_history
 from jaxtrader.scaling import Scaler
 from jaxtrader.trading.feeds import Candle
-from jaxtrader.trading.manager import CandleBuffer, StrategyConfig, TradingManager, summarize
+from jaxtrader.trading.manager import (
+    CandleBuffer,
+    StrategyConfig,
+    TradingManager,
+    model_inputs_fn,
+    summarize,
+)
 from jaxtrader.trading.store import Store
 
 SEQ_LEN = 50
@@ -32,8 +38,7 @@ META = {"hash": "test-model", "checkpoint": "inline", "arch": "scripted"}
 ROWS = HISTORY + 40
 
 
-def inputs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    return model_inputs(frame, SCALER, SEQ_LEN)
+inputs = model_inputs_fn(SCALER, SEQ_LEN)
 
 
 def input_model(seq: np.ndarray, feats: np.ndarray) -> np.ndarray:
@@ -251,6 +256,51 @@ def test_candle_buffer_keeps_the_last_n_across_wraparound() -> None:
     assert buf.frame()["open"].iloc[0] == 7.0
     buf.clear()
     assert len(buf) == 0
+
+
+def test_candle_buffer_columns_are_contiguous_copies_of_the_frame() -> None:
+    buf = CandleBuffer(4)
+    for i in range(9):
+        buf.append(i * 3_600_000_000_000, (i, i + 1, i - 1, i + 0.5, 10.0 * i), False)
+    ts_ns, ohlcv_5xT = buf.columns()
+    frame = buf.frame()
+    np.testing.assert_array_equal(ts_ns, frame.index.asi8)
+    np.testing.assert_array_equal(ohlcv_5xT, frame[["open", "high", "low", "close", "volume"]].T)
+    assert ohlcv_5xT.flags.c_contiguous and ohlcv_5xT.dtype == np.float64
+    ohlcv_5xT[0, 0] = ts_ns[0] = -1  # copies: the buffer is untouched
+    assert buf.columns()[1][0, 0] == 5.0 and buf.columns()[0][0] == 5 * 3_600_000_000_000
+
+
+def test_live_inputs_equal_the_training_inputs(market: pd.DataFrame) -> None:
+    """The runner's inputs (buffer -> model_inputs_fn) against the training dataset's rows: the
+    window is bit-identical; the scaled features, computed on the last MIN_HISTORY candles instead
+    of the whole history, agree to float32 rounding (test_features bounds the unscaled ones)."""
+    from jaxtrader.config import DatasetConfig
+    from jaxtrader.dataset import build_dataset
+
+    frame = synth_candles(rows=HISTORY + 1500, seed=3).frame
+    data = build_dataset(frame, DatasetConfig(seq_len=SEQ_LEN))
+    live = model_inputs_fn(data.scaler, SEQ_LEN)
+    buf = CandleBuffer(HISTORY)
+    worst = 0.0
+    checked = 0
+    for t, r in enumerate(frame.itertuples()):
+        buf.append(frame.index[t].value, (r.open, r.high, r.low, r.close, r.volume), False)
+        if t < HISTORY - 1 or not data.valid_T[t] or t % 4:
+            continue
+        seq, feats = live(*buf.columns())
+        batch = data.gather(np.array([t]))
+        np.testing.assert_array_equal(seq, batch["seq"])
+        worst = max(worst, float(np.abs(feats - batch["feats"]).max()))
+        checked += 1
+    assert checked >= 250
+    assert worst <= 1e-6, worst  # measured 2.4e-7: one float32 step at values of 2 to 4
+    # The frame path on a whole prefix is the training path exactly (see also test_dataset).
+    t = HISTORY + 100
+    np.testing.assert_array_equal(
+        model_inputs(frame.iloc[: t + 1], data.scaler, SEQ_LEN)[1],
+        data.gather(np.array([t]))["feats"],
+    )
 
 
 def test_warm_up_fills_gaps_like_live_candles(tmp_path: Path, market: pd.DataFrame) -> None:

@@ -45,7 +45,8 @@ from jaxtrader.trading.store import CandleCommit, CandleRow, Store
 _log = get_logger(__name__)
 
 ModelFn = Callable[[np.ndarray, np.ndarray], Any]  # (seq_1xWx5, feats_1xF) -> P(up), shape [1]
-InputFn = Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray]]
+# (ts_ns int64[T], ohlcv float64[5, T]) of the rolling buffer -> (seq_1xWx5, feats_1xF)
+InputFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 # The first call compiles the jitted model; it gets this budget instead of the per-candle timeout
 # so compilation never counts as a model failure.
 FIRST_CALL_TIMEOUT_S = 300.0
@@ -94,13 +95,14 @@ class CandleBuffer:
     """The rolling history: the last `size` candles as numpy columns, amortised O(1) appends.
 
     Rows live in arrays of twice the size; when the end is reached, the newest rows move to the
-    front. `frame()` builds the model's candle frame without per-row Python work.
+    front. OHLCV is stored column-major ([5, 2 * size]) so `columns()` hands the feature code
+    contiguous columns without pandas; `frame()` builds a Candles-style frame for everything else.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._ts = np.zeros(2 * size, dtype=np.int64)
-        self._v = np.zeros((2 * size, 5), dtype=np.float64)
+        self._v = np.zeros((5, 2 * size), dtype=np.float64)
         self._filled = np.zeros(2 * size, dtype=bool)
         self._start = self._end = 0
 
@@ -114,11 +116,11 @@ class CandleBuffer:
         if self._end == self._ts.size:
             keep = min(len(self), self.size - 1)
             src = slice(self._end - keep, self._end)
-            self._ts[:keep], self._v[:keep] = self._ts[src], self._v[src]
+            self._ts[:keep], self._v[:, :keep] = self._ts[src], self._v[:, src]
             self._filled[:keep] = self._filled[src]
             self._start, self._end = 0, keep
         self._ts[self._end] = ts_ns
-        self._v[self._end] = ohlcv
+        self._v[:, self._end] = ohlcv
         self._filled[self._end] = filled
         self._end += 1
         self._start = max(self._start, self._end - self.size)
@@ -127,21 +129,38 @@ class CandleBuffer:
         return int(self._ts[self._end - 1])
 
     def last_ohlcv(self) -> tuple[float, ...]:
-        return tuple(float(x) for x in self._v[self._end - 1])
+        return tuple(float(x) for x in self._v[:, self._end - 1])
+
+    def columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of (open times int64[T] in UTC ns, OHLCV float64[5, T] C-ordered): each row a
+        contiguous column, what `dataset.model_inputs_of` takes (the `filled` flag is kept here
+        but not passed on: the feature pipeline does not read it)."""
+        sl = slice(self._start, self._end)
+        return self._ts[sl].copy(), self._v[:, sl].copy()
 
     def frame(self) -> pd.DataFrame:
-        """A copy as a Candles-style frame: UTC `timestamp` index and OHLCV float64 columns (the
-        `filled` flag is kept here but not passed on: the feature pipeline does not read it)."""
-        sl = slice(self._start, self._end)
-        index = pd.DatetimeIndex(self._ts[sl].view("M8[ns]"), name="timestamp", tz="UTC")
-        return pd.DataFrame(self._v[sl].copy(), index=index, columns=list(OHLCV))
+        """A copy as a Candles-style frame: UTC `timestamp` index and OHLCV float64 columns."""
+        ts_ns, ohlcv_5xT = self.columns()
+        index = pd.DatetimeIndex(ts_ns.view("M8[ns]"), name="timestamp", tz="UTC")
+        return pd.DataFrame(ohlcv_5xT.T, index=index, columns=list(OHLCV))
 
 
 def model_inputs_fn(scaler: Any, seq_len: int) -> InputFn:
-    """The input builder for a checkpoint: `dataset.model_inputs`, the training code path."""
-    from jaxtrader.dataset import model_inputs
+    """The input builder for a checkpoint: `dataset.model_inputs_of`, the training code path.
 
-    return lambda frame: model_inputs(frame, scaler, seq_len)
+    Features are computed on the buffer's last `max(min_history(), seq_len)` candles only: the last
+    row of those equals the full-history value to about 2e-7 (`features.MIN_HISTORY`), and every
+    candle more costs time on each decision.
+    """
+    from jaxtrader.dataset import model_inputs_of
+    from jaxtrader.features import min_history
+
+    rows = max(min_history(), seq_len)
+
+    def inputs(ts_ns: np.ndarray, ohlcv_5xT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return model_inputs_of(ohlcv_5xT[:, -rows:], ts_ns[-rows:], scaler, seq_len)
+
+    return inputs
 
 
 def _iso(ts: pd.Timestamp) -> str:
@@ -418,7 +437,7 @@ class TradingManager:
         failure = None
         prob = None
         try:
-            seq, feats = self.inputs(self.buffer.frame())
+            seq, feats = self.inputs(*self.buffer.columns())
             first = not self._model_called
             budget = FIRST_CALL_TIMEOUT_S if first else self.cfg.risk.model_timeout_ms / 1e3
             out = self.runner.call(lambda: self.model(seq, feats), budget, "model prediction")
