@@ -297,13 +297,13 @@ def model_inputs_of(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`model_inputs` on contiguous float64 [open, high, low, close, volume] columns (a list or a
     C-ordered float64[5, T]) and int64 UTC ns open times: no pandas, for the trading hot path."""
-    from jaxtrader.features import feature_matrix_of
+    from jaxtrader.features import last_feature_row
 
     check_seq_len(seq_len)
     if len(ts_ns) < seq_len:
         raise DataError(f"need at least {seq_len} candles for one window, got {len(ts_ns)}")
     o, h, low, c, v = cols
-    last_1xF = feature_matrix_of(o, h, low, c, v, ts_ns)[-1:]
+    last_1xF = last_feature_row(o, h, low, c, v, ts_ns)[None, :]
     if not np.isfinite(last_1xF).all():
         raise FeatureError(
             f"features at {_stamp(ts_ns, -1)} are not finite: {len(ts_ns)} candles do not cover "

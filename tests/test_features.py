@@ -267,6 +267,36 @@ def test_feature_matrix_of_arrays_is_bit_identical_to_the_frame_path(
     assert not offenders(tail, F.feature_matrix(candles.iloc[-F.MIN_HISTORY :]), 0, 0)
 
 
+def last_rows_differ(frame: pd.DataFrame, ends: np.ndarray, rows: int) -> list[str]:
+    """`last_feature_row` against `feature_matrix_of(...)[-1]` on the `rows` candles ending at
+    each end: the features and candle ends where they are not bit-identical."""
+    cols, ts_ns = F.candle_columns(frame)
+    bad = []
+    for e in ends:
+        part = [x[max(0, e - rows) : e] for x in (*cols, ts_ns)]
+        a, b = F.last_feature_row(*part), F.feature_matrix_of(*part)[-1]
+        same = (a == b) | (np.isnan(a) & np.isnan(b))
+        bad += [f"{F.FEATURE_NAMES[j]} at end {e}" for j in np.flatnonzero(~same)]
+    return bad
+
+
+def test_last_feature_row_is_the_last_row_bit_for_bit(candles: pd.DataFrame) -> None:
+    frame = flat_and_dead(candles)
+    # Every 29th candle, plus the last dead candle and the first live one of each dead stretch.
+    dead_edges = [640, 641, 1_460, 1_461, 2_003, 2_004]
+    ends = np.r_[np.arange(F.MIN_HISTORY, ROWS + 1, 29), dead_edges]
+    assert not last_rows_differ(frame, ends, F.MIN_HISTORY)
+    assert not last_rows_differ(frame, ends[::5], ROWS)  # on the whole history too
+    cols, ts_ns = F.candle_columns(frame.iloc[: F.WARMUP])
+    assert np.isnan(F.last_feature_row(*cols, ts_ns)).all()  # short of the warm-up
+    bad = candles.copy()
+    bad.iloc[-1, bad.columns.get_loc("close")] = np.nan
+    cols, ts_ns = F.candle_columns(bad.iloc[-F.MIN_HISTORY :])
+    stamp = bad.index[-1].isoformat()
+    with pytest.raises(FeatureError, match=f"feature ret_1 is NaN at {re.escape(stamp)}"):
+        F.last_feature_row(*cols, ts_ns)
+
+
 def tail_rows_vs_full(frame: pd.DataFrame, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Last rows of `feature_matrix_of` on the MIN_HISTORY candles ending at each `end` (the
     trading runner's input), and the full-history rows they stand for."""
@@ -324,10 +354,11 @@ def test_real_btc_1h_trading_tail_matches_full_history(btc_1h: Path) -> None:
         for t in ("2018-02-08T00:00Z", "2020-03-12T10:00Z", "2021-02-11T03:00Z")
         for k in (0, 1, 40, 60, 200)
     ]
-    ends = np.unique(np.r_[np.arange(F.MIN_HISTORY, len(frame) + 1, 211), len(frame), hard])
+    ends = np.unique(np.r_[np.arange(F.MIN_HISTORY, len(frame) + 1, 307), len(frame), hard])
     tails, ref = tail_rows_vs_full(frame, ends)
     chex.assert_tree_all_finite(tails)
     np.testing.assert_allclose(tails, ref, rtol=0, atol=TAIL_ATOL)
+    assert not last_rows_differ(frame, ends[::4], F.MIN_HISTORY)
 
 
 @pytest.mark.realdata
