@@ -1,13 +1,14 @@
 """Inference latency: batch-1 `Predictor.predict_proba` p50/p99 and `Predictor.load` time, per arch.
 
-python scripts/bench_inference.py [--iters 2000] [--loads 5] [--arch lstm --arch transformer]
-                                  [--ckpt-dir DIR]
+python scripts/bench_inference.py [--iters 2000] [--loads 5] [--candles 300]
+                                  [--arch lstm --arch transformer] [--ckpt-dir DIR]
 
 Each arch uses its default config (registry defaults, W=100, 86 features). Without --ckpt-dir the
 script writes a checkpoint of a freshly initialised model (real Orbax save + manifest, no training:
 latency does not depend on the weights) to a temporary directory and loads it back with
 `Predictor.load`, exactly as evaluate and trade do. With --ckpt-dir it loads the best version of
-each arch found there.
+each arch found there. The last lines are the per-candle trading decision latency (features +
+model + risk, issue 6) from scripts/bench_trading.py's `bench_decision`, over --candles candles.
 
 Add a benchmark by writing `def bench_<name>(ctx: Context) -> list[Timing]` and appending it to
 BENCHES; `ctx` holds the loaded predictors and the default candles (for per-candle decision
@@ -65,6 +66,8 @@ class Context:
     loads: int
     candles: Any
     version_dirs: dict[str, Path]
+    tmp: Path
+    decision_candles: int = 300
     predictors: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,14 +151,25 @@ def bench_predict(ctx: Context) -> list[Timing]:
     return out
 
 
+def bench_decision(ctx: Context) -> list[Timing]:
+    """Per-candle decision latency through the real TradingManager (scripts/bench_trading.py)."""
+    from bench_trading import bench_decision as decision
+
+    out = []
+    for arch, vdir in ctx.version_dirs.items():
+        out += decision(vdir, ctx.candles, ctx.decision_candles, ctx.tmp / f"{arch}.db")
+    return out
+
+
 # Run in order: bench_load fills ctx.predictors for the ones after it.
-BENCHES: list[Callable[[Context], list[Timing]]] = [bench_load, bench_predict]
+BENCHES: list[Callable[[Context], list[Timing]]] = [bench_load, bench_predict, bench_decision]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--loads", type=int, default=5)
+    parser.add_argument("--candles", type=int, default=300, help="decision latency candles")
     parser.add_argument("--arch", action="append", default=None)
     parser.add_argument("--ckpt-dir", type=str, default=None)
     args = parser.parse_args()
@@ -169,7 +183,14 @@ def main() -> None:
     candles = synth_candles()
     with tempfile.TemporaryDirectory() as tmp:
         dirs = checkpoints_for(archs, args.ckpt_dir, Path(tmp), candles)
-        ctx = Context(iters=args.iters, loads=args.loads, candles=candles, version_dirs=dirs)
+        ctx = Context(
+            iters=args.iters,
+            loads=args.loads,
+            candles=candles,
+            version_dirs=dirs,
+            tmp=Path(tmp),
+            decision_candles=args.candles,
+        )
         for bench in BENCHES:
             for timing in bench(ctx):
                 print(timing.line(), flush=True)

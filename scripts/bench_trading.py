@@ -36,7 +36,8 @@ def bench_decision(version_dir: Path, candles: object, n: int, db: Path) -> list
 
     predictor = Predictor.load(checkpoint=version_dir)
     frame = candles.frame  # type: ignore[attr-defined]
-    history = min_history() + predictor.seq_len
+    history = min_history() + predictor.seq_len  # as `jaxtrader trade` sizes the buffer
+    feature_rows = max(min_history(), predictor.seq_len)  # what model_inputs_fn computes on
     cfg = StrategyConfig(
         strategy_id=predictor.arch,
         symbol=candles.symbol,  # type: ignore[attr-defined]
@@ -82,7 +83,9 @@ def bench_decision(version_dir: Path, candles: object, n: int, db: Path) -> list
     inputs_ms, model_ms = parts["inputs"][20:], parts["model"][20:]
     return [
         Timing(
-            f"{arch}: dataset.model_inputs ({history} candles)", *_pct(inputs_ms), len(inputs_ms)
+            f"{arch}: model inputs ({feature_rows} of {history} candles)",
+            *_pct(inputs_ms),
+            len(inputs_ms),
         ),
         Timing(f"{arch}: predict_proba (in the timeout thread)", *_pct(model_ms), len(model_ms)),
         Timing(f"{arch}: trade decision (features+model+risk)", *_pct(decision), len(decision)),
