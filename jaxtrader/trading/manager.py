@@ -3,10 +3,11 @@
 `TradingManager` owns a strategy's rolling candle buffer, portfolio, risk state and pending order.
 For each closed candle it (1) validates the candle, (2) fills the order decided at the previous close
 at this candle's OPEN, (3) appends the candle (filling a gap with flat candles, as the data layer
-does), (4) builds the model input with `dataset.model_inputs` (the training code path) and predicts
-under a timeout, (5) maps the probability to a target exposure with `positions_from_probs` (as
-evaluate does), (6) passes it through the risk manager, (7) records a new order for the next open,
-and commits all of it to SQLite in ONE transaction. A restart rebuilds everything from that state.
+does), (4) builds the model input with `dataset.model_inputs_of` on the buffer's numpy columns (the
+training code path, without pandas) and predicts under a timeout, (5) maps the probability to a
+target exposure with `positions_from_probs` (as evaluate does), (6) passes it through the risk
+manager, (7) records a new order for the next open, and commits all of it to SQLite in ONE
+transaction. A restart rebuilds everything from that state.
 
 Neutral fallback: when the model raises, times out or returns a non-probability, or the history is
 too short or has a gap at this candle, the desired signal is neutral: the strategy HOLDS its current
