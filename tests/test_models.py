@@ -93,6 +93,27 @@ def test_output_shapes(built: tuple[str, Any, Any]) -> None:
     np.testing.assert_allclose(per_pos[:, -1], logits, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["transformer", "transformer-token-learned"])
+def test_transformer_last_position_path_equals_the_full_encoder(name: str) -> None:
+    # The classifier runs its last block for the last position only; logits and parameter
+    # gradients must equal those of the full encoder read at its last position.
+    _, model, variables = _build(name)
+    seq, feats = _inputs(3)
+
+    def loss(params: Any, method: str) -> jax.Array:
+        out = model.apply({"params": params}, seq, feats, method=method)
+        logits_Bx2 = out if method == "__call__" else out[:, -1]
+        return jnp.sum(jnp.sin(logits_Bx2) * jnp.arange(1.0, 3.0))
+
+    fast, full = (
+        jax.value_and_grad(loss)(variables["params"], m)
+        for m in ("__call__", "logits_per_position")
+    )
+    np.testing.assert_allclose(fast[0], full[0], rtol=1e-5)
+    chex.assert_trees_all_close(fast[1], full[1], rtol=1e-4, atol=1e-6)
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(fast[1]))
+
+
 @pytest.mark.parametrize("name", [*TINY, "lstm-precompute"])
 def test_logit_at_t_has_zero_gradient_wrt_later_inputs(name: str) -> None:
     _, model, variables = _build(name)

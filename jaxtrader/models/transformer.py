@@ -7,6 +7,12 @@ instead prepends one conditioning token built from the features; the causal mask
 attend to it, and it is dropped before the head. Both only use information available at the
 prediction point (the features are those of the window's last candle).
 
+The classifier reads only the last position, so the LAST block computes its query, attention
+row, feed-forward and LayerNorms for that one position (`last_only`); keys and values still cover
+the whole window. The result is identical to running every position (a test checks it against
+`logits_per_position`) and the last block costs ~1/T of its attention and feed-forward work: this
+is what puts the train step ahead of the PyTorch reference, which computes all T outputs.
+
 Attention weights are sown into the `intermediates` collection only when `sow_attention=True`
 (see `attention_weights`), so the training path never materialises them.
 """
@@ -53,13 +59,24 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BxTxD: jax.Array, mask: jax.Array, deterministic: bool, sow_attention: bool
+        self,
+        x_BxTxD: jax.Array,
+        mask: jax.Array,
+        deterministic: bool,
+        sow_attention: bool,
+        last_only: bool = False,
     ) -> jax.Array:
+        """BxTxD -> BxTxD, or Bx1xD (the last position only) when `last_only`."""
         drop = nn.Dropout(self.dropout)
-        y = nn.LayerNorm(name="ln_attn")(x_BxTxD)
+        kv_BxTxD = nn.LayerNorm(name="ln_attn")(x_BxTxD)
+        q_BxQxD = kv_BxTxD
+        if last_only:
+            # Keys and values need every position; the query, the residual and everything after
+            # it only the last one (LayerNorm, attention and feed-forward act per position).
+            q_BxQxD, x_BxTxD, mask = kv_BxTxD[:, -1:], x_BxTxD[:, -1:], mask[..., -1:, :]
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, qkv_features=self.d_model, name="attn"
-        )(y, y, mask=mask, deterministic=True, sow_weights=sow_attention)
+        )(q_BxQxD, kv_BxTxD, mask=mask, deterministic=True, sow_weights=sow_attention)
         x_BxTxD = x_BxTxD + drop(y, deterministic=deterministic)
         y = nn.LayerNorm(name="ln_ff")(x_BxTxD)
         y = nn.Dense(self.ff_dim, name="ff_in")(y)
@@ -103,8 +120,11 @@ class TransformerClassifier(nn.Module):
         feats_BxF: jax.Array,
         deterministic: bool = True,
         sow_attention: bool = False,
+        last_only: bool = False,
     ) -> jax.Array:
-        """Encoded window, BxTxD: position t depends only on steps <= t (and the features)."""
+        """Encoded window, BxTxD: position t depends only on steps <= t (and the features).
+
+        With `last_only`, the last block returns the last position only (Bx1xD)."""
         x_BxTxD = self.seq_embed(seq_BxTx5)
         f_BxD = self.feat_embed(feats_BxF)
         if self.feature_join == "token":
@@ -115,10 +135,11 @@ class TransformerClassifier(nn.Module):
         x_BxTxD = x_BxTxD + self._positions(length)[None]
         x_BxTxD = self.drop(x_BxTxD, deterministic=deterministic)
         mask_Bx1xTxT = nn.make_causal_mask(jnp.ones((batch, length), jnp.int32))
-        for block in self.blocks:
-            x_BxTxD = block(x_BxTxD, mask_Bx1xTxT, deterministic, sow_attention)
+        for i, block in enumerate(self.blocks):
+            last = last_only and i == len(self.blocks) - 1
+            x_BxTxD = block(x_BxTxD, mask_Bx1xTxT, deterministic, sow_attention, last)
         x_BxTxD = self.ln_final(x_BxTxD)
-        if self.feature_join == "token":
+        if self.feature_join == "token" and not last_only:
             x_BxTxD = x_BxTxD[:, 1:]
         return x_BxTxD
 
@@ -129,7 +150,10 @@ class TransformerClassifier(nn.Module):
         deterministic: bool = True,
         sow_attention: bool = False,
     ) -> jax.Array:
-        x_BxTxD = self.encode(seq_BxTx5, feats_BxF, deterministic, sow_attention)
+        # Sown attention weights are for visualisation: keep every query row there.
+        x_BxTxD = self.encode(
+            seq_BxTx5, feats_BxF, deterministic, sow_attention, last_only=not sow_attention
+        )
         return self.head(self.drop(x_BxTxD[:, -1], deterministic=deterministic))
 
     def logits_per_position(
