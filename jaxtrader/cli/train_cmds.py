@@ -132,6 +132,40 @@ class _StopSignals:
             raise KeyboardInterrupt
 
 
+# glibc's mallopt parameter number for the arena cap (malloc.h M_ARENA_MAX).
+_M_ARENA_MAX = -8
+
+
+def _glibc() -> Any | None:
+    """The process's C library when it offers glibc's heap controls, else None (macOS, musl)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Caps glibc's malloc arenas; call before JAX starts its threads.
+
+    XLA's worker threads each get their own arena by default (up to 8 per core); freed step, eval
+    and checkpoint buffers then sit in different arenas and the heap grows with every epoch
+    (measured on BTC 1h: +20-60 MB per validation + save cycle). No effect on any result.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_ARENA_MAX, arenas)
+
+
+def release_free_memory() -> None:
+    """Returns the heap's free pages to the OS (glibc `malloc_trim`); no-op elsewhere."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 @dataclass(frozen=True)
 class TrainRun:
     """What one `jaxtrader train` produced: the printed summary, fit's result and the dataset."""
@@ -182,6 +216,9 @@ def run_training(cfg: AppConfig) -> TrainRun:
         with signals.hold():
             ckpt.save_step(manager, epoch, st, record)
             history.append(record)
+        # Validation and the save's host copies leave free chunks behind; without this the next
+        # epoch's train steps raise the peak instead of reusing them.
+        release_free_memory()
 
     aborted = False  # a second Ctrl-C: KeyboardInterrupt out of fit, finished epochs kept
     t_fit = time.perf_counter()
@@ -335,6 +372,7 @@ def train(
         }
     )
     _check_arch(cfg.model.arch)
+    limit_malloc_arenas()
     try:
         summary = run_training(cfg).summary
     except TrainingInterrupted as e:
