@@ -46,12 +46,9 @@ def child(args: argparse.Namespace) -> None:
     if args.variant == "dropout0":
         mcfg = dataclasses.replace(mcfg, dropout=0.0)
     model = build_model(mcfg)
-    if args.variant == "precompute_input":
+    if args.variant == "layered":  # the reference computation: one nn.RNN scan per layer
         model = LSTMClassifier(
-            hidden=mcfg.hidden,
-            num_layers=mcfg.num_layers,
-            dropout=mcfg.dropout,
-            precompute_input=True,
+            hidden=mcfg.hidden, num_layers=mcfg.num_layers, dropout=mcfg.dropout, wavefront=False
         )
     rng = np.random.default_rng(0)
     batches = [
@@ -149,7 +146,7 @@ def main() -> None:
     for arch in archs:
         variants = ["default"]
         if a.variants:
-            variants.append("precompute_input" if arch == "lstm" else "dropout0")
+            variants.append("layered" if arch == "lstm" else "dropout0")
         configs += [(arch, v, b) for v in variants for b in a.batch]
     results: dict[tuple[str, str, int], list[Any]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory() as tmp:

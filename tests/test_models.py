@@ -51,8 +51,8 @@ def _inputs(seed: int = 0) -> tuple[jax.Array, jax.Array]:
 
 @functools.cache
 def _build(name: str) -> tuple[str, Any, Any]:
-    if name == "lstm-precompute":  # the measured alternative LSTM layout, not in the registry
-        model: Any = LSTMClassifier(hidden=8, num_layers=2, dropout=0.3, precompute_input=True)
+    if name == "lstm-layered":  # the reference computation: one nn.RNN per layer
+        model: Any = LSTMClassifier(hidden=8, num_layers=2, dropout=0.3, wavefront=False)
     else:
         model = build_model(TINY[name])
     seq, feats = _inputs()
@@ -114,7 +114,32 @@ def test_transformer_last_position_path_equals_the_full_encoder(name: str) -> No
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(fast[1]))
 
 
-@pytest.mark.parametrize("name", [*TINY, "lstm-precompute"])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+def test_lstm_wavefront_equals_one_nn_rnn_per_layer(num_layers: int) -> None:
+    # The default wavefront scan must compute exactly what nn.RNN(nn.OptimizedLSTMCell) layers do
+    # on the same parameters: logits at every position and the parameter gradients.
+    fast = LSTMClassifier(hidden=8, num_layers=num_layers, dropout=0.3)
+    ref = LSTMClassifier(hidden=8, num_layers=num_layers, dropout=0.3, wavefront=False)
+    seq, feats = _inputs(4)
+    variables = jax.jit(ref.init)(jax.random.key(0), seq, feats)
+    chex.assert_trees_all_equal_structs(variables, fast.init(jax.random.key(0), seq, feats))
+    for method in ("__call__", "logits_per_position"):
+        np.testing.assert_allclose(
+            fast.apply(variables, seq, feats, method=method),
+            ref.apply(variables, seq, feats, method=method),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+    def loss(model: LSTMClassifier) -> Any:
+        return jax.grad(lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, seq, feats))))(
+            variables["params"]
+        )
+
+    chex.assert_trees_all_close(loss(fast), loss(ref), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [*TINY, "lstm-layered"])
 def test_logit_at_t_has_zero_gradient_wrt_later_inputs(name: str) -> None:
     _, model, variables = _build(name)
     seq, feats = _inputs(2)

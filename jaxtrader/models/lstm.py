@@ -1,52 +1,117 @@
 """The stacked LSTM classifier: raw window steps joined with the engineered features, 2 logits.
 
 Each timestep's input is the raw candle step concatenated with the 86 features of the prediction
-point (broadcast over time), through `nn.RNN(nn.OptimizedLSTMCell)` layers with dropout between them
-(outside the scan). `precompute_input=True` is the measured alternative: every layer's input-to-gate
-projection computed for the whole window in one matmul outside the scan (and the constant features'
-projection once per sample), so the scan only carries `h @ W_h`. On this 2-core CPU it was not
-faster (CPU ms/step 490 vs 484 at batch 64, 1166 vs 808 at batch 128: the B x T x 4H gate tensor
-the scan has to transpose and carry through the backward pass costs more than the matmuls it
-saves), so the plain cell is the default; scripts/bench_train.py --variants compares the two.
+point (broadcast over time), through `nn.RNN(nn.OptimizedLSTMCell)` layers with dropout between them,
+and a head on the last hidden state. Those modules define the parameters (and checkpoints) and are
+the reference computation (`wavefront=False`).
+
+The default computation (`wavefront=True`) runs the same cells on the same parameters as ONE scan
+over T + L - 1 steps in which layer l works on time t - l ("wavefront", as cuDNN does): the layers'
+matmuls in a step are independent, so XLA can run them on both cores, and there are half as many
+sequential loop steps (for L = 2) in the forward and the backward pass. The features' share of the
+first layer's input projection is constant over time, so it is computed once per sequence instead
+of once per step. Logits and gradients equal the reference to float tolerance (tests check both);
+only the dropout masks between layers are drawn differently (same distribution).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
-from flax.linen import initializers
 
-Carry = tuple[jax.Array, jax.Array]
+Carry = tuple[jax.Array, jax.Array]  # (c_BxH, h_BxH)
+Weights = tuple[jax.Array, jax.Array, jax.Array]  # input Ix4H, recurrent Hx4H, bias 4H
 
 
-class ProjectedLSTMCell(nn.RNNCellBase):
-    """An LSTM cell whose input already is the gate pre-activation `x_t @ W_x + b` (4 * features)."""
+def cell_weights(cell_params: Mapping[str, Any]) -> Weights:
+    """`nn.OptimizedLSTMCell`'s per-gate parameters as one input kernel, recurrent kernel and bias,
+    in the cell's gate order (i, f, g, o)."""
+    gates = "ifgo"
+    return (
+        jnp.concatenate([cell_params[f"i{g}"]["kernel"] for g in gates], axis=-1),
+        jnp.concatenate([cell_params[f"h{g}"]["kernel"] for g in gates], axis=-1),
+        jnp.concatenate([cell_params[f"h{g}"]["bias"] for g in gates], axis=-1),
+    )
 
-    features: int
 
-    @nn.compact
-    def __call__(self, carry: Carry, gates_x_Bx4H: jax.Array) -> tuple[Carry, jax.Array]:
-        c, h = carry
-        gates = gates_x_Bx4H + nn.Dense(
-            4 * self.features,
-            use_bias=False,
-            kernel_init=initializers.orthogonal(),
-            name="recurrent",
-        )(h)
-        i, f, g, o = jnp.split(gates, 4, axis=-1)
-        new_c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        new_h = jax.nn.sigmoid(o) * jnp.tanh(new_c)
-        return (new_c, new_h), new_h
+def lstm_cell(w: Weights, carry: Carry, x_BxI: jax.Array, extra_Bx4H: jax.Array | None) -> Carry:
+    """One `nn.OptimizedLSTMCell` step; `extra_Bx4H` is an input-projection term computed outside."""
+    w_in, w_rec, bias = w
+    c, h = carry
+    z = x_BxI @ w_in + h @ w_rec + bias
+    if extra_Bx4H is not None:
+        z = z + extra_Bx4H
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return c, jax.nn.sigmoid(o) * jnp.tanh(c)
 
-    @nn.nowrap
-    def initialize_carry(self, rng: jax.Array, input_shape: tuple[int, ...]) -> Carry:
-        shape = (*input_shape[:-1], self.features)
-        return jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)
 
-    @property
-    def num_feature_axes(self) -> int:
-        return 1
+def wavefront_lstm(
+    weights: Sequence[Weights],
+    x_TxBxI: jax.Array,
+    extra_Bx4H: jax.Array | None,
+    keep_masks: Sequence[jax.Array | None],
+    all_steps: bool,
+) -> jax.Array:
+    """The top layer's hidden states (TxBxH, or the last one BxH) of a stacked LSTM, layer l at time
+    t - l in step t. `keep_masks[l - 1]` (TxBxH, already scaled by 1/keep) multiplies layer l's
+    input, i.e. dropout between layers. Needs T >= L. A prologue and an epilogue run the partial
+    wavefronts, so no step computes anything that is thrown away."""
+    n_layers, steps = len(weights), x_TxBxI.shape[0]
+    hidden = weights[0][1].shape[0]
+    zeros = jnp.zeros((x_TxBxI.shape[1], hidden), x_TxBxI.dtype)
+    carries: list[Carry] = [(zeros, zeros)] * n_layers
+
+    def advance(
+        carries: list[Carry], layers: range, x_BxI: jax.Array, keeps: Sequence[jax.Array | None]
+    ) -> list[Carry]:
+        # Every active layer reads its input from the carries of the previous step.
+        new = list(carries)
+        for layer in layers:
+            if layer == 0:
+                new[0] = lstm_cell(weights[0], carries[0], x_BxI, extra_Bx4H)
+            else:
+                inp = carries[layer - 1][1]
+                keep = keeps[layer - 1]
+                new[layer] = lstm_cell(
+                    weights[layer], carries[layer], inp if keep is None else inp * keep, None
+                )
+        return new
+
+    def keeps_at(step: int, layers: range) -> list[jax.Array | None]:
+        # Layer l at step t works on time t - l.
+        return [
+            None if k is None or lyr not in layers else k[step - lyr]
+            for lyr, k in enumerate(keep_masks, 1)
+        ]
+
+    for step in range(n_layers - 1):  # prologue: layers 0..step
+        layers = range(step + 1)
+        carries = advance(carries, layers, x_TxBxI[step], keeps_at(step, layers))
+
+    first = n_layers - 1
+
+    def body(carries: list[Carry], xs: tuple[Any, ...]) -> tuple[list[Carry], jax.Array]:
+        x_BxI, keeps = xs
+        carries = advance(carries, range(n_layers), x_BxI, keeps)
+        return carries, carries[-1][1]
+
+    keeps_xs = [
+        None if k is None else k[first - lyr : steps - lyr] for lyr, k in enumerate(keep_masks, 1)
+    ]
+    carries, h_top_SxBxH = jax.lax.scan(body, carries, (x_TxBxI[first:], keeps_xs))
+    tail = []
+    for step in range(steps, steps + n_layers - 1):  # epilogue: layers step-T+1..L-1
+        layers = range(step - steps + 1, n_layers)
+        carries = advance(carries, layers, x_TxBxI[0], keeps_at(step, layers))
+        tail.append(carries[-1][1])
+    if not all_steps:
+        return carries[-1][1]
+    return jnp.concatenate([h_top_SxBxH, *(t[None] for t in tail)], axis=0)
 
 
 class LSTMClassifier(nn.Module):
@@ -55,39 +120,20 @@ class LSTMClassifier(nn.Module):
     hidden: int = 128
     num_layers: int = 2
     dropout: float = 0.1
-    precompute_input: bool = False
-    unroll: int = 1
+    wavefront: bool = True
 
     def setup(self) -> None:
-        if self.precompute_input:
-            # Layer 0 splits its input projection into the window part and the feature part.
-            self.seq_proj = nn.Dense(4 * self.hidden, name="seq_proj")
-            self.feat_proj = nn.Dense(4 * self.hidden, use_bias=False, name="feat_proj")
-            self.layer_proj = [
-                nn.Dense(4 * self.hidden, name=f"proj_{i}") for i in range(1, self.num_layers)
-            ]
-            self.rnns = [
-                nn.RNN(ProjectedLSTMCell(self.hidden), unroll=self.unroll, name=f"rnn_{i}")
-                for i in range(self.num_layers)
-            ]
-        else:
-            self.rnns = [
-                nn.RNN(nn.OptimizedLSTMCell(self.hidden), unroll=self.unroll, name=f"rnn_{i}")
-                for i in range(self.num_layers)
-            ]
+        self.rnns = [
+            nn.RNN(nn.OptimizedLSTMCell(self.hidden), name=f"rnn_{i}")
+            for i in range(self.num_layers)
+        ]
         self.drop = nn.Dropout(self.dropout)
         self.head = nn.Dense(2, name="head")
 
-    def hidden_states(
-        self, seq_BxTx5: jax.Array, feats_BxF: jax.Array, deterministic: bool = True
+    def _layered(
+        self, seq_BxTx5: jax.Array, feats_BxF: jax.Array, deterministic: bool
     ) -> jax.Array:
-        """The top layer's hidden state at every timestep, BxTxH (causal by construction)."""
-        if self.precompute_input:
-            gates_BxTx4H = self.seq_proj(seq_BxTx5) + self.feat_proj(feats_BxF)[:, None, :]
-            h_BxTxH: jax.Array = self.rnns[0](gates_BxTx4H)  # type: ignore[assignment]
-            for proj, rnn in zip(self.layer_proj, self.rnns[1:], strict=True):
-                h_BxTxH = rnn(proj(self.drop(h_BxTxH, deterministic=deterministic)))  # type: ignore[assignment]
-            return h_BxTxH
+        """The reference: one `nn.RNN` per layer over [step ++ features], BxTxH."""
         steps = seq_BxTx5.shape[1]
         feats_BxTxF = jnp.broadcast_to(
             feats_BxF[:, None, :], (feats_BxF.shape[0], steps, feats_BxF.shape[-1])
@@ -99,12 +145,51 @@ class LSTMClassifier(nn.Module):
             x_BxTxH = rnn(x_BxTxH)  # type: ignore[assignment]
         return x_BxTxH
 
+    def _wavefront(
+        self, seq_BxTx5: jax.Array, feats_BxF: jax.Array, deterministic: bool, all_steps: bool
+    ) -> jax.Array:
+        params = self.variables["params"]
+        weights = [cell_weights(params[f"rnn_{i}"]["cell"]) for i in range(self.num_layers)]
+        n_seq = seq_BxTx5.shape[-1]
+        w_in0, w_rec0, bias0 = weights[0]
+        # [step ++ features] @ W == step @ W[:5] + features @ W[5:]; the second term is per sequence.
+        extra_Bx4H = feats_BxF @ w_in0[n_seq:]
+        weights[0] = (w_in0[:n_seq], w_rec0, bias0)
+        batch, steps = seq_BxTx5.shape[:2]
+        keeps: list[jax.Array | None] = [None] * (self.num_layers - 1)
+        if not deterministic and self.dropout > 0.0:
+            keep_p = 1.0 - self.dropout
+            rng = self.make_rng("dropout")
+            keeps = [
+                jax.random.bernoulli(k, keep_p, (steps, batch, self.hidden)) / keep_p
+                for k in jax.random.split(rng, self.num_layers - 1)
+            ]
+        h = wavefront_lstm(weights, jnp.swapaxes(seq_BxTx5, 0, 1), extra_Bx4H, keeps, all_steps)
+        return jnp.swapaxes(h, 0, 1) if all_steps else h
+
+    def _top(
+        self, seq_BxTx5: jax.Array, feats_BxF: jax.Array, deterministic: bool, all_steps: bool
+    ) -> jax.Array:
+        """The top layer's hidden states, BxTxH (all_steps) or BxH (the last step)."""
+        fast = (
+            self.wavefront and not self.is_initializing() and seq_BxTx5.shape[1] >= self.num_layers
+        )
+        if fast:
+            return self._wavefront(seq_BxTx5, feats_BxF, deterministic, all_steps)
+        h_BxTxH = self._layered(seq_BxTx5, feats_BxF, deterministic)
+        return h_BxTxH if all_steps else h_BxTxH[:, -1]
+
+    def hidden_states(
+        self, seq_BxTx5: jax.Array, feats_BxF: jax.Array, deterministic: bool = True
+    ) -> jax.Array:
+        """The top layer's hidden state at every timestep, BxTxH (causal by construction)."""
+        return self._top(seq_BxTx5, feats_BxF, deterministic, all_steps=True)
+
     def __call__(
         self, seq_BxTx5: jax.Array, feats_BxF: jax.Array, deterministic: bool = True
     ) -> jax.Array:
-        h_BxTxH = self.hidden_states(seq_BxTx5, feats_BxF, deterministic)
-        last_BxH = self.drop(h_BxTxH[:, -1], deterministic=deterministic)
-        return self.head(last_BxH)
+        last_BxH = self._top(seq_BxTx5, feats_BxF, deterministic, all_steps=False)
+        return self.head(self.drop(last_BxH, deterministic=deterministic))
 
     def logits_per_position(
         self, seq_BxTx5: jax.Array, feats_BxF: jax.Array, deterministic: bool = True
