@@ -226,10 +226,13 @@ def trade(
     def on_signal(signum: int, frame: Any) -> None:
         # Finish the current candle, then stop. A second signal acts at once (the default
         # handler): that is safe too, since each candle commits atomically.
+        # No logging here: writing to stderr from a handler that interrupted another stderr write
+        # raises "reentrant call"; the stop is logged after the loop.
+        received.append(signal.Signals(signum).name)
         stop.set()
         signal.signal(signum, old[signal.Signals(signum)])
-        log_event(log, "stop_requested", signal=signal.Signals(signum).name)
 
+    received: list[str] = []
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     # A full collection over the long-lived objects JAX, Flax and the model leave took ~315 ms in
     # a trade process (measured), most of the 500 ms model budget: keep them out of collections.
@@ -259,7 +262,8 @@ def trade(
             signal.signal(s, handler)
         manager.close()
     if stop.is_set():
-        log_event(log, "trade_stopped", strategy=strategy_id, last=summary.get("last"))
+        log_event(log, "trade_stopped", strategy=strategy_id, signal=",".join(received),
+                  last=summary.get("last"))  # fmt: skip
     log_event(log, "trade_summary", **{k: v for k, v in summary.items() if k != "pending_order"})
     if state.log_format == "json":
         import json

@@ -83,26 +83,32 @@ class _StopSignals:
 
     def __init__(self) -> None:
         self.requested: signal.Signals | None = None
+        self._logged = False
         self.holding = False
         self.pending = False
         self._previous: dict[int, Any] = {}
 
     def stop_requested(self) -> bool:
-        return self.requested is not None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested is None:
+        # The event is logged here, from fit's loop, not in the handler: a handler that writes to
+        # stderr while the interrupted code is writing there raises "reentrant call" and the line
+        # is lost (seen once on Python 3.13).
+        if self.requested is not None and not self._logged:
             from jaxtrader.logs import get_logger, log_event
 
-            self.requested = signal.Signals(signum)
-            if signal.SIGTERM in self._previous:
-                signal.signal(signal.SIGTERM, self._previous[signal.SIGTERM])
+            self._logged = True
             log_event(
                 get_logger("train"),
                 "stop_requested",
                 signal=self.requested.name,
                 note="stopping after the current step; press Ctrl-C again to abort at once",
             )
+        return self.requested is not None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested is None:
+            self.requested = signal.Signals(signum)
+            if signal.SIGTERM in self._previous:
+                signal.signal(signal.SIGTERM, self._previous[signal.SIGTERM])
         elif self.holding:
             self.pending = True
         else:
