@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from jaxtrader.errors import RiskError
-from jaxtrader.trading.store import CandleCommit, CandleRow, Store
+from jaxtrader.trading.store import (
+    APPLICATION_ID,
+    SCHEMA,
+    SCHEMA_VERSION,
+    CandleCommit,
+    CandleRow,
+    Store,
+)
 
 MODEL = {"hash": "m1", "checkpoint": "ckpt/a"}
 
@@ -90,8 +97,95 @@ def test_history_returns_last_n_in_order(tmp_path: Path) -> None:
 def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"this is not sqlite at all, just text" * 100)
-    with pytest.raises(RiskError, match="not a usable SQLite database"):
+    with pytest.raises(RiskError) as e:
         Store(bad)
+    msg = str(e.value)
+    assert "\n" not in msg and str(bad) in msg and "not a usable SQLite database" in msg
+    assert "pass --state a new file name" in msg and "restore this file from a backup" in msg
+
+
+def _pragmas(path: Path) -> tuple[int, int, str]:
+    with sqlite3.connect(path) as c:
+        return (
+            c.execute("PRAGMA application_id").fetchone()[0],
+            c.execute("PRAGMA user_version").fetchone()[0],
+            c.execute("PRAGMA journal_mode").fetchone()[0],
+        )
+
+
+def test_new_state_file_is_marked_as_jaxtrader(tmp_path: Path) -> None:
+    Store(tmp_path / "s.db").close()
+    assert _pragmas(tmp_path / "s.db") == (APPLICATION_ID, SCHEMA_VERSION, "wal")
+    assert int.from_bytes(b"JXTR", "big") == APPLICATION_ID
+    store = Store(tmp_path / "s.db")  # our own mark is accepted
+    assert store.register("a", {"x": 1}, MODEL) is True
+
+
+def _foreign(path: Path, sql: str, app_id: int = 0) -> bytes:
+    """A database written by another application; returns its bytes."""
+    c = sqlite3.connect(path)
+    c.executescript(sql)
+    c.execute(f"PRAGMA application_id = {app_id}")
+    c.commit()
+    c.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("sql", "app_id", "shown"),
+    [
+        # freqtrade's tradesv3.sqlite: a `trades` table of its own.
+        ("CREATE TABLE trades (id INTEGER PRIMARY KEY, pair TEXT); INSERT INTO trades VALUES "
+         "(1, 'BTC/USDT');", 0, "no jaxtrader mark; holds trades"),
+        # A table named like ours with other columns used to fail as an internal error.
+        ("CREATE TABLE strategies (name TEXT); CREATE TABLE orders (x);", 0,
+         "holds orders, strategies"),
+        # Our exact tables but another application's mark: theirs.
+        (SCHEMA, 0x12345678, "application_id 0x12345678; holds candles"),
+        ("CREATE TABLE t (a); CREATE VIEW v AS SELECT a FROM t;", 0, "holds t, v"),
+    ],
+)  # fmt: skip
+def test_another_applications_database_is_refused_untouched(
+    tmp_path: Path, sql: str, app_id: int, shown: str
+) -> None:
+    path = tmp_path / "tradesv3.sqlite"
+    before = _foreign(path, sql, app_id)
+    with pytest.raises(RiskError) as e:
+        Store(path)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and "another application's database" in msg
+    assert shown in msg and "pass --state a new file name" in msg
+    # Not a byte changed (not even the journal mode), and no WAL/journal files left behind.
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tradesv3.sqlite"]
+
+
+def test_unmarked_state_file_of_an_older_jaxtrader_is_accepted_and_marked(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    # Before the mark existed; the oldest files also lack the `runners` table added later.
+    old_schema = SCHEMA[: SCHEMA.index("CREATE TABLE IF NOT EXISTS runners")]
+    _foreign(path, old_schema + "INSERT INTO state VALUES ('a', NULL, '{\"w\": 1}', 'now');")
+    assert _pragmas(path)[:2] == (0, 0)
+    store = Store(path)
+    assert store.load_state("a") == (None, {"w": 1})
+    store.claim("a")  # the runners table was created
+    store.close()
+    assert _pragmas(path)[:2] == (APPLICATION_ID, SCHEMA_VERSION)
+
+
+def test_empty_sqlite_file_is_taken(tmp_path: Path) -> None:
+    (tmp_path / "zero.db").touch()  # e.g. `touch state.db`
+    Store(tmp_path / "zero.db").close()
+    assert _pragmas(tmp_path / "zero.db")[:2] == (APPLICATION_ID, SCHEMA_VERSION)
+
+
+def test_state_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    Store(path).close()
+    with sqlite3.connect(path) as c:
+        c.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(RiskError, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
+        Store(path)
 
 
 def test_one_live_runner_per_strategy_id(tmp_path: Path) -> None:

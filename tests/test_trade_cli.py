@@ -214,6 +214,20 @@ def test_portfolio_of_a_missing_file_or_id_is_an_error(
     assert "no strategy 'zz'" in one_line_error(*run_cli(args, capsys)[::2])
 
 
+def test_trade_and_portfolio_refuse_another_applications_database(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "tradesv3.sqlite"  # freqtrade's state file, with its own `trades` table
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE trades (id INTEGER PRIMARY KEY, pair TEXT)")
+    before = db.read_bytes()
+    for args in (trade_args(setup, db, "a"), ["portfolio", "--state", str(db)]):
+        err = one_line_error(*run_cli(args, capsys)[::2])
+        assert f"state file {db} is another application's database" in err
+        assert "pass --state a new file name" in err
+    assert db.read_bytes() == before
+
+
 def test_help_says_paper_trading_only() -> None:
     out = CliRunner().invoke(cli, ["trade", "--help"]).output
     assert "PAPER TRADING ONLY" in out and "real order placement is out of scope" in out

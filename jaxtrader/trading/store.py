@@ -4,6 +4,10 @@ WAL mode plus a busy timeout lets several strategy processes share a file. Each 
 written in ONE transaction (`commit_candle`), so a crash leaves all or none of a candle's effects and
 a restart resumes after the last committed candle. Timestamps are stored as ISO 8601 UTC text, which
 sorts chronologically.
+
+A state file is marked as jaxtrader's on creation (`PRAGMA application_id` = APPLICATION_ID,
+`user_version` = SCHEMA_VERSION) so `--state` pointed at another application's database is refused
+instead of silently gaining our tables.
 """
 
 from __future__ import annotations
@@ -57,6 +61,15 @@ CREATE TABLE IF NOT EXISTS runners (
   strategy_id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, since TEXT NOT NULL);
 """
 TABLES = ("strategies", "state", "candles", "signals", "orders", "fills", "positions", "equity")
+# "JXTR" as a signed 32-bit integer: the SQLite header field identifying the file's application.
+APPLICATION_ID = 0x4A585452
+SCHEMA_VERSION = 1
+# Table sets of unmarked files written before the marking existed (`runners` came later); such a
+# file is ours and is marked on open. Any other unmarked non-empty database is someone else's.
+_LEGACY_TABLE_SETS = (
+    frozenset({*TABLES, "risk_events", "runners"}),
+    frozenset({*TABLES, "risk_events"}),
+)
 
 
 def stable_hash(obj: Any) -> str:
@@ -120,16 +133,65 @@ class Store:
             raise RiskError(f"state file directory {self.path.parent} does not exist; create it")
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
+        try:
             self.conn.execute("PRAGMA busy_timeout = 30000")
+            # Identify the file before writing anything: journal_mode=WAL alone would already
+            # change another application's database.
+            self._check_owner(self.conn)
             self.conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL is durable against process crashes (SIGKILL) in WAL mode; only a power loss
             # may drop the last transactions, never corrupt the file.
             self.conn.execute("PRAGMA synchronous = NORMAL")
-            self.conn.executescript(SCHEMA)
+            with self.transaction() as c:
+                # Re-checked under the write lock: another process may have created it meanwhile.
+                if not self._check_owner(c):
+                    c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+        except RiskError:
+            self.conn.close()
+            raise
         except sqlite3.DatabaseError as e:
-            raise RiskError(
-                f"state file {self.path} is not a usable SQLite database: {e}"
-            ) from None
+            self.conn.close()
+            raise self._unusable(e) from None
+
+    def _unusable(self, e: sqlite3.DatabaseError) -> RiskError:
+        return RiskError(
+            f"state file {self.path} is not a usable SQLite database ({e}); pass --state a new "
+            "file name, or restore this file from a backup if it was a jaxtrader state file"
+        )
+
+    def _check_owner(self, c: sqlite3.Connection) -> bool:
+        """Whether the file is already marked as ours; refuses a database that is not a jaxtrader
+        state file. An empty file, or an unmarked one with exactly our tables, is accepted."""
+        app_id = c.execute("PRAGMA application_id").fetchone()[0]
+        version = c.execute("PRAGMA user_version").fetchone()[0]
+        if app_id == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise RiskError(
+                    f"state file {self.path} has schema version {version}, newer than this "
+                    f"jaxtrader's {SCHEMA_VERSION}; upgrade jaxtrader or pass --state a new file"
+                )
+            return version == SCHEMA_VERSION
+        names = {
+            r[0]
+            for r in c.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view', 'trigger')"
+            )
+            if not r[0].startswith("sqlite_")
+        }
+        if app_id == 0 and (not names or names in _LEGACY_TABLE_SETS):
+            return False
+        owner = f"application_id {app_id:#x}" if app_id else "no jaxtrader mark"
+        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        raise RiskError(
+            f"state file {self.path} is another application's database ({owner}; holds "
+            f"{shown or 'nothing'}); jaxtrader will not write into it: pass --state a new file name"
+        )
 
     def close(self) -> None:
         self.conn.close()
