@@ -272,7 +272,14 @@ def _read_csv(path: Path) -> _Raw:
         head = [f.readline() for _ in range(3)]
     skip = 0
     # CryptoDataDownload-style files start with a one-field banner line (a URL) before the header.
-    if head[0].strip() and "," not in head[0] and ";" not in head[0] and "\t" not in head[0]:
+    # A lone line is never a banner: it is the (wrong) header of a file that is not a candle CSV.
+    if (
+        head[0].strip()
+        and head[1].strip()
+        and "," not in head[0]
+        and ";" not in head[0]
+        and "\t" not in head[0]
+    ):
         skip = 1
     line = head[skip].strip()
     if not line:
@@ -360,10 +367,6 @@ def _read_any(path: Path) -> _Raw:
             f"{path}: cannot read file ({reason}); it may be truncated or not a candle file - "
             "re-download it"
         ) from None
-    if len(raw.table) == 0:
-        raise DataError(
-            f"{path}: no candle rows (header only?); the file needs at least one candle"
-        )
     return raw
 
 
@@ -569,8 +572,10 @@ def load_candles(
     given = None if interval is None else parse_interval(interval)
     raw = _read_any(p)
     sym = symbol or infer_symbol(p)
-    cols = _pick_columns(raw, p, sym)
+    cols = _pick_columns(raw, p, sym)  # first: a file that is not CSV at all has no columns
     table = raw.table
+    if len(table) == 0:
+        raise DataError(f"{p}: no candle rows (header only?); the file needs at least one candle")
     tcol = cols["timestamp"]
     if isinstance(tcol, tuple):
         time_col = table[tcol[0]].astype("string") + " " + table[tcol[1]].astype("string")

@@ -306,6 +306,17 @@ def test_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "head.csv").write_text(HEADER)
     with pytest.raises(DataError, match=r"head\.csv: no candle rows \(header only\?\)"):
         load_candles(tmp_path / "head.csv")
+    # Not a CSV at all: the missing columns are named, not "header only" or "empty".
+    for i, text in enumerate(["hello world", "hello world\n", "hello,world\n"]):
+        (tmp_path / f"hello{i}.csv").write_text(text)
+        with pytest.raises(DataError) as e:
+            load_candles(tmp_path / f"hello{i}.csv")
+        found = text.strip().replace(",", ", ")
+        assert str(e.value) == (
+            f"{tmp_path / f'hello{i}.csv'}: missing column(s) timestamp, open, high, low, close, "
+            f"volume; found: {found}; the file needs timestamp,open,high,low,close,volume (or a "
+            "Binance kline / freqtrade layout)"
+        )
     with pytest.raises(DataError, match=r"nope\.csv: file not found; check the path"):
         load_candles(tmp_path / "nope.csv")
     (tmp_path / "bad.json").write_text("{not json")
