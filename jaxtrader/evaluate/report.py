@@ -180,10 +180,24 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_equity(rows: EvalRows, cost_rate: float, path: Path, title: str = "") -> Path:
-    """Strategy and buy-and-hold equity (log scale) with the strategy drawdown underneath."""
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def _plain_number(value: float, _pos: Any = None) -> str:
+    """A log-axis tick as a plain number: 0.05, 0.5, 2, 1,000 (never 1e+03)."""
+    if value >= 1 and value == round(value):
+        return f"{value:,.0f}"
+    return f"{value:g}"
+
+
+def figure_equity(rows: EvalRows, cost_rate: float, title: str = "") -> Any:
+    """Strategy and buy-and-hold equity with the strategy drawdown underneath (a Figure)."""
     plt = _pyplot()
     import pandas as pd
+    from matplotlib import ticker
 
     t = pd.to_datetime(rows.timestamp_ns, utc=True)
     hold = bt.simulate(np.ones(len(rows)), rows.asset_return, cost_rate).equity
@@ -199,9 +213,11 @@ def plot_equity(rows: EvalRows, cost_rate: float, path: Path, title: str = "") -
     # Log scale only when growth spans a wide range; plain numbers read better otherwise.
     if positive.size and positive.max() / positive.min() > 4:
         ax.set_yscale("log")
-        plain = plt.matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        # Labels at 1, 2, 5 per decade only: labelling every minor tick (..., 7, 8, 9, 10) piles
+        # the labels onto each other near each power of ten.
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(_plain_number))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_ylabel("equity (start = 1)")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
@@ -214,9 +230,12 @@ def plot_equity(rows: EvalRows, cost_rate: float, path: Path, title: str = "") -
     ax_dd.legend(loc="lower left", fontsize=8)
     ax_dd.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_equity(rows: EvalRows, cost_rate: float, path: Path, title: str = "") -> Path:
+    """equity.png: see `figure_equity`."""
+    return _save(figure_equity(rows, cost_rate, title), path)
 
 
 def plot_confusion(cm: list[list[int]], path: Path, title: str = "") -> Path:
@@ -241,25 +260,44 @@ def plot_confusion(cm: list[list[int]], path: Path, title: str = "") -> Path:
     ax.set_ylabel("actual")
     ax.set_title(title or "Confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
-def plot_reliability(table: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Observed up-frequency against mean predicted P(up) per bin, with bin counts below."""
+def figure_reliability(table: list[dict[str, Any]], title: str = "") -> Any:
+    """Observed up-frequency against mean predicted P(up) per bin (a Figure).
+
+    Each point carries its 95% Wilson interval and its count, so a bin of a handful of rows does
+    not read as miscalibration; the counts are also drawn as bars underneath.
+    """
+    from jaxtrader.evaluate.significance import wilson_interval
+
     plt = _pyplot()
     used = [r for r in table if r["count"]]
+    x = np.array([r["mean_predicted"] for r in used], dtype=np.float64)
+    y = np.array([r["observed_frequency"] for r in used], dtype=np.float64)
+    ci = np.array([wilson_interval(r["observed_frequency"], r["count"]) for r in used])
+    ci = ci.reshape(-1, 2)
     fig, (ax, ax_n) = plt.subplots(
         2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-    ax.plot(
-        [r["mean_predicted"] for r in used],
-        [r["observed_frequency"] for r in used],
+    ax.errorbar(
+        x,
+        y,
+        yerr=np.vstack([y - ci[:, 0], ci[:, 1] - y]),
         marker="o",
-        label="model",
+        capsize=3,
+        label="model (95% Wilson interval)",
     )
+    for r, xi, yi in zip(used, x, y, strict=True):
+        ax.annotate(
+            f"n={r['count']}",
+            (xi, yi),
+            textcoords="offset points",
+            xytext=(5, -10),
+            fontsize=7,
+            color="tab:blue",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("observed frequency of up")
@@ -272,9 +310,12 @@ def plot_reliability(table: list[dict[str, Any]], path: Path, title: str = "") -
     ax_n.set_xlabel("predicted P(up)")
     ax_n.set_ylabel("count")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_reliability(table: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """reliability.png: see `figure_reliability`."""
+    return _save(figure_reliability(table, title), path)
 
 
 def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -289,30 +330,131 @@ def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def plot_training(records: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Train/val loss and val accuracy (with the majority rate) per epoch."""
+def epoch_positions(records: list[dict[str, Any]]) -> tuple[list[float], bool]:
+    """Where each epoch record sits on an epoch axis, and whether the last one is partial.
+
+    A full epoch k sits at k. A last epoch that ran only s of its S steps (an interrupted or
+    time-limited run) sits at k - 1 + s/S. S is the record's `epoch_steps` when known (added by
+    the evaluation from the dataset), else the most steps any record ran.
+    """
+    epochs = [float(r.get("epoch", i + 1)) for i, r in enumerate(records)]
+    if not records:
+        return epochs, False
+    last = records[-1]
+    ran = [r["steps"] for r in records if isinstance(r.get("steps"), int | float)]
+    full = last.get("epoch_steps") or (max(ran) if ran else None)
+    steps = last.get("steps")
+    if not full or not isinstance(steps, int | float) or steps >= full:
+        return epochs, False
+    epochs[-1] = epochs[-1] - 1 + steps / full
+    return epochs, True
+
+
+def figure_training(records: list[dict[str, Any]], title: str = "") -> Any:
+    """Train/val loss and val accuracy (with the majority rate) per epoch (a Figure).
+
+    Epoch ticks are integers; a partial last epoch is drawn dashed at its fraction with a hollow
+    marker and labelled; the best epoch (lowest validation loss) is marked on both panels.
+    """
     plt = _pyplot()
-    epochs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
+    from matplotlib import ticker
+
+    xs, partial = epoch_positions(records)
+    k = len(records) - 1 if partial else len(records)  # records of complete epochs
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
+
+    def curve(ax: Any, key: str) -> None:
+        ys = [float(r.get(key, np.nan)) for r in records]
+        (line,) = ax.plot(xs[:k], ys[:k], marker="o", label=key)
+        if partial:
+            color = line.get_color()
+            ax.plot(xs[max(k - 1, 0) :], ys[max(k - 1, 0) :], ls="--", color=color)
+            ax.plot(xs[-1:], ys[-1:], marker="o", mfc="white", color=color, ls="none")
+
     for key in ("train_loss", "val_loss"):
         if any(key in r for r in records):
-            ax_l.plot(epochs, [r.get(key, np.nan) for r in records], marker="o", label=key)
-    ax_l.set_xlabel("epoch")
-    ax_l.set_ylabel("cross-entropy")
-    ax_l.legend()
-    ax_l.grid(alpha=0.3)
+            curve(ax_l, key)
     for key in ("train_acc", "val_acc", "val_majority_rate"):
         if any(key in r for r in records):
-            ax_a.plot(epochs, [r.get(key, np.nan) for r in records], marker="o", label=key)
-    ax_a.set_xlabel("epoch")
-    ax_a.set_ylabel("accuracy")
-    ax_a.legend()
-    ax_a.grid(alpha=0.3)
+            curve(ax_a, key)
+    losses = [float(r.get("val_loss", np.nan)) for r in records]
+    best = int(np.nanargmin(losses)) if np.isfinite(losses).any() else None
+    if best is not None:
+        which = " (partial)" if partial and best == len(records) - 1 else ""
+        epoch = int(records[best].get("epoch", best + 1))
+        for ax in (ax_l, ax_a):
+            ax.axvline(
+                xs[best],
+                color="tab:green",
+                ls=":",
+                lw=1.5,
+                label=f"best epoch {epoch}{which}: val loss {losses[best]:.4f}",
+            )
+        ax_l.plot([xs[best]], [losses[best]], marker="*", ms=14, color="tab:green", ls="none")
+    if partial:
+        last = records[-1]
+        full = last.get("epoch_steps") or max(r.get("steps", 0) for r in records)
+        ax_l.annotate(
+            f"partial epoch {int(last.get('epoch', len(records)))}: {last['steps']}/{full} steps",
+            (xs[-1], losses[-1]),
+            textcoords="offset points",
+            xytext=(-10, 12),
+            ha="right",
+            fontsize=8,
+        )
+    for ax, ylabel in ((ax_l, "cross-entropy"), (ax_a, "accuracy")):
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.set_xlim(min([0.5, *xs]) if xs else 0.5, max([1.0, *xs]) + 0.5)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.suptitle(title or "Training curves")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_training(records: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """training.png: see `figure_training`."""
+    return _save(figure_training(records, title), path)
+
+
+def figure_attention(
+    weights_LxBxHxTxT: np.ndarray,
+    labels: Sequence[str],
+    title: str = "",
+    feature_token: bool = False,
+) -> Any:
+    """Last block's head-averaged attention of the prediction point over the window, per sample.
+
+    Each row is one recent window, labelled by its prediction candle's timestamp; columns are
+    window positions (oldest left, the prediction candle right). The diverging colour scale is
+    centred (white) on uniform attention 1/T over the T attended positions, so near-uniform
+    attention reads as pale rather than as structure; red is above uniform, blue below.
+    """
+    plt = _pyplot()
+    from matplotlib import colors
+
+    w = np.asarray(weights_LxBxHxTxT, dtype=np.float64)
+    last_BxT = w[-1].mean(axis=1)[:, -1, :]  # last layer, mean over heads, query = last position
+    uniform = 1.0 / last_BxT.shape[1]
+    # Symmetric around uniform (0 .. 2/T) unless a weight goes higher.
+    norm = colors.TwoSlopeNorm(
+        vmin=0.0, vcenter=uniform, vmax=max(2.0 * uniform, float(last_BxT.max()))
+    )
+    fig, ax = plt.subplots(figsize=(10, 0.5 * last_BxT.shape[0] + 1.8))
+    im = ax.imshow(last_BxT, aspect="auto", cmap="RdBu_r", norm=norm)
+    ax.set_yticks(range(len(labels)), list(labels), fontsize=8)
+    ax.set_ylabel("prediction candle (UTC)")
+    ax.set_xlabel(
+        "window position (right = prediction candle"
+        + ("; position 0 = the engineered-feature token)" if feature_token else ")")
+    )
+    ax.set_title(title or "Attention of the prediction point (last block, mean over heads)")
+    bar = fig.colorbar(im, ax=ax, fraction=0.03)
+    bar.set_label(f"attention weight (white = uniform 1/{last_BxT.shape[1]} = {uniform:.3g})")
+    fig.tight_layout()
+    return fig
 
 
 def plot_attention(
@@ -322,27 +464,8 @@ def plot_attention(
     title: str = "",
     feature_token: bool = False,
 ) -> Path:
-    """Last block's head-averaged attention of the prediction point over the window, per sample.
-
-    Each row is one recent window; columns are window positions (oldest left, the prediction
-    candle right), so the picture shows which past candles the final position attends to.
-    """
-    plt = _pyplot()
-    w = np.asarray(weights_LxBxHxTxT, dtype=np.float64)
-    last_BxT = w[-1].mean(axis=1)[:, -1, :]  # last layer, mean over heads, query = last position
-    fig, ax = plt.subplots(figsize=(10, 0.5 * last_BxT.shape[0] + 1.8))
-    im = ax.imshow(last_BxT, aspect="auto", cmap="viridis")
-    ax.set_yticks(range(len(labels)), list(labels), fontsize=8)
-    ax.set_xlabel(
-        "window position (right = prediction candle"
-        + ("; position 0 = the engineered-feature token)" if feature_token else ")")
-    )
-    ax.set_title(title or "Attention of the prediction point (last block, mean over heads)")
-    fig.colorbar(im, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    """attention.png: see `figure_attention`."""
+    return _save(figure_attention(weights_LxBxHxTxT, labels, title, feature_token), path)
 
 
 def write_report(
@@ -376,7 +499,13 @@ def write_report(
     if attention is not None:
         token = doc.get("source", {}).get("feature_join") == "token"
         images.append(
-            plot_attention(attention[0], attention[1], out / "attention.png", feature_token=token)
+            plot_attention(
+                attention[0],
+                attention[1],
+                out / "attention.png",
+                f"{label}: attention of the prediction point (last block, mean over heads)",
+                feature_token=token,
+            )
         )
     from jaxtrader.logs import jsonable
 

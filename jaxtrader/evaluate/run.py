@@ -197,6 +197,10 @@ def evaluate_checkpoint(
     records: list[dict[str, Any]] = []
     if manifest.metrics_path:
         records = read_metrics_jsonl(version_dir / manifest.metrics_path)
+        # Steps of a full epoch (as train.steps_per_epoch counts them), so the training plot can
+        # tell a partial last epoch even when it is the only one.
+        full = max(dataset.num_batches("train", predictor.config.train.batch_size), 1)
+        records = [{"epoch_steps": full, **r} for r in records]
     if not records:
         doc["notes"].append("no training metrics JSONL found: training curves skipped")
     attention = None
