@@ -117,6 +117,9 @@ def test_training_plot_has_integer_epoch_ticks_and_marks_the_best_epoch() -> Non
         assert len(best) == 1 and list(best[0].get_xdata()) == [2.0, 2.0]
         assert best[0].get_label() == "best epoch 2: val loss 0.6900"
     assert r.epoch_positions(records) == ([1.0, 2.0, 3.0], False)
+    # A one-epoch run (the README's tiny configs) still gets the integer tick only.
+    ax = r.figure_training(records[:1]).axes[0]
+    assert _visible(ax.get_xticks(), ax.get_xlim()) == [1.0]
 
 
 def test_training_plot_draws_a_partial_last_epoch_at_its_fraction() -> None:

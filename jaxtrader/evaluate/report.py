@@ -403,7 +403,7 @@ def figure_training(records: list[dict[str, Any]], title: str = "") -> Any:
             fontsize=8,
         )
     for ax, ylabel in ((ax_l, "cross-entropy"), (ax_a, "accuracy")):
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlim(min([0.5, *xs]) if xs else 0.5, max([1.0, *xs]) + 0.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
