@@ -57,15 +57,46 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+def text_value(value: Any) -> str:
+    """A field value for a human log line: floats (also numpy's, also inside lists, tuples and
+    dicts) to 6 significant digits, so a float32 weight reads 1.0007, not 1.0006999969482422."""
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy / jax arrays and scalars
+        value = value.tolist()
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(text_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {text_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         event = getattr(record, _EVENT_ATTR, None) or record.getMessage()
         parts = [_timestamp(record), record.levelname.lower(), event]
         for k, v in getattr(record, _FIELDS_ATTR, {}).items():
-            if isinstance(v, float):
-                v = f"{v:.6g}"
-            parts.append(f"{k}={v}")
+            parts.append(f"{k}={text_value(v)}")
         return " ".join(str(p) for p in parts)
+
+
+class BarAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes records to a stream; while a tqdm bar is shown, through `tqdm.write`, which clears
+    the bar, writes the line and redraws the bar below it, so a record is never glued onto it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm_module = sys.modules.get("tqdm")  # no bar can be active before tqdm is imported
+        bar_class = getattr(tqdm_module, "tqdm", None)
+        if not getattr(bar_class, "_instances", None):
+            super().emit(record)
+            return
+        try:
+            bar_class.write(self.format(record), file=self.stream)  # type: ignore[union-attr]
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def setup_logging(fmt: LogFormat = "text", level: int = logging.INFO) -> None:
@@ -73,7 +104,7 @@ def setup_logging(fmt: LogFormat = "text", level: int = logging.INFO) -> None:
     _state["format"] = fmt
     root = logging.getLogger("jaxtrader")
     root.handlers.clear()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BarAwareHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(level)

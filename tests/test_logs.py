@@ -1,0 +1,110 @@
+"""Human log lines: rounded floats, and never glued onto a progress bar."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sys
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from jaxtrader import logs
+from jaxtrader.logs import (
+    LogFormat,
+    get_logger,
+    log_event,
+    log_format,
+    progress_bar,
+    setup_logging,
+    text_value,
+)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _screen(raw: str) -> list[str]:
+    """What a terminal shows for `raw`: \\r returns to column 0 and later text overwrites."""
+    lines = []
+    for chunk in raw.split("\n"):
+        row: list[str] = []
+        for part in chunk.split("\r"):
+            row[: len(part)] = part
+        lines.append("".join(row).rstrip())
+    return lines
+
+
+@pytest.fixture
+def terminal(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[LogFormat], _Terminal]]:
+    """Call it in the test body: pytest re-points sys.stderr at its capture between a fixture's
+    setup and the test call, so a replacement made during setup would not reach the test."""
+
+    def use(fmt: LogFormat = "text") -> _Terminal:
+        term = _Terminal()
+        monkeypatch.setattr(sys, "stderr", term)
+        setup_logging(fmt)
+        return term
+
+    root = logging.getLogger("jaxtrader")
+    saved = (root.handlers[:], root.level, root.propagate, log_format())
+    yield use
+    root.handlers[:], root.level, root.propagate = saved[:3]  # as other tests left it
+    logs._state["format"] = saved[3]
+
+
+def test_log_line_is_never_glued_onto_an_active_progress_bar(
+    terminal: Callable[[LogFormat], _Terminal],
+) -> None:
+    term = terminal("text")
+    log = get_logger("test")
+    bar = progress_bar(10, "epoch 1/3")
+    assert not bar.disable  # a real bar: the "terminal" is a tty
+    bar.update(4)
+    bar.refresh()
+    log_event(log, "stop_requested", signal="SIGINT")
+    bar.update(2)
+    bar.close()
+    log_event(log, "fit_end", epochs_run=1)
+    screen = _screen(term.getvalue())
+    stop = [ln for ln in screen if "stop_requested" in ln]
+    assert len(stop) == 1
+    # The whole visible line is the record: no bar text before or after it.
+    assert re.fullmatch(r"\S+ info stop_requested signal=SIGINT", stop[0]), screen
+    # The bar was redrawn after the record (on the next line), then cleared by close().
+    assert "epoch 1/3:  40%" in term.getvalue().split("stop_requested")[1]
+    assert re.fullmatch(r"\S+ info fit_end epochs_run=1", screen[-2]), screen
+
+
+def test_text_log_rounds_floats_also_in_lists_and_numpy(
+    terminal: Callable[[LogFormat], _Terminal],
+) -> None:
+    term = terminal("text")
+    weights = np.asarray([1.0007, 0.9993], dtype=np.float32)
+    assert float(weights[0]) == 1.0006999969482422  # what used to be printed
+    log_event(get_logger("test"), "fit_start", class_weights=weights.round(4).tolist(),
+              lr=np.float32(3e-4), loss=0.693147180559945, steps=12,
+              nested={"a": (0.1 + 0.2, 2)}, arr=weights)  # fmt: skip
+    line = term.getvalue().strip()
+    assert line.endswith(
+        "info fit_start class_weights=[1.0007, 0.9993] lr=0.0003 loss=0.693147 steps=12 "
+        "nested={a: [0.3, 2]} arr=[1.0007, 0.9993]"
+    ), line
+
+
+def test_json_log_keeps_full_precision(terminal: Callable[[LogFormat], _Terminal]) -> None:
+    import json
+
+    term = terminal("json")
+    log_event(get_logger("test"), "x", loss=0.693147180559945)
+    doc = json.loads(term.getvalue().strip())
+    assert doc["loss"] == 0.693147180559945  # machine readers get the exact value
+
+
+def test_text_value_leaves_non_floats_alone() -> None:
+    assert text_value("a b") == "a b" and text_value(True) == "True" and text_value(None) == "None"
+    assert text_value(np.int64(7)) == "7" and text_value(float("nan")) == "nan"
