@@ -53,12 +53,34 @@ Array = np.ndarray
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """One feature: its column name, family, one-line definition and warm-up in candles."""
+    """One feature: its column name, family, one-line definition and warm-up in candles.
+
+    `note` spells out a convention the definition leaves open (a tie rule, an estimator) without
+    changing any value. It is shown with the definition but kept out of `feature_hash`, so
+    stating an existing convention does not orphan the checkpoints trained on those same values.
+    """
 
     name: str
     family: str
     definition: str
     warmup: int
+    note: str = ""
+
+    @property
+    def text(self) -> str:
+        """The definition with its note, as `features list` and the README show it."""
+        return f"{self.definition}; {self.note}" if self.note else self.definition
+
+
+# Conventions where libraries disagree (an outside recomputation against the `ta` library found
+# these the only differences; checked against TA-Lib and the code in tests/test_features.py).
+_AROON_TIES = (
+    "on a tie the most recent extreme counts (TA-Lib's rule; the `ta` library takes the oldest)"
+)
+_POPULATION = "population (biased) moments m_k = mean((r - mean r)^k), no small-sample correction"
+_OBV_RULE = (
+    "OBV adds volume on a higher close, subtracts it on a lower one, nothing on an equal one"
+)
 
 
 def _settle(alpha: float, passes: int = 1) -> int:
@@ -101,8 +123,8 @@ def _registry() -> tuple[FeatureSpec, ...]:
     """The 86 specs in column order (one place for names, definitions and warm-ups)."""
     specs: list[FeatureSpec] = []
 
-    def _add(name: str, family: str, definition: str, warmup: int) -> None:
-        specs.append(FeatureSpec(name, family, definition, warmup))
+    def _add(name: str, family: str, definition: str, warmup: int, note: str = "") -> None:
+        specs.append(FeatureSpec(name, family, definition, warmup, note))
 
     for k in _RET_HORIZONS:
         _add(f"ret_{k}", "returns", f"log(close_t / close_t-{k})", k)
@@ -120,9 +142,11 @@ def _registry() -> tuple[FeatureSpec, ...]:
     _add("adx_14", "trend", "ADX(14) / 100", _ADX_WARM)
     _add("plus_di_14", "trend", "+DI(14) / 100", _wilder_warm(14))
     _add("minus_di_14", "trend", "-DI(14) / 100", _wilder_warm(14))
-    _add("aroon_up_25", "trend", "Aroon up(25) / 100", 25)
-    _add("aroon_down_25", "trend", "Aroon down(25) / 100", 25)
-    _add("aroon_osc_14", "trend", "Aroon oscillator(14) / 100", 14)
+    aroon = "(25 - candles since the {} of the last 26) / 25; " + _AROON_TIES
+    _add("aroon_up_25", "trend", "Aroon up(25) / 100", 25, aroon.format("highest high"))
+    _add("aroon_down_25", "trend", "Aroon down(25) / 100", 25, aroon.format("lowest low"))
+    _add("aroon_osc_14", "trend", "Aroon oscillator(14) / 100", 14,
+         "Aroon up(14) - Aroon down(14); " + _AROON_TIES)  # fmt: skip
     for n in _SLOPE_WINDOWS:
         _add(f"linreg_slope_{n}", "trend", f"LINEARREG_SLOPE(log close, {n}) per candle", n - 1)
 
@@ -160,7 +184,8 @@ def _registry() -> tuple[FeatureSpec, ...]:
     _add(
         "volume_ratio_5_50", "volume", "mean5(volume) / mean50(volume) (zero-volume window: 0)", 49
     )
-    _add("obv_slope_20", "volume", "LINEARREG_SLOPE(OBV, 20) / mean20(volume) (zero volume: 0)", 19)
+    _add("obv_slope_20", "volume", "LINEARREG_SLOPE(OBV, 20) / mean20(volume) (zero volume: 0)", 19,
+         _OBV_RULE)  # fmt: skip
     for n in (20, 60):
         _add(f"vwap_dist_{n}", "volume",
              f"close / VWAP{n} - 1, VWAP of typical price (zero volume: mean typical price)",
@@ -176,8 +201,10 @@ def _registry() -> tuple[FeatureSpec, ...]:
     _add("gap_1", "candle", "ln(open_t / close_t-1)", 1)
 
     for n in (20, 60):
-        _add(f"skew_{n}", "rolling", f"skewness of log returns over {n} (flat: 0)", n)
-        _add(f"kurt_{n}", "rolling", f"excess kurtosis of log returns over {n} (flat: 0)", n)
+        _add(f"skew_{n}", "rolling", f"skewness of log returns over {n} (flat: 0)", n,
+             f"m3 / m2^1.5 of the {n} returns, {_POPULATION}")  # fmt: skip
+        _add(f"kurt_{n}", "rolling", f"excess kurtosis of log returns over {n} (flat: 0)", n,
+             f"m4 / m2^2 - 3 of the {n} returns, {_POPULATION}")  # fmt: skip
     for n in (20, 60):
         _add(f"autocorr_{n}", "rolling", f"lag-1 autocorrelation of log returns over {n} (flat: 0)",
              n + 1)  # fmt: skip
@@ -298,6 +325,9 @@ def _local_means(x_KxN: Array, n: int, tail: int | None = None) -> Array:
 
 def _moments(r: Array, n: int, tail: int | None = None) -> tuple[Array, Array]:
     """Skewness and excess kurtosis of log returns over the trailing n values (flat: 0).
+
+    Population (biased) estimators: central moments divide by n, with no small-sample correction
+    (scipy's `bias=True`; pandas' `.skew()` / `.kurt()` apply the correction and differ).
 
     Log returns are centred near 0, so expanding central moments in raw ones loses no precision
     at return scales; `_FLAT_VAR` absorbs the rounding residue of flat windows. With `tail`, only

@@ -440,3 +440,69 @@ def test_cli_compute_writes_parquet_and_csv_with_filled_flag(tmp_path: Path) -> 
 
     bad = runner.invoke(cli, ["features", "compute", "--out", str(tmp_path / "f.txt")])
     assert bad.exit_code == 2 and "unsupported extension" in bad.output
+
+
+# ----------------------------------------------------------------------------- conventions
+
+
+def test_aroon_takes_the_most_recent_extreme_on_a_tie(candles: pd.DataFrame) -> None:
+    """TA-Lib's rule, as the definitions say (the `ta` library's argmax would take the oldest)."""
+    frame = candles.iloc[:800].copy()
+    t = len(frame) - 1
+    high, low = frame["high"].to_numpy().copy(), frame["low"].to_numpy().copy()
+    top, bottom = high[t - 25 :].max() * 1.1, low[t - 25 :].min() * 0.9
+    high[[t - 25, t - 10, t - 3]] = top  # three equal highs, the oldest 25 candles back
+    low[[t - 12, t - 2]] = bottom
+    frame["high"], frame["low"] = high, low
+    f = F.compute_features(frame).iloc[t]
+    assert f["aroon_up_25"] == pytest.approx((25 - 3) / 25)  # oldest would give 0.0
+    assert f["aroon_down_25"] == pytest.approx((25 - 2) / 25)  # oldest would give 0.52
+    assert f["aroon_osc_14"] == pytest.approx((14 - 3) / 14 - (14 - 2) / 14)  # oldest: 2/14
+    for name in ("aroon_up_25", "aroon_down_25", "aroon_osc_14"):
+        assert "the most recent extreme counts" in F.FEATURES[F.FEATURE_NAMES.index(name)].text
+
+
+def test_skew_and_kurtosis_are_population_moments(candles: pd.DataFrame) -> None:
+    from scipy import stats
+
+    f = F.compute_features(candles.iloc[:800])
+    r = np.diff(np.log(candles["close"].to_numpy()[:800]))
+    for n in (20, 60):
+        window = r[-n:]
+        skew, kurt = f[f"skew_{n}"].iloc[-1], f[f"kurt_{n}"].iloc[-1]
+        assert skew == pytest.approx(stats.skew(window, bias=True), rel=1e-9)
+        assert kurt == pytest.approx(stats.kurtosis(window, bias=True), rel=1e-9)
+        # ... and not the bias-corrected ones (what pandas' .skew() / .kurt() return).
+        assert skew != pytest.approx(stats.skew(window, bias=False), rel=1e-3)
+        assert kurt != pytest.approx(stats.kurtosis(window, bias=False), rel=1e-3)
+        assert "population (biased) moments" in F.FEATURES[F.FEATURE_NAMES.index(f"skew_{n}")].text
+
+
+def test_obv_adds_nothing_on_an_unchanged_close(candles: pd.DataFrame) -> None:
+    frame = candles.iloc[:800].copy()
+    k = 700
+    close = frame["close"].to_numpy().copy()
+    close[k] = close[k - 1]  # an unchanged close (keep the candle valid)
+    frame["close"] = close
+    frame["high"] = np.maximum(frame["high"], close)
+    frame["low"] = np.minimum(frame["low"], close)
+
+    def obv_slope(volume_k: float) -> np.ndarray:
+        g = frame.copy()
+        g.iloc[k, g.columns.get_loc("volume")] = volume_k
+        mean20 = g["volume"].rolling(20).mean().to_numpy()
+        return F.compute_features(g)["obv_slope_20"].to_numpy() * mean20  # the OBV slope itself
+
+    small, huge = obv_slope(1.0), obv_slope(1e9)
+    np.testing.assert_allclose(small[k : k + 20], huge[k : k + 20], rtol=1e-9)
+    assert "nothing on an equal one" in F.FEATURES[F.FEATURE_NAMES.index("obv_slope_20")].text
+
+
+def test_notes_are_shown_but_not_hashed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stating a convention changes no value, so it must not orphan existing checkpoints."""
+    h = F.feature_hash()
+    changed = [dataclasses.replace(s, note=s.note + " (reworded)") for s in F.FEATURES]
+    monkeypatch.setattr(F, "FEATURES", tuple(changed))
+    assert F.feature_hash() == h
+    spec = F.FeatureSpec("x", "trend", "def", 0, "a note")
+    assert spec.text == "def; a note" and F.FeatureSpec("x", "trend", "def", 0).text == "def"

@@ -25,10 +25,10 @@ def features_list(as_json: bool) -> None:
 
     from jaxtrader.features import FEATURES, WARMUP, feature_hash
 
-    rows = [(s.name, s.family, str(s.warmup), s.definition) for s in FEATURES]
+    rows = [(s.name, s.family, str(s.warmup), s.text) for s in FEATURES]
     if as_json:
         keys = ("name", "family", "warmup", "definition")
-        docs = [dict(zip(keys, (s.name, s.family, s.warmup, s.definition), strict=True))
+        docs = [dict(zip(keys, (s.name, s.family, s.warmup, s.text), strict=True))
                 for s in FEATURES]  # fmt: skip
         click.echo(json.dumps(docs, indent=1))
         return
