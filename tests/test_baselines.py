@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import lightgbm_or_skip
 
 from jaxtrader.evaluate import baselines as b
 from jaxtrader.evaluate.metrics import classification_metrics
@@ -89,7 +90,7 @@ def test_logistic_is_fit_on_train_only_and_finds_a_real_signal() -> None:
 
 
 def test_lightgbm_baseline_when_installed() -> None:
-    pytest.importorskip("lightgbm", reason="the optional `gbm` extra is not installed")
+    lightgbm_or_skip()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1500, 4))
     y = (x[:, 0] * x[:, 1] > 0).astype(int)  # an interaction a linear model cannot see

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import lightgbm_or_skip
 
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.baselines import momentum_predictions
@@ -274,3 +275,16 @@ def test_training_records_know_the_full_epoch_length(trained: dict[str, Path]) -
     assert record["epoch_steps"] == record["steps"] > 0
     assert epoch_positions(result.training_records) == ([1.0], False)
     assert epoch_positions([{**record, "steps": record["steps"] // 2}])[1] is True
+
+
+def test_lightgbm_baseline_is_in_the_evaluate_report(evaluated: dict[str, Any]) -> None:
+    """`evaluate` fits the LightGBM baseline when the `gbm` extra is installed (tox's py311 env
+    installs it and makes its absence a failure) and its numbers recompute from the CSV."""
+    lightgbm_or_skip()
+    doc, df = evaluated["doc"], pd.read_csv(evaluated["csv"])
+    y, prob = df["label"].to_numpy(), df["lightgbm_prob"].to_numpy(np.float64)
+    assert np.isfinite(prob).all() and ((prob > 0) & (prob < 1)).all()
+    ours = classification_metrics(y, (prob > 0.5).astype(int), prob)
+    for key in ("accuracy", "roc_auc", "log_loss", "brier"):
+        assert _near(ours[key], doc["baselines"]["lightgbm"][key]), key
+    assert not any("lightgbm skipped" in n for n in doc["notes"])
