@@ -86,13 +86,21 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class BacktestConfig:
-    """How probabilities become positions in evaluation backtests."""
+class TradeRules:
+    """How P(up) becomes a position and what changing it costs: the one type of these settings,
+    used by evaluate's backtest (`EvalSettings`), a trading strategy (`StrategyConfig`) and the
+    paper broker. The `[backtest]` TOML table and the --fee-bps/--slippage-bps/--threshold/
+    --long-short flags set it; `jaxtrader.decisions` applies it."""
 
     fee_bps: float = 10.0
     slippage_bps: float = 0.0
     threshold: float = 0.5
     long_short: bool = False
+
+    @property
+    def cost_rate(self) -> float:
+        """Fee plus slippage per unit of turnover, as a fraction."""
+        return (self.fee_bps + self.slippage_bps) / 1e4
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,7 @@ class AppConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    backtest: BacktestConfig = field(default_factory=BacktestConfig)
+    backtest: TradeRules = field(default_factory=TradeRules)
     risk: RiskConfig = field(default_factory=RiskConfig)
 
 

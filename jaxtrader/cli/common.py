@@ -106,3 +106,47 @@ def checkpoint_options(fn: F) -> F:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+# The keyword names `rules_options` adds to a command, in `rules_overrides`' order.
+RULE_FLAGS = ("fee_bps", "slippage_bps", "threshold", "long_short")
+
+
+def rules_options(fn: F) -> F:
+    """--fee-bps/--slippage-bps/--threshold/--long-short: the `backtest.*` keys (`TradeRules`),
+    shared by evaluate and trade. None = "not given", so --config FILE applies."""
+    options = [
+        click.option("--fee-bps", type=float, default=None, help="Fee per fill in bps [10]."),
+        click.option(
+            "--slippage-bps",
+            type=float,
+            default=None,
+            help="Slippage per fill in bps, against the trader [0].",
+        ),
+        click.option(
+            "--threshold", type=float, default=None, help="Go long when P(up) > this [0.5]."
+        ),
+        click.option(
+            "--long-short",
+            is_flag=True,
+            default=None,
+            help="Also short when P(up) < 1 - threshold.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def rules_overrides(
+    fee_bps: float | None,
+    slippage_bps: float | None,
+    threshold: float | None,
+    long_short: bool | None,
+) -> dict[str, Any]:
+    return {
+        "backtest.fee_bps": fee_bps,
+        "backtest.slippage_bps": slippage_bps,
+        "backtest.threshold": threshold,
+        "backtest.long_short": long_short or None,  # an absent flag keeps the config value
+    }

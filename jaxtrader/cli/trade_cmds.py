@@ -6,7 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jaxtrader.cli.common import CliState, checkpoint_options
+from jaxtrader.cli.common import (
+    RULE_FLAGS,
+    CliState,
+    checkpoint_options,
+    rules_options,
+    rules_overrides,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,11 +37,8 @@ def _timestamp(value: str | None, flag: str) -> pd.Timestamp | None:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-# (flag, type, help): config-backed strategy flags; None = "not given" so --config FILE applies.
+# (flag, type, help): config-backed risk flags; None = "not given" so --config FILE applies.
 _STRATEGY_FLAGS: tuple[tuple[str, type, str], ...] = (
-    ("--fee-bps", float, "Fee per fill in bps of notional [10]."),
-    ("--slippage-bps", float, "Slippage per fill in bps, against the trader [0]."),
-    ("--threshold", float, "Go long when P(up) > this [0.5]."),
     ("--max-position", float, "Max |position| as a fraction of equity [1.0]."),
     ("--daily-drawdown", float,
      "Close and halt entries for the UTC day after this loss from the day's start [0.05]."),
@@ -50,9 +53,7 @@ _STRATEGY_FLAGS: tuple[tuple[str, type, str], ...] = (
 
 
 def _strategy_options(fn: Any) -> Any:
-    fn = click.option(
-        "--long-short", is_flag=True, default=None, help="Also short when P(up) < 1 - threshold."
-    )(fn)
+    fn = rules_options(fn)
     for flag, kind, text in reversed(_STRATEGY_FLAGS):
         fn = click.option(flag, type=kind, default=None, help=text)(fn)
     return fn
@@ -139,13 +140,8 @@ def trade(
         raise ConfigError(
             f"--feed {feed_spec!r} is not replay:PATH or ccxt:EXCHANGE (e.g. ccxt:binance)"
         )
-    overrides = {
-        "backtest.fee_bps": flags.pop("fee_bps"),
-        "backtest.slippage_bps": flags.pop("slippage_bps"),
-        "backtest.threshold": flags.pop("threshold"),
-        "backtest.long_short": flags.pop("long_short"),
-        **{f"risk.{k}": v for k, v in flags.items()},
-    }
+    rules = rules_overrides(**{k: flags.pop(k) for k in RULE_FLAGS})
+    overrides = {**rules, **{f"risk.{k}": v for k, v in flags.items()}}
     cfg = state.config(overrides)
 
     log = get_logger("trade")
@@ -195,10 +191,7 @@ def trade(
         symbol=feed.symbol,
         interval_s=interval.total_seconds(),
         capital=capital,
-        fee_bps=cfg.backtest.fee_bps,
-        slippage_bps=cfg.backtest.slippage_bps,
-        threshold=cfg.backtest.threshold,
-        long_short=cfg.backtest.long_short,
+        rules=cfg.backtest,
         risk=cfg.risk,
     )
     meta = {

@@ -18,14 +18,13 @@ from typing import Any, cast
 
 import numpy as np
 
-from jaxtrader.config import BacktestConfig
+from jaxtrader.config import TradeRules
+from jaxtrader.decisions import annualization, check_settings
 from jaxtrader.errors import DataError
-from jaxtrader.evaluate.backtest import check_settings
 from jaxtrader.evaluate.baselines import predict_baselines
 from jaxtrader.evaluate.summary import (
     EvalRows,
     EvalSettings,
-    annualization,
     build_rows,
     summarize,
     verdict,
@@ -94,7 +93,7 @@ def _attention(predictor: Any, dataset: Any, split: str) -> tuple[np.ndarray, li
 def evaluate_checkpoint(
     *,
     split: str,
-    backtest: BacktestConfig,
+    backtest: TradeRules,
     ckpt_dir: str,
     symbol: str | None = None,
     arch: str | None = None,
@@ -155,10 +154,7 @@ def evaluate_checkpoint(
         interval_seconds=interval_s,
         periods_per_year=ppy,
         annualization_basis=basis,
-        fee_bps=backtest.fee_bps,
-        slippage_bps=backtest.slippage_bps,
-        threshold=backtest.threshold,
-        long_short=backtest.long_short,
+        rules=backtest,
         majority_class=baselines.majority_class,
         train_up_rate=baselines.train_up_rate,
         seed=seed,

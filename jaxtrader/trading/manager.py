@@ -28,12 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxtrader.config import RiskConfig
+from jaxtrader.config import RiskConfig, TradeRules
 from jaxtrader.data import OHLCV, candle_problem, fill_gaps
+from jaxtrader.decisions import annualization, max_drawdown, positions_from_probs, sharpe
 from jaxtrader.errors import DeadlineExceeded
-from jaxtrader.evaluate.backtest import max_drawdown, positions_from_probs
-from jaxtrader.evaluate.significance import sharpe
-from jaxtrader.evaluate.summary import annualization
 from jaxtrader.logs import get_logger, log_event
 from jaxtrader.timeouts import TimeoutRunner
 from jaxtrader.trading import risk
@@ -61,16 +59,16 @@ class StrategyConfig:
     symbol: str
     interval_s: float
     capital: float = 10_000.0
-    fee_bps: float = 10.0
-    slippage_bps: float = 0.0
-    threshold: float = 0.5
-    long_short: bool = False
+    rules: TradeRules = field(default_factory=TradeRules)
     risk: RiskConfig = field(default_factory=RiskConfig)
     max_gap: int = 48  # candles; a longer gap restarts the rolling buffer
 
     def identity(self) -> dict[str, Any]:
+        """What the state file records and compares on restart; the rules' fields stay top-level
+        keys ("fee_bps", ...) so existing state files keep matching."""
         d = dataclasses.asdict(self)
         d.pop("strategy_id")
+        d.update(d.pop("rules"))
         return d
 
 
@@ -189,7 +187,7 @@ class TradingManager:
         self.model = model
         self.inputs = inputs
         self.history = history
-        self.broker = PaperBroker(cfg.fee_bps, cfg.slippage_bps)
+        self.broker = PaperBroker(cfg.rules)
         self.runner = runner or TimeoutRunner()
         self.step_ns = round(cfg.interval_s * 1e9)
         self._model_called = False
@@ -329,7 +327,8 @@ class TradingManager:
             events.append(("model", "fallback", fallback))
         desired = None
         if prob is not None:
-            pos = positions_from_probs(np.array([prob]), self.cfg.threshold, self.cfg.long_short)
+            rules = self.cfg.rules
+            pos = positions_from_probs(np.array([prob]), rules.threshold, rules.long_short)
             desired = float(pos[0])
         decision, self.rs, ev = risk.decide(
             self.cfg.risk,
