@@ -64,7 +64,7 @@ def evaluate(
     from jaxtrader.evaluate.run import evaluate_checkpoint
     from jaxtrader.evaluate.summary import write_csv
     from jaxtrader.logs import jsonable
-    from jaxtrader.train import enable_compilation_cache
+    from jaxtrader.runtime import enable_compilation_cache
 
     cfg = state.config(rules_overrides(**rule_flags))
     enable_compilation_cache()  # the predictor's programs compile once per machine, not per run
