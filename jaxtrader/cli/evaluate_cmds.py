@@ -60,6 +60,7 @@ def evaluate(
     """
     import json
 
+    from jaxtrader.checkpoint import checkpoint_root
     from jaxtrader.evaluate.report import format_table, write_report
     from jaxtrader.evaluate.run import evaluate_checkpoint
     from jaxtrader.evaluate.summary import write_csv
@@ -71,7 +72,7 @@ def evaluate(
     result = evaluate_checkpoint(
         split=split,
         backtest=cfg.backtest,
-        ckpt_dir=ckpt_dir or cfg.train.ckpt_dir,
+        ckpt_dir=checkpoint_root(ckpt_dir, cfg),
         symbol=symbol,
         arch=arch,
         version=version,

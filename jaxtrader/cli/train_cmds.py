@@ -5,7 +5,6 @@ inside the commands so `--help` stays instant.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -186,9 +185,9 @@ def models_list(state: CliState, symbol: str | None, ckpt_dir: str | None, as_js
     """Versions with their data span, validation loss, accuracy vs majority rate and size."""
     import json
 
-    from jaxtrader.checkpoint import list_versions
+    from jaxtrader.checkpoint import checkpoint_root, list_versions
 
-    root = Path(ckpt_dir or state.config().train.ckpt_dir)
+    root = checkpoint_root(ckpt_dir, state.config())
     rows = list_versions(root, symbol)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows]))

@@ -65,6 +65,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     """
     import pandas as pd
 
+    from jaxtrader.checkpoint import checkpoint_root
     from jaxtrader.data import format_interval, parse_interval
     from jaxtrader.features import min_history
     from jaxtrader.inference import Predictor
@@ -86,7 +87,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         raise ConfigError(f"--capital must be positive, got {job.capital}")
     enable_compilation_cache()  # a restarted strategy reuses the compiled model programs
     predictor = Predictor.load(
-        ckpt_dir=job.ckpt_dir or cfg.train.ckpt_dir,
+        ckpt_dir=checkpoint_root(job.ckpt_dir, cfg),
         symbol=job.symbol,
         arch=job.arch,
         version=job.version,
