@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jaxtrader.errors import ConfigError
+from jaxtrader.models.archs import DEFAULT_ARCH, LSTMConfig, TransformerConfig
 
 GapPolicy = Literal["fill", "drop", "error"]
 
@@ -45,22 +46,26 @@ class DatasetConfig:
     scaler_clip: float = 5.0
 
 
+_TRANSFORMER = TransformerConfig()  # the default arch's values for the fields both archs share
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Model hyper-parameters; `arch` picks the registry entry, the other fields are per-arch."""
+    """The `[model]` table: `arch` picks the registry entry; the other fields are the union of the
+    per-architecture configs (`models/archs.py`, `arch_config` reads one out), defaults from there."""
 
-    arch: str = "transformer"
-    dropout: float = 0.1
-    num_layers: int = 2
+    arch: str = DEFAULT_ARCH
+    dropout: float = _TRANSFORMER.dropout
+    num_layers: int = _TRANSFORMER.num_layers
     # LSTM
-    hidden: int = 128
+    hidden: int = LSTMConfig.hidden
     # Transformer
-    d_model: int = 64
-    num_heads: int = 4
-    ff_dim: int = 256
-    pos_encoding: Literal["sinusoidal", "learned"] = "sinusoidal"
+    d_model: int = _TRANSFORMER.d_model
+    num_heads: int = _TRANSFORMER.num_heads
+    ff_dim: int = _TRANSFORMER.ff_dim
+    pos_encoding: Literal["sinusoidal", "learned"] = _TRANSFORMER.pos_encoding
     # How the 86 features join the Transformer's sequence: added to every position, or a token.
-    feature_join: Literal["add", "token"] = "add"
+    feature_join: Literal["add", "token"] = _TRANSFORMER.feature_join
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from jaxtrader.models.archs import ARCH_NAMES
+
 if TYPE_CHECKING:
     from jaxtrader.config import AppConfig
 
@@ -82,7 +84,7 @@ def checkpoint_options(fn: F) -> F:
         ),
         click.option(
             "--arch",
-            type=click.Choice(["lstm", "transformer"]),
+            type=click.Choice(ARCH_NAMES),
             default=None,
             help="Architecture to pick (default: any).",
         ),

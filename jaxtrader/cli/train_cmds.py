@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from jaxtrader.cli.common import CliState, data_options, data_overrides
+from jaxtrader.models.archs import ARCH_NAMES
 
 if TYPE_CHECKING:
     from jaxtrader.checkpoint import VersionInfo
@@ -22,14 +23,13 @@ def _mb(n_bytes: int) -> str:
 
 
 def _check_arch(arch: str) -> None:
-    """Validates against the registry lazily, so `--help` never imports Flax."""
+    """Validates against the architecture names (`models/archs.py`), which import no Flax."""
     from jaxtrader.errors import ConfigError
-    from jaxtrader.models import ARCHS
 
-    if arch not in ARCHS:
+    if arch not in ARCH_NAMES:
         raise ConfigError(
             f"--arch {arch!r} is not a registered architecture; choose one of "
-            f"{', '.join(sorted(ARCHS))}"
+            f"{', '.join(sorted(ARCH_NAMES))}"
         )
 
 
@@ -73,7 +73,7 @@ def _print_summary(state: CliState, summary: dict[str, Any]) -> None:
     type=str,
     default=None,
     metavar="ARCH",
-    help="Model architecture from the registry (lstm, transformer). Default: model.arch.",
+    help=f"Model architecture from the registry ({', '.join(ARCH_NAMES)}). Default: model.arch.",
 )
 @data_options
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.")

@@ -18,6 +18,7 @@ consecutive model failures trip the circuit breaker, which closes the position.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 import time
@@ -33,6 +34,7 @@ from jaxtrader.data import OHLCV, candle_problem, fill_gaps
 from jaxtrader.decisions import annualization, max_drawdown, positions_from_probs, sharpe
 from jaxtrader.errors import DeadlineExceeded
 from jaxtrader.logs import get_logger, log_event
+from jaxtrader.scaling import Scaler
 from jaxtrader.timeouts import TimeoutRunner
 from jaxtrader.trading import risk
 from jaxtrader.trading.broker import Order, PaperBroker
@@ -144,7 +146,7 @@ class CandleBuffer:
         return pd.DataFrame(ohlcv_5xT.T, index=index, columns=list(OHLCV))
 
 
-def model_inputs_fn(scaler: Any, seq_len: int) -> InputFn:
+def model_inputs_fn(scaler: Scaler, seq_len: int) -> InputFn:
     """The input builder for a checkpoint: `dataset.model_inputs_of`, the training code path.
 
     Features are computed on the buffer's last `max(min_history(), seq_len)` candles only: the last
@@ -283,7 +285,7 @@ class TradingManager:
             self._count("skipped")
             ts = c.ts.isoformat() if isinstance(c.ts, pd.Timestamp) else str(c.ts)
             self.store.add_event(self.sid, ts, "feed", "bad_candle", why)
-            log_event(_log, "bad_candle", 30, strategy=self.sid, ts=ts, reason=why)
+            log_event(_log, "bad_candle", logging.WARNING, strategy=self.sid, ts=ts, reason=why)
             return None
         t0 = time.perf_counter()
         events: list[tuple[str, str, str]] = []

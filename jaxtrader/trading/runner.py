@@ -7,12 +7,14 @@ and shows a progress bar; returns the strategy's summary for the caller to print
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jaxtrader.errors import ConfigError
+from jaxtrader.models.archs import ARCH_NAMES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,7 +78,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     from jaxtrader.trading.store import Store, stable_hash
 
     if job.checkpoint is None and job.arch is None:
-        raise ConfigError("trade needs --checkpoint PATH or --arch lstm|transformer")
+        raise ConfigError(f"trade needs --checkpoint PATH or --arch {'|'.join(ARCH_NAMES)}")
     kind, _, target = job.feed.partition(":")
     if kind not in ("replay", "ccxt") or not target:
         raise ConfigError(
@@ -170,7 +172,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         bar.update(1)
         if out is None:
             return
-        log_event(log, "candle", 20 if json_logs else 10, strategy=sid,
+        log_event(log, "candle", logging.INFO if json_logs else logging.DEBUG, strategy=sid,
                   ts=out.ts.isoformat(), prob_up=out.prob_up, signal=out.desired,
                   fallback=out.fallback, risk=out.action, reason=out.reason, target=out.target,
                   order=out.order, fill_units=out.fill_units, fill_price=out.fill_price,
