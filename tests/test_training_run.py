@@ -36,25 +36,14 @@ def test_stop_signals_first_requests_a_stop_second_interrupts() -> None:
 def test_run_training_takes_candles_and_stops_on_request(tmp_path: Path) -> None:
     """The library entry point: given candles, a stop request ends the run after the current step
     and it returns normally (no signal involved), having reported every saved epoch."""
+    from test_inference import tiny_config
+
     from jaxtrader.checkpoint import read_manifest
-    from jaxtrader.config import AppConfig, DataConfig, DatasetConfig, ModelConfig, TrainConfig
     from jaxtrader.data import load_market
     from jaxtrader.training_run import run_training
 
     # The shapes of tests/test_inference.py, so the compiled programs come from the cache.
-    cfg = AppConfig(
-        data=DataConfig(synth_rows=1200, synth_seed=1),
-        dataset=DatasetConfig(seq_len=50),
-        model=ModelConfig(arch="lstm", num_layers=1, hidden=8, dropout=0.0),
-        train=TrainConfig(
-            epochs=500,
-            patience=1,
-            batch_size=32,
-            eval_batch_size=64,
-            warmup_steps=2,
-            ckpt_dir=str(tmp_path),
-        ),
-    )
+    cfg = tiny_config(tmp_path)
     records: list[dict[str, float]] = []
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     run = run_training(

@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _stacked(fn: F, options: list[Callable[[Any], Any]]) -> F:
+    """Applies click options so they list in `options` order in --help."""
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @dataclass(frozen=True)
 class CliState:
     config_path: str | None
@@ -52,9 +59,7 @@ def data_options(fn: F) -> F:
             "--dedupe", is_flag=True, default=None, help="Keep the last of duplicate timestamps."
         ),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return _stacked(fn, options)
 
 
 def data_overrides(
@@ -105,9 +110,7 @@ def checkpoint_options(fn: F) -> F:
             "--ckpt-dir", type=str, default=None, help="Checkpoint root (default: train.ckpt_dir)."
         ),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return _stacked(fn, options)
 
 
 # The keyword names `rules_options` adds to a command, in `rules_overrides`' order.
@@ -135,9 +138,7 @@ def rules_options(fn: F) -> F:
             help="Also short when P(up) < 1 - threshold.",
         ),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return _stacked(fn, options)
 
 
 def rules_overrides(

@@ -166,17 +166,17 @@ def portfolio(state: CliState, state_path: str, strategy_id: str | None, as_json
     import json
     from pathlib import Path
 
-    from jaxtrader.errors import RiskError
+    from jaxtrader.errors import StateError
     from jaxtrader.trading.manager import summarize
     from jaxtrader.trading.store import Store
 
     if not Path(state_path).is_file():
-        raise RiskError(f"state file {state_path} does not exist; run `jaxtrader trade` first")
+        raise StateError(f"state file {state_path} does not exist; run `jaxtrader trade` first")
     store = Store(state_path)
     ids = store.strategy_ids()
     if strategy_id is not None:
         if strategy_id not in ids:
-            raise RiskError(
+            raise StateError(
                 f"no strategy '{strategy_id}' in {state_path}; it has: {', '.join(ids) or 'none'}"
             )
         ids = [strategy_id]
