@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jaxtrader.errors import ConfigError
+from jaxtrader.models.archs import DEFAULT_ARCH, LSTMConfig, TransformerConfig
 
 GapPolicy = Literal["fill", "drop", "error"]
 
@@ -45,22 +46,26 @@ class DatasetConfig:
     scaler_clip: float = 5.0
 
 
+_TRANSFORMER = TransformerConfig()  # the default arch's values for the fields both archs share
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Model hyper-parameters; `arch` picks the registry entry, the other fields are per-arch."""
+    """The `[model]` table: `arch` picks the registry entry; the other fields are the union of the
+    per-architecture configs (`models/archs.py`, `arch_config` reads one out), defaults from there."""
 
-    arch: str = "transformer"
-    dropout: float = 0.1
-    num_layers: int = 2
+    arch: str = DEFAULT_ARCH
+    dropout: float = _TRANSFORMER.dropout
+    num_layers: int = _TRANSFORMER.num_layers
     # LSTM
-    hidden: int = 128
+    hidden: int = LSTMConfig.hidden
     # Transformer
-    d_model: int = 64
-    num_heads: int = 4
-    ff_dim: int = 256
-    pos_encoding: Literal["sinusoidal", "learned"] = "sinusoidal"
+    d_model: int = _TRANSFORMER.d_model
+    num_heads: int = _TRANSFORMER.num_heads
+    ff_dim: int = _TRANSFORMER.ff_dim
+    pos_encoding: Literal["sinusoidal", "learned"] = _TRANSFORMER.pos_encoding
     # How the 86 features join the Transformer's sequence: added to every position, or a token.
-    feature_join: Literal["add", "token"] = "add"
+    feature_join: Literal["add", "token"] = _TRANSFORMER.feature_join
 
 
 @dataclass(frozen=True)
@@ -86,13 +91,25 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class BacktestConfig:
-    """How probabilities become positions in evaluation backtests."""
+class TradeRules:
+    """How P(up) becomes a position and what changing it costs: the one type of these settings,
+    used by evaluate's backtest (`EvalSettings`), a trading strategy (`StrategyConfig`) and the
+    paper broker. The `[backtest]` TOML table and the --fee-bps/--slippage-bps/--threshold/
+    --long-short flags set it; `jaxtrader.decisions` applies it."""
 
     fee_bps: float = 10.0
     slippage_bps: float = 0.0
     threshold: float = 0.5
     long_short: bool = False
+
+    @property
+    def cost_rate(self) -> float:
+        """Fee plus slippage per unit of turnover, as a fraction."""
+        return (self.fee_bps + self.slippage_bps) / 1e4
+
+
+# The former name of TradeRules, kept so branches written against it still import.
+BacktestConfig = TradeRules
 
 
 @dataclass(frozen=True)
@@ -118,7 +135,7 @@ class AppConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    backtest: BacktestConfig = field(default_factory=BacktestConfig)
+    backtest: TradeRules = field(default_factory=TradeRules)
     risk: RiskConfig = field(default_factory=RiskConfig)
 
 

@@ -17,7 +17,7 @@ import itertools
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from jaxtrader.splits import (
     walk_forward_folds,
 )
 from jaxtrader.windows import check_seq_len, gather_windows, raw_series, raw_series_of
+
+if TYPE_CHECKING:
+    from jaxtrader.data import Candles
 
 __all__ = [
     "SPLIT_NAMES",
@@ -164,7 +167,7 @@ class Dataset:
         )
 
 
-def _frame_of(candles: Any) -> pd.DataFrame:
+def _frame_of(candles: Candles | pd.DataFrame) -> pd.DataFrame:
     frame = getattr(candles, "frame", candles)
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"expected Candles or a DataFrame, got {type(candles)}")
@@ -193,7 +196,7 @@ def _read_only(x: np.ndarray) -> np.ndarray:
 
 
 def build_dataset(
-    candles: Any,
+    candles: Candles | pd.DataFrame,
     cfg: DatasetConfig,
     scaler: Scaler | None = None,
     splits: Splits | None = None,

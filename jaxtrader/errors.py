@@ -28,8 +28,14 @@ class CheckpointError(JaxTraderError):
     """A checkpoint is missing, partial, corrupt or incompatible."""
 
 
-class RiskError(JaxTraderError):
-    """A risk limit or the trading state refuses an action."""
+class StateError(JaxTraderError):
+    """A trading state file refuses an action: unusable file, another config or model for a
+    strategy id, a strategy already running, an unknown strategy."""
+
+
+# The former name of StateError (nothing raises a risk-limit error: limits act on positions).
+# Kept so branches written against it still import; new code raises StateError.
+RiskError = StateError
 
 
 class ConfigError(JaxTraderError):

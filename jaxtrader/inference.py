@@ -33,6 +33,7 @@ from jaxtrader.errors import CheckpointError, ConfigError, DeepLearningError
 from jaxtrader.logs import get_logger, log_event
 
 if TYPE_CHECKING:
+    from jaxtrader.data import Candles
     from jaxtrader.dataset import Dataset, Scaler
 
 logger = get_logger(__name__)
@@ -100,7 +101,7 @@ class Predictor:
         if checkpoint is not None:
             version_dir = Path(checkpoint)
         else:
-            root = Path(ckpt_dir) if ckpt_dir is not None else Path(AppConfig().train.ckpt_dir)
+            root = ckpt.checkpoint_root(ckpt_dir)
             version_dir = ckpt.resolve_version(root, symbol, arch, version)
         manifest = ckpt.read_manifest(version_dir)
         ckpt.check_features(manifest, version_dir)
@@ -183,7 +184,7 @@ class Predictor:
         ]
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
-    def rebuild_dataset(self, candles: Any) -> Dataset:
+    def rebuild_dataset(self, candles: Candles) -> Dataset:
         """The dataset exactly as trained: the manifest's scaler and split boundaries, no refit.
 
         Works on the training file or an extended one (boundaries are timestamps). Logs a WARNING
@@ -197,30 +198,24 @@ class Predictor:
         splits = Splits.from_dict(self.manifest.splits, pd.DatetimeIndex(candles.frame.index))
         return build_dataset(candles, self.config.dataset, scaler=self.scaler, splits=splits)
 
-    def _check_data(self, candles: Any) -> None:
-        from jaxtrader.data import file_sha256
-
-        trained = self.manifest.data
-        source = str(candles.source)
-        fields: dict[str, Any]
-        if trained.get("sha256"):
-            now = file_sha256(source) if Path(source).is_file() else None
-            if now == trained["sha256"]:
-                return
-            fields = {
-                "trained_on": trained.get("path"),
-                "trained_sha256": trained["sha256"],
-                "now_sha256": now,
-            }
-        elif trained.get("source") != source:
-            fields = {"trained_on": trained.get("source")}
-        else:
+    def _check_data(self, candles: Candles) -> None:
+        check = ckpt.check_data(self.manifest, candles)
+        if check.same:
             return
+        fields: dict[str, Any]
+        if check.trained_sha256:
+            fields = {
+                "trained_on": check.trained_path,
+                "trained_sha256": check.trained_sha256,
+                "now_sha256": check.now_sha256,
+            }
+        else:
+            fields = {"trained_on": check.trained_source}
         log_event(
             logger,
             "data_changed",
             logging.WARNING,
             checkpoint=str(self.version_dir),
-            now=source,
+            now=check.now_source,
             **fields,
         )

@@ -107,7 +107,7 @@ def main() -> None:
 
     from jaxtrader.data import synth_candles
     from jaxtrader.models import ARCHS
-    from jaxtrader.train import enable_compilation_cache
+    from jaxtrader.runtime import enable_compilation_cache
 
     enable_compilation_cache()
     candles = synth_candles()

@@ -27,7 +27,7 @@ def child(args: argparse.Namespace) -> None:
     import resource
 
     t0 = time.perf_counter()
-    from jaxtrader.train import enable_compilation_cache
+    from jaxtrader.runtime import enable_compilation_cache
 
     if args.cache_dir:
         enable_compilation_cache(args.cache_dir)

@@ -69,7 +69,8 @@ def main() -> None:
     from jaxtrader.dataset import build_dataset
     from jaxtrader.features import compute_features
     from jaxtrader.models import build_model, with_defaults
-    from jaxtrader.train import create_train_state, enable_compilation_cache, fit
+    from jaxtrader.runtime import enable_compilation_cache
+    from jaxtrader.train import create_train_state, fit
 
     enable_compilation_cache()
     candles = load_market(DataConfig(path=a.data))

@@ -8,7 +8,7 @@ import chex
 import numpy as np
 import pytest
 
-from jaxtrader.errors import ConfigError
+from jaxtrader.decisions import positions_from_probs
 from jaxtrader.evaluate import backtest as bt
 
 C = 0.001  # 10 bps
@@ -81,7 +81,7 @@ def test_fees_are_charged_exactly_twice_per_round_trip() -> None:
 
 
 def test_positions_change_only_when_the_signal_changes() -> None:
-    pos = bt.positions_from_probs(np.array([0.6, 0.7, 0.9, 0.55, 0.4, 0.3]), 0.5)
+    pos = positions_from_probs(np.array([0.6, 0.7, 0.9, 0.55, 0.4, 0.3]), 0.5)
     s = bt.simulate(pos, np.zeros(6), C)
     chex.assert_trees_all_equal(s.turnover, np.array([1.0, 0, 0, 0, 1, 0]))
 
@@ -94,7 +94,7 @@ def test_fill_is_at_next_open_never_at_the_decision_close() -> None:
     close = np.array([100.0, 125.0, 126.0, 126.0])
     rows = np.array([0, 1])
     r, _ = bt.period_returns(open_, close, rows)
-    pos = bt.positions_from_probs(np.array([0.9, 0.1]), 0.5)
+    pos = positions_from_probs(np.array([0.9, 0.1]), 0.5)
     s = bt.simulate(pos, r, 0.0)
     assert s.equity[0] == pytest.approx(126.0 / 120.0, rel=1e-15)
     assert s.equity[-1] == pytest.approx(1.05, rel=1e-15)
@@ -113,7 +113,7 @@ def test_last_row_is_marked_at_the_close_of_its_fill_candle() -> None:
 
 def test_long_short_flip_pays_two_units() -> None:
     r = np.array([0.0, 0.0, 0.0])
-    pos = bt.positions_from_probs(np.array([0.8, 0.2, 0.2]), 0.6, long_short=True)
+    pos = positions_from_probs(np.array([0.8, 0.2, 0.2]), 0.6, long_short=True)
     chex.assert_trees_all_equal(pos, np.array([1.0, -1.0, -1.0]))
     s = bt.simulate(pos, r, C)
     chex.assert_trees_all_equal(s.turnover, np.array([1.0, 2.0, 1.0]))
@@ -122,7 +122,7 @@ def test_long_short_flip_pays_two_units() -> None:
     assert s.fee[1] == pytest.approx(e0 * 2 * C, rel=1e-15)
     assert s.equity[-1] == pytest.approx(e1 * (1 - C), rel=1e-15)
     # Between the thresholds the long-short strategy is flat.
-    mid = bt.positions_from_probs(np.array([0.45, 0.5, 0.55]), 0.6, long_short=True)
+    mid = positions_from_probs(np.array([0.45, 0.5, 0.55]), 0.6, long_short=True)
     chex.assert_trees_all_equal(mid, np.zeros(3))
 
 
@@ -172,23 +172,12 @@ def test_changing_a_later_signal_never_moves_earlier_equity() -> None:
     rng = np.random.default_rng(2)
     r = rng.normal(0, 0.01, 100)
     p = rng.random(100)
-    base = bt.simulate(bt.positions_from_probs(p), r, C)
+    base = bt.simulate(positions_from_probs(p), r, C)
     q = p.copy()
     q[60:] = 1.0 - q[60:]
-    changed = bt.simulate(bt.positions_from_probs(q), r, C)
+    changed = bt.simulate(positions_from_probs(q), r, C)
     chex.assert_trees_all_equal(base.equity[:60], changed.equity[:60])
     assert not np.array_equal(base.equity[60:], changed.equity[60:])
-
-
-def test_max_drawdown_on_a_known_curve() -> None:
-    equity = np.array([1.0, 1.2, 0.9, 1.1, 0.6, 0.8])
-    assert bt.max_drawdown(equity) == pytest.approx(0.6 / 1.2 - 1, rel=1e-15)
-    chex.assert_trees_all_close(
-        bt.drawdown_curve(equity),
-        np.array([0, 0, 0.9 / 1.2 - 1, 1.1 / 1.2 - 1, -0.5, 0.8 / 1.2 - 1]),
-    )
-    # Losing from the start counts from the initial equity of 1.
-    assert bt.max_drawdown(np.array([0.9, 0.95])) == pytest.approx(-0.1)
 
 
 def test_performance_statistics_by_hand() -> None:
@@ -211,42 +200,6 @@ def test_performance_statistics_by_hand() -> None:
     assert perf["exposure"] == 0.75
 
 
-@pytest.mark.parametrize(
-    ("seconds", "weekends", "expected"),
-    [
-        (3600, True, 8760.0),
-        (300, True, 105120.0),
-        (60, True, 525600.0),
-        (86400, True, 365.0),
-        (86400, False, 252.0),
-        (4 * 3600, True, 2190.0),
-    ],
-)
-def test_annualization_factor_per_interval(seconds: int, weekends: bool, expected: float) -> None:
-    assert bt.periods_per_year(seconds, weekends) == pytest.approx(expected)
-    assert math.sqrt(bt.periods_per_year(3600)) == pytest.approx(math.sqrt(8760))
-
-
-def test_weekend_detection() -> None:
-    import pandas as pd
-
-    weekdays = pd.bdate_range("2024-01-01", periods=20, tz="UTC").as_unit("ns")
-    every_day = pd.date_range("2024-01-01", periods=20, freq="D", tz="UTC").as_unit("ns")
-    assert not bt.has_weekend_candles(weekdays.asi8)
-    assert bt.has_weekend_candles(every_day.asi8)
-
-
-def test_bad_thresholds_name_the_flag() -> None:
-    with pytest.raises(ConfigError, match="--threshold"):
-        bt.positions_from_probs(np.array([0.5]), 1.2)
-    with pytest.raises(ConfigError, match="--long-short"):
-        bt.positions_from_probs(np.array([0.5]), 0.4, long_short=True)
-    with pytest.raises(ConfigError, match="--fee-bps"):
-        bt.check_settings(fee_bps=-1.0)
-    with pytest.raises(ConfigError, match="--slippage-bps"):
-        bt.check_settings(slippage_bps=float("nan"))
-
-
 def test_changing_future_prices_never_moves_earlier_rows() -> None:
     rng = np.random.default_rng(3)
     close = 100 * np.cumprod(1 + rng.normal(0, 0.01, 80))
@@ -254,14 +207,14 @@ def test_changing_future_prices_never_moves_earlier_rows() -> None:
     rows = np.arange(10, 70)
     p = rng.random(rows.size)
     r, _ = bt.period_returns(open_, close, rows)
-    s = bt.simulate(bt.positions_from_probs(p), r, C)
+    s = bt.simulate(positions_from_probs(p), r, C)
     # Rewrite every price from candle 40 on: rows whose period ends at or before open[39]
     # (decisions at t <= 37, filled at open[t + 1], closed at open[t + 2]) must not move.
     open2, close2 = open_.copy(), close.copy()
     open2[40:] *= 1.5
     close2[40:] *= 0.7
     r2, _ = bt.period_returns(open2, close2, rows)
-    s2 = bt.simulate(bt.positions_from_probs(p), r2, C)
+    s2 = bt.simulate(positions_from_probs(p), r2, C)
     keep = rows <= 37
     chex.assert_trees_all_equal(r[keep], r2[keep])
     chex.assert_trees_all_equal(s.equity[keep], s2.equity[keep])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from jaxtrader.config import TradeRules
 from jaxtrader.trading.broker import Order, PaperBroker
 from jaxtrader.trading.portfolio import Portfolio
 
@@ -12,7 +13,7 @@ TS = pd.Timestamp("2024-01-01T01:00:00Z")
 
 
 def test_full_long_entry_spends_all_cash_including_fee() -> None:
-    broker = PaperBroker(fee_bps=10.0, slippage_bps=5.0)
+    broker = PaperBroker(TradeRules(fee_bps=10.0, slippage_bps=5.0))
     pf = Portfolio(cash=10_000.0)
     fill = broker.fill(pf, Order(1, TS - pd.Timedelta("1h"), 1.0, "signal"), TS, 200.0)
     assert fill is not None
@@ -25,7 +26,7 @@ def test_full_long_entry_spends_all_cash_including_fee() -> None:
 
 
 def test_exit_closes_exactly_with_slippage_against_seller() -> None:
-    broker = PaperBroker(fee_bps=10.0, slippage_bps=10.0)
+    broker = PaperBroker(TradeRules(fee_bps=10.0, slippage_bps=10.0))
     pf = Portfolio(cash=0.0, units=2.0, avg_entry=100.0, position_fees=0.2)
     fill = broker.fill(pf, Order(2, TS, 0.0, "signal"), TS, 110.0)
     assert fill is not None
@@ -38,7 +39,7 @@ def test_exit_closes_exactly_with_slippage_against_seller() -> None:
 
 
 def test_no_fill_when_already_at_target_and_half_position() -> None:
-    broker = PaperBroker(fee_bps=0.0)
+    broker = PaperBroker(TradeRules(fee_bps=0.0))
     assert broker.fill(Portfolio(cash=100.0), Order(3, TS, 0.0, "x"), TS, 5.0) is None
     half = broker.fill(Portfolio(cash=100.0), Order(4, TS, 0.5, "x"), TS, 5.0)
     assert half is not None and half.units == pytest.approx(10.0)

@@ -313,7 +313,7 @@ def test_build_manifest_is_complete(tmp_path: Path) -> None:
         metrics_path=ckpt.METRICS_FILE,
     )
     d = json.loads(json.dumps(m.to_dict(), allow_nan=False))
-    assert set(d) >= set(ckpt._REQUIRED_KEYS)
+    assert set(d) >= set(ckpt.manifest._REQUIRED_KEYS)
     assert d["config"] == to_dict(cfg)
     assert d["feature_names"] == list(FEATURE_NAMES) and d["feature_hash"] == feature_hash()
     assert d["data"]["sha256"] == file_sha256(candles_path)
@@ -328,3 +328,30 @@ def test_build_manifest_is_complete(tmp_path: Path) -> None:
         np.asarray(d["scaler"]["median"]), np.asarray(ds.scaler.to_dict()["median"])
     )
     assert d["splits"] == json.loads(json.dumps(ds.splits.to_dict()))
+
+
+def test_check_data_compares_file_hashes_or_the_synthetic_source(tmp_path: Path) -> None:
+    from jaxtrader.data import file_sha256, synth_candles, write_candles
+
+    candles = synth_candles(rows=50, seed=0)
+    path = tmp_path / "c.csv"
+    write_candles(candles.frame, path)
+    on_file = dataclasses.replace(candles, source=str(path))
+    sha = file_sha256(path)
+    trained = _manifest(1, 0.5, data={"path": str(path), "source": str(path), "sha256": sha})
+    assert ckpt.check_data(trained, on_file).same
+    assert ckpt.check_data(trained, on_file).now_sha256 == sha
+    path.write_text(path.read_text() + "\n")  # the same rows in a different file
+    changed = ckpt.check_data(trained, on_file)
+    assert not changed.same and changed.now_sha256 not in (None, sha)
+    synthetic = _manifest(1, 0.5, data={"source": candles.source, "sha256": None})
+    assert ckpt.check_data(synthetic, candles).same
+    other = ckpt.check_data(synthetic, on_file)
+    assert not other.same and other.trained_sha256 is None and other.now_sha256 is None
+
+
+def test_checkpoint_root_is_the_flag_else_the_config(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(AppConfig(), train=TrainConfig(ckpt_dir=str(tmp_path)))
+    assert ckpt.checkpoint_root("elsewhere", cfg) == Path("elsewhere")
+    assert ckpt.checkpoint_root(None, cfg) == tmp_path
+    assert ckpt.checkpoint_root(None) == Path(AppConfig().train.ckpt_dir) == Path("ckpt")

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import lightgbm_or_skip
 
+from jaxtrader.decisions import positions_from_probs
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.baselines import momentum_predictions
 from jaxtrader.evaluate.metrics import classification_metrics, reliability_table
@@ -145,7 +146,7 @@ def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[s
                  doc["baselines"]["logistic"]["roc_auc"])  # fmt: skip
 
     cost = (st["fee_bps"] + st["slippage_bps"]) / 1e4
-    pos = bt.positions_from_probs(p, st["threshold"], st["long_short"])
+    pos = positions_from_probs(p, st["threshold"], st["long_short"])
     assert np.array_equal(pos, df["position"].to_numpy())
     series = bt.simulate(pos, df["asset_return"].to_numpy(), cost)
     assert np.allclose(series.equity, df["equity"].to_numpy(), rtol=1e-12)
@@ -174,7 +175,7 @@ def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[s
         seed=ci["seed"],
     )
     assert _near(again["lo"], ci["lo"]) and _near(again["hi"], ci["hi"])
-    rule = bt.positions_from_probs(lr, st["threshold"], st["long_short"])
+    rule = positions_from_probs(lr, st["threshold"], st["long_short"])
     logistic_rule = bt.performance(
         bt.simulate(rule, df["asset_return"].to_numpy(), cost), st["periods_per_year"], span
     )

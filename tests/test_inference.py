@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from jaxtrader import checkpoint as ckpt
-from jaxtrader.cli.train_cmds import TrainRun, run_training
 from jaxtrader.config import AppConfig, DataConfig, DatasetConfig, ModelConfig, TrainConfig
 from jaxtrader.errors import CheckpointError, DeepLearningError
 from jaxtrader.inference import Predictor, make_proba_fn
 from jaxtrader.models import build_model
+from jaxtrader.training_run import TrainRun, run_training
 
 W = 50
 
@@ -68,7 +68,7 @@ def test_fresh_process_restore_is_bitwise(
     out = tmp_path / "p.npz"
     code = (
         "import sys, numpy as np, jax\n"
-        "from jaxtrader.train import enable_compilation_cache\n"
+        "from jaxtrader.runtime import enable_compilation_cache\n"
         "enable_compilation_cache()\n"
         "from jaxtrader.data import load_market\n"
         "from jaxtrader.inference import Predictor\n"

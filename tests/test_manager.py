@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxtrader.config import RiskConfig
+from jaxtrader.config import RiskConfig, TradeRules
 from jaxtrader.data import synth_candles
 from jaxtrader.dataset import model_inputs
 from jaxtrader.features import NUM_FEATURES, min_history
@@ -86,7 +86,10 @@ def make(
     **cfg: Any,
 ) -> TradingManager:
     risk = cfg.pop("risk", RiskConfig(model_timeout_ms=100.0))
-    scfg = StrategyConfig(strategy_id=sid, symbol="SYNTH/USD", interval_s=3600.0, risk=risk, **cfg)
+    rule_names = {f.name for f in dataclasses.fields(TradeRules)}
+    rules = TradeRules(**{k: cfg.pop(k) for k in list(cfg) if k in rule_names})
+    scfg = StrategyConfig(strategy_id=sid, symbol="SYNTH/USD", interval_s=3600.0, rules=rules,
+                          risk=risk, **cfg)  # fmt: skip
     return TradingManager(scfg, Store(tmp_path / db), model, inputs, HISTORY, META)
 
 
@@ -354,3 +357,12 @@ def test_live_ccxt_path_with_a_fake_exchange(tmp_path: Path, market: pd.DataFram
     assert summary["bad_candles"] == 1 and summary["candles"] == 5
     gap = m.store.rows("signals", "s")[2]
     assert gap["fallback"].startswith("gap")  # the skipped candle is a gap for the model
+
+
+def test_identity_keeps_the_rules_as_top_level_keys() -> None:
+    # Existing state files store the identity flat; a nested "rules" would refuse every restart.
+    scfg = StrategyConfig("s", "SYNTH/USD", 3600.0, rules=TradeRules(fee_bps=7.0, long_short=True))
+    ident = scfg.identity()
+    assert "rules" not in ident
+    assert ident["fee_bps"] == 7.0 and ident["long_short"] is True
+    assert ident["slippage_bps"] == 0.0 and ident["threshold"] == 0.5

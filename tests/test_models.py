@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import subprocess
+import sys
 from typing import Any
 
 import chex
@@ -15,6 +17,7 @@ import pytest
 from jaxtrader.config import ModelConfig
 from jaxtrader.errors import DeepLearningError
 from jaxtrader.models import ARCHS, build_model, with_defaults
+from jaxtrader.models.archs import ARCH_CONFIGS, ARCH_NAMES, DEFAULT_ARCH, arch_config
 from jaxtrader.models.lstm import LSTMClassifier
 from jaxtrader.models.transformer import (
     TransformerClassifier,
@@ -72,6 +75,22 @@ def test_registry_builds_each_arch_with_its_defaults() -> None:
     assert (transformer.d_model, transformer.num_heads, transformer.ff_dim) == (64, 4, 256)
     assert build_model(with_defaults("lstm")).hidden == 128
     assert with_defaults("lstm", hidden=32).hidden == 32
+
+
+def test_registry_agrees_with_the_light_arch_names_and_configs() -> None:
+    """The CLI's --arch choices and ModelConfig's defaults come from models/archs.py (no Flax);
+    the registry must list the same architectures, built from the same configs."""
+    assert tuple(ARCHS) == ARCH_NAMES and DEFAULT_ARCH in ARCH_NAMES
+    assert ModelConfig() == with_defaults(DEFAULT_ARCH)
+    for name, spec in ARCHS.items():
+        assert spec.config is ARCH_CONFIGS[name]
+        assert arch_config(with_defaults(name)) == spec.config()
+    code = (
+        "import sys; import jaxtrader.models, jaxtrader.models.archs, jaxtrader.config\n"
+        "print([m for m in ('jax', 'flax', 'numpy', 'pandas') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_registry_rejects_unknown_arch_and_bad_heads() -> None:

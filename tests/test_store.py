@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from jaxtrader.errors import RiskError
+from jaxtrader.errors import StateError
+from jaxtrader.trading.broker import Order
+from jaxtrader.trading.portfolio import Portfolio
+from jaxtrader.trading.records import (
+    EquitySnapshot,
+    PositionSnapshot,
+    SignalRecord,
+    StrategyState,
+)
 from jaxtrader.trading.store import (
     APPLICATION_ID,
     SCHEMA,
@@ -20,22 +30,28 @@ from jaxtrader.trading.store import (
 MODEL = {"hash": "m1", "checkpoint": "ckpt/a"}
 
 
-def _commit(ts: str, equity: float, order: dict | None = None) -> CandleCommit:  # type: ignore[type-arg]
+def _state(n: int) -> StrategyState:
+    return StrategyState(Portfolio(cash=100.0), next_order_id=n)
+
+
+def _commit(ts: str, equity: float, order: Order | None = None) -> CandleCommit:
     return CandleCommit(
         ts=ts,
-        state={"n": ts},
+        state=_state(7),
         candles=[CandleRow(ts, 1.0, 2.0, 0.5, 1.5, 10.0)],
-        signal={
-            "prob_up": 0.6,
-            "desired": 1.0,
-            "fallback": None,
-            "action": "allow",
-            "reason": "signal",
-            "target": 1.0,
-            "latency_ms": 1.0,
-        },
-        position={"units": 0.0, "avg_entry": 0.0, "cash": equity, "realized_pnl": 0.0, "fees": 0.0},
-        equity={"close": 1.5, "equity": equity, "unrealized": 0.0},
+        signal=SignalRecord(
+            prob_up=0.6,
+            desired=1.0,
+            fallback=None,
+            action="allow",
+            reason="signal",
+            target=1.0,
+            latency_ms=1.0,
+        ),
+        position=PositionSnapshot(
+            units=0.0, avg_entry=0.0, cash=equity, realized_pnl=0.0, fees=0.0
+        ),
+        equity=EquitySnapshot(close=1.5, equity=equity, unrealized=0.0),
         new_order=order,
         events=[("risk", "clamp", "max_position")],
     )
@@ -45,9 +61,9 @@ def test_register_refuses_other_model_or_config(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     assert store.register("a", {"fee_bps": 10}, MODEL) is True
     assert store.register("a", {"fee_bps": 10}, MODEL) is False
-    with pytest.raises(RiskError, match=r"different config \(changed: fee_bps\).*--new-strategy"):
+    with pytest.raises(StateError, match=r"different config \(changed: fee_bps\).*--new-strategy"):
         store.register("a", {"fee_bps": 5}, MODEL)
-    with pytest.raises(RiskError, match=r"checkpoint ckpt/a .* not ckpt/b"):
+    with pytest.raises(StateError, match=r"checkpoint ckpt/a .* not ckpt/b"):
         store.register("a", {"fee_bps": 10}, {"hash": "m2", "checkpoint": "ckpt/b"})
     store.commit_candle("a", _commit("2024-01-01T00:00:00+00:00", 100.0))
     assert store.register("a", {"fee_bps": 5}, MODEL, fresh=True) is True
@@ -57,7 +73,7 @@ def test_register_refuses_other_model_or_config(tmp_path: Path) -> None:
 def test_commit_is_all_or_nothing(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     store.register("a", {}, MODEL)
-    order = {"order_id": 1, "decided_ts": "2024-01-01T00:00:00+00:00", "target": 1.0, "reason": "s"}
+    order = Order(1, pd.Timestamp("2024-01-01T00:00:00+00:00"), 1.0, "s")
     store.commit_candle("a", _commit("2024-01-01T00:00:00+00:00", 100.0, order))
     # The same candle again violates the primary keys half-way through: nothing may stick.
     with pytest.raises(sqlite3.IntegrityError):
@@ -65,10 +81,7 @@ def test_commit_is_all_or_nothing(tmp_path: Path) -> None:
     assert [r["equity"] for r in store.rows("equity", "a")] == [100.0]
     assert len(store.rows("signals", "a")) == 1
     assert store.event_counts("a") == {"clamp": 1}
-    assert store.load_state("a") == (
-        "2024-01-01T00:00:00+00:00",
-        {"n": "2024-01-01T00:00:00+00:00"},
-    )
+    assert store.load_state("a") == ("2024-01-01T00:00:00+00:00", _state(7))
     assert store.rows("orders", "a")[0]["status"] == "pending"
 
 
@@ -89,15 +102,15 @@ def test_history_returns_last_n_in_order(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     store.register("a", {}, MODEL)
     rows = [CandleRow(f"2024-01-01T0{i}:00:00+00:00", i, i, i, i, i) for i in range(5)]
-    store.commit_warmup("a", {"w": 1}, rows)
+    store.commit_warmup("a", _state(1), rows)
     assert [r.open for r in store.history("a", 3)] == [2, 3, 4]
-    assert store.load_state("a") == (None, {"w": 1})
+    assert store.load_state("a") == (None, _state(1))
 
 
 def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"this is not sqlite at all, just text" * 100)
-    with pytest.raises(RiskError) as e:
+    with pytest.raises(StateError) as e:
         Store(bad)
     msg = str(e.value)
     assert "\n" not in msg and str(bad) in msg and "not a usable SQLite database" in msg
@@ -150,7 +163,7 @@ def test_another_applications_database_is_refused_untouched(
 ) -> None:
     path = tmp_path / "tradesv3.sqlite"
     before = _foreign(path, sql, app_id)
-    with pytest.raises(RiskError) as e:
+    with pytest.raises(StateError) as e:
         Store(path)
     msg = str(e.value)
     assert "\n" not in msg and str(path) in msg and "another application's database" in msg
@@ -164,10 +177,11 @@ def test_unmarked_state_file_of_an_older_jaxtrader_is_accepted_and_marked(tmp_pa
     path = tmp_path / "old.db"
     # Before the mark existed; the oldest files also lack the `runners` table added later.
     old_schema = SCHEMA[: SCHEMA.index("CREATE TABLE IF NOT EXISTS runners")]
-    _foreign(path, old_schema + "INSERT INTO state VALUES ('a', NULL, '{\"w\": 1}', 'now');")
+    state_json = json.dumps(_state(1).to_dict())
+    _foreign(path, old_schema + f"INSERT INTO state VALUES ('a', NULL, '{state_json}', 'now');")
     assert _pragmas(path)[:2] == (0, 0)
     store = Store(path)
-    assert store.load_state("a") == (None, {"w": 1})
+    assert store.load_state("a") == (None, _state(1))
     store.claim("a")  # the runners table was created
     store.close()
     assert _pragmas(path)[:2] == (APPLICATION_ID, SCHEMA_VERSION)
@@ -184,7 +198,7 @@ def test_state_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
     Store(path).close()
     with sqlite3.connect(path) as c:
         c.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(RiskError, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
+    with pytest.raises(StateError, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
         Store(path)
 
 
@@ -198,7 +212,7 @@ def test_one_live_runner_per_strategy_id(tmp_path: Path) -> None:
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         store.conn.execute("UPDATE runners SET pid = ? WHERE strategy_id = 'a'", (other.pid,))
-        with pytest.raises(RiskError, match=r"'a' .* is already running \(pid"):
+        with pytest.raises(StateError, match=r"'a' .* is already running \(pid"):
             store.claim("a")
         store.claim("b")  # other ids are independent
     finally:
@@ -207,3 +221,28 @@ def test_one_live_runner_per_strategy_id(tmp_path: Path) -> None:
     store.claim("a")  # the holder died (as after SIGKILL): taken over
     store.release("a")
     assert [r[0] for r in store.conn.execute("SELECT strategy_id FROM runners")] == ["b"]
+
+
+def test_state_json_keeps_the_layout_of_existing_state_files(tmp_path: Path) -> None:
+    """A state document as earlier versions wrote it loads, and is written back identically."""
+    old = {
+        "portfolio": {"cash": 9.5, "units": 2.0, "avg_entry": 1.25, "realized_pnl": 0.5,
+                      "fees": 0.01, "position_fees": 0.01},
+        "risk": {"day": "2024-01-01", "day_start_equity": 12.0, "halted": False,
+                 "trades_today": 1, "model_failures": 0, "losing_trades": 1, "cooldown_left": 0},
+        "pending": {"order_id": 3, "decided_ts": "2024-01-01T05:00:00+00:00", "target": 0.0,
+                    "reason": "signal"},
+        "target": 0.0,
+        "next_order_id": 4,
+        "last_close": None,
+        "counts": {"candles": 5, "fallback_gap": 1},
+    }  # fmt: skip
+    store = Store(tmp_path / "s.db")
+    store.register("a", {}, MODEL)
+    store.conn.execute(
+        "INSERT INTO state VALUES ('a', '2024-01-01T05:00:00+00:00', ?, 'now')",
+        (json.dumps(old, sort_keys=True),),
+    )
+    loaded = store.load_state("a")
+    assert loaded is not None and loaded[1].pending is not None and loaded[1].pending.order_id == 3
+    assert loaded[1].to_dict() == old

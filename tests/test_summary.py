@@ -10,11 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from jaxtrader.config import TradeRules
+from jaxtrader.decisions import annualization, positions_from_probs, sharpe
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate import summary as s
 from jaxtrader.evaluate.baselines import BaselinePredictions
 from jaxtrader.evaluate.metrics import classification_metrics, reliability_table
-from jaxtrader.evaluate.significance import effective_n, sharpe, wilson_interval
+from jaxtrader.evaluate.significance import effective_n, wilson_interval
 
 
 def _close(a: object, b: object, rel: float = 1e-10) -> bool:
@@ -51,17 +53,19 @@ def make_table(tmp_path: Path, long_short: bool = False) -> tuple[s.EvalRows, s.
         lightgbm_prob=None,
         seed=0,
     )
-    ppy, basis = s.annualization(3600, ts)
+    ppy, basis = annualization(3600, ts)
     settings = s.EvalSettings(
         split="test",
         horizon=h,
         interval_seconds=3600.0,
         periods_per_year=ppy,
         annualization_basis=basis,
-        fee_bps=10.0,
-        slippage_bps=2.0,
-        threshold=0.55 if long_short else 0.5,
-        long_short=long_short,
+        rules=TradeRules(
+            fee_bps=10.0,
+            slippage_bps=2.0,
+            threshold=0.55 if long_short else 0.5,
+            long_short=long_short,
+        ),
         majority_class=0,
         train_up_rate=0.47,
         seed=0,
@@ -99,7 +103,7 @@ def test_every_number_recomputes_from_the_csv(tmp_path: Path, long_short: bool) 
     assert _close(reliability_table(y, p), doc["calibration"]["reliability"])
 
     cfg = doc["settings"]
-    pos = bt.positions_from_probs(p, cfg["threshold"], cfg["long_short"])
+    pos = positions_from_probs(p, cfg["threshold"], cfg["long_short"])
     np.testing.assert_array_equal(pos, df["position"].to_numpy())
     cost = (cfg["fee_bps"] + cfg["slippage_bps"]) / 1e4
     series = bt.simulate(pos, df["asset_return"].to_numpy(), cost)

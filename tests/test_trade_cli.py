@@ -20,10 +20,10 @@ import pytest
 from click.testing import CliRunner
 
 from jaxtrader.cli import cli, main
-from jaxtrader.cli.train_cmds import run_training
 from jaxtrader.config import AppConfig, DataConfig, DatasetConfig, ModelConfig, TrainConfig
 from jaxtrader.data import load_candles, synth_candles, write_candles
 from jaxtrader.trading.store import Store
+from jaxtrader.training_run import run_training
 
 # The same shapes as tests/test_inference.py, so the persistent compilation cache is shared.
 W = 50

@@ -291,16 +291,6 @@ def test_same_seed_same_metrics_other_seed_differs() -> None:
     assert not np.allclose(first, other)
 
 
-def test_compilation_cache_helper_sets_the_directory(tmp_path: Path) -> None:
-    previous = jax.config.jax_compilation_cache_dir
-    try:
-        path = train.enable_compilation_cache(tmp_path / "jaxcache")
-        assert path == str(tmp_path / "jaxcache") and Path(path).is_dir()
-        assert jax.config.jax_compilation_cache_dir == path
-    finally:
-        jax.config.update("jax_compilation_cache_dir", previous)
-
-
 def test_lr_schedule_warms_up_then_decays() -> None:
     cfg = dataclasses.replace(CFG, warmup_steps=10, learning_rate=1e-3)
     _, schedule = train.make_optimizer(cfg, 100)

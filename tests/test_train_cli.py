@@ -206,30 +206,6 @@ def test_sigint_mid_epoch_saves_the_partial_epoch(workdir: Path) -> None:
     assert val["accuracy"] == pytest.approx(record["val_acc"])
 
 
-def test_stop_signals_first_requests_a_stop_second_interrupts() -> None:
-    import os
-
-    from jaxtrader.cli.train_cmds import _StopSignals
-
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signals = _StopSignals()
-    with signals.installed():
-        assert not signals.stop_requested()
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.01)  # let the handler run
-        assert signals.stop_requested() and signals.requested == signal.SIGTERM
-        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]  # a second: default
-        with pytest.raises(KeyboardInterrupt), signals.hold():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
-            reached_end_of_save = True  # a held interrupt waits for the save call to return
-        assert reached_end_of_save
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
-    assert {s: signal.getsignal(s) for s in before} == before
-
-
 def test_models_list_empty(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

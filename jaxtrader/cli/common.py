@@ -8,10 +8,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from jaxtrader.models.archs import ARCH_NAMES
+
 if TYPE_CHECKING:
     from jaxtrader.config import AppConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _stacked(fn: F, options: list[Callable[[Any], Any]]) -> F:
+    """Applies click options so they list in `options` order in --help."""
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 @dataclass(frozen=True)
@@ -50,9 +59,7 @@ def data_options(fn: F) -> F:
             "--dedupe", is_flag=True, default=None, help="Keep the last of duplicate timestamps."
         ),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return _stacked(fn, options)
 
 
 def data_overrides(
@@ -82,7 +89,7 @@ def checkpoint_options(fn: F) -> F:
         ),
         click.option(
             "--arch",
-            type=click.Choice(["lstm", "transformer"]),
+            type=click.Choice(ARCH_NAMES),
             default=None,
             help="Architecture to pick (default: any).",
         ),
@@ -103,6 +110,46 @@ def checkpoint_options(fn: F) -> F:
             "--ckpt-dir", type=str, default=None, help="Checkpoint root (default: train.ckpt_dir)."
         ),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return _stacked(fn, options)
+
+
+# The keyword names `rules_options` adds to a command, in `rules_overrides`' order.
+RULE_FLAGS = ("fee_bps", "slippage_bps", "threshold", "long_short")
+
+
+def rules_options(fn: F) -> F:
+    """--fee-bps/--slippage-bps/--threshold/--long-short: the `backtest.*` keys (`TradeRules`),
+    shared by evaluate and trade. None = "not given", so --config FILE applies."""
+    options = [
+        click.option("--fee-bps", type=float, default=None, help="Fee per fill in bps [10]."),
+        click.option(
+            "--slippage-bps",
+            type=float,
+            default=None,
+            help="Slippage per fill in bps, against the trader [0].",
+        ),
+        click.option(
+            "--threshold", type=float, default=None, help="Go long when P(up) > this [0.5]."
+        ),
+        click.option(
+            "--long-short",
+            is_flag=True,
+            default=None,
+            help="Also short when P(up) < 1 - threshold.",
+        ),
+    ]
+    return _stacked(fn, options)
+
+
+def rules_overrides(
+    fee_bps: float | None,
+    slippage_bps: float | None,
+    threshold: float | None,
+    long_short: bool | None,
+) -> dict[str, Any]:
+    return {
+        "backtest.fee_bps": fee_bps,
+        "backtest.slippage_bps": slippage_bps,
+        "backtest.threshold": threshold,
+        "backtest.long_short": long_short or None,  # an absent flag keeps the config value
+    }

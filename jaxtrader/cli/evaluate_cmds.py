@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from jaxtrader.cli.common import CliState, checkpoint_options
+from jaxtrader.cli.common import CliState, checkpoint_options, rules_options, rules_overrides
 
 
 @click.command("evaluate")
@@ -17,16 +19,7 @@ from jaxtrader.cli.common import CliState, checkpoint_options
     default=None,
     help="Candle file (default: the data recorded in the checkpoint's manifest).",
 )
-@click.option("--fee-bps", type=float, default=None, help="Fee per side in bps (default 10).")
-@click.option(
-    "--slippage-bps", type=float, default=None, help="Slippage per side in bps (default 0)."
-)
-@click.option(
-    "--threshold", type=float, default=None, help="Go long when P(up) > this (default 0.5)."
-)
-@click.option(
-    "--long-short", is_flag=True, default=None, help="Also short when P(up) < 1 - threshold."
-)
+@rules_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 @click.option(
     "--predictions",
@@ -54,14 +47,11 @@ def evaluate(
     ckpt_dir: str | None,
     checkpoint: str | None,
     data_path: str | None,
-    fee_bps: float | None,
-    slippage_bps: float | None,
-    threshold: float | None,
-    long_short: bool | None,
     as_json: bool,
     predictions: str | None,
     report_dir: str | None,
     seed: int,
+    **rule_flags: Any,
 ) -> None:
     """Evaluate a trained model honestly: metrics, baselines, significance, calibration, backtest.
 
@@ -70,25 +60,19 @@ def evaluate(
     """
     import json
 
+    from jaxtrader.checkpoint import checkpoint_root
     from jaxtrader.evaluate.report import format_table, write_report
     from jaxtrader.evaluate.run import evaluate_checkpoint
     from jaxtrader.evaluate.summary import write_csv
     from jaxtrader.logs import jsonable
-    from jaxtrader.train import enable_compilation_cache
+    from jaxtrader.runtime import enable_compilation_cache
 
-    cfg = state.config(
-        {
-            "backtest.fee_bps": fee_bps,
-            "backtest.slippage_bps": slippage_bps,
-            "backtest.threshold": threshold,
-            "backtest.long_short": long_short or None,  # absent flag keeps the config value
-        }
-    )
+    cfg = state.config(rules_overrides(**rule_flags))
     enable_compilation_cache()  # the predictor's programs compile once per machine, not per run
     result = evaluate_checkpoint(
         split=split,
         backtest=cfg.backtest,
-        ckpt_dir=ckpt_dir or cfg.train.ckpt_dir,
+        ckpt_dir=checkpoint_root(ckpt_dir, cfg),
         symbol=symbol,
         arch=arch,
         version=version,

@@ -1,41 +1,22 @@
-"""CLI commands `trade` (run one paper-trading strategy) and `portfolio` (compare strategies)."""
+"""CLI commands `trade` (run one paper-trading strategy) and `portfolio` (compare strategies):
+option parsing and printing; the run itself is `trading.runner.run_trade`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from jaxtrader.cli.common import CliState, checkpoint_options
+from jaxtrader.cli.common import (
+    RULE_FLAGS,
+    CliState,
+    checkpoint_options,
+    rules_options,
+    rules_overrides,
+)
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from jaxtrader.trading.feeds import Feed
-    from jaxtrader.trading.manager import Outcome
-
-
-def _timestamp(value: str | None, flag: str) -> pd.Timestamp | None:
-    import pandas as pd
-
-    from jaxtrader.errors import ConfigError
-
-    if value is None:
-        return None
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        raise ConfigError(
-            f"{flag} {value!r} is not a date/time; use e.g. 2024-01-01T00:00"
-        ) from None
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
-# (flag, type, help): config-backed strategy flags; None = "not given" so --config FILE applies.
+# (flag, type, help): config-backed risk flags; None = "not given" so --config FILE applies.
 _STRATEGY_FLAGS: tuple[tuple[str, type, str], ...] = (
-    ("--fee-bps", float, "Fee per fill in bps of notional [10]."),
-    ("--slippage-bps", float, "Slippage per fill in bps, against the trader [0]."),
-    ("--threshold", float, "Go long when P(up) > this [0.5]."),
     ("--max-position", float, "Max |position| as a fraction of equity [1.0]."),
     ("--daily-drawdown", float,
      "Close and halt entries for the UTC day after this loss from the day's start [0.05]."),
@@ -50,12 +31,9 @@ _STRATEGY_FLAGS: tuple[tuple[str, type, str], ...] = (
 
 
 def _strategy_options(fn: Any) -> Any:
-    fn = click.option(
-        "--long-short", is_flag=True, default=None, help="Also short when P(up) < 1 - threshold."
-    )(fn)
     for flag, kind, text in reversed(_STRATEGY_FLAGS):
         fn = click.option(flag, type=kind, default=None, help=text)(fn)
-    return fn
+    return rules_options(fn)
 
 
 @click.command("trade")
@@ -116,165 +94,33 @@ def trade(
     slippage); real order placement is out of scope. Run the same command again to resume after
     the last processed candle. Risk flags are fractions of equity or counts of candles/trades.
     """
-    import gc
-    import signal
-    import threading
+    from jaxtrader.trading.runner import TradeJob, parse_utc, run_trade
 
-    import pandas as pd
-
-    from jaxtrader.data import format_interval, parse_interval
-    from jaxtrader.errors import ConfigError
-    from jaxtrader.features import min_history
-    from jaxtrader.inference import Predictor
-    from jaxtrader.logs import get_logger, log_event, log_format, progress_bar
-    from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
-    from jaxtrader.trading.manager import StrategyConfig, TradingManager, model_inputs_fn
-    from jaxtrader.trading.store import Store, stable_hash
-    from jaxtrader.train import enable_compilation_cache
-
-    if checkpoint is None and arch is None:
-        raise ConfigError("trade needs --checkpoint PATH or --arch lstm|transformer")
-    kind, _, target = feed_spec.partition(":")
-    if kind not in ("replay", "ccxt") or not target:
-        raise ConfigError(
-            f"--feed {feed_spec!r} is not replay:PATH or ccxt:EXCHANGE (e.g. ccxt:binance)"
-        )
-    overrides = {
-        "backtest.fee_bps": flags.pop("fee_bps"),
-        "backtest.slippage_bps": flags.pop("slippage_bps"),
-        "backtest.threshold": flags.pop("threshold"),
-        "backtest.long_short": flags.pop("long_short"),
-        **{f"risk.{k}": v for k, v in flags.items()},
-    }
-    cfg = state.config(overrides)
-
-    log = get_logger("trade")
-    if capital <= 0:
-        raise ConfigError(f"--capital must be positive, got {capital}")
-    start_ts, end_ts = _timestamp(start, "--start"), _timestamp(end, "--end")
-    enable_compilation_cache()  # a restarted strategy reuses the compiled model programs
-    predictor = Predictor.load(
-        ckpt_dir=ckpt_dir or cfg.train.ckpt_dir,
-        symbol=symbol,
-        arch=arch,
-        version=version,
-        checkpoint=checkpoint,
-    )
-    manifest = predictor.manifest
-    trained_interval = pd.Timedelta(manifest.data["interval"])  # stored as str(Timedelta)
-    interval = trained_interval if timeframe is None else parse_interval(timeframe)
-    if interval != trained_interval:
-        raise ConfigError(
-            f"--timeframe {format_interval(interval)} differs from the checkpoint's "
-            f"{format_interval(trained_interval)} candles ({predictor.version_dir}); the model "
-            "only understands the interval it was trained on"
-        )
-    market = symbol or manifest.data.get("symbol") or "BTC/USDT"
-    stop = threading.Event()
-    feed: Feed
-    if kind == "replay":
-        # Each bound not given comes from the checkpoint's test split.
-        test = manifest.splits["test"]
-        if start_ts is None:
-            start_ts = _timestamp(test["start"], "test start")
-        if end_ts is None:
-            end_ts = _timestamp(test["end"], "test end")
-        feed = ReplayFeed(
-            target,
-            interval=format_interval(interval),
-            symbol=symbol or manifest.data.get("symbol"),
-            start=start_ts,
-            end=end_ts,
-            speed=speed,
-            stop=stop,
-        )
-    else:
-        feed = CcxtFeed(target, market, interval, stop=stop)
-    scfg = StrategyConfig(
+    rules = rules_overrides(**{k: flags.pop(k) for k in RULE_FLAGS})
+    cfg = state.config({**rules, **{f"risk.{k}": v for k, v in flags.items()}})
+    job = TradeJob(
+        feed=feed_spec,
+        state_path=state_path,
         strategy_id=strategy_id,
-        symbol=feed.symbol,
-        interval_s=interval.total_seconds(),
+        checkpoint=checkpoint,
+        arch=arch,
+        symbol=symbol,
+        version=version,
+        ckpt_dir=ckpt_dir,
+        timeframe=timeframe,
         capital=capital,
-        fee_bps=cfg.backtest.fee_bps,
-        slippage_bps=cfg.backtest.slippage_bps,
-        threshold=cfg.backtest.threshold,
-        long_short=cfg.backtest.long_short,
-        risk=cfg.risk,
+        speed=speed,
+        start=parse_utc(start, "--start"),
+        end=parse_utc(end, "--end"),
+        new_strategy=new_strategy,
     )
-    meta = {
-        "hash": stable_hash(manifest.to_dict()),
-        "checkpoint": str(predictor.version_dir),
-        "arch": manifest.arch,
-        "version": manifest.version,
-        "step": predictor.step,
-    }
-    store = Store(state_path)
-    manager = TradingManager(
-        scfg,
-        store,
-        predictor.predict_proba,
-        model_inputs_fn(predictor.scaler, predictor.seq_len),
-        min_history() + predictor.seq_len,
-        meta,
-        fresh=new_strategy,
-    )
-    resumed = not manager.started_fresh and manager.last_ts is not None
-    log_event(log, "trade_start", strategy=strategy_id, checkpoint=meta["checkpoint"],
-              arch=manifest.arch, feed=f"{kind}:{target}", state=state_path,
-              resumed_after=None if not resumed else manager.last_ts.isoformat())  # type: ignore[union-attr]  # fmt: skip
-
-    def on_signal(signum: int, frame: Any) -> None:
-        # Finish the current candle, then stop. A second signal acts at once (the default
-        # handler): that is safe too, since each candle commits atomically.
-        # No logging here: writing to stderr from a handler that interrupted another stderr write
-        # raises "reentrant call"; the stop is logged after the loop.
-        received.append(signal.Signals(signum).name)
-        stop.set()
-        signal.signal(signum, old[signal.Signals(signum)])
-
-    received: list[str] = []
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    # A full collection over the long-lived objects JAX, Flax and the model leave took ~315 ms in
-    # a trade process (measured), most of the 500 ms model budget: keep them out of collections.
-    gc.collect()
-    gc.freeze()
-    total = feed.remaining(manager.resume_after) if isinstance(feed, ReplayFeed) else None
-    json_logs = log_format() == "json"
-    bar = progress_bar(total=total, desc=f"trade {strategy_id}")
-
-    def on_outcome(out: Outcome | None) -> None:
-        bar.update(1)
-        if out is None:
-            return
-        log_event(log, "candle", 20 if json_logs else 10, strategy=strategy_id,
-                  ts=out.ts.isoformat(), prob_up=out.prob_up, signal=out.desired,
-                  fallback=out.fallback, risk=out.action, reason=out.reason, target=out.target,
-                  order=out.order, fill_units=out.fill_units, fill_price=out.fill_price,
-                  equity=out.equity, latency_ms=round(out.latency_ms, 3))  # fmt: skip
-        bar.set_postfix(ts=out.ts.strftime("%Y-%m-%d %H:%M"), p=_fmt(out.prob_up),
-                        pos=out.target, equity=f"{out.equity:,.2f}", refresh=False)  # fmt: skip
-
-    try:
-        summary = manager.run(feed, stop=stop, on_outcome=on_outcome)
-    finally:
-        bar.close()
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        manager.close()
-    if stop.is_set():
-        log_event(log, "trade_stopped", strategy=strategy_id, signal=",".join(received),
-                  last=summary.get("last"))  # fmt: skip
-    log_event(log, "trade_summary", **{k: v for k, v in summary.items() if k != "pending_order"})
+    summary = run_trade(cfg, job)
     if state.log_format == "json":
         import json
 
         click.echo(json.dumps(summary, default=str))  # stdout: the result; stderr: the events
     else:
         click.echo(_table([summary]))
-
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
 
 
 _COLUMNS = (
@@ -320,17 +166,17 @@ def portfolio(state: CliState, state_path: str, strategy_id: str | None, as_json
     import json
     from pathlib import Path
 
-    from jaxtrader.errors import RiskError
+    from jaxtrader.errors import StateError
     from jaxtrader.trading.manager import summarize
     from jaxtrader.trading.store import Store
 
     if not Path(state_path).is_file():
-        raise RiskError(f"state file {state_path} does not exist; run `jaxtrader trade` first")
+        raise StateError(f"state file {state_path} does not exist; run `jaxtrader trade` first")
     store = Store(state_path)
     ids = store.strategy_ids()
     if strategy_id is not None:
         if strategy_id not in ids:
-            raise RiskError(
+            raise StateError(
                 f"no strategy '{strategy_id}' in {state_path}; it has: {', '.join(ids) or 'none'}"
             )
         ids = [strategy_id]

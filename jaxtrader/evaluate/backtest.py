@@ -1,4 +1,4 @@
-"""A vectorized, causal, fee-aware backtest of P(up) signals, and the annualization it reports with.
+"""A vectorized, causal, fee-aware backtest of P(up) signals.
 
 Timing (the whole contract, also in the README):
 - Row i is a prediction point: the decision is made at the CLOSE of candle t_i from prob_up[i]
@@ -18,8 +18,8 @@ Timing (the whole contract, also in the README):
   1)), with P the open-to-open compounded price, i.e. a fixed quantity bought (or sold short) at
   the entry, not a short rebalanced every candle. Equity is floored at 0 (a ruined short).
 
-Annualization comes from the candle interval, never a constant: 8760 periods a year for 1h, 105120
-for 5m, 365 for 1d crypto; 252 trading days only when the data has no weekend candles (equities).
+Positions come from `jaxtrader.decisions.positions_from_probs`, and the Sharpe, drawdown and
+annualization from the same module, so evaluation and trading decide and score alike.
 """
 
 from __future__ import annotations
@@ -30,63 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxtrader.errors import ConfigError
-
-YEAR_SECONDS = 365 * 24 * 3600
-DAY_SECONDS = 24 * 3600
-TRADING_DAYS = 252
-
-
-def periods_per_year(interval_seconds: float, weekends: bool = True) -> float:
-    """Candles per year: calendar time for 24/7 markets; 252 trading days when weekends are absent.
-
-    Without weekend candles an intraday interval counts 252 days of 24h / interval candles; markets
-    with shorter sessions should pass their own factor.
-    """
-    if interval_seconds <= 0:
-        raise ConfigError(f"candle interval must be positive, got {interval_seconds} s")
-    if weekends:
-        return YEAR_SECONDS / interval_seconds
-    return TRADING_DAYS * DAY_SECONDS / interval_seconds
-
-
-def has_weekend_candles(timestamps_ns: np.ndarray) -> bool:
-    """True when any timestamp (int64 ns since the epoch, UTC) is on a Saturday or Sunday."""
-    days = np.asarray(timestamps_ns, dtype=np.int64) // (DAY_SECONDS * 1_000_000_000)
-    weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
-    return bool(np.any(weekday >= 5))
-
-
-def check_settings(
-    *,
-    threshold: float = 0.5,
-    long_short: bool = False,
-    fee_bps: float = 0.0,
-    slippage_bps: float = 0.0,
-) -> None:
-    """ConfigError naming the flag for settings that make no sense (checked before any work)."""
-    if not 0.0 < threshold < 1.0:
-        raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
-    if long_short and threshold < 0.5:
-        raise ConfigError(
-            f"--threshold {threshold} < 0.5 with --long-short makes long and short overlap; "
-            "use a threshold >= 0.5"
-        )
-    for flag, value in (("--fee-bps", fee_bps), ("--slippage-bps", slippage_bps)):
-        if not 0.0 <= value < 10_000.0:
-            raise ConfigError(f"{flag} must be between 0 and 10000 bps, got {value}")
-
-
-def positions_from_probs(
-    prob_up: np.ndarray, threshold: float = 0.5, long_short: bool = False
-) -> np.ndarray:
-    """+1 above `threshold`, -1 below 1 - threshold with long_short, else 0 (float64)."""
-    check_settings(threshold=threshold, long_short=long_short)
-    p = np.asarray(prob_up, dtype=np.float64)
-    pos = (p > threshold).astype(np.float64)
-    if long_short:
-        pos -= (p < 1.0 - threshold).astype(np.float64)
-    return pos
+from jaxtrader.decisions import max_drawdown, sharpe
 
 
 def period_returns(
@@ -189,14 +133,6 @@ def simulate(positions: np.ndarray, asset_returns: np.ndarray, cost_rate: float)
     )
 
 
-def max_drawdown(equity: np.ndarray, start: float = 1.0) -> float:
-    """Largest peak-to-trough fall of an equity curve (including the starting equity), as <= 0."""
-    e = np.concatenate([[start], np.asarray(equity, dtype=np.float64)])
-    peak = np.maximum.accumulate(e)
-    dd = np.divide(e, peak, out=np.zeros_like(e), where=peak > 0) - 1.0
-    return float(dd.min())
-
-
 def drawdown_curve(equity: np.ndarray, start: float = 1.0) -> np.ndarray:
     """equity / running peak - 1 for each row (the running peak includes the starting equity)."""
     e = np.asarray(equity, dtype=np.float64)
@@ -213,8 +149,6 @@ def performance(
     CAGR / |max drawdown|; win rate and profit factor are per trade (non-flat holding period).
     Ratios that are undefined (no variance, no losing trade) are `None`.
     """
-    from jaxtrader.evaluate.significance import sharpe
-
     r = series.strategy_return
     n = r.size
     span = float(n if span_periods is None else span_periods)

@@ -18,14 +18,13 @@ from typing import Any, cast
 
 import numpy as np
 
-from jaxtrader.config import BacktestConfig
+from jaxtrader.config import TradeRules
+from jaxtrader.decisions import annualization, check_settings
 from jaxtrader.errors import DataError
-from jaxtrader.evaluate.backtest import check_settings
 from jaxtrader.evaluate.baselines import predict_baselines
 from jaxtrader.evaluate.summary import (
     EvalRows,
     EvalSettings,
-    annualization,
     build_rows,
     summarize,
     verdict,
@@ -48,7 +47,8 @@ class Evaluation:
 
 def _load_candles(manifest: Any, config: Any, data_path: str | None) -> tuple[Any, list[str]]:
     """Candles for evaluation: `data_path` if given, else the manifest's file or synthetic market."""
-    from jaxtrader.data import file_sha256, load_market
+    from jaxtrader.checkpoint import check_data
+    from jaxtrader.data import load_market
 
     notes: list[str] = []
     recorded = manifest.data.get("path")
@@ -59,18 +59,18 @@ def _load_candles(manifest: Any, config: Any, data_path: str | None) -> tuple[An
             f"data file {path} does not exist; pass --data with the file the model was trained on"
         )
     candles = load_market(data_cfg)
-    expected = manifest.data.get("sha256")
     if data_path is not None:
-        actual = file_sha256(data_path)
-        if expected is None:
+        check = check_data(manifest, candles)
+        if check.trained_sha256 is None:
             notes.append(
-                f"the model was trained on {manifest.data.get('source')}, evaluated on {data_path}"
+                f"the model was trained on {check.trained_source}, evaluated on {data_path}"
             )
-        elif actual != expected:
+        elif not check.same:
             notes.append(
-                f"data file {data_path} (sha256 {actual[:12]}) differs from the training file "
-                f"(sha256 {expected[:12]}); splits are matched by timestamp, so rows outside the "
-                "original file or revised candles may change the numbers"
+                f"data file {data_path} (sha256 {(check.now_sha256 or '')[:12]}) differs from the "
+                f"training file (sha256 {check.trained_sha256[:12]}); splits are matched by "
+                "timestamp, so rows outside the original file or revised candles may change the "
+                "numbers"
             )
     for note in notes:
         log_event(_log, "data_mismatch", logging.WARNING, note=note)
@@ -94,8 +94,8 @@ def _attention(predictor: Any, dataset: Any, split: str) -> tuple[np.ndarray, li
 def evaluate_checkpoint(
     *,
     split: str,
-    backtest: BacktestConfig,
-    ckpt_dir: str,
+    backtest: TradeRules,
+    ckpt_dir: str | Path,
     symbol: str | None = None,
     arch: str | None = None,
     version: str = "best",
@@ -155,10 +155,7 @@ def evaluate_checkpoint(
         interval_seconds=interval_s,
         periods_per_year=ppy,
         annualization_basis=basis,
-        fee_bps=backtest.fee_bps,
-        slippage_bps=backtest.slippage_bps,
-        threshold=backtest.threshold,
-        long_short=backtest.long_short,
+        rules=backtest,
         majority_class=baselines.majority_class,
         train_up_rate=baselines.train_up_rate,
         seed=seed,

@@ -43,17 +43,6 @@ def binomial_p_value(accuracy: float, n: int, p0: float) -> float:
     return float(binomtest(k, n, p0, alternative="greater").pvalue)
 
 
-def sharpe(returns: np.ndarray, periods_per_year: float) -> float:
-    """Annualized Sharpe ratio of per-period returns (risk-free 0); 0 when returns never vary."""
-    r = np.asarray(returns, dtype=np.float64)
-    if r.size < 2:
-        return 0.0
-    sd = r.std(ddof=1)
-    if not np.isfinite(sd) or sd <= 1e-15:
-        return 0.0
-    return float(r.mean() / sd * math.sqrt(periods_per_year))
-
-
 def default_block_length(n: int, horizon: int) -> int:
     """Mean block length: at least the label horizon, and n^(1/3) (the usual order for Sharpe)."""
     return max(1, horizon, round(n ** (1.0 / 3.0)))

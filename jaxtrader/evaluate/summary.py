@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxtrader.config import TradeRules
+from jaxtrader.decisions import positions_from_probs
 from jaxtrader.errors import DataError
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.baselines import BaselinePredictions, baseline_metrics
@@ -57,10 +59,7 @@ class EvalSettings:
     interval_seconds: float
     periods_per_year: float
     annualization_basis: str
-    fee_bps: float = 10.0
-    slippage_bps: float = 0.0
-    threshold: float = 0.5
-    long_short: bool = False
+    rules: TradeRules = dataclasses.field(default_factory=TradeRules)
     majority_class: int = 1
     train_up_rate: float = 0.5
     seed: int = 0
@@ -68,15 +67,22 @@ class EvalSettings:
 
     @property
     def cost_rate(self) -> float:
-        return (self.fee_bps + self.slippage_bps) / 1e4
+        return self.rules.cost_rate
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Flat: the rules' fields sit where they are in the report ("fee_bps", ...)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out.update(dataclasses.asdict(value) if f.name == "rules" else {f.name: value})
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        names = {f.name for f in dataclasses.fields(cls)} - {"rules"}
+        rule_names = {f.name for f in dataclasses.fields(TradeRules)}
+        rules = TradeRules(**{k: v for k, v in d.items() if k in rule_names})
+        return cls(rules=rules, **{k: v for k, v in d.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -102,18 +108,6 @@ class EvalRows:
         return int(self.prob_up.size)
 
 
-def annualization(interval_seconds: float, timestamps_ns: np.ndarray) -> tuple[float, str]:
-    """Periods per year from the interval, and a human description of the basis."""
-    weekends = bt.has_weekend_candles(timestamps_ns)
-    ppy = bt.periods_per_year(interval_seconds, weekends)
-    basis = (
-        "calendar year (365 days; weekend candles present)"
-        if weekends
-        else "252 trading days (no weekend candles)"
-    )
-    return ppy, basis
-
-
 def build_rows(
     *,
     prob_up: np.ndarray,
@@ -137,7 +131,7 @@ def build_rows(
     if n == 0:
         raise DataError(f"the {settings.split} split has no prediction rows to evaluate")
     asset_return, _ = bt.period_returns(open_, close, t)
-    position = bt.positions_from_probs(p, settings.threshold, settings.long_short)
+    position = positions_from_probs(p, settings.rules.threshold, settings.rules.long_short)
     series = bt.simulate(position, asset_return, settings.cost_rate)
     return EvalRows(
         timestamp_ns=np.asarray(timestamps_ns, dtype=np.int64)[t],
@@ -204,7 +198,9 @@ def summarize(rows: EvalRows, settings: EvalSettings) -> dict[str, Any]:
     baseline_backtests = {
         "momentum": run(rows.momentum_pred.astype(np.float64))[1],
         "logistic": run(
-            bt.positions_from_probs(rows.logistic_prob, settings.threshold, settings.long_short)
+            positions_from_probs(
+                rows.logistic_prob, settings.rules.threshold, settings.rules.long_short
+            )
         )[1],
     }
     reliability = reliability_table(y, rows.prob_up)

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxtrader.models.archs import LSTMConfig
+
 Carry = tuple[jax.Array, jax.Array]  # (c_BxH, h_BxH)
 Weights = tuple[jax.Array, jax.Array, jax.Array]  # input Ix4H, recurrent Hx4H, bias 4H
 
@@ -121,9 +123,9 @@ def wavefront_lstm(
 class LSTMClassifier(nn.Module):
     """`num_layers` LSTMs of width `hidden`, dropout between layers, head on the last hidden state."""
 
-    hidden: int = 128
-    num_layers: int = 2
-    dropout: float = 0.1
+    hidden: int = LSTMConfig.hidden
+    num_layers: int = LSTMConfig.num_layers
+    dropout: float = LSTMConfig.dropout
     wavefront: bool = True
 
     def setup(self) -> None:

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxtrader.models.archs import TransformerConfig
+
 
 def sinusoidal_positions(length: int, d_model: int) -> np.ndarray:
     """The fixed sin/cos position table of "Attention is all you need", length x d_model."""
@@ -88,13 +90,13 @@ class EncoderBlock(nn.Module):
 class TransformerClassifier(nn.Module):
     """Embeddings + positions, `num_layers` causal pre-LN blocks, final LayerNorm, 2-logit head."""
 
-    d_model: int = 64
-    num_heads: int = 4
-    ff_dim: int = 256
-    num_layers: int = 2
-    dropout: float = 0.1
-    pos_encoding: Literal["sinusoidal", "learned"] = "sinusoidal"
-    feature_join: Literal["add", "token"] = "add"
+    d_model: int = TransformerConfig.d_model
+    num_heads: int = TransformerConfig.num_heads
+    ff_dim: int = TransformerConfig.ff_dim
+    num_layers: int = TransformerConfig.num_layers
+    dropout: float = TransformerConfig.dropout
+    pos_encoding: Literal["sinusoidal", "learned"] = TransformerConfig.pos_encoding
+    feature_join: Literal["add", "token"] = TransformerConfig.feature_join
 
     def setup(self) -> None:
         self.seq_embed = nn.Dense(self.d_model, name="seq_embed")

@@ -10,11 +10,12 @@ No fill ever uses a price the strategy could not have seen when the candle opene
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from jaxtrader.config import TradeRules
 from jaxtrader.trading.portfolio import FillResult, Portfolio, apply_fill
 
 
@@ -56,10 +57,9 @@ class Fill:
 
 @dataclass(frozen=True)
 class PaperBroker:
-    """Fee and slippage in basis points of notional."""
+    """Fills with the rules' fee and slippage, both in basis points of notional."""
 
-    fee_bps: float = 10.0
-    slippage_bps: float = 0.0
+    rules: TradeRules = field(default_factory=TradeRules)
 
     def target_units(self, pf: Portfolio, target: float, price: float) -> float:
         """Units to hold after the fill so the position is `target` x equity at `price`.
@@ -70,7 +70,7 @@ class PaperBroker:
         equity = pf.equity(price)
         if target == 0 or equity <= 0:
             return 0.0
-        rate = self.fee_bps / 1e4
+        rate = self.rules.fee_bps / 1e4
         naive = target * equity / price
         if target > 0 and naive > pf.units >= 0:
             return target * (equity + rate * price * pf.units) / (price * (1.0 + target * rate))
@@ -78,7 +78,7 @@ class PaperBroker:
 
     def fill(self, pf: Portfolio, order: Order, ts: pd.Timestamp, open_price: float) -> Fill | None:
         """Executes `order` at the open of candle `ts`; None when nothing needs trading."""
-        slip = self.slippage_bps / 1e4
+        slip = self.rules.slippage_bps / 1e4
         # The side, and so the slippage direction, follows from the unslipped target size.
         side = self.target_units(pf, order.target, open_price) - pf.units
         if side == 0:
@@ -89,5 +89,5 @@ class PaperBroker:
             delta = -pf.units  # exits close exactly, with no float residue
         if delta == 0:
             return None
-        fee = abs(delta) * price * self.fee_bps / 1e4
+        fee = abs(delta) * price * self.rules.fee_bps / 1e4
         return Fill(order.order_id, ts, delta, price, fee, apply_fill(pf, delta, price, fee))

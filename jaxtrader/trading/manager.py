@@ -7,7 +7,8 @@ does), (4) builds the model input with `dataset.model_inputs_of` on the buffer's
 training code path, without pandas) and predicts under a timeout, (5) maps the probability to a
 target exposure with `positions_from_probs` (as evaluate does), (6) passes it through the risk
 manager, (7) records a new order for the next open, and commits all of it to SQLite in ONE
-transaction. A restart rebuilds everything from that state.
+transaction (`process`: `_settle`, `_decide`, then one `CandleCommit` of typed records from
+`trading/records.py`). A restart rebuilds everything from that state.
 
 Neutral fallback: when the model raises, times out or returns a non-probability, or the history is
 too short or has a gap at this candle, the desired signal is neutral: the strategy HOLDS its current
@@ -18,6 +19,7 @@ consecutive model failures trip the circuit breaker, which closes the position.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 import time
@@ -28,19 +30,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxtrader.config import RiskConfig
+from jaxtrader.config import RiskConfig, TradeRules
 from jaxtrader.data import OHLCV, candle_problem, fill_gaps
+from jaxtrader.decisions import annualization, max_drawdown, positions_from_probs, sharpe
 from jaxtrader.errors import DeadlineExceeded
-from jaxtrader.evaluate.backtest import max_drawdown, positions_from_probs
-from jaxtrader.evaluate.significance import sharpe
-from jaxtrader.evaluate.summary import annualization
 from jaxtrader.logs import get_logger, log_event
+from jaxtrader.scaling import Scaler
 from jaxtrader.timeouts import TimeoutRunner
 from jaxtrader.trading import risk
 from jaxtrader.trading.broker import Order, PaperBroker
 from jaxtrader.trading.feeds import Candle, Feed
 from jaxtrader.trading.portfolio import Portfolio
-from jaxtrader.trading.risk import RiskState
+from jaxtrader.trading.records import (
+    EquitySnapshot,
+    FillRecord,
+    PositionSnapshot,
+    SignalRecord,
+    StrategyState,
+)
 from jaxtrader.trading.store import CandleCommit, CandleRow, Store
 
 _log = get_logger(__name__)
@@ -61,16 +68,16 @@ class StrategyConfig:
     symbol: str
     interval_s: float
     capital: float = 10_000.0
-    fee_bps: float = 10.0
-    slippage_bps: float = 0.0
-    threshold: float = 0.5
-    long_short: bool = False
+    rules: TradeRules = field(default_factory=TradeRules)
     risk: RiskConfig = field(default_factory=RiskConfig)
     max_gap: int = 48  # candles; a longer gap restarts the rolling buffer
 
     def identity(self) -> dict[str, Any]:
+        """What the state file records and compares on restart; the rules' fields stay top-level
+        keys ("fee_bps", ...) so existing state files keep matching."""
         d = dataclasses.asdict(self)
         d.pop("strategy_id")
+        d.update(d.pop("rules"))
         return d
 
 
@@ -146,7 +153,7 @@ class CandleBuffer:
         return pd.DataFrame(ohlcv_5xT.T, index=index, columns=list(OHLCV))
 
 
-def model_inputs_fn(scaler: Any, seq_len: int) -> InputFn:
+def model_inputs_fn(scaler: Scaler, seq_len: int) -> InputFn:
     """The input builder for a checkpoint: `dataset.model_inputs_of`, the training code path.
 
     Features are computed on the buffer's last `max(min_history(), seq_len)` candles only: the last
@@ -189,7 +196,7 @@ class TradingManager:
         self.model = model
         self.inputs = inputs
         self.history = history
-        self.broker = PaperBroker(cfg.fee_bps, cfg.slippage_bps)
+        self.broker = PaperBroker(cfg.rules)
         self.runner = runner or TimeoutRunner()
         self.step_ns = round(cfg.interval_s * 1e9)
         self._model_called = False
@@ -197,44 +204,33 @@ class TradingManager:
         self.started_fresh = store.register(self.sid, cfg.identity(), model_meta, fresh=fresh)
         self.buffer = CandleBuffer(history)
         loaded = store.load_state(self.sid)
-        if loaded is None:
-            self.last_ts: pd.Timestamp | None = None
-            self.pf = Portfolio(cash=cfg.capital)
-            self.rs = RiskState()
-            self.pending: Order | None = None
-            self.target = 0.0
-            self.next_order_id = 1
-            self.last_close = math.nan
-            self.counts: dict[str, int] = {}
-            self.warmed = False
-        else:
-            self._restore(*loaded)
-            self.warmed = True
+        self.warmed = loaded is not None
+        self._restore(*(loaded or (None, StrategyState(Portfolio(cash=cfg.capital)))))
         for r in store.history(self.sid, history):
             self.buffer.append(pd.Timestamp(r.ts).value, _ohlcv(r), r.filled)
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _restore(self, last_ts: str | None, s: dict[str, Any]) -> None:
+    def _restore(self, last_ts: str | None, s: StrategyState) -> None:
         self.last_ts = None if last_ts is None else pd.Timestamp(last_ts)
-        self.pf = Portfolio.from_dict(s["portfolio"])
-        self.rs = RiskState.from_dict(s["risk"])
-        self.pending = None if s["pending"] is None else Order.from_dict(s["pending"])
-        self.target = float(s["target"])
-        self.next_order_id = int(s["next_order_id"])
-        self.last_close = float(s["last_close"]) if s["last_close"] is not None else math.nan
-        self.counts = dict(s["counts"])
+        self.pf = s.portfolio
+        self.rs = s.risk
+        self.pending = s.pending
+        self.target = s.target
+        self.next_order_id = s.next_order_id
+        self.last_close = s.last_close
+        self.counts = dict(s.counts)
 
-    def _state(self) -> dict[str, Any]:
-        return {
-            "portfolio": self.pf.to_dict(),
-            "risk": self.rs.to_dict(),
-            "pending": None if self.pending is None else self.pending.to_dict(),
-            "target": self.target,
-            "next_order_id": self.next_order_id,
-            "last_close": None if math.isnan(self.last_close) else self.last_close,
-            "counts": self.counts,
-        }
+    def _state(self) -> StrategyState:
+        return StrategyState(
+            portfolio=self.pf,
+            risk=self.rs,
+            pending=self.pending,
+            target=self.target,
+            next_order_id=self.next_order_id,
+            last_close=self.last_close,
+            counts=dict(self.counts),
+        )
 
     @property
     def resume_after(self) -> pd.Timestamp | None:
@@ -279,57 +275,97 @@ class TradingManager:
         return None
 
     def process(self, c: Candle) -> Outcome | None:
-        """Processes one closed candle; None when the candle was rejected (event recorded)."""
+        """Processes one closed candle; None when the candle was rejected (event recorded).
+
+        Three steps: settle the order decided at the previous close at this open, decide the
+        target at this close, commit everything to the state file in one transaction.
+        """
         why = self._reject(c)
         if why is not None:
             self._count("skipped")
             ts = c.ts.isoformat() if isinstance(c.ts, pd.Timestamp) else str(c.ts)
             self.store.add_event(self.sid, ts, "feed", "bad_candle", why)
-            log_event(_log, "bad_candle", 30, strategy=self.sid, ts=ts, reason=why)
+            log_event(_log, "bad_candle", logging.WARNING, strategy=self.sid, ts=ts, reason=why)
             return None
         t0 = time.perf_counter()
         events: list[tuple[str, str, str]] = []
+        settled, fill = self._settle(c, events)
+        new_rows, gap = self._append(c)
+        equity = self.pf.equity(c.close)
+        signal, new_order = self._decide(c, gap, equity, events)
+        signal = dataclasses.replace(signal, latency_ms=(time.perf_counter() - t0) * 1e3)
+        self.last_ts, self.last_close = c.ts, c.close
+        self._count("candles")
+        self.store.commit_candle(
+            self.sid,
+            CandleCommit(
+                ts=_iso(c.ts),
+                state=self._state(),
+                candles=new_rows,
+                signal=signal,
+                position=PositionSnapshot.of(self.pf),
+                equity=EquitySnapshot(c.close, equity, self.pf.unrealized(c.close)),
+                new_order=new_order,
+                fill=fill,
+                settled=settled,
+                events=events,
+            ),
+        )
+        return Outcome(
+            ts=c.ts,
+            prob_up=signal.prob_up,
+            desired=signal.desired,
+            fallback=signal.fallback,
+            action=signal.action,
+            reason=signal.reason,
+            target=signal.target,
+            order=None if new_order is None else new_order.order_id,
+            fill_units=None if fill is None else fill.units,
+            fill_price=None if fill is None else fill.price,
+            equity=equity,
+            latency_ms=signal.latency_ms,
+        )
+
+    def _settle(
+        self, c: Candle, events: list[tuple[str, str, str]]
+    ) -> tuple[tuple[int, str] | None, FillRecord | None]:
+        """Rolls the risk day, then fills the order decided at the previous close at this open."""
         equity_before = (
             self.pf.cash if math.isnan(self.last_close) else self.pf.equity(self.last_close)
         )
         self.rs, ev = risk.start_candle(self.rs, c.ts, equity_before)
         events += [("risk", e.kind, e.reason) for e in ev]
+        if self.pending is None:
+            return None, None
+        fill = self.broker.fill(self.pf, self.pending, c.ts, c.open)
+        settled = (self.pending.order_id, "filled" if fill is not None else "nothing_to_do")
+        self.pending = None
+        if fill is None:
+            return settled, None
+        self.pf = fill.result.portfolio
+        pnl = fill.result.closed_trade_pnl
+        if pnl is not None:
+            self.rs, ev = risk.on_trade_closed(self.cfg.risk, self.rs, pnl)
+            events += [("risk", e.kind, e.reason) for e in ev]
+        record = FillRecord(
+            fill.order_id, fill.units, fill.price, fill.fee, fill.result.realized, pnl
+        )
+        return settled, record
 
-        # The order decided at the previous close fills at this open.
-        fill_row = None
-        settled = None
-        fill = None
-        if self.pending is not None:
-            fill = self.broker.fill(self.pf, self.pending, c.ts, c.open)
-            settled = (self.pending.order_id, "filled" if fill is not None else "nothing_to_do")
-            if fill is not None:
-                self.pf = fill.result.portfolio
-                fill_row = {
-                    "order_id": fill.order_id,
-                    "units": fill.units,
-                    "price": fill.price,
-                    "fee": fill.fee,
-                    "realized": fill.result.realized,
-                    "trade_pnl": fill.result.closed_trade_pnl,
-                }
-                if fill.result.closed_trade_pnl is not None:
-                    self.rs, ev = risk.on_trade_closed(
-                        self.cfg.risk, self.rs, fill.result.closed_trade_pnl
-                    )
-                    events += [("risk", e.kind, e.reason) for e in ev]
-            self.pending = None
-
-        new_rows, gap = self._append(c)
-        equity = self.pf.equity(c.close)
-
-        prob, fallback, ev2 = self._predict(gap)
-        events += ev2
+    def _decide(
+        self, c: Candle, gap: bool, equity: float, events: list[tuple[str, str, str]]
+    ) -> tuple[SignalRecord, Order | None]:
+        """P(up) (or a neutral fallback) -> desired exposure -> risk -> target, and the order for
+        the next open when the target changes. The signal's latency is filled in by `process`."""
+        prob, fallback, model_events = self._predict(gap)
+        events += model_events
         if fallback is not None:
             self._count(f"fallback_{fallback.split(':')[0]}")
             events.append(("model", "fallback", fallback))
         desired = None
         if prob is not None:
-            pos = positions_from_probs(np.array([prob]), self.cfg.threshold, self.cfg.long_short)
+            rules = self.cfg.rules
+            pos = positions_from_probs(np.array([prob]), rules.threshold, rules.long_short)
             desired = float(pos[0])
         decision, self.rs, ev = risk.decide(
             self.cfg.risk,
@@ -346,63 +382,16 @@ class TradingManager:
         if decision.target != self.target:
             if decision.action == "clamp":  # an event when it shapes an order, not every candle
                 events.append(("risk", "clamp", f"desired {desired} clamped to {decision.target}"))
-            self.pending = Order(self.next_order_id, c.ts, decision.target, decision.reason)
-            new_order = self.pending.to_dict()
+            new_order = self.pending = Order(
+                self.next_order_id, c.ts, decision.target, decision.reason
+            )
             self.next_order_id += 1
             self.target = decision.target
             self.rs = risk.count_order(self.rs)
-        latency_ms = (time.perf_counter() - t0) * 1e3
-        self.last_ts, self.last_close = c.ts, c.close
-        self._count("candles")
-
-        ts = _iso(c.ts)
-        self.store.commit_candle(
-            self.sid,
-            CandleCommit(
-                ts=ts,
-                state=self._state(),
-                candles=new_rows,
-                signal={
-                    "prob_up": prob,
-                    "desired": desired,
-                    "fallback": fallback,
-                    "action": decision.action,
-                    "reason": decision.reason,
-                    "target": decision.target,
-                    "latency_ms": latency_ms,
-                },
-                position={
-                    "units": self.pf.units,
-                    "avg_entry": self.pf.avg_entry,
-                    "cash": self.pf.cash,
-                    "realized_pnl": self.pf.realized_pnl,
-                    "fees": self.pf.fees,
-                },
-                equity={
-                    "close": c.close,
-                    "equity": equity,
-                    "unrealized": self.pf.unrealized(c.close),
-                },
-                new_order=new_order,
-                fill=fill_row,
-                settled=settled,
-                events=events,
-            ),
+        signal = SignalRecord(
+            prob, desired, fallback, decision.action, decision.reason, decision.target, 0.0
         )
-        return Outcome(
-            ts=c.ts,
-            prob_up=prob,
-            desired=desired,
-            fallback=fallback,
-            action=decision.action,
-            reason=decision.reason,
-            target=decision.target,
-            order=None if new_order is None else int(new_order["order_id"]),
-            fill_units=None if fill is None else fill.units,
-            fill_price=None if fill is None else fill.price,
-            equity=equity,
-            latency_ms=latency_ms,
-        )
+        return signal, new_order
 
     def _append(self, c: Candle) -> tuple[list[CandleRow], bool]:
         """Adds the candle to the buffer; gaps up to `max_gap` candles are filled with flat
@@ -497,7 +486,7 @@ def summarize(store: Store, sid: str) -> dict[str, Any]:
     signals = store.rows("signals", sid)
     counts = store.event_counts(sid)
     loaded = store.load_state(sid)
-    state = loaded[1] if loaded else {}
+    state = loaded[1] if loaded else None
     returns = np.diff(np.concatenate([[capital], equity])) / np.concatenate(
         [[capital], equity[:-1]]
     )
@@ -505,7 +494,7 @@ def summarize(store: Store, sid: str) -> dict[str, Any]:
     ppy, _ = annualization(float(cfg["interval_s"]), ts_ns)  # the same basis as evaluate
     closed = [f["trade_pnl"] for f in fills if f["trade_pnl"] is not None]
     risk_kinds = {k: n for k, n in counts.items() if k not in ("fallback", "bad_candle")}
-    pf = state.get("portfolio", {})
+    pf = state.portfolio if state else Portfolio(cash=capital)
     return {
         "strategy_id": sid,
         "checkpoint": info["model"].get("checkpoint"),
@@ -521,14 +510,14 @@ def summarize(store: Store, sid: str) -> dict[str, Any]:
         "fills": len(fills),
         "trades_closed": len(closed),
         "win_rate": float(np.mean(np.array(closed) > 0)) if closed else None,
-        "fees": float(pf.get("fees", 0.0)),
-        "realized_pnl": float(pf.get("realized_pnl", 0.0)),
-        "position_units": float(pf.get("units", 0.0)),
+        "fees": pf.fees,
+        "realized_pnl": pf.realized_pnl,
+        "position_units": pf.units,
         "fallbacks": sum(1 for s in signals if s["fallback"] is not None),
         "bad_candles": counts.get("bad_candle", 0),
         "risk_events": sum(risk_kinds.values()),
         "risk_event_kinds": risk_kinds,
-        "pending_order": state.get("pending"),
+        "pending_order": state.pending.to_dict() if state and state.pending else None,
         "latency_ms_p50": float(np.percentile([s["latency_ms"] for s in signals], 50))
         if signals
         else None,

@@ -20,9 +20,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jaxtrader.errors import RiskError
+from jaxtrader.errors import StateError
+
+if TYPE_CHECKING:
+    from jaxtrader.trading.broker import Order
+    from jaxtrader.trading.records import (
+        EquitySnapshot,
+        FillRecord,
+        PositionSnapshot,
+        SignalRecord,
+        StrategyState,
+    )
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS strategies (
@@ -113,13 +123,13 @@ class CandleCommit:
     """Everything one processed candle changes; written atomically by `Store.commit_candle`."""
 
     ts: str
-    state: dict[str, Any]
+    state: StrategyState
     candles: list[CandleRow]  # the processed candle plus any gap-filled ones before it
-    signal: dict[str, Any]
-    position: dict[str, float]
-    equity: dict[str, float]
-    new_order: dict[str, Any] | None = None
-    fill: dict[str, Any] | None = None
+    signal: SignalRecord
+    position: PositionSnapshot
+    equity: EquitySnapshot
+    new_order: Order | None = None
+    fill: FillRecord | None = None
     settled: tuple[int, str] | None = None  # (order_id, "filled" | "skipped") of the open order
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (category, kind, reason)
 
@@ -130,7 +140,7 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
-            raise RiskError(f"state file directory {self.path.parent} does not exist; create it")
+            raise StateError(f"state file directory {self.path.parent} does not exist; create it")
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
         except sqlite3.DatabaseError as e:
@@ -152,15 +162,15 @@ class Store:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         c.execute(statement)
-        except RiskError:
+        except StateError:
             self.conn.close()
             raise
         except sqlite3.DatabaseError as e:
             self.conn.close()
             raise self._unusable(e) from None
 
-    def _unusable(self, e: sqlite3.DatabaseError) -> RiskError:
-        return RiskError(
+    def _unusable(self, e: sqlite3.DatabaseError) -> StateError:
+        return StateError(
             f"state file {self.path} is not a usable SQLite database ({e}); pass --state a new "
             "file name, or restore this file from a backup if it was a jaxtrader state file"
         )
@@ -172,7 +182,7 @@ class Store:
         version = c.execute("PRAGMA user_version").fetchone()[0]
         if app_id == APPLICATION_ID:
             if version > SCHEMA_VERSION:
-                raise RiskError(
+                raise StateError(
                     f"state file {self.path} has schema version {version}, newer than this "
                     f"jaxtrader's {SCHEMA_VERSION}; upgrade jaxtrader or pass --state a new file"
                 )
@@ -188,7 +198,7 @@ class Store:
             return False
         owner = f"application_id {app_id:#x}" if app_id else "no jaxtrader mark"
         shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
-        raise RiskError(
+        raise StateError(
             f"state file {self.path} is another application's database ({owner}; holds "
             f"{shown or 'nothing'}); jaxtrader will not write into it: pass --state a new file name"
         )
@@ -240,7 +250,7 @@ class Store:
                 return True
         if row[1] != model_hash:
             old = json.loads(row[3])
-            raise RiskError(
+            raise StateError(
                 f"strategy '{sid}' in {self.path} was started with checkpoint "
                 f"{old.get('checkpoint')} (manifest {str(row[1])[:12]}), not "
                 f"{model.get('checkpoint')} (manifest {model_hash[:12]}); pass --new-strategy to "
@@ -249,7 +259,7 @@ class Store:
         if row[0] != config_hash:
             old_cfg = json.loads(row[2])
             diff = sorted(k for k in set(old_cfg) | set(config) if old_cfg.get(k) != config.get(k))
-            raise RiskError(
+            raise StateError(
                 f"strategy '{sid}' in {self.path} was started with a different config "
                 f"(changed: {', '.join(diff)}); pass --new-strategy to start it afresh or use a "
                 "different --strategy-id"
@@ -275,7 +285,7 @@ class Store:
                 "SELECT host, pid, since FROM runners WHERE strategy_id = ?", (sid,)
             ).fetchone()
             if row is not None and (row[0], row[1]) != (host, pid) and _alive(row[0], row[1]):
-                raise RiskError(
+                raise StateError(
                     f"strategy '{sid}' in {self.path} is already running (pid {row[1]} on "
                     f"{row[0]} since {row[2]}); stop it first or use a different --strategy-id"
                 )
@@ -304,11 +314,13 @@ class Store:
 
     # -- resumable state ----------------------------------------------------------------------
 
-    def load_state(self, sid: str) -> tuple[str | None, dict[str, Any]] | None:
+    def load_state(self, sid: str) -> tuple[str | None, StrategyState] | None:
+        from jaxtrader.trading.records import StrategyState
+
         row = self.conn.execute(
             "SELECT last_ts, state_json FROM state WHERE strategy_id = ?", (sid,)
         ).fetchone()
-        return None if row is None else (row[0], json.loads(row[1]))
+        return None if row is None else (row[0], StrategyState.from_dict(json.loads(row[1])))
 
     def history(self, sid: str, n: int) -> list[CandleRow]:
         """The last `n` candles of the strategy's rolling buffer (warm-up and processed)."""
@@ -319,7 +331,7 @@ class Store:
         ).fetchall()
         return [CandleRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in reversed(rows)]
 
-    def commit_warmup(self, sid: str, state: dict[str, Any], candles: Sequence[CandleRow]) -> None:
+    def commit_warmup(self, sid: str, state: StrategyState, candles: Sequence[CandleRow]) -> None:
         """Stores the warm-up history (never traded) and the initial state in one transaction."""
         with self.transaction() as c:
             self._insert_candles(c, sid, candles, processed=False)
@@ -332,32 +344,14 @@ class Store:
             s = cc.signal
             c.execute(
                 "INSERT INTO signals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    sid,
-                    cc.ts,
-                    s["prob_up"],
-                    s["desired"],
-                    s["fallback"],
-                    s["action"],
-                    s["reason"],
-                    s["target"],
-                    s["latency_ms"],
-                ),
-            )
+                (sid, cc.ts, s.prob_up, s.desired, s.fallback, s.action, s.reason, s.target,
+                 s.latency_ms),
+            )  # fmt: skip
             if cc.fill is not None:
                 f = cc.fill
                 c.execute(
                     "INSERT INTO fills VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        sid,
-                        f["order_id"],
-                        cc.ts,
-                        f["units"],
-                        f["price"],
-                        f["fee"],
-                        f["realized"],
-                        f["trade_pnl"],
-                    ),
+                    (sid, f.order_id, cc.ts, f.units, f.price, f.fee, f.realized, f.trade_pnl),
                 )
             if cc.settled is not None:
                 oid, status = cc.settled
@@ -370,17 +364,17 @@ class Store:
                 o = cc.new_order
                 c.execute(
                     "INSERT INTO orders VALUES (?, ?, ?, ?, ?, 'pending', NULL)",
-                    (sid, o["order_id"], o["decided_ts"], o["target"], o["reason"]),
+                    (sid, o.order_id, o.decided_ts.isoformat(), o.target, o.reason),
                 )
             p = cc.position
             c.execute(
                 "INSERT INTO positions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sid, cc.ts, p["units"], p["avg_entry"], p["cash"], p["realized_pnl"], p["fees"]),
+                (sid, cc.ts, p.units, p.avg_entry, p.cash, p.realized_pnl, p.fees),
             )
             e = cc.equity
             c.execute(
                 "INSERT INTO equity VALUES (?, ?, ?, ?, ?)",
-                (sid, cc.ts, e["close"], e["equity"], e["unrealized"]),
+                (sid, cc.ts, e.close, e.equity, e.unrealized),
             )
             c.executemany(
                 "INSERT INTO risk_events (strategy_id, ts, category, kind, reason) "
@@ -409,13 +403,13 @@ class Store:
         )
 
     def _put_state(
-        self, c: sqlite3.Connection, sid: str, last_ts: str | None, state: dict[str, Any]
+        self, c: sqlite3.Connection, sid: str, last_ts: str | None, state: StrategyState
     ) -> None:
         c.execute(
             "INSERT INTO state VALUES (?, ?, ?, ?) ON CONFLICT (strategy_id) DO UPDATE SET "
             "last_ts = COALESCE(excluded.last_ts, state.last_ts), state_json = excluded.state_json, "
             "updated_at = excluded.updated_at",
-            (sid, last_ts, json.dumps(state, sort_keys=True), _now()),
+            (sid, last_ts, json.dumps(state.to_dict(), sort_keys=True), _now()),
         )
 
     # -- reads for reports and tests ----------------------------------------------------------

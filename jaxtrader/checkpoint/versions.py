@@ -1,0 +1,268 @@
+"""Where checkpoint versions live and which one a request means.
+
+Layout: `<root>/<SYMBOL-SLUG>/<arch>/v<N>/` is one training run (a *version*, N increases per
+run); the version root holds `manifest.json` and `metrics.jsonl` beside Orbax's step folders. The
+root is `checkpoint_root(ckpt_dir, cfg)`: `--ckpt-dir` when given, else `train.ckpt_dir`.
+
+Version selection (`resolve_version`): `latest` is the highest N (across architectures: the newest
+`created_at`), `best` is the version whose best validation loss is lowest, an integer is that N.
+Only complete versions (with a manifest) are candidates for `best`/`latest`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jaxtrader.checkpoint.manifest import MANIFEST_FILE, RETRAIN_HINT, Manifest
+from jaxtrader.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from jaxtrader.config import AppConfig
+
+_VERSION_RE = re.compile(r"^v(\d+)$")
+
+
+def checkpoint_root(ckpt_dir: str | Path | None, cfg: AppConfig | None = None) -> Path:
+    """The checkpoint root, decided here only: `ckpt_dir` (--ckpt-dir) when given, else the
+    config's `train.ckpt_dir` (the default config's, "ckpt", without `cfg`)."""
+    if ckpt_dir:
+        return Path(ckpt_dir)
+    if cfg is None:
+        from jaxtrader.config import AppConfig
+
+        cfg = AppConfig()
+    return Path(cfg.train.ckpt_dir)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One row of `jaxtrader models list`."""
+
+    symbol: str
+    arch: str
+    version: int
+    path: str
+    complete: bool
+    created_at: str | None
+    data_start: str | None
+    data_end: str | None
+    best_val_loss: float | None
+    val_accuracy: float | None
+    val_majority_rate: float | None
+    epochs: int | None
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def arch_dir(ckpt_dir: str | Path, symbol: str, arch: str) -> Path:
+    """`<ckpt_dir>/<SYMBOL-SLUG>/<arch>`."""
+    from jaxtrader.data import symbol_slug
+
+    return Path(ckpt_dir) / symbol_slug(symbol) / arch
+
+
+def version_numbers(directory: Path) -> list[int]:
+    if not directory.is_dir():
+        return []
+    found = []
+    for child in directory.iterdir():
+        m = _VERSION_RE.match(child.name)
+        if m and child.is_dir():
+            found.append(int(m.group(1)))
+    return sorted(found)
+
+
+def new_version_dir(ckpt_dir: str | Path, symbol: str, arch: str) -> tuple[int, Path]:
+    """Creates and returns the next `v<N>` directory (N = highest existing + 1, from 1).
+
+    `mkdir(exist_ok=False)` makes two concurrent runs take different numbers.
+    """
+    root = arch_dir(ckpt_dir, symbol, arch)
+    root.mkdir(parents=True, exist_ok=True)
+    n = (version_numbers(root) or [0])[-1] + 1
+    while True:
+        path = root / f"v{n}"
+        try:
+            path.mkdir()
+            return n, path
+        except FileExistsError:
+            n += 1
+
+
+def dir_size(path: str | Path) -> int:
+    """Bytes of all files under `path`."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed by a concurrent Orbax cleanup
+                total += (Path(root) / name).stat().st_size
+    return total
+
+
+def write_manifest(version_dir: str | Path, manifest: Manifest) -> Path:
+    """Writes `manifest.json` atomically (temporary file in the same directory, then rename)."""
+    directory = Path(version_dir)
+    target = directory / MANIFEST_FILE
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(manifest.to_dict(), f, indent=2, sort_keys=True, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def missing_manifest(directory: Path) -> str:
+    """Why a directory has no manifest, with the likeliest fix."""
+    versions = version_numbers(directory)
+    if versions:
+        return (
+            f"{directory} is not a version directory; pass one of its versions, e.g. "
+            f"{directory / f'v{versions[-1]}'}"
+        )
+    if (directory.parent / MANIFEST_FILE).is_file():
+        return f"{directory} is a step inside a version; pass the version {directory.parent}"
+    return (
+        f"{directory / MANIFEST_FILE} is missing: the training run did not finish or the "
+        f"checkpoint was damaged; {RETRAIN_HINT}"
+    )
+
+
+def read_manifest(version_dir: str | Path) -> Manifest:
+    """Reads and checks `manifest.json`; CheckpointError naming the path when missing or corrupt."""
+    path = Path(version_dir) / MANIFEST_FILE
+    if not Path(version_dir).is_dir():
+        raise CheckpointError(f"checkpoint {version_dir} does not exist; {RETRAIN_HINT}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(missing_manifest(Path(version_dir))) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt ({e}); {RETRAIN_HINT}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} is corrupt (not a JSON object); {RETRAIN_HINT}")
+    return Manifest.from_dict(raw, where=path)
+
+
+def _best_val_loss(manifest: Manifest) -> float:
+    value = manifest.metrics.get("val_loss")
+    return float(value) if isinstance(value, int | float) else float("inf")
+
+
+def _arch_dirs(ckpt_dir: Path, symbol: str | None, arch: str | None) -> list[Path]:
+    if symbol is not None:
+        from jaxtrader.data import symbol_slug
+
+        symbol_dirs = [ckpt_dir / symbol_slug(symbol)]
+    else:
+        symbol_dirs = (
+            sorted(p for p in ckpt_dir.iterdir() if p.is_dir()) if ckpt_dir.is_dir() else []
+        )
+    dirs = []
+    for sdir in symbol_dirs:
+        if not sdir.is_dir():
+            continue
+        for adir in sorted(p for p in sdir.iterdir() if p.is_dir()):
+            if arch is None or adir.name == arch:
+                dirs.append(adir)
+    return dirs
+
+
+def resolve_version(
+    ckpt_dir: str | Path,
+    symbol: str | None = None,
+    arch: str | None = None,
+    version: str | int = "best",
+) -> Path:
+    """The version directory for `best`, `latest` or a number (see the module docstring).
+
+    `symbol=None` / `arch=None` widen the search to every symbol / architecture under `ckpt_dir`
+    (so `version="best"` with `arch=None` picks the best model of any architecture).
+    """
+    root = Path(ckpt_dir)
+    what = " ".join(x for x in (symbol, arch) if x) or "any model"
+    if isinstance(version, str) and version.isdigit():
+        version = int(version)
+    if isinstance(version, int):
+        candidates = [d / f"v{version}" for d in _arch_dirs(root, symbol, arch)]
+        existing = [p for p in candidates if p.is_dir()]
+        if len(existing) == 1:
+            return existing[0]
+        if not existing:
+            raise CheckpointError(
+                f"no version v{version} for {what} under {root}; list them with "
+                "`jaxtrader models list`"
+            )
+        raise CheckpointError(
+            f"v{version} exists for several models under {root} "
+            f"({', '.join(str(p) for p in existing)}); pass --symbol and --arch"
+        )
+    if version not in ("best", "latest"):
+        raise CheckpointError(f"version must be best, latest or a number, got {version!r}")
+    complete: list[tuple[Path, Manifest]] = []
+    for adir in _arch_dirs(root, symbol, arch):
+        for n in version_numbers(adir):
+            vdir = adir / f"v{n}"
+            if (vdir / MANIFEST_FILE).is_file():
+                try:
+                    complete.append((vdir, read_manifest(vdir)))
+                except CheckpointError:
+                    continue  # a damaged version is never picked implicitly
+    if not complete:
+        raise CheckpointError(
+            f"no complete checkpoint for {what} under {root}; train one with `jaxtrader train`"
+        )
+    if version == "latest":
+        if len({vdir.parent for vdir, _ in complete}) == 1:
+            return max(complete, key=lambda vm: vm[1].version)[0]
+        return max(complete, key=lambda vm: (vm[1].created_at, vm[1].version))[0]
+    return min(complete, key=lambda vm: (_best_val_loss(vm[1]), -vm[1].version))[0]
+
+
+def list_versions(ckpt_dir: str | Path, symbol: str | None = None) -> list[VersionInfo]:
+    """Every version under `ckpt_dir` (optionally one symbol), complete or not, oldest first."""
+    rows = []
+    for adir in _arch_dirs(Path(ckpt_dir), symbol, None):
+        for n in version_numbers(adir):
+            vdir = adir / f"v{n}"
+            manifest: Manifest | None
+            try:
+                manifest = read_manifest(vdir)
+            except CheckpointError:
+                manifest = None
+            m = manifest.metrics if manifest else {}
+            rows.append(
+                VersionInfo(
+                    symbol=manifest.data.get("symbol", adir.parent.name)
+                    if manifest
+                    else adir.parent.name,
+                    arch=adir.name,
+                    version=n,
+                    path=str(vdir),
+                    complete=manifest is not None,
+                    created_at=manifest.created_at if manifest else None,
+                    data_start=manifest.data.get("start") if manifest else None,
+                    data_end=manifest.data.get("end") if manifest else None,
+                    best_val_loss=m.get("val_loss"),
+                    val_accuracy=m.get("val_accuracy"),
+                    val_majority_rate=m.get("val_majority_rate"),
+                    epochs=m.get("epochs"),
+                    size_bytes=dir_size(vdir),
+                )
+            )
+    return rows

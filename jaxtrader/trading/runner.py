@@ -1,0 +1,198 @@
+"""One paper-trading run (the body of `jaxtrader trade`): load the predictor, check the interval,
+build the feed and the strategy, handle stop signals, run the manager to the end of the feed.
+
+Logs `trade_start`, one `candle` event per processed candle, `trade_stopped` and `trade_summary`,
+and shows a progress bar; returns the strategy's summary for the caller to print.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from jaxtrader.errors import ConfigError
+from jaxtrader.models.archs import ARCH_NAMES
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from jaxtrader.config import AppConfig
+    from jaxtrader.trading.feeds import Feed
+    from jaxtrader.trading.manager import Outcome
+
+
+def parse_utc(value: str | None, flag: str) -> pd.Timestamp | None:
+    """A date/time as a UTC timestamp (naive values are UTC); ConfigError naming `flag`."""
+    import pandas as pd
+
+    if value is None:
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"{flag} {value!r} is not a date/time; use e.g. 2024-01-01T00:00"
+        ) from None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+@dataclass(frozen=True)
+class TradeJob:
+    """What a trade run needs besides the AppConfig (its `backtest` rules and `risk` limits)."""
+
+    feed: str  # replay:PATH or ccxt:EXCHANGE
+    state_path: str
+    strategy_id: str
+    checkpoint: str | None = None
+    arch: str | None = None
+    symbol: str | None = None
+    version: str = "best"
+    ckpt_dir: str | None = None
+    timeframe: str | None = None
+    capital: float = 10_000.0
+    speed: str = "max"
+    start: pd.Timestamp | None = None  # replay bounds; None = the checkpoint's test split
+    end: pd.Timestamp | None = None
+    new_strategy: bool = False
+
+
+def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
+    """Paper-trades `job` until the feed ends or SIGINT/SIGTERM; returns the strategy summary.
+
+    The first signal finishes the current candle and stops; a second acts at once (the default
+    handler), which is safe too since each candle commits atomically.
+    """
+    import pandas as pd
+
+    from jaxtrader.checkpoint import checkpoint_root
+    from jaxtrader.data import format_interval, parse_interval
+    from jaxtrader.features import min_history
+    from jaxtrader.inference import Predictor
+    from jaxtrader.logs import get_logger, log_event, log_format, progress_bar
+    from jaxtrader.runtime import enable_compilation_cache, freeze_long_lived_objects
+    from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
+    from jaxtrader.trading.manager import StrategyConfig, TradingManager, model_inputs_fn
+    from jaxtrader.trading.store import Store, stable_hash
+
+    if job.checkpoint is None and job.arch is None:
+        raise ConfigError(f"trade needs --checkpoint PATH or --arch {'|'.join(ARCH_NAMES)}")
+    kind, _, target = job.feed.partition(":")
+    if kind not in ("replay", "ccxt") or not target:
+        raise ConfigError(
+            f"--feed {job.feed!r} is not replay:PATH or ccxt:EXCHANGE (e.g. ccxt:binance)"
+        )
+    log = get_logger("trade")
+    if job.capital <= 0:
+        raise ConfigError(f"--capital must be positive, got {job.capital}")
+    enable_compilation_cache()  # a restarted strategy reuses the compiled model programs
+    predictor = Predictor.load(
+        ckpt_dir=checkpoint_root(job.ckpt_dir, cfg),
+        symbol=job.symbol,
+        arch=job.arch,
+        version=job.version,
+        checkpoint=job.checkpoint,
+    )
+    manifest = predictor.manifest
+    trained_interval = pd.Timedelta(manifest.data["interval"])  # stored as str(Timedelta)
+    interval = trained_interval if job.timeframe is None else parse_interval(job.timeframe)
+    if interval != trained_interval:
+        raise ConfigError(
+            f"--timeframe {format_interval(interval)} differs from the checkpoint's "
+            f"{format_interval(trained_interval)} candles ({predictor.version_dir}); the model "
+            "only understands the interval it was trained on"
+        )
+    market = job.symbol or manifest.data.get("symbol") or "BTC/USDT"
+    stop = threading.Event()
+    feed: Feed
+    if kind == "replay":
+        # Each bound not given comes from the checkpoint's test split.
+        test = manifest.splits["test"]
+        start_ts = job.start if job.start is not None else parse_utc(test["start"], "test start")
+        end_ts = job.end if job.end is not None else parse_utc(test["end"], "test end")
+        feed = ReplayFeed(
+            target,
+            interval=format_interval(interval),
+            symbol=job.symbol or manifest.data.get("symbol"),
+            start=start_ts,
+            end=end_ts,
+            speed=job.speed,
+            stop=stop,
+        )
+    else:
+        feed = CcxtFeed(target, market, interval, stop=stop)
+    scfg = StrategyConfig(
+        strategy_id=job.strategy_id,
+        symbol=feed.symbol,
+        interval_s=interval.total_seconds(),
+        capital=job.capital,
+        rules=cfg.backtest,
+        risk=cfg.risk,
+    )
+    meta = {
+        "hash": stable_hash(manifest.to_dict()),
+        "checkpoint": str(predictor.version_dir),
+        "arch": manifest.arch,
+        "version": manifest.version,
+        "step": predictor.step,
+    }
+    store = Store(job.state_path)
+    manager = TradingManager(
+        scfg,
+        store,
+        predictor.predict_proba,
+        model_inputs_fn(predictor.scaler, predictor.seq_len),
+        min_history() + predictor.seq_len,
+        meta,
+        fresh=job.new_strategy,
+    )
+    sid = job.strategy_id
+    resumed = not manager.started_fresh and manager.last_ts is not None
+    log_event(log, "trade_start", strategy=sid, checkpoint=meta["checkpoint"],
+              arch=manifest.arch, feed=f"{kind}:{target}", state=job.state_path,
+              resumed_after=None if not resumed else manager.last_ts.isoformat())  # type: ignore[union-attr]  # fmt: skip
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # No logging here: writing to stderr from a handler that interrupted another stderr write
+        # raises "reentrant call"; the stop is logged after the loop.
+        received.append(signal.Signals(signum).name)
+        stop.set()
+        signal.signal(signum, old[signal.Signals(signum)])
+
+    received: list[str] = []
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    freeze_long_lived_objects()
+    total = feed.remaining(manager.resume_after) if isinstance(feed, ReplayFeed) else None
+    json_logs = log_format() == "json"
+    bar = progress_bar(total=total, desc=f"trade {sid}")
+
+    def on_outcome(out: Outcome | None) -> None:
+        bar.update(1)
+        if out is None:
+            return
+        log_event(log, "candle", logging.INFO if json_logs else logging.DEBUG, strategy=sid,
+                  ts=out.ts.isoformat(), prob_up=out.prob_up, signal=out.desired,
+                  fallback=out.fallback, risk=out.action, reason=out.reason, target=out.target,
+                  order=out.order, fill_units=out.fill_units, fill_price=out.fill_price,
+                  equity=out.equity, latency_ms=round(out.latency_ms, 3))  # fmt: skip
+        bar.set_postfix(ts=out.ts.strftime("%Y-%m-%d %H:%M"), p=_fmt(out.prob_up),
+                        pos=out.target, equity=f"{out.equity:,.2f}", refresh=False)  # fmt: skip
+
+    try:
+        summary = manager.run(feed, stop=stop, on_outcome=on_outcome)
+    finally:
+        bar.close()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        manager.close()
+    if stop.is_set():
+        log_event(log, "trade_stopped", strategy=sid, signal=",".join(received),
+                  last=summary.get("last"))  # fmt: skip
+    log_event(log, "trade_summary", **{k: v for k, v in summary.items() if k != "pending_order"})
+    return summary
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"

@@ -1,0 +1,66 @@
+"""The decision rule and the performance figures shared by evaluate and trading, on known answers."""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import numpy as np
+import pytest
+
+from jaxtrader import decisions as d
+from jaxtrader.errors import ConfigError
+from jaxtrader.evaluate.backtest import drawdown_curve
+
+
+def test_max_drawdown_on_a_known_curve() -> None:
+    equity = np.array([1.0, 1.2, 0.9, 1.1, 0.6, 0.8])
+    assert d.max_drawdown(equity) == pytest.approx(0.6 / 1.2 - 1, rel=1e-15)
+    chex.assert_trees_all_close(
+        drawdown_curve(equity),
+        np.array([0, 0, 0.9 / 1.2 - 1, 1.1 / 1.2 - 1, -0.5, 0.8 / 1.2 - 1]),
+    )
+    # Losing from the start counts from the initial equity of 1.
+    assert d.max_drawdown(np.array([0.9, 0.95])) == pytest.approx(-0.1)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "weekends", "expected"),
+    [
+        (3600, True, 8760.0),
+        (300, True, 105120.0),
+        (60, True, 525600.0),
+        (86400, True, 365.0),
+        (86400, False, 252.0),
+        (4 * 3600, True, 2190.0),
+    ],
+)
+def test_annualization_factor_per_interval(seconds: int, weekends: bool, expected: float) -> None:
+    assert d.periods_per_year(seconds, weekends) == pytest.approx(expected)
+    assert math.sqrt(d.periods_per_year(3600)) == pytest.approx(math.sqrt(8760))
+
+
+def test_weekend_detection() -> None:
+    import pandas as pd
+
+    weekdays = pd.bdate_range("2024-01-01", periods=20, tz="UTC").as_unit("ns")
+    every_day = pd.date_range("2024-01-01", periods=20, freq="D", tz="UTC").as_unit("ns")
+    assert not d.has_weekend_candles(weekdays.asi8)
+    assert d.has_weekend_candles(every_day.asi8)
+
+
+def test_bad_thresholds_name_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--threshold"):
+        d.positions_from_probs(np.array([0.5]), 1.2)
+    with pytest.raises(ConfigError, match="--long-short"):
+        d.positions_from_probs(np.array([0.5]), 0.4, long_short=True)
+    with pytest.raises(ConfigError, match="--fee-bps"):
+        d.check_settings(fee_bps=-1.0)
+    with pytest.raises(ConfigError, match="--slippage-bps"):
+        d.check_settings(slippage_bps=float("nan"))
+
+
+def test_sharpe_definition() -> None:
+    r = np.array([0.01, -0.005, 0.02, 0.0])
+    assert d.sharpe(r, 8760) == pytest.approx(r.mean() / r.std(ddof=1) * math.sqrt(8760))
+    assert d.sharpe(np.zeros(10), 8760) == 0.0
