@@ -48,6 +48,15 @@ _HTML_ERROR = (
 _REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
+class _Quiet(ThreadingHTTPServer):
+    """No traceback on stderr when a client goes away mid-answer (a runner killed with -9)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
 @dataclass
 class Served:
     """One answered request: what was asked, the simulated time, what was sent and which faults."""
@@ -76,7 +85,7 @@ class ExchangeServer:
         http_faults: dict[int, str] | None = None,
         content_faults: dict[int, str] | None = None,
         retry_after_s: int = 30,
-        timeout_hold_s: float = 1.0,
+        timeout_hold_s: float = 2.0,
         max_requests: int = 2000,
         time_limit_s: float = 120.0,
     ) -> None:
@@ -84,7 +93,7 @@ class ExchangeServer:
             if kind not in HTTP_FAULTS + CONTENT_FAULTS:
                 raise ValueError(f"unknown fault {kind!r}")
         self.frame = candles
-        self.ts_ms = (candles.index.asi8 // 1_000_000).astype(np.int64)
+        self.ts_ms = (pd.DatetimeIndex(candles.index).asi8 // 1_000_000).astype(np.int64)
         self.step_ms = int((candles.index[1] - candles.index[0]).value // 1_000_000)
         self.values = candles[["open", "high", "low", "close", "volume"]].to_numpy(float)
         self.symbol = symbol
@@ -101,8 +110,7 @@ class ExchangeServer:
         self.down = False
         self._lock = threading.Lock()
         self._released = threading.Event()  # set on stop: held "timeout" requests end at once
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
+        self._httpd = _Quiet(("127.0.0.1", 0), self._handler())
         self.port = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -129,7 +137,7 @@ class ExchangeServer:
         self._released.set()
         self._thread.join(timeout=5)
 
-    def ccxt_config(self, timeout_ms: int = 400) -> dict[str, Any]:
+    def ccxt_config(self, timeout_ms: int = 1000) -> dict[str, Any]:
         """Constructor settings for `ccxt.binance` (JAXTRADER_CCXT_CONFIG): every Binance API URL
         points here, only spot markets are loaded, a short timeout and a 1 ms rate limit."""
         return {

@@ -177,6 +177,17 @@ def reference(
     return out
 
 
+def report(name: str, m: Live, db: Path, sid: str, **extra: Any) -> None:
+    """One line of figures for the README (shown with pytest -s)."""
+    stored = stored_candles(db, sid)
+    served = m.server.closed_until()
+    fills = [f[0] for f in results(db, sid)[1]]
+    print(json.dumps({"test": name, "requests": len(m.server.log),
+                      "served_closed": int((served.index >= stored.index[0]).sum()),
+                      "stored": len(stored), "fills": len(fills),
+                      "duplicate_fills": len(fills) - len(set(fills)), **extra}))  # fmt: skip
+
+
 def assert_same_as_replay(
     db: Path, sid: str, m: Live, reference: tuple[list[tuple[Any, ...]], ...]
 ) -> None:
@@ -223,6 +234,8 @@ def test_live_run_through_every_fault_equals_the_replay(
     assert not [e for e in log if e["event"] == "bad_candle"]  # the NaN never reached the manager
     assert sum(e["event"] == "candle" for e in log) == N_LIVE
     assert_same_as_replay(db, "live", m, reference)
+    report("faults", m, db, "live", injected=injected, events=len(retries) + sum(
+        e["event"] in EVENT_OF.values() for e in log))  # fmt: skip
 
 
 def test_kill_9_mid_run_then_restart_resumes_without_duplicates(
@@ -249,6 +262,7 @@ def test_kill_9_mid_run_then_restart_resumes_without_duplicates(
     assert candles[0] == resumed + H  # right after the last committed candle
     assert len(candles) == N_LIVE - done
     assert_same_as_replay(db, "k", m, reference)
+    report("kill_9", m, db, "k", killed_after=done, resumed_at=candles[0].isoformat())
 
 
 def test_exchange_down_past_the_retry_budget_is_one_line_and_keeps_the_state(

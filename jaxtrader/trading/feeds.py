@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from jaxtrader.data import candle_problem, format_interval, load_candles
-from jaxtrader.errors import DataError
+from jaxtrader.errors import ConfigError, DataError
 from jaxtrader.fetch import fetch_page, make_exchange
 from jaxtrader.logs import get_logger, log_event
 
@@ -144,6 +144,11 @@ class SimClock:
         self.path = Path(path)
         self.limit_path = self.path.with_name(self.path.name + ".limit")
         self.stop = stop
+        if not self.path.is_file():
+            raise ConfigError(
+                f"{SIM_CLOCK_ENV}={path}: no such file; write the simulated start time (epoch "
+                "seconds) into it, or unset the variable to use the wall clock"
+            )
 
     @staticmethod
     def write(path: str | Path, seconds: float) -> None:
