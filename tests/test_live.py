@@ -29,6 +29,8 @@ from jaxtrader.data import load_candles
 from jaxtrader.fetch import CCXT_CONFIG_ENV
 from jaxtrader.trading.feeds import SIM_CLOCK_ENV, SimClock
 
+pytest.importorskip("ccxt", reason="the live path needs ccxt: pip install -e '.[dev]'")
+
 H = pd.Timedelta("1h")
 FIRST_LIVE = 651  # index in the candle file of the first traded candle (503 candles of warm-up)
 N_LIVE = 48  # candles traded
