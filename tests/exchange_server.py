@@ -139,9 +139,14 @@ class ExchangeServer:
 
     def ccxt_config(self, timeout_ms: int = 1000) -> dict[str, Any]:
         """Constructor settings for `ccxt.binance` (JAXTRADER_CCXT_CONFIG): every Binance API URL
-        points here, only spot markets are loaded, a short timeout and a 1 ms rate limit."""
+        points here (spot at /api/v3, anything else at /KEY, which answers 400, so nothing can
+        reach the internet), only spot markets are loaded, a short timeout, a 1 ms rate limit."""
+        import ccxt
+
+        api = {key: f"{self.url}/{key}" for key in ccxt.binance().describe()["urls"]["api"]}
+        api.update(public=f"{self.url}/api/v3", private=f"{self.url}/api/v3")
         return {
-            "urls": {"api": {"public": f"{self.url}/api/v3", "private": f"{self.url}/api/v3"}},
+            "urls": {"api": api},
             "options": {
                 "defaultType": "spot",
                 "fetchMarkets": {"types": ["spot"]},

@@ -220,6 +220,7 @@ def test_live_run_through_every_fault_equals_the_replay(
     err = stop(proc)
     log = events(err)
     injected = m.server.injected()
+    assert {s.path for s in m.server.log} == {"/api/v3/exchangeInfo", "/api/v3/klines"}
     assert set(injected) == set(ERROR_OF) | set(EVENT_OF), injected  # every kind at least once
     # Each fault is exactly one structured event, of the right kind.
     retries = [e for e in log if e["event"] == "fetch_retry"]
