@@ -85,7 +85,7 @@ class ExchangeServer:
         http_faults: dict[int, str] | None = None,
         content_faults: dict[int, str] | None = None,
         retry_after_s: int = 30,
-        timeout_hold_s: float = 2.0,
+        timeout_hold_s: float = 3.0,
         max_requests: int = 2000,
         time_limit_s: float = 120.0,
     ) -> None:
@@ -137,7 +137,7 @@ class ExchangeServer:
         self._released.set()
         self._thread.join(timeout=5)
 
-    def ccxt_config(self, timeout_ms: int = 1000) -> dict[str, Any]:
+    def ccxt_config(self, timeout_ms: int = 2000) -> dict[str, Any]:
         """Constructor settings for `ccxt.binance` (JAXTRADER_CCXT_CONFIG): every Binance API URL
         points here (spot at /api/v3, anything else at /KEY, which answers 400, so nothing can
         reach the internet), only spot markets are loaded, a short timeout, a 1 ms rate limit."""

@@ -10,6 +10,7 @@ the same model): a live run that lost, repeated or reordered a candle could not 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -17,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import pytest
@@ -93,41 +94,71 @@ def live(tmp_path: Path, frame: pd.DataFrame) -> Iterator[Any]:
         return made[-1]
 
     yield make
+    for r in Runner.started:
+        if r.proc.poll() is None:  # a failed test: a runner held at the clock cap waits forever
+            r.kill()
+    Runner.started.clear()
     for m in made:
         m.server.stop()
 
 
+def patient_args(s: dict[str, Path], db: Path, sid: str, *extra: str) -> list[str]:
+    """`trade_args` with a 60 s model budget: on a loaded machine a 5 s stall would be a timeout
+    fallback in one run and not in the other, and the comparison with the replay would fail."""
+    args = trade_args(s, db, sid, *extra)
+    args[args.index("--model-timeout-ms") + 1] = "60000"
+    return args
+
+
 def live_args(s: dict[str, Path], db: Path, sid: str) -> list[str]:
-    args = trade_args(s, db, sid)
+    args = patient_args(s, db, sid)
     args[args.index("--feed") + 1] = "ccxt:binance"
     return ["--log-format", "json", "-v", *args]
 
 
-def spawn_live(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    import os
+class Runner:
+    """A `jaxtrader trade` subprocess; its stderr goes to a file (a pipe nobody reads until the
+    end would block the runner once 64 KB of JSON lines are written)."""
 
-    return subprocess.Popen(
-        [sys.executable, "-m", "jaxtrader", *args],
-        env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    started: ClassVar[
+        list[Runner]
+    ] = []  # killed by the `live` fixture if a failed test left them running
 
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        Runner.started.append(self)
+        with open(log, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jaxtrader", *args],
+                env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
 
-def wait_processed(db: Path, sid: str, n: int, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 120
-    while processed(db, sid) < n and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
-    assert processed(db, sid) >= n, f"only {processed(db, sid)} of {n} candles in 120 s"
+    def stderr(self) -> str:
+        return self.log.read_text()
 
+    def wait_processed(self, db: Path, sid: str, n: int) -> None:
+        deadline = time.monotonic() + 120
+        while processed(db, sid) < n and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.proc.poll() is None, self.stderr()[-3000:]
+        assert processed(db, sid) >= n, f"only {processed(db, sid)} of {n} candles in 120 s"
 
-def stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-3000:]
-    return err
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> str:
+        """SIGTERM, then the run's stderr once it exited cleanly."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"no exit 60 s after SIGTERM: {self.stderr()[-3000:]}") from None
+        assert self.proc.returncode == 0, self.stderr()[-3000:]
+        return self.stderr()
 
 
 def events(err: str) -> list[dict[str, Any]]:
@@ -169,7 +200,7 @@ def reference(
     """The same candles replayed from the file (same warm-up: the 503 candles before the start)."""
     db = tmp_path_factory.mktemp("ref") / "ref.db"
     start, end = frame.index[FIRST_LIVE], frame.index[FIRST_LIVE + N_LIVE - 1]
-    args = trade_args(setup, db, "ref", "--start", start.isoformat(), "--end", end.isoformat())
+    args = patient_args(setup, db, "ref", "--start", start.isoformat(), "--end", end.isoformat())
     try:
         main(args)
     except SystemExit as e:
@@ -202,6 +233,7 @@ def assert_same_as_replay(
     cols = ["open", "high", "low", "close", "volume"]
     assert (stored[cols].to_numpy() == served[cols].to_numpy()).all()  # the final values exactly
     signals, fills, equity = results(db, sid)
+    assert all(s[2] is None for s in signals), [s for s in signals if s[2] is not None]
     order_ids = [f[0] for f in fills]
     assert len(order_ids) == len(set(order_ids))  # every order filled at most once
     assert (signals, fills, equity) == reference
@@ -215,9 +247,9 @@ def test_live_run_through_every_fault_equals_the_replay(
     m = live(http_faults=HTTP_FAULTS, content_faults=CONTENT_FAULTS, retry_after_s=RETRY_AFTER_S)
     m.cap(FIRST_LIVE + N_LIVE - 1)
     db = setup["root"] / "live_faults.db"
-    proc = spawn_live(live_args(setup, db, "live"), m.env())
-    wait_processed(db, "live", N_LIVE, proc)
-    err = stop(proc)
+    run = Runner(live_args(setup, db, "live"), m.env(), db.with_suffix(".log"))
+    run.wait_processed(db, "live", N_LIVE)
+    err = run.stop()
     log = events(err)
     injected = m.server.injected()
     assert {s.path for s in m.server.log} == {"/api/v3/exchangeInfo", "/api/v3/klines"}
@@ -247,18 +279,19 @@ def test_kill_9_mid_run_then_restart_resumes_without_duplicates(
     reference: tuple[list[tuple[Any, ...]], ...],
 ) -> None:
     m = live(http_faults={8: "503", 30: "429"}, retry_after_s=3 * 3600)
-    m.cap(FIRST_LIVE + N_LIVE - 1)
+    # The cap keeps the first run short of the end even if this process is starved for a while.
+    m.cap(FIRST_LIVE + N_LIVE * 3 // 4)
     db = setup["root"] / "live_kill.db"
     args = live_args(setup, db, "k")
-    proc = spawn_live(args, m.env())
-    wait_processed(db, "k", N_LIVE // 3, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run = Runner(args, m.env(), db.with_suffix(".1.log"))
+    run.wait_processed(db, "k", N_LIVE // 3)
+    run.kill()
     done = processed(db, "k")
     assert N_LIVE // 3 <= done < N_LIVE
-    proc = spawn_live(args, m.env())
-    wait_processed(db, "k", N_LIVE, proc)
-    log = events(stop(proc))
+    m.cap(FIRST_LIVE + N_LIVE - 1)
+    run = Runner(args, m.env(), db.with_suffix(".2.log"))
+    run.wait_processed(db, "k", N_LIVE)
+    log = events(run.stop())
     start = next(e for e in log if e["event"] == "trade_start")
     resumed = pd.Timestamp(start["resumed_after"])
     candles = [pd.Timestamp(e["ts"]) for e in log if e["event"] == "candle"]
