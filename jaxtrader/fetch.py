@@ -9,7 +9,9 @@ candle. The still-forming last candle is never written.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from jaxtrader.data import (
     parse_interval,
     write_candles,
 )
-from jaxtrader.errors import DataError
+from jaxtrader.errors import ConfigError, DataError
 from jaxtrader.logs import get_logger, log_event, progress_bar
 
 INSTALL_HINT = "pip install 'jaxtrader[live]'"
@@ -44,8 +46,17 @@ class FetchResult:
     last: pd.Timestamp | None  # last candle appended
 
 
+CCXT_CONFIG_ENV = "JAXTRADER_CCXT_CONFIG"
+
+
 def make_exchange(name: str) -> Any:
-    """A ccxt exchange instance with ccxt's own throttling on; DataError if ccxt is missing."""
+    """A ccxt exchange instance with ccxt's own throttling on; DataError if ccxt is missing.
+
+    JAXTRADER_CCXT_CONFIG may hold a JSON object of ccxt constructor settings merged over ours
+    (ccxt deep-merges them into the exchange's defaults): e.g. `{"timeout": 5000}`, a proxy, or
+    `{"urls": {"api": {"public": "http://127.0.0.1:PORT/api/v3"}}}` to point binance at a local
+    exchange (the live tests do this).
+    """
     try:
         import ccxt
     except ImportError:
@@ -54,7 +65,63 @@ def make_exchange(name: str) -> Any:
         raise DataError(
             f"unknown exchange {name!r}; use a ccxt exchange id such as binance or kraken"
         )
-    return getattr(ccxt, name)({"enableRateLimit": True})
+    # The parsed body is kept so `fetch_page` can tell an unparsable answer from an empty one.
+    settings = {"enableRateLimit": True, "enableLastJsonResponse": True, **_env_settings()}
+    return getattr(ccxt, name)(settings)
+
+
+def _env_settings() -> dict[str, Any]:
+    raw = os.environ.get(CCXT_CONFIG_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        settings = json.loads(raw)
+    except ValueError:
+        settings = None
+    if not isinstance(settings, dict):
+        raise ConfigError(
+            f"{CCXT_CONFIG_ENV} is not a JSON object of ccxt settings: {raw[:60]!r}; use e.g. "
+            '{"timeout": 5000}'
+        )
+    return settings
+
+
+class InvalidResponse(ConnectionError):
+    """The exchange answered 200 with a body that is not JSON (truncated, or an HTML page):
+    ccxt turns that into an empty or garbage page without an error, so it is checked here and
+    retried like a network error."""
+
+
+def _body_problem(exchange: Any) -> str | None:
+    """Why the last answer's body was not JSON, or None (also when the exchange keeps no body)."""
+    if not getattr(exchange, "enableLastJsonResponse", False):
+        return None
+    text = getattr(exchange, "last_http_response", None)
+    if (
+        isinstance(text, str)
+        and text.strip()
+        and getattr(exchange, "last_json_response", 0) is None
+    ):
+        return f"{len(text)} bytes that are not JSON, starting {text.strip()[:40]!r}"
+    return None
+
+
+def _retry_after(exchange: Any, error: BaseException) -> float:
+    """Seconds the exchange asked us to wait (Retry-After of a 418/429), 0 when it did not say:
+    Binance bans an IP that keeps calling after a 429."""
+    if not {"DDoSProtection", "RateLimitExceeded"} & {c.__name__ for c in type(error).__mro__}:
+        return 0.0  # other errors (a timeout) leave the headers of an older answer in place
+    headers = getattr(exchange, "last_response_headers", None) or {}
+    try:
+        return max(float(headers.get("Retry-After", 0) or 0), 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as one short line: ccxt puts whole response bodies (HTML pages) in messages."""
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _error_classes() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
@@ -64,7 +131,8 @@ def _error_classes() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseEx
         import ccxt
     except ImportError:
         return transient, ()
-    return (ccxt.NetworkError, *transient), (ccxt.BaseError,)
+    # BadResponse: an answer ccxt could not make sense of; like a network error, it passes.
+    return (ccxt.NetworkError, ccxt.BadResponse, *transient), (ccxt.BaseError,)
 
 
 def parse_since(since: str | None) -> int | None:
@@ -93,27 +161,32 @@ def fetch_page(
     max_retries: int,
     sleep: Callable[[float], None],
 ) -> list[list[float]]:
-    """One fetch_ohlcv call with exponential backoff on transient network errors."""
+    """One fetch_ohlcv call with exponential backoff on transient network errors (at least the
+    Retry-After the exchange sent with a 429), and on answers whose body is not JSON."""
     transient, fatal = _error_classes()
     base_delay = max(float(getattr(exchange, "rateLimit", 1000)) / 1000.0, 1.0)
     name = getattr(exchange, "id", type(exchange).__name__)
     for attempt in range(max_retries + 1):
         try:
-            return list(exchange.fetch_ohlcv(symbol, timeframe, since=since_ms, limit=limit))
+            rows = list(exchange.fetch_ohlcv(symbol, timeframe, since=since_ms, limit=limit))
+            problem = _body_problem(exchange)
+            if problem is not None:
+                raise InvalidResponse(f"{name} answered fetch_ohlcv with {problem}")
+            return rows
         except transient as e:
             if attempt == max_retries:
                 raise DataError(
                     f"fetching {symbol} {timeframe} from {name} failed after {attempt + 1} "
-                    f"attempts ({type(e).__name__}: {e}); check the network and rerun the same "
+                    f"attempts ({_one_line(e)}); check the network and rerun the same "
                     "command to resume"
                 ) from None
-            delay = base_delay * 2**attempt
+            delay = max(base_delay * 2**attempt, _retry_after(exchange, e))
             log_event(_log, "fetch_retry", logging.WARNING, exchange=name, attempt=attempt + 1,
-                      delay_s=delay, error=f"{type(e).__name__}: {e}")  # fmt: skip
+                      delay_s=delay, error=_one_line(e))  # fmt: skip
             sleep(delay)
         except fatal as e:
             raise DataError(
-                f"{name} refused fetch_ohlcv for {symbol} {timeframe} ({type(e).__name__}: {e}); "
+                f"{name} refused fetch_ohlcv for {symbol} {timeframe} ({_one_line(e)}); "
                 "check the symbol and timeframe"
             ) from None
     raise AssertionError("unreachable")

@@ -228,3 +228,45 @@ def test_ccxt_stale_market_is_logged_and_polled_often(caplog: pytest.LogCaptureF
     assert slept[:3] == [3542.0, 3600.0, 60.0]  # to each close, then every minute while late
     assert set(slept[2:]) == {60.0}
     assert any(r.message == "feed_stale" for r in caplog.records)
+
+
+def test_ccxt_a_hole_or_a_nan_seen_once_is_fetched_again_not_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Exchanges serve a page with a missing candle or a NaN once; before the fix the candle was
+    skipped for good (a hole filled with a flat candle, or a `bad_candle`)."""
+    clock = [10 * 3600 + 60.0]
+
+    class Glitchy(FakeExchange):
+        def fetch_ohlcv(self, *a: Any, **k: Any) -> Any:
+            rows = super().fetch_ohlcv(*a, **k)
+            if len(self.calls) == 1:
+                del rows[2]  # 07:00 missing
+            if len(self.calls) == 2 and len(rows) > 2:  # the refetch from 07:00
+                rows[2] = [rows[2][0], math.nan, *rows[2][2:]]  # 09:00 open is NaN
+            return rows
+
+    def sleep(s: float) -> bool:
+        clock[0] += s
+        return False
+
+    ex = Glitchy(clock, [])
+    feed = CcxtFeed("fake", "X/Y", H, exchange=ex, clock=lambda: clock[0], sleep=sleep)
+    got = list(itertools.islice(feed.candles(after=pd.Timestamp(4 * 3600, unit="s", tz="UTC")), 5))
+    assert [c.ts.hour for c in got] == [5, 6, 7, 8, 9]
+    assert all(not math.isnan(c.open) for c in got)
+    assert [r.message for r in caplog.records if r.message.startswith("feed_")] == [
+        "feed_gap",
+        "feed_invalid_candle",
+    ]
+    # A problem that is still there on the next answer is accepted: the manager handles it.
+    clock[0] = 10 * 3600 + 60.0
+
+    class Holey(FakeExchange):
+        def fetch_ohlcv(self, *a: Any, **k: Any) -> Any:
+            return [r for r in super().fetch_ohlcv(*a, **k) if r[0] != 7 * 3_600_000]
+
+    feed = CcxtFeed("fake", "X/Y", H, exchange=Holey(clock, []), clock=lambda: clock[0],
+                    sleep=sleep)  # fmt: skip
+    got = list(itertools.islice(feed.candles(after=pd.Timestamp(5 * 3600, unit="s", tz="UTC")), 3))
+    assert [c.ts.hour for c in got] == [6, 8, 9]

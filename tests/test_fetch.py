@@ -138,3 +138,53 @@ def test_bad_arguments(tmp_path: Path) -> None:
         fetch_candles(ex, "BTC/USDT", "1h", tmp_path / "new.csv")
     with pytest.raises(DataError, match=r"--since 'soon' is not a date; use e\.g\. 2024-01-01"):
         fetch_candles(ex, "BTC/USDT", "1h", tmp_path / "new.csv", since="soon")
+
+
+class GarblingExchange(FakeExchange):
+    """Like ccxt with `enableLastJsonResponse`: the 2nd answer is cut off mid-body, which ccxt
+    parses into an empty page without raising (measured with ccxt 4.5 against a local server)."""
+
+    enableLastJsonResponse = True
+
+    def fetch_ohlcv(self, symbol: str, timeframe: str, since: int, limit: int) -> list[list[float]]:
+        rows = super().fetch_ohlcv(symbol, timeframe, since, limit)
+        self.last_http_response = "[" + ",".join(str(r) for r in rows) + "]"
+        self.last_json_response: object = rows
+        if len(self.since_calls) == 2:
+            self.last_http_response = self.last_http_response[:20]
+            self.last_json_response = None
+            return []
+        return rows
+
+
+def test_a_garbled_answer_is_retried_not_taken_for_the_end(tmp_path: Path) -> None:
+    ex = GarblingExchange(candles=11, now_ms=T0 + 10 * HOUR_MS + 1)
+    out, sleeps = tmp_path / "btc.csv", []
+    result = fetch(ex, out, sleeps)
+    assert result.added == 10  # before the fix: 3, and "fetch_done" as if the market ended there
+    assert ex.since_calls[1] == ex.since_calls[2] == T0 + 3 * HOUR_MS
+    assert 1.0 in sleeps  # the backoff of one retry
+
+
+def test_429_waits_the_retry_after_and_errors_stay_one_line(tmp_path: Path) -> None:
+    ccxt = pytest.importorskip("ccxt")
+
+    class Limited(FakeExchange):
+        def fetch_ohlcv(self, *a: object, **k: object) -> list[list[float]]:
+            if len(self.since_calls) < 2:
+                self.since_calls.append(0)
+                self.last_response_headers = {"Retry-After": "120"}
+                raise ccxt.DDoSProtection("binance 429 Too Many Requests {}")
+            return super().fetch_ohlcv(*a, **k)  # type: ignore[arg-type]
+
+    out, sleeps = tmp_path / "btc.csv", []
+    fetch(Limited(candles=3, now_ms=T0 + 3 * HOUR_MS, page=5), out, sleeps)
+    assert sleeps[:2] == [120.0, 120.0]  # Binance bans an IP that retries a 429 after 1 s
+
+    class Down(FakeExchange):
+        def fetch_ohlcv(self, *a: object, **k: object) -> list[list[float]]:
+            raise ccxt.ExchangeNotAvailable("binance GET /klines 503\n<html>\n<body>down</body>")
+
+    with pytest.raises(DataError) as e:
+        fetch(Down(candles=3, now_ms=T0 + 3 * HOUR_MS), tmp_path / "x.csv", [], max_retries=1)
+    assert "\n" not in str(e.value) and "503 <html> <body>down</body>" in str(e.value)

@@ -189,7 +189,10 @@ def test_bad_start_is_one_line_exit_2(
 
 
 def test_corrupt_checkpoint_and_missing_ccxt_are_one_line(
-    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    setup: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     bad = tmp_path / "v9"
     bad.mkdir()
@@ -197,6 +200,9 @@ def test_corrupt_checkpoint_and_missing_ccxt_are_one_line(
     code, _, err = run_cli(["trade", "--checkpoint", str(bad), "--feed", "replay:x.csv",
                             "--state", str(tmp_path / "s.db"), "--strategy-id", "a"], capsys)  # fmt: skip
     assert "corrupt" in one_line_error(code, err)
+    # ccxt absent even where it is installed (there, this run would try the real binance and,
+    # without a network, retry for 17 minutes).
+    monkeypatch.setitem(sys.modules, "ccxt", None)
     code, _, err = run_cli(["trade", "--checkpoint", str(setup["ckpt"]), "--feed", "ccxt:binance",
                             "--state", str(tmp_path / "s.db"), "--strategy-id", "a"], capsys)  # fmt: skip
     assert "pip install 'jaxtrader[live]'" in one_line_error(code, err)
