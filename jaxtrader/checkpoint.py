@@ -95,6 +95,8 @@ class Manifest:
     created_at: str
     metrics_path: str
     schema: int = MANIFEST_SCHEMA
+    # A seed ensemble (walk-forward folds): {"seeds": K, ...}; its params carry a leading K axis.
+    ensemble: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -111,6 +113,8 @@ class Manifest:
             )
         kwargs = {k: d[k] for k in _REQUIRED_KEYS}
         kwargs["feature_names"] = tuple(d["feature_names"])
+        if d.get("ensemble") is not None:
+            kwargs["ensemble"] = dict(d["ensemble"])
         return cls(**kwargs)
 
 

@@ -266,7 +266,9 @@ def fit_seeds(
                 best_params = current
             else:
                 best_params = jax.tree.map(
-                    lambda b, c: np.where(_leading_mask(improved, c), c, b), best_params, current
+                    lambda b, c, m=improved: np.where(_leading_mask(m, c), c, b),
+                    best_params,
+                    current,
                 )
         best_loss = np.where(improved, val["loss"], best_loss)
         best_acc = np.where(improved, val["accuracy"], best_acc)
