@@ -62,7 +62,7 @@ def unstack_tree(tree: Any, s: int) -> Any:
 
 
 def num_seeds(state: train.TrainState) -> int:
-    return int(state.step.shape[0])
+    return int(jnp.shape(state.step)[0])
 
 
 def create_seed_states(

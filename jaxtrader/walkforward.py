@@ -212,8 +212,13 @@ class _FoldProgress:
         self.bar.close()
 
 
-def run_fold(task: FoldTask, show_progress: bool = True) -> FoldResult:
-    """Trains the fold's K seeds and predicts its test block (pure compute: no files written)."""
+def run_fold(
+    task: FoldTask, show_progress: bool = True, poll: Callable[[], object] | None = None
+) -> FoldResult:
+    """Trains the fold's K seeds and predicts its test block (pure compute: no files written).
+
+    `poll()` (optional) is called after every step, e.g. to notice a stop request early.
+    """
     import jax
 
     from jaxtrader import seeds, train
@@ -240,18 +245,31 @@ def run_fold(task: FoldTask, show_progress: bool = True) -> FoldResult:
         if show_progress
         else None
     )
+
+    def on_step(step: int, loss: float) -> None:
+        if bar is not None:
+            bar.step(step, loss)
+        if poll is not None:
+            poll()
+
     try:
-        fit = seeds.fit_seeds(
-            states, dataset, cfg.train, fit_keys, on_step=bar.step if bar else None
-        )
+        fit = seeds.fit_seeds(states, dataset, cfg.train, fit_keys, on_step=on_step)
     finally:
         if bar is not None:
             bar.close()
     params = jax.device_get(fit.state.params)
+    t_predict = time.perf_counter()
     probs: list[np.ndarray] = []
     for batch in dataset.eval_batches("test", cfg.train.eval_batch_size):
         p_KxB = np.asarray(seed_proba_up(model, fit.state.params, batch["seq"], batch["feats"]))
         probs.append(p_KxB[:, np.asarray(batch["mask"], bool)])
+    log_event(
+        logger,
+        "fold_predicted",
+        fold=task.fold,
+        rows=dataset.size("test"),
+        seconds=round(time.perf_counter() - t_predict, 3),
+    )
     counts = train.label_counts(dataset, "train")
     return FoldResult(
         fold=task.fold,
@@ -284,13 +302,19 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.tolist()))
 
 
-Executor = Callable[[Sequence[FoldTask]], Iterator[FoldResult]]
+Executor = Callable[..., Iterator[FoldResult]]
 
 
-def local_executor(tasks: Sequence[FoldTask]) -> Iterator[FoldResult]:
-    """Runs the folds one after another in this process (their K seeds share one compiled step)."""
+def local_executor(
+    tasks: Sequence[FoldTask], poll: Callable[[], object] | None = None
+) -> Iterator[FoldResult]:
+    """Runs the folds one after another in this process (their K seeds share one compiled step).
+
+    An executor takes the tasks (and an optional `poll` callable for stop notices) and yields
+    results as folds finish, in any order.
+    """
     for task in tasks:
-        yield run_fold(task)
+        yield run_fold(task, poll=poll)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,6 +476,7 @@ def save_fold(out: Path, prepared: Prepared, cfg: AppConfig, result: FoldResult)
         params: Any
         best_epoch: Any
 
+    started = time.perf_counter()
     directory = fold_dir(out, result.fold)
     directory.mkdir(parents=True, exist_ok=True)
     step = max(result.epochs_run, 1)
@@ -485,7 +510,13 @@ def save_fold(out: Path, prepared: Prepared, cfg: AppConfig, result: FoldResult)
         json.dumps(_plain(result.record()), indent=2) + "\n", encoding="utf-8"
     )
     ckpt.write_manifest(directory, _manifest(prepared, cfg, result, step))
-    log_event(logger, "fold_saved", fold=result.fold, path=str(directory))
+    log_event(
+        logger,
+        "fold_saved",
+        fold=result.fold,
+        path=str(directory),
+        seconds=round(time.perf_counter() - started, 3),
+    )
     return directory
 
 
@@ -605,7 +636,19 @@ def run_walkforward(
         else:
             todo.append(FoldTask(i, splits, prepared.market, fold_cfg, wf.seeds, wf.folds))
     log_event(logger, "walkforward_start", out=str(out_dir), folds=wf.folds, to_train=len(todo))
-    for result in executor(todo):
+    noticed: list[bool] = []
+
+    def poll() -> None:
+        # Logged here, from the training loop, never from a signal handler (reentrant stderr).
+        if should_stop is not None and not noticed and should_stop():
+            noticed.append(True)
+            log_event(
+                logger,
+                "stop_requested",
+                note="stopping after the current fold is saved; press Ctrl-C again to abort it",
+            )
+
+    for result in executor(todo, poll=poll):
         save_fold(out_dir, prepared, cfg, result)
         result.params = None  # on disk now; keep memory flat across folds
         results[result.fold] = result

@@ -111,15 +111,16 @@ def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
     majority_of = {int(k): int(v) for k, v in settings["fold_majority_class"].items()}
     maj_pred = df["fold"].map(majority_of).to_numpy(np.int64)
     folds = []
-    for fold, part in df.groupby("fold", sort=True):
+    for fold_key, part in df.groupby("fold", sort=True):
+        fold = int(fold_key)  # type: ignore[arg-type]
         y = part["label"].to_numpy(np.int64)
         p = part["prob_up"].to_numpy(np.float64)
         cls = classification_metrics(y, (p > CLASSIFY_AT).astype(np.int64), p)
-        majority = float(np.mean(y == majority_of[int(fold)]))
+        majority = float(np.mean(y == majority_of[fold]))
         perf, hold, _ = _backtest(part, settings)
         folds.append(
             {
-                "fold": int(fold),
+                "fold": fold,
                 "n": int(y.size),
                 "effective_n": effective_n(int(y.size), h),
                 "accuracy": cls["accuracy"],

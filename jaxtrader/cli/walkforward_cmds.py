@@ -25,7 +25,7 @@ INTERRUPTED_EXIT = 130
 
 # Walk-forward trains folds x seeds models: fewer epochs than `train` keeps the default run
 # (6 folds x 4 seeds on the embedded market) inside 10 minutes on 2 cores (README: measured).
-WF_DEFAULTS: dict[str, Any] = {"train.epochs": 2, "train.patience": 1}
+WF_DEFAULTS: dict[str, Any] = {"train.epochs": 1, "train.patience": 1}
 
 
 def _file_keys(path: str | None) -> set[str]:
