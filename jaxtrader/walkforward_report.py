@@ -332,6 +332,24 @@ def _pyplot() -> Any:
     return plt
 
 
+def _per_fold_axes(plt: Any, folds: list[dict[str, Any]], title: str) -> tuple[Any, Any]:
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.set_xticks([f["fold"] for f in folds])
+    ax.set_xlabel("fold")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    return fig, ax
+
+
+def _save(plt: Any, fig: Any, ax: Any, path: Path, legend_loc: str = "best") -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend_loc)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_equity(df: pd.DataFrame, report: dict[str, Any], path: Path) -> Path:
     """Stitched out-of-sample equity (net) vs buy-and-hold, fold boundaries marked."""
     plt = _pyplot()
@@ -348,12 +366,7 @@ def plot_equity(df: pd.DataFrame, report: dict[str, Any], path: Path) -> Path:
         ax.axvline(ts, color="grey", lw=0.8, ls="--", label="fold start" if i == 0 else None)
     ax.set_ylabel("equity (start = 1)")
     ax.set_title(f"{s['arch']} on {s['symbol']}: stitched out-of-sample equity")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path, "upper left")
 
 
 def plot_fold_accuracy(report: dict[str, Any], path: Path) -> Path:
@@ -364,41 +377,23 @@ def plot_fold_accuracy(report: dict[str, Any], path: Path) -> Path:
     acc = np.array([f["accuracy"] for f in folds])
     lo = np.array([f["accuracy_ci95"][0] for f in folds])
     hi = np.array([f["accuracy_ci95"][1] for f in folds])
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = _per_fold_axes(plt, folds, "Out-of-sample accuracy per fold")
     ax.errorbar(x, acc, yerr=[acc - lo, hi - acc], fmt="o", capsize=4, label="accuracy, 95% CI")
     ax.scatter(x, [f["majority_rate"] for f in folds], marker="_", s=300, c="tab:red", zorder=3)
     ax.plot([], [], "_", c="tab:red", ms=15, label="majority rate (train majority class)")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xticks(x)
-    ax.set_xlabel("fold")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Out-of-sample accuracy per fold")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def plot_seed_spread(report: dict[str, Any], path: Path) -> Path:
     """Each seed's accuracy per fold (dots) beside the ensemble's (cross)."""
     plt = _pyplot()
     folds = report["folds"]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = _per_fold_axes(plt, folds, "Seed spread per fold")
     for f in folds:
         accs = f["seed_accuracies"]
         ax.scatter([f["fold"]] * len(accs), accs, c="tab:blue", alpha=0.6, s=18)
         ax.scatter([f["fold"]], [f["accuracy"]], c="black", marker="x", s=50)
     ax.scatter([], [], c="tab:blue", s=18, label="single seeds")
     ax.scatter([], [], c="black", marker="x", s=50, label="ensemble (mean P(up))")
-    ax.set_xticks([f["fold"] for f in folds])
-    ax.set_xlabel("fold")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Seed spread per fold")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
