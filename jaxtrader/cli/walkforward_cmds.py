@@ -54,6 +54,16 @@ def effective_config(state: CliState, flags: dict[str, Any]) -> Any:
     return with_overrides(with_overrides(base, wf), flags)
 
 
+def _check_arch(arch: str) -> None:
+    from jaxtrader.models import ARCHS
+
+    if arch not in ARCHS:
+        raise click.BadParameter(
+            f"{arch!r} is not a registered architecture; choose one of {', '.join(sorted(ARCHS))}",
+            param_hint="--arch",
+        )
+
+
 class _StopAfterFold:
     """First SIGINT/SIGTERM: finish and save the current fold, then stop; second: stop at once."""
 
@@ -156,7 +166,7 @@ def walkforward(
     """
     import json
 
-    from jaxtrader.cli.train_cmds import _check_arch, limit_malloc_arenas
+    from jaxtrader.cli.train_cmds import limit_malloc_arenas
     from jaxtrader.errors import ConfigError
     from jaxtrader.walkforward import (
         WalkForwardInterrupted,
@@ -180,7 +190,7 @@ def walkforward(
             **data_overrides(**data_flags),
         },
     )
-    _check_arch(cfg.model.arch)
+    _check_arch(cfg.model.arch)  # before loading data: a typo fails at once
     if resume is not None and out is not None and Path(out) != Path(resume):
         raise ConfigError("--out and --resume name different directories; pass only --resume DIR")
     wf = WalkForwardSettings(
