@@ -159,11 +159,20 @@ class Dataset:
             batch["label"][n:] = 0
             yield batch
 
-    def folds(self, k: int) -> list[Splits]:
-        """Walk-forward folds over this dataset's prediction span (pass one to `build_dataset`)."""
+    def folds(
+        self, k: int, window: str = "expanding", train_rows: int | None = None
+    ) -> list[Splits]:
+        """Walk-forward folds over this dataset's prediction span (pass one to `build_dataset`);
+        `window` and `train_rows` as in `splits.walk_forward_folds`."""
         valid = np.flatnonzero(self.valid_T)
         return walk_forward_folds(
-            int(valid[-1]) + 1, k, self.cfg, start=int(valid[0]), index=self.index
+            int(valid[-1]) + 1,
+            k,
+            self.cfg,
+            start=int(valid[0]),
+            index=self.index,
+            window=window,  # type: ignore[arg-type]
+            train_rows=train_rows,
         )
 
 

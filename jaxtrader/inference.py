@@ -12,6 +12,9 @@ Stable API (evaluate and trade code against it):
 - `predict_proba(seq_BxWx5, feats_BxF) -> np.ndarray[B]` float32 P(label == 1, "up")
 - `predict_split(dataset, split) -> np.ndarray[N]` in `dataset.rows(split)` order
 - `rebuild_dataset(candles) -> Dataset` exactly as trained (manifest scaler and split boundaries)
+
+A checkpoint whose manifest has `ensemble` (a walk-forward fold: K seeds stacked on a leading axis)
+loads as the seed ensemble: `predict_proba` returns the mean P(up) over its seeds.
 """
 
 from __future__ import annotations
@@ -55,6 +58,23 @@ def proba_up(model: Any, params: Any, seq_BxWx5: Any, feats_BxF: Any) -> jax.Arr
 def make_proba_fn(model: Any) -> ProbaFn:
     """`(params, seq_BxWx5, feats_BxF) -> P(up)[B]` for `model` (see `proba_up`)."""
     return functools.partial(proba_up, model)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def seed_proba_up(model: Any, params_K: Any, seq_BxWx5: Any, feats_BxF: Any) -> jax.Array:
+    """P(up)[K, B] of K seeds whose params are stacked on a leading axis (one program for all K)."""
+    return jax.vmap(lambda p: proba_up(model, p, seq_BxWx5, feats_BxF))(params_K)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def ensemble_proba_up(model: Any, params_K: Any, seq_BxWx5: Any, feats_BxF: Any) -> jax.Array:
+    """The seed ensemble's P(up)[B]: the mean over seeds of `seed_proba_up`."""
+    return jnp.mean(seed_proba_up(model, params_K, seq_BxWx5, feats_BxF), axis=0)
+
+
+def stacked_abstract(abstract: Any, k: int) -> Any:
+    """`abstract` params with a leading seed axis of size k."""
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct((k, *s.shape), s.dtype), abstract)
 
 
 def abstract_params(model: Any, seq_len: int, num_features: int) -> Any:
@@ -115,6 +135,10 @@ class Predictor:
         scaler = Scaler.from_dict(manifest.scaler)
         model = build_model(config.model)
         target = abstract_params(model, manifest.seq_len, scaler.num_features)
+        proba_fn: ProbaFn = make_proba_fn(model)
+        if manifest.ensemble is not None:  # K seeds stacked: predict their mean P(up)
+            target = stacked_abstract(target, int(manifest.ensemble["seeds"]))
+            proba_fn = functools.partial(ensemble_proba_up, model)
         params, step = ckpt.restore_params(version_dir, target)
         predictor = cls(
             manifest=manifest,
@@ -124,7 +148,7 @@ class Predictor:
             version_dir=version_dir,
             step=step,
             params=params,
-            proba_fn=make_proba_fn(model),
+            proba_fn=proba_fn,
         )
         predictor.predict_proba(
             np.zeros((1, predictor.seq_len, 5), np.float32),

@@ -1,4 +1,4 @@
-"""Chronological train/val/test splits with purge gaps, and expanding walk-forward folds.
+"""Chronological train/val/test splits with purge gaps, and expanding or rolling walk-forward folds.
 
 Splits are half-open ranges of candle rows; a prediction point t belongs to a split when t lies in
 its range (and t is a valid prediction point, see `jaxtrader.labels`). Nothing is shuffled across
@@ -13,7 +13,8 @@ so no training label's horizon reaches a candle the later split uses, either as 
 label (its labels start at t_b >= its window start). The same holds between val and test. The ranges
 are cut by time over the span of valid prediction points (train_frac / val_frac of the rows, which
 on a gap-filled grid are equal steps of time), then the first `purge_gap(h, W) = h + W - 1` rows of
-val and of test are dropped. Walk-forward folds use the same rule at every boundary.
+val and of test are dropped. Walk-forward folds use the same rule at every boundary (there the gaps
+come out of the validation block, so test blocks tile the history).
 
 The engineered features may look further back than W candles (long EMAs have unbounded memory);
 the purge covers the raw window and the label, not the features' full lookback.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -145,23 +146,41 @@ def walk_forward_folds(
     *,
     start: int = 0,
     index: pd.DatetimeIndex | None = None,
+    window: Literal["expanding", "rolling"] = "expanding",
+    train_rows: int | None = None,
 ) -> list[Splits]:
-    """k expanding-window folds over rows [start, n), each a `Splits` with the same purge rule.
+    """k walk-forward folds over rows [start, n), each a `Splits` with the same purge rule.
 
-    The span is cut into k + 2 equal blocks; fold i trains on blocks 0..i, validates on block i+1
-    and tests on block i+2 (the first `purge_gap` rows of val and test dropped). Test blocks tile
-    the last k blocks without overlap, so fold metrics can be pooled.
+    The first training span is `train_rows` rows (default: (n - start) / (k + 2)); the rest is cut
+    into k + 1 equal blocks b_0 .. b_k. Fold i validates on block b_i and tests on block b_{i+1};
+    it trains on everything before b_i (`expanding`) or on the last `train_rows` rows before b_i
+    (`rolling`). Test blocks therefore tile [b_1 start, n) exactly, without overlap or holes, so
+    fold predictions stitch into one out-of-sample series. The purge gaps come out of the
+    validation block (its first and last `purge_gap` rows are dropped), never out of train or test.
     """
     if k < 1:
         raise ConfigError(f"walk-forward needs k >= 1 folds, got {k}")
-    gap = purge_gap(cfg.horizon, cfg.seq_len)
-    edges = [start + round(j * (n - start) / (k + 2)) for j in range(k + 3)]
-    return [
-        _make(
-            (start, edges[i + 1]),
-            (edges[i + 1] + gap, edges[i + 2]),
-            (edges[i + 2] + gap, edges[i + 3]),
-            index,
+    if window not in ("expanding", "rolling"):
+        raise ConfigError(f"window must be expanding or rolling, got {window!r}")
+    span = n - start
+    first = round(span / (k + 2)) if train_rows is None else int(train_rows)
+    if not 0 < first < span:
+        raise ConfigError(
+            f"--train-candles {first} must be between 1 and the {span} prediction points; "
+            "use a smaller value or more data"
         )
-        for i in range(k)
-    ]
+    gap = purge_gap(cfg.horizon, cfg.seq_len)
+    a = start + first
+    edges = [a + round(j * (n - a) / (k + 1)) for j in range(k + 2)]
+    folds = []
+    for i in range(k):
+        lo = start if window == "expanding" else max(start, edges[i] - first)
+        folds.append(
+            _make(
+                (lo, edges[i]),
+                (edges[i] + gap, edges[i + 1] - gap),
+                (edges[i + 1], edges[i + 2]),
+                index,
+            )
+        )
+    return folds

@@ -5,6 +5,11 @@ alternated across rounds because the machine is shared, and medians are printed.
 
     python scripts/bench_train.py                       # both archs, batch 64 and 128, 3 rounds
     python scripts/bench_train.py --arch lstm --variants --batch 64 --rounds 3
+    python scripts/bench_train.py --seeds 1 4 --batch 64   # K seeds in one step (jaxtrader.seeds)
+
+With --seeds, K > 1 runs `seeds.seeds_train_step` (a vmap of the train step over K stacked states,
+each seed its own batch); samples/s is summed over the seeds, and the table adds the ratio to K = 1
+of the same arch and batch.
 """
 
 from __future__ import annotations
@@ -60,22 +65,42 @@ def child(args: argparse.Namespace) -> None:
         for _ in range(4)
     ]
     t_init = time.perf_counter()
-    state = create_train_state(model, cfg, jax.random.key(0), batches[0], 10_000)
+    if args.seeds > 1:
+        import jax.numpy as jnp
+
+        from jaxtrader import seeds
+
+        init_keys = [jax.random.key(s) for s in range(args.seeds)]
+        state = seeds.create_seed_states(model, cfg, init_keys, batches[0], 10_000)
+        # K seeds, each its own batch: the stacked f32[K, B, ...] inputs the walk-forward feeds.
+        batches = [
+            {k: np.stack([batches[(i + s) % 4][k] for s in range(args.seeds)]) for k in batches[0]}
+            for i in range(4)
+        ]
+        active = jnp.ones((args.seeds,), bool)
+        keys = jnp.stack([jax.random.key(100 + s) for s in range(args.seeds)])
+
+        def step_fn(st: Any, batch: Any, _key: Any) -> Any:
+            return seeds.seeds_train_step(st, batch, keys, active)
+
+    else:
+        state = create_train_state(model, cfg, jax.random.key(0), batches[0], 10_000)
+        step_fn = train_step
     jax.block_until_ready(state.params)
     init_s = time.perf_counter() - t_init
     key = jax.random.key(1)
     t_first = time.perf_counter()
-    state, metrics = train_step(state, batches[0], key)
+    state, metrics = step_fn(state, batches[0], key)
     jax.block_until_ready(metrics)
     first_s = time.perf_counter() - t_first
     for i in range(3):  # warm-up
-        state, metrics = train_step(state, batches[i % 4], key)
+        state, metrics = step_fn(state, batches[i % 4], key)
     jax.block_until_ready(metrics)
     windows, cpu_windows = [], []
     for _ in range(args.windows):
         t, c = time.perf_counter(), time.process_time()
         for i in range(args.steps):
-            state, metrics = train_step(state, batches[i % 4], key)
+            state, metrics = step_fn(state, batches[i % 4], key)
         jax.block_until_ready(metrics)
         windows.append((time.perf_counter() - t) / args.steps)
         cpu_windows.append((time.process_time() - c) / args.steps)
@@ -86,10 +111,11 @@ def child(args: argparse.Namespace) -> None:
                 "arch": args.arch,
                 "variant": args.variant,
                 "batch": args.batch,
+                "seeds": args.seeds,
                 "ms_per_step": step_s * 1000,
                 # CPU time of all threads per step: less sensitive to other processes' load.
                 "cpu_ms_per_step": statistics.median(cpu_windows) * 1000,
-                "samples_per_s": args.batch / step_s,
+                "samples_per_s": args.seeds * args.batch / step_s,
                 "init_s": init_s,
                 "first_step_s": first_s,
                 "process_s": time.perf_counter() - t0,
@@ -99,7 +125,9 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
-def run_child(arch: str, variant: str, batch: int, cache_dir: str, a: argparse.Namespace) -> Any:
+def run_child(
+    arch: str, variant: str, batch: int, cache_dir: str, a: argparse.Namespace, seeds: int = 1
+) -> Any:
     cmd = [
         sys.executable,
         __file__,
@@ -116,6 +144,8 @@ def run_child(arch: str, variant: str, batch: int, cache_dir: str, a: argparse.N
         str(a.windows),
         "--cache-dir",
         cache_dir,
+        "--seeds",
+        str(seeds),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -136,9 +166,13 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=3, help="timed windows per process (median)")
     p.add_argument("--rounds", type=int, default=3, help="processes per configuration")
     p.add_argument("--cache-dir", default="")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[1], help="models per step (K); e.g. --seeds 1 4"
+    )
     a = p.parse_args()
     if a.child:
         a.batch = a.batch[0]
+        a.seeds = a.seeds[0]
         child(a)
         return
     archs = ["lstm", "transformer"] if a.arch == "both" else [a.arch]
@@ -147,18 +181,18 @@ def main() -> None:
         variants = ["default"]
         if a.variants:
             variants.append("layered" if arch == "lstm" else "dropout0")
-        configs += [(arch, v, b) for v in variants for b in a.batch]
-    results: dict[tuple[str, str, int], list[Any]] = {c: [] for c in configs}
+        configs += [(arch, v, b, k) for v in variants for b in a.batch for k in a.seeds]
+    results: dict[tuple[str, str, int, int], list[Any]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
-            for arch, variant, batch in configs:  # alternated: the machine is shared
-                cache = os.path.join(tmp, f"{arch}-{variant}-{batch}")
+            for arch, variant, batch, k in configs:  # alternated: the machine is shared
+                cache = os.path.join(tmp, f"{arch}-{variant}-{batch}-{k}")
                 # Round 0 compiles cold into an empty cache; later rounds reuse it.
-                res = run_child(arch, variant, batch, cache, a)
+                res = run_child(arch, variant, batch, cache, a, k)
                 res["cold"] = r == 0
-                results[(arch, variant, batch)].append(res)
+                results[(arch, variant, batch, k)].append(res)
                 print(
-                    f"# round {r} {arch}/{variant}/b{batch}: {res['ms_per_step']:.1f} ms/step",
+                    f"# round {r} {arch}/{variant}/b{batch}/K{k}: {res['ms_per_step']:.1f} ms/step",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -167,22 +201,23 @@ def main() -> None:
         f"input (B, {SEQ_LEN}, 5) + (B, 86); jax {_jax_version()}"
     )
     print(
-        "| arch | variant | batch | ms/step | CPU ms/step | samples/s | first step cold "
-        "| first step cached "
-        "| init cached | peak RSS MB |"
+        "| arch | variant | batch | seeds | ms/step | CPU ms/step | samples/s (sum) | vs K=1 "
+        "| first step cold | first step cached | init cached | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for (arch, variant, batch), rs in results.items():
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def med(key: str, rows: list[Any]) -> float:
+        return statistics.median(x[key] for x in rows)
+
+    for (arch, variant, batch, k), rs in results.items():
         warm = [x for x in rs if not x["cold"]] or rs
         cold = [x for x in rs if x["cold"]]
-
-        def med(key: str, rows: list[Any]) -> float:
-            return statistics.median(x[key] for x in rows)
-
+        single = results.get((arch, variant, batch, 1))
+        ratio = f"{med('samples_per_s', rs) / med('samples_per_s', single):.2f}x" if single else "-"
         print(
-            f"| {arch} | {variant} | {batch} | {med('ms_per_step', rs):.1f} "
+            f"| {arch} | {variant} | {batch} | {k} | {med('ms_per_step', rs):.1f} "
             f"| {med('cpu_ms_per_step', rs):.1f} "
-            f"| {med('samples_per_s', rs):.0f} | {med('first_step_s', cold):.2f} s "
+            f"| {med('samples_per_s', rs):.0f} | {ratio} | {med('first_step_s', cold):.2f} s "
             f"| {med('first_step_s', warm):.2f} s | {med('init_s', warm):.2f} s "
             f"| {max(x['peak_rss_mb'] for x in rs):.0f} |"
         )

@@ -14,14 +14,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jaxtrader.errors import CheckpointError
 
 if TYPE_CHECKING:
     from jaxtrader.config import AppConfig
     from jaxtrader.data import Candles
-    from jaxtrader.dataset import Dataset
+    from jaxtrader.scaling import Scaler
+    from jaxtrader.splits import Splits
+
+
+class FittedSplits(Protocol):
+    """What a manifest records of a dataset: its train-fit scaler and its split boundaries
+    (`dataset.Dataset`, or one walk-forward fold's scaler and splits)."""
+
+    @property
+    def scaler(self) -> Scaler: ...
+
+    @property
+    def splits(self) -> Splits: ...
+
 
 MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.jsonl"
@@ -78,6 +91,8 @@ class Manifest:
     created_at: str
     metrics_path: str
     schema: int = MANIFEST_SCHEMA
+    # A seed ensemble (walk-forward folds): {"seeds": K, ...}; its params carry a leading K axis.
+    ensemble: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -94,6 +109,8 @@ class Manifest:
             )
         kwargs = {k: d[k] for k in _REQUIRED_KEYS}
         kwargs["feature_names"] = tuple(d["feature_names"])
+        if d.get("ensemble") is not None:
+            kwargs["ensemble"] = dict(d["ensemble"])
         return cls(**kwargs)
 
 
@@ -156,15 +173,15 @@ def build_manifest(
     cfg: AppConfig,
     version: int,
     candles: Candles,
-    dataset: Dataset,
+    dataset: FittedSplits,
     metrics: Mapping[str, Any],
     best_step: int,
     metrics_path: str | Path,
 ) -> Manifest:
     """Assembles the manifest of a finished run from the config, candles, dataset and metrics.
 
-    `cfg` is the AppConfig, `candles` a `data.Candles`, `dataset` a `dataset.Dataset` (its
-    `scaler` and `splits`). `metrics_path` is relative to the version directory so a copied
+    `cfg` is the AppConfig, `candles` a `data.Candles`, `dataset` a `dataset.Dataset` or
+    anything with its `scaler` and `splits`. `metrics_path` is relative to the version directory so a copied
     checkpoint stays self-contained. The data fingerprint is the file's sha256, or None for the synthetic
     market (whose `source` string names its generator and seed).
     """

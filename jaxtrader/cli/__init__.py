@@ -58,9 +58,23 @@ def config_show(state: CliState) -> None:
 
 
 def _register() -> None:
-    from jaxtrader.cli import data_cmds, evaluate_cmds, features_cmds, trade_cmds, train_cmds
+    from jaxtrader.cli import (
+        data_cmds,
+        evaluate_cmds,
+        features_cmds,
+        trade_cmds,
+        train_cmds,
+        walkforward_cmds,
+    )
 
-    for module in (data_cmds, features_cmds, train_cmds, evaluate_cmds, trade_cmds):
+    for module in (
+        data_cmds,
+        features_cmds,
+        train_cmds,
+        walkforward_cmds,
+        evaluate_cmds,
+        trade_cmds,
+    ):
         for command in module.COMMANDS:
             cli.add_command(command)
 

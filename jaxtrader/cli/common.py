@@ -153,3 +153,14 @@ def rules_overrides(
         "backtest.threshold": threshold,
         "backtest.long_short": long_short or None,  # an absent flag keeps the config value
     }
+
+
+def check_arch(arch: str) -> None:
+    """Validates against the architecture names (`models/archs.py`), which import no Flax."""
+    from jaxtrader.errors import ConfigError
+
+    if arch not in ARCH_NAMES:
+        raise ConfigError(
+            f"--arch {arch!r} is not a registered architecture; choose one of "
+            f"{', '.join(sorted(ARCH_NAMES))}"
+        )

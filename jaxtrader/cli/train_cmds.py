@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jaxtrader.cli.common import CliState, data_options, data_overrides
+from jaxtrader.cli.common import CliState, check_arch, data_options, data_overrides
 from jaxtrader.models.archs import ARCH_NAMES
 
 if TYPE_CHECKING:
@@ -20,17 +20,6 @@ INTERRUPTED_EXIT = 130
 
 def _mb(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:.1f} MB"
-
-
-def _check_arch(arch: str) -> None:
-    """Validates against the architecture names (`models/archs.py`), which import no Flax."""
-    from jaxtrader.errors import ConfigError
-
-    if arch not in ARCH_NAMES:
-        raise ConfigError(
-            f"--arch {arch!r} is not a registered architecture; choose one of "
-            f"{', '.join(sorted(ARCH_NAMES))}"
-        )
 
 
 def _summary_lines(summary: dict[str, Any]) -> str:
@@ -126,7 +115,7 @@ def train(
     from jaxtrader.runtime import limit_malloc_arenas
     from jaxtrader.training_run import TrainingInterrupted, run_training
 
-    _check_arch(cfg.model.arch)
+    check_arch(cfg.model.arch)
     limit_malloc_arenas()
     try:
         summary = run_training(cfg).summary

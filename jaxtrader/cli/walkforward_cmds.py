@@ -1,0 +1,232 @@
+"""`jaxtrader walkforward`: K seeds per fold, stitched out-of-sample predictions, pooled report.
+
+The command only parses flags, prints the plan and the result; the workflow is
+`jaxtrader.walkforward` (imported inside the command so `--help` stays instant).
+
+Configuration: defaults < walk-forward defaults (`WF_DEFAULTS`, only for keys the --config file
+does not set) < --config FILE < flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from jaxtrader.cli.common import CliState, check_arch, data_options, data_overrides
+
+INTERRUPTED_EXIT = 130
+
+# Walk-forward trains folds x seeds models: fewer epochs than `train` keeps the default run
+# (6 folds x 4 seeds on the embedded market) inside 10 minutes on 2 cores (README: measured).
+WF_DEFAULTS: dict[str, Any] = {"train.epochs": 1, "train.patience": 1}
+
+
+def _file_keys(path: str | None) -> set[str]:
+    """Dotted keys the --config file sets (so walk-forward defaults never override the file)."""
+    if path is None:
+        return set()
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return set()  # load_config reports the problem with the right message
+    return {
+        f"{section}.{key}"
+        for section, table in raw.items()
+        if isinstance(table, dict)
+        for key in table
+    }
+
+
+def effective_config(state: CliState, flags: dict[str, Any]) -> Any:
+    """defaults < WF_DEFAULTS (keys the file leaves alone) < --config FILE < flags."""
+    from jaxtrader.config import with_overrides
+
+    base = state.config()  # defaults < file (and reports a bad file)
+    in_file = _file_keys(state.config_path)
+    wf = {k: v for k, v in WF_DEFAULTS.items() if k not in in_file}
+    return with_overrides(with_overrides(base, wf), flags)
+
+
+class _StopAfterFold:
+    """First SIGINT/SIGTERM: finish and save the current fold, then stop; second: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested: signal.Signals | None = None
+        self._logged = False
+        self._previous: dict[int, Any] = {}
+
+    def stop_requested(self) -> bool:
+        return self.requested is not None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested is None:
+            # No logging here: a handler writing to stderr mid-write raises "reentrant call".
+            self.requested = signal.Signals(signum)
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        self._previous = {s: signal.signal(s, self._handler) for s in sigs}
+        try:
+            yield
+        finally:
+            for s, previous in self._previous.items():
+                signal.signal(s, previous)
+
+
+@click.command("walkforward")
+@click.option("--arch", type=str, default=None, metavar="ARCH", help="lstm or transformer.")
+@data_options
+@click.option("--folds", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--window",
+    type=click.Choice(["expanding", "rolling"]),
+    default="expanding",
+    show_default=True,
+    help="Train on all history before each fold, or on the last --train-candles points.",
+)
+@click.option(
+    "--train-candles",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Length of the first (rolling: every) training span in prediction points. "
+    "Default: the history / (folds + 2).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs per fold.")
+@click.option("--patience", type=click.IntRange(min=1), default=None, help="Early-stop patience.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=None, help="Window length W.")
+@click.option(
+    "--horizon", type=click.IntRange(min=1), default=None, help="Label horizon in candles."
+)
+@click.option("--seed", type=int, default=None, help="Run seed (every fold and seed derive keys).")
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Training budget for the whole run, shared equally by the folds.",
+)
+@click.option("--out", type=str, default=None, help="Run directory. Default: runs/<SYM>/<arch>/wfN")
+@click.option(
+    "--resume",
+    type=str,
+    default=None,
+    metavar="DIR",
+    help="Finish the run in DIR: folds whose manifests say complete are kept as they are.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print report.json instead of a summary.")
+@click.pass_obj
+def walkforward(
+    state: CliState,
+    arch: str | None,
+    folds: int,
+    seeds: int,
+    window: str,
+    train_candles: int | None,
+    epochs: int | None,
+    patience: int | None,
+    batch_size: int | None,
+    seq_len: int | None,
+    horizon: int | None,
+    seed: int | None,
+    max_minutes: float | None,
+    out: str | None,
+    resume: str | None,
+    as_json: bool,
+    **data_flags: Any,
+) -> None:
+    """Walk-forward research: train K seeds per fold in one compiled step, predict every test block
+    out of sample, and report pooled, seed-aware significance.
+
+    Prints the plan (one row per fold) before training. Ctrl-C (or SIGTERM) stops after the
+    current fold is saved (exit 130); rerun the same command with --resume DIR to finish it.
+    """
+    import json
+
+    from jaxtrader.errors import ConfigError
+    from jaxtrader.runtime import limit_malloc_arenas
+    from jaxtrader.walkforward import (
+        WalkForwardInterrupted,
+        WalkForwardSettings,
+        format_plan,
+        run_walkforward,
+    )
+    from jaxtrader.walkforward_report import format_summary
+
+    cfg = effective_config(
+        state,
+        {
+            "model.arch": arch,
+            "train.epochs": epochs,
+            "train.patience": patience,
+            "train.batch_size": batch_size,
+            "dataset.seq_len": seq_len,
+            "dataset.horizon": horizon,
+            "train.seed": seed,
+            "train.max_minutes": max_minutes,
+            **data_overrides(**data_flags),
+        },
+    )
+    check_arch(cfg.model.arch)  # before loading data: a typo fails at once
+    if resume is not None and out is not None and Path(out) != Path(resume):
+        raise ConfigError("--out and --resume name different directories; pass only --resume DIR")
+    wf = WalkForwardSettings(
+        folds=folds,
+        seeds=seeds,
+        window=window,  # type: ignore[arg-type]
+        train_candles=train_candles,
+    )
+    limit_malloc_arenas()
+
+    def on_plan(plan: dict[str, Any], out_dir: Path) -> None:
+        click.echo(format_plan(plan), err=as_json)
+        click.echo(f"run directory: {out_dir}", err=as_json)
+
+    signals = _StopAfterFold()
+    try:
+        with signals.installed():
+            run = run_walkforward(
+                cfg,
+                wf,
+                out=resume or out,
+                resume=resume is not None,
+                should_stop=signals.stop_requested,
+                on_plan=on_plan,
+            )
+    except WalkForwardInterrupted as e:
+        click.echo(
+            f"interrupted: folds {e.done} are saved in {e.out}; finish with the same command "
+            f"and --resume {e.out}",
+            err=True,
+        )
+        raise SystemExit(INTERRUPTED_EXIT) from None
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted: the fold in progress was not saved; completed folds are kept "
+            "(rerun with --resume DIR)",
+            err=True,
+        )
+        raise SystemExit(INTERRUPTED_EXIT) from None
+    if as_json:
+        from jaxtrader.logs import jsonable
+
+        click.echo(json.dumps(jsonable(run.report)))
+    else:
+        click.echo(format_summary(run.report))
+        click.echo(f"wall time: {run.seconds:.1f} s")
+
+
+COMMANDS: list[click.Command] = [walkforward]

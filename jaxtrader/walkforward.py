@@ -1,0 +1,687 @@
+"""Walk-forward research: K seeds trained per fold, out-of-sample predictions stitched over history.
+
+The workflow (the CLI only parses and prints):
+1. `prepare` loads the candles once, computes the features once (they are causal) and cuts the
+   folds (`splits.walk_forward_folds`: test blocks tile the history after the first training span).
+2. `run_fold` is the unit of work, with plain inputs and outputs so that a remote executor can run
+   one fold per task: a `FoldTask` (numpy arrays + frozen config) in, a `FoldResult` (numpy arrays,
+   lists, floats) out. It builds the fold's dataset with `dataset.build_dataset` on the fold's
+   splits (the scaler is fit on that fold's training rows only), trains K seeds in one compiled
+   step (`jaxtrader.seeds`), stops each seed early on the fold's validation block, and predicts the
+   test block with every seed. It touches no files.
+3. The driver (`run_walkforward`) maps `run_fold` over the folds with an executor (`local`: in this
+   process, one fold after another), saves each result as it arrives (one Orbax checkpoint per fold
+   holding all K seeds, with the usual manifest plus `ensemble`; `fold.json`; `predictions.npz`),
+   then writes `predictions.csv` and the report (`jaxtrader.walkforward_report`).
+
+Layout of `--out` (default `runs/<SYMBOL-SLUG>/<arch>/wf<N>/`): `plan.json`, `fold_<i>/` (a
+checkpoint version directory `Predictor.load(checkpoint=...)` reads as the seed ensemble),
+`predictions.csv`, `report.json`, `report.md`, PNG plots. A fold directory is complete when its
+`manifest.json` exists (written last, atomically); `resume=True` reuses complete folds as they are.
+
+Keys: the run key is `key(train.seed)`; fold i uses `fold_in(run key, i)` as its own run key, and
+seed s of it `fold_in(fold key, s)` (see `seeds`), so a fold's result does not depend on which
+folds ran before it in this process: resuming gives the same predictions as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from jaxtrader.config import AppConfig
+from jaxtrader.errors import CheckpointError, ConfigError
+from jaxtrader.logs import get_logger, log_event, progress_bar
+from jaxtrader.splits import SPLIT_NAMES, Splits
+
+if TYPE_CHECKING:
+    from jaxtrader.scaling import Scaler
+
+logger = get_logger("walkforward")
+
+Window = Literal["expanding", "rolling"]
+PLAN_FILE = "plan.json"
+FOLD_FILE = "fold.json"
+FOLD_PREDICTIONS = "predictions.npz"
+PROGRESS_EVERY = 10  # steps between JSON progress lines when no bar is shown
+
+
+@dataclass(frozen=True)
+class WalkForwardSettings:
+    """What the walk-forward adds to the AppConfig."""
+
+    folds: int = 6
+    seeds: int = 4
+    window: Window = "expanding"
+    train_candles: int | None = None
+
+    def check(self) -> None:
+        if self.folds < 1:
+            raise ConfigError(f"--folds must be at least 1, got {self.folds}")
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.window not in ("expanding", "rolling"):
+            raise ConfigError(f"--window must be expanding or rolling, got {self.window!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class MarketArrays:
+    """Candles and their (causal, unscaled) features as plain arrays: what a fold task needs."""
+
+    timestamp_ns: np.ndarray  # int64[T] candle open times, UTC
+    ohlcv_Tx5: np.ndarray  # float64[T, 5]
+    filled_T: np.ndarray  # bool[T]
+    features_TxF: np.ndarray  # float64[T, F]
+    feature_names: tuple[str, ...]
+    symbol: str
+    interval_seconds: float
+
+    def index(self) -> pd.DatetimeIndex:
+        return pd.DatetimeIndex(pd.to_datetime(self.timestamp_ns, utc=True), name="timestamp")
+
+    def frame(self) -> pd.DataFrame:
+        cols = ["open", "high", "low", "close", "volume"]
+        frame = pd.DataFrame(self.ohlcv_Tx5, index=self.index(), columns=cols)
+        frame["filled"] = self.filled_T
+        return frame
+
+    def features(self) -> pd.DataFrame:
+        return pd.DataFrame(self.features_TxF, index=self.index(), columns=list(self.feature_names))
+
+
+def market_arrays(candles: Any) -> MarketArrays:
+    """Plain arrays of `candles` (a `data.Candles`), features computed once for every fold."""
+    from jaxtrader.features import compute_features
+
+    frame = candles.frame
+    feats = compute_features(frame)
+    filled = (
+        frame["filled"].to_numpy(dtype=bool)
+        if "filled" in frame.columns
+        else np.zeros(len(frame), dtype=bool)
+    )
+    return MarketArrays(
+        timestamp_ns=pd.DatetimeIndex(frame.index).as_unit("ns").asi8.copy(),
+        ohlcv_Tx5=frame[["open", "high", "low", "close", "volume"]].to_numpy(np.float64),
+        filled_T=filled,
+        features_TxF=feats.to_numpy(np.float64),
+        feature_names=tuple(str(c) for c in feats.columns),
+        symbol=str(candles.symbol),
+        interval_seconds=float(candles.interval.total_seconds()),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class FoldTask:
+    """One fold's work: plain arrays and frozen config (picklable for a remote executor)."""
+
+    fold: int
+    splits: Splits
+    market: MarketArrays
+    cfg: AppConfig
+    seeds: int
+    folds_total: int = 0  # for the progress label "fold i/N" only
+
+
+@dataclass
+class FoldResult:
+    """One fold's outcome: per-seed test predictions, the seeds' best params, training records."""
+
+    fold: int
+    splits: dict[str, Any]  # Splits.to_dict()
+    scaler: dict[str, Any]  # Scaler.to_dict() (fit on this fold's train rows)
+    test_rows: np.ndarray  # int64[N] candle rows of the test points
+    labels: np.ndarray  # int64[N]
+    forward_returns: np.ndarray  # float64[N]
+    prob_up_KxN: np.ndarray  # float32[K, N]
+    best_epochs: list[int]
+    best_val_losses: list[float]
+    best_val_accs: list[float]
+    val_majority_rate: float
+    stopped_reason: str
+    seed_stopped_epochs: list[int]
+    epochs_run: int
+    steps: int
+    train_points: int
+    seconds: float
+    train_seconds: float
+    samples: int
+    train_up_rate: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    params: Any = None  # numpy pytree, leading seed axis (None when loaded back from disk)
+
+    @property
+    def majority_class(self) -> int:
+        """The training majority class: the honest constant baseline for this fold's test."""
+        return int(self.train_up_rate >= 0.5)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-able fields (everything but the arrays and params)."""
+        skip = {"test_rows", "labels", "forward_returns", "prob_up_KxN", "params"}
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip
+        }
+
+
+def fold_time_limit(cfg: AppConfig, folds: int) -> AppConfig:
+    """`train.max_minutes` is the whole run's training budget: each fold gets an equal share."""
+    if cfg.train.max_minutes is None:
+        return cfg
+    per_fold = cfg.train.max_minutes / folds
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_minutes=per_fold))
+
+
+def _fold_run_key(seed: int, fold: int) -> Any:
+    import jax
+
+    return jax.random.fold_in(jax.random.key(seed), fold)
+
+
+class _FoldProgress:
+    """A progress bar per fold; JSON progress lines when there is no bar (JSON logs, no tty)."""
+
+    def __init__(self, fold: int, folds: int, total: int) -> None:
+        self.fold, self.folds, self.total = fold, folds, total
+        self.bar = progress_bar(total, f"fold {fold + 1}/{folds}")
+        self.start = time.perf_counter()
+
+    def step(self, step: int, loss: float) -> None:
+        self.bar.update(1)
+        if step == 1 or step % PROGRESS_EVERY == 0:
+            rate = step / max(time.perf_counter() - self.start, 1e-9)
+            if getattr(self.bar, "disable", False):
+                log_event(
+                    logger,
+                    "walkforward_progress",
+                    fold=self.fold,
+                    step=step,
+                    max_steps=self.total,
+                    loss=loss,
+                    steps_per_s=round(rate, 2),
+                )
+            else:
+                self.bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{rate:.1f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_fold(
+    task: FoldTask, show_progress: bool = True, poll: Callable[[], object] | None = None
+) -> FoldResult:
+    """Trains the fold's K seeds and predicts its test block (pure compute: no files written).
+
+    `poll()` (optional) is called after every step, e.g. to notice a stop request early.
+    """
+    import jax
+
+    from jaxtrader import seeds, train
+    from jaxtrader.dataset import build_dataset
+    from jaxtrader.inference import seed_proba_up
+    from jaxtrader.models import build_model
+
+    started = time.perf_counter()
+    cfg = task.cfg
+    dataset = build_dataset(
+        task.market.frame(), cfg.dataset, splits=task.splits, features=task.market.features()
+    )
+    model = build_model(cfg.model)
+    init_keys, fit_keys = seeds.seed_init_fit_keys(
+        _fold_run_key(cfg.train.seed, task.fold), task.seeds
+    )
+    sample = next(dataset.eval_batches("train", cfg.train.batch_size))
+    epoch_steps = train.steps_per_epoch(dataset, cfg.train.batch_size)
+    states = seeds.create_seed_states(
+        model, cfg.train, init_keys, sample, epoch_steps * cfg.train.epochs
+    )
+    bar = (
+        _FoldProgress(task.fold, task.folds_total or task.fold + 1, epoch_steps * cfg.train.epochs)
+        if show_progress
+        else None
+    )
+
+    def on_step(step: int, loss: float) -> None:
+        if bar is not None:
+            bar.step(step, loss)
+        if poll is not None:
+            poll()
+
+    try:
+        fit = seeds.fit_seeds(states, dataset, cfg.train, fit_keys, on_step=on_step)
+    finally:
+        if bar is not None:
+            bar.close()
+    params = jax.device_get(fit.state.params)
+    t_predict = time.perf_counter()
+    probs: list[np.ndarray] = []
+    for batch in dataset.eval_batches("test", cfg.train.eval_batch_size):
+        p_KxB = np.asarray(seed_proba_up(model, fit.state.params, batch["seq"], batch["feats"]))
+        probs.append(p_KxB[:, np.asarray(batch["mask"], bool)])
+    log_event(
+        logger,
+        "fold_predicted",
+        fold=task.fold,
+        rows=dataset.size("test"),
+        seconds=round(time.perf_counter() - t_predict, 3),
+    )
+    counts = train.label_counts(dataset, "train")
+    return FoldResult(
+        fold=task.fold,
+        splits=json.loads(json.dumps(dataset.splits.to_dict())),
+        scaler=_plain(dataset.scaler.to_dict()),
+        test_rows=np.asarray(dataset.rows("test"), dtype=np.int64),
+        labels=np.asarray(dataset.labels("test"), dtype=np.int64),
+        forward_returns=np.asarray(dataset.fwd_returns("test"), dtype=np.float64),
+        prob_up_KxN=np.concatenate(probs, axis=1).astype(np.float32),
+        best_epochs=fit.best_epochs,
+        best_val_losses=fit.best_val_losses,
+        best_val_accs=fit.best_val_accs,
+        val_majority_rate=fit.val_majority_rate,
+        stopped_reason=str(fit.stopped_reason),
+        seed_stopped_epochs=fit.seed_stopped_epochs,
+        epochs_run=fit.epochs_run,
+        steps=fit.steps,
+        train_points=dataset.size("train"),
+        seconds=time.perf_counter() - started,
+        train_seconds=fit.train_seconds,
+        samples=fit.samples,
+        train_up_rate=float(counts[1] / max(counts.sum(), 1)),
+        history=_plain(fit.history),
+        params=params,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy (numpy arrays and scalars become lists and numbers)."""
+    return json.loads(json.dumps(value, default=lambda o: o.tolist()))
+
+
+Executor = Callable[..., Iterator[FoldResult]]
+
+
+def local_executor(
+    tasks: Sequence[FoldTask], poll: Callable[[], object] | None = None
+) -> Iterator[FoldResult]:
+    """Runs the folds one after another in this process (their K seeds share one compiled step).
+
+    An executor takes the tasks (and an optional `poll` callable for stop notices) and yields
+    results as folds finish, in any order.
+    """
+    for task in tasks:
+        yield run_fold(task, poll=poll)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: folds, spans and counts, checked again on resume.
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """Everything the driver needs before training: the candles, their arrays and the folds."""
+
+    candles: Any
+    market: MarketArrays
+    folds: list[Splits]
+    plan: dict[str, Any]
+
+
+def prepare(cfg: AppConfig, wf: WalkForwardSettings) -> Prepared:
+    """Loads the candles, computes features once and cuts the folds; the plan as a JSON-able dict."""
+    from jaxtrader.data import load_market
+    from jaxtrader.dataset import build_dataset
+
+    wf.check()
+    candles = load_market(cfg.data)
+    market = market_arrays(candles)
+    # The whole-series dataset only supplies the valid prediction points the folds are cut over.
+    full = build_dataset(candles, cfg.dataset, features=market.features())
+    folds = full.folds(wf.folds, wf.window, wf.train_candles)
+    valid_T = np.asarray(full.valid_T)
+    rows = []
+    for i, fold in enumerate(folds):
+        row: dict[str, Any] = {"fold": i}
+        for name in SPLIT_NAMES:
+            start, stop = fold.range(name)
+            first, last = fold.span(name)
+            row[f"{name}_start"], row[f"{name}_end"] = first, last
+            row[f"{name}_points"] = int(valid_T[start:stop].sum())
+        rows.append(row)
+    plan = {
+        "symbol": candles.symbol,
+        "arch": cfg.model.arch,
+        "data": str(candles.source),
+        "folds": wf.folds,
+        "seeds": wf.seeds,
+        "window": wf.window,
+        "train_candles": wf.train_candles,
+        "seed": cfg.train.seed,
+        "purge_gap": cfg.dataset.horizon + cfg.dataset.seq_len - 1,
+        "fold_plan": rows,
+    }
+    return Prepared(candles=candles, market=market, folds=folds, plan=plan)
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """One line per fold: train / val / test spans as timestamps and point counts."""
+
+    def span(row: dict[str, Any], name: str) -> str:
+        return f"{row[f'{name}_start'][:16]}..{row[f'{name}_end'][:16]} ({row[f'{name}_points']})"
+
+    head = (
+        f"walk-forward {plan['arch']} on {plan['symbol']}: {plan['folds']} folds x "
+        f"{plan['seeds']} seeds, {plan['window']} window, purge gap {plan['purge_gap']} candles"
+    )
+    lines = [head, f"{'fold':<5} {'train':<42} {'val':<42} test"]
+    for row in plan["fold_plan"]:
+        lines.append(
+            f"{row['fold']:<5} {span(row, 'train'):<42} {span(row, 'val'):<42} {span(row, 'test')}"
+        )
+    return "\n".join(lines)
+
+
+_RUN_RE = re.compile(r"^wf(\d+)$")
+
+
+def new_run_dir(root: str | Path, symbol: str, arch: str) -> Path:
+    """Creates `<root>/<SYMBOL-SLUG>/<arch>/wf<N>` with N one above the highest existing."""
+    from jaxtrader.data import symbol_slug
+
+    parent = Path(root) / symbol_slug(symbol) / arch
+    parent.mkdir(parents=True, exist_ok=True)
+    found = [int(m.group(1)) for c in parent.iterdir() if (m := _RUN_RE.match(c.name))]
+    n = max(found, default=0) + 1
+    while True:
+        path = parent / f"wf{n}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def fold_dir(out: Path, fold: int) -> Path:
+    return out / f"fold_{fold:02d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and loading one fold.
+
+
+def _manifest(prepared: Prepared, cfg: AppConfig, result: FoldResult, best_step: int) -> Any:
+    from jaxtrader import checkpoint as ckpt
+    from jaxtrader.dataset import Scaler
+
+    holder = _ScalerSplits(
+        scaler=Scaler.from_dict(result.scaler),
+        splits=Splits.from_dict(result.splits, prepared.market.index()),
+    )
+    metrics = {
+        "val_loss": float(np.mean(result.best_val_losses)),
+        "val_accuracy": float(np.mean(result.best_val_accs)),
+        "val_majority_rate": result.val_majority_rate,
+        "best_epoch": int(max(result.best_epochs)),
+        "epochs": result.epochs_run,
+        "steps": result.steps,
+        "stopped_reason": result.stopped_reason,
+        "train_seconds": round(result.train_seconds, 3),
+        "seed_best_epochs": result.best_epochs,
+        "seed_val_losses": result.best_val_losses,
+        "seed_val_accuracies": result.best_val_accs,
+        "complete": True,
+    }
+    manifest = ckpt.build_manifest(
+        cfg=cfg,
+        version=result.fold,
+        candles=prepared.candles,
+        dataset=holder,
+        metrics=metrics,
+        best_step=best_step,
+        metrics_path=ckpt.METRICS_FILE,
+    )
+    ensemble = {
+        "seeds": int(result.prob_up_KxN.shape[0]),
+        "combine": "mean_prob_up",
+        "fold": result.fold,
+        "folds": prepared.plan["folds"],
+        "walkforward": prepared.plan["window"],
+        "seed_keys": "fold_in(fold_in(key(train.seed), fold), seed), split (init, fit)",
+        "seed_best_epochs": result.best_epochs,
+    }
+    return dataclasses.replace(manifest, ensemble=ensemble)
+
+
+@dataclass(frozen=True)
+class _ScalerSplits:
+    """What `checkpoint.build_manifest` reads from a dataset."""
+
+    scaler: Scaler
+    splits: Splits
+
+
+def save_fold(out: Path, prepared: Prepared, cfg: AppConfig, result: FoldResult) -> Path:
+    """Writes the fold's checkpoint (all K seeds' best params), records and predictions; the
+    manifest goes last, so a fold directory with a manifest is complete."""
+    from flax import struct
+
+    from jaxtrader import checkpoint as ckpt
+
+    @struct.dataclass
+    class Saved:
+        params: Any
+        best_epoch: Any
+
+    started = time.perf_counter()
+    directory = fold_dir(out, result.fold)
+    directory.mkdir(parents=True, exist_ok=True)
+    step = max(result.epochs_run, 1)
+    manager = ckpt.make_manager(directory, max_to_keep=1)
+    try:
+        record = {
+            "val_loss": float(np.mean(result.best_val_losses)),
+            "epoch": step,
+            "seed_val_losses": result.best_val_losses,
+        }
+        ckpt.save_step(
+            manager,
+            step,
+            Saved(params=result.params, best_epoch=np.asarray(result.best_epochs, np.int64)),
+            record,
+        )
+        manager.wait_until_finished()
+    finally:
+        manager.close()
+    with (directory / ckpt.METRICS_FILE).open("w", encoding="utf-8") as f:
+        for rec in result.history:
+            f.write(json.dumps(rec) + "\n")
+    np.savez(
+        directory / FOLD_PREDICTIONS,
+        test_rows=result.test_rows,
+        labels=result.labels,
+        forward_returns=result.forward_returns,
+        prob_up_KxN=result.prob_up_KxN,
+    )
+    (directory / FOLD_FILE).write_text(
+        json.dumps(_plain(result.record()), indent=2) + "\n", encoding="utf-8"
+    )
+    ckpt.write_manifest(directory, _manifest(prepared, cfg, result, step))
+    log_event(
+        logger,
+        "fold_saved",
+        fold=result.fold,
+        path=str(directory),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return directory
+
+
+def load_fold(out: Path, fold: int) -> FoldResult | None:
+    """The saved result of a complete fold (its manifest exists), else None."""
+    from jaxtrader import checkpoint as ckpt
+
+    directory = fold_dir(out, fold)
+    if not (directory / ckpt.MANIFEST_FILE).is_file():
+        return None
+    try:
+        rec = json.loads((directory / FOLD_FILE).read_text(encoding="utf-8"))
+        with np.load(directory / FOLD_PREDICTIONS) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"fold {fold} in {directory} has a manifest but its records are damaged ({e}); "
+            f"delete {directory} and resume to retrain it"
+        ) from None
+    return FoldResult(**rec, **arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver.
+
+
+class WalkForwardInterrupted(KeyboardInterrupt):
+    """Stopped on request after a fold's save; carries the run directory and the folds done."""
+
+    def __init__(self, out: Path, done: list[int]) -> None:
+        super().__init__("walk-forward interrupted")
+        self.out = out
+        self.done = done
+
+
+@dataclass
+class WalkForwardRun:
+    """What `run_walkforward` produced."""
+
+    out: Path
+    report: dict[str, Any]
+    results: list[FoldResult]
+    seconds: float
+
+
+def _check_plan(out: Path, plan: dict[str, Any]) -> None:
+    path = out / PLAN_FILE
+    if not path.is_file():
+        raise ConfigError(f"--resume {out}: {PLAN_FILE} is missing; it is not a walk-forward run")
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    keys = ("symbol", "arch", "folds", "seeds", "window", "train_candles", "seed", "fold_plan")
+    diff = [k for k in keys if stored.get(k) != plan.get(k)]
+    if diff:
+        raise ConfigError(
+            f"--resume {out}: the run was planned with different {', '.join(diff)}; rerun with "
+            "the same data and flags as the original command, or start a new run without --resume"
+        )
+    if stored.get("config") is not None and stored["config"] != plan.get("config"):
+        raise ConfigError(
+            f"--resume {out}: the run was planned with a different configuration; rerun the "
+            "original command (same --config and flags) with --resume"
+        )
+
+
+def run_walkforward(
+    cfg: AppConfig,
+    wf: WalkForwardSettings,
+    *,
+    out: str | Path | None = None,
+    runs_root: str | Path = "runs",
+    resume: bool = False,
+    prepared: Prepared | None = None,
+    executor: Executor = local_executor,
+    should_stop: Callable[[], bool] | None = None,
+    on_plan: Callable[[dict[str, Any], Path], None] | None = None,
+) -> WalkForwardRun:
+    """The whole walk-forward: plan, folds (skipping complete ones on resume), outputs.
+
+    `should_stop()` is checked after each fold's save: when it returns True the run raises
+    `WalkForwardInterrupted` (completed folds stay on disk; rerun with `resume=True`).
+    """
+    from jaxtrader import config as config_mod
+    from jaxtrader.runtime import enable_compilation_cache
+    from jaxtrader.walkforward_report import write_outputs
+
+    t0 = time.perf_counter()
+    enable_compilation_cache()
+    prepared = prepared or prepare(cfg, wf)
+    plan = {**prepared.plan, "config": config_mod.to_dict(cfg)}
+    if resume:
+        if out is None:
+            raise ConfigError("--resume needs the run directory: --resume DIR")
+        out_dir = Path(out)
+        _check_plan(out_dir, plan)
+    else:
+        if out is None:
+            out_dir = new_run_dir(runs_root, prepared.market.symbol, cfg.model.arch)
+        else:
+            out_dir = Path(out)
+            if (out_dir / PLAN_FILE).exists():
+                raise ConfigError(
+                    f"--out {out_dir} already holds a walk-forward run; pass --resume {out_dir} "
+                    "to finish it, or choose another --out"
+                )
+            out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
+    if on_plan is not None:
+        on_plan(plan, out_dir)
+    fold_cfg = fold_time_limit(cfg, wf.folds)
+    results: dict[int, FoldResult] = {}
+    todo: list[FoldTask] = []
+    for i, splits in enumerate(prepared.folds):
+        done = load_fold(out_dir, i) if resume else None
+        if done is not None:
+            results[i] = done
+            log_event(logger, "fold_skipped", fold=i, reason="complete")
+        else:
+            todo.append(FoldTask(i, splits, prepared.market, fold_cfg, wf.seeds, wf.folds))
+    log_event(logger, "walkforward_start", out=str(out_dir), folds=wf.folds, to_train=len(todo))
+    noticed: list[bool] = []
+
+    def poll() -> None:
+        # Logged here, from the training loop, never from a signal handler (reentrant stderr).
+        if should_stop is not None and not noticed and should_stop():
+            noticed.append(True)
+            log_event(
+                logger,
+                "stop_requested",
+                note="stopping after the current fold is saved; press Ctrl-C again to abort it",
+            )
+
+    for result in executor(todo, poll=poll):
+        save_fold(out_dir, prepared, cfg, result)
+        result.params = None  # on disk now; keep memory flat across folds
+        results[result.fold] = result
+        log_event(
+            logger,
+            "fold_done",
+            fold=result.fold,
+            seconds=round(result.seconds, 2),
+            best_epochs=result.best_epochs,
+            samples_per_s=round(result.samples / max(result.train_seconds, 1e-9), 1),
+        )
+        if should_stop is not None and should_stop() and len(results) < wf.folds:
+            raise WalkForwardInterrupted(out_dir, sorted(results))
+    ordered = [results[i] for i in range(wf.folds)]
+    report = write_outputs(out_dir, prepared, cfg, wf, ordered)
+    return WalkForwardRun(
+        out=out_dir, report=report, results=ordered, seconds=time.perf_counter() - t0
+    )
+
+
+def stitch(results: Iterable[FoldResult]) -> dict[str, np.ndarray]:
+    """The folds' test predictions as one time-ordered table (test blocks never overlap)."""
+    ordered = sorted(results, key=lambda r: r.fold)
+    out = {
+        "test_rows": np.concatenate([r.test_rows for r in ordered]),
+        "fold": np.concatenate([np.full(r.test_rows.size, r.fold) for r in ordered]),
+        "labels": np.concatenate([r.labels for r in ordered]),
+        "forward_returns": np.concatenate([r.forward_returns for r in ordered]),
+        "prob_up_KxN": np.concatenate([r.prob_up_KxN for r in ordered], axis=1),
+    }
+    if np.any(np.diff(out["test_rows"]) <= 0):
+        raise CheckpointError("fold test blocks overlap or are out of order; delete the run")
+    return out

@@ -1,0 +1,400 @@
+"""Walk-forward outputs: predictions.csv, the pooled report (JSON and markdown) and its plots.
+
+Every number in `report.json` except `timing` and the fold boundaries is computed by `summarize`
+from the predictions table alone plus `settings` (stored in the report), with the evaluate
+package's functions: `metrics.classification_metrics`, `significance.accuracy_significance`
+(Wilson interval and binomial p-values on the effective n = n // horizon, since h-candle labels
+overlap), `backtest.simulate` / `backtest.performance` (net of fees, the stitched test span) and
+`decisions.annualization`. So `predictions.csv` + `settings` recompute the report
+(tests/test_walkforward.py does exactly that).
+
+The majority rate of a fold is the accuracy of always predicting the fold's TRAINING majority
+class on its test block (the honest constant baseline `evaluate` uses); the pooled majority rate is
+the same over all test rows, each with its own fold's class.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from jaxtrader.decisions import annualization, positions_from_probs
+from jaxtrader.evaluate import backtest as bt
+from jaxtrader.evaluate.metrics import classification_metrics
+from jaxtrader.evaluate.significance import accuracy_significance, effective_n, wilson_interval
+from jaxtrader.evaluate.summary import CLASSIFY_AT, span_periods
+
+if TYPE_CHECKING:
+    from jaxtrader.config import AppConfig
+    from jaxtrader.walkforward import FoldResult, Prepared, WalkForwardSettings
+
+PREDICTIONS_FILE = "predictions.csv"
+BASE_COLUMNS = ("timestamp", "fold", "label", "forward_return", "prob_up")
+_SEED_RE = re.compile(r"^prob_up_s(\d+)$")
+
+
+def predictions_table(
+    market_timestamp_ns: np.ndarray,
+    open_: np.ndarray,
+    close: np.ndarray,
+    stitched: dict[str, np.ndarray],
+) -> pd.DataFrame:
+    """One row per out-of-sample test point, in time order.
+
+    `prob_up` is the seed ensemble (mean over seeds); `asset_return` is what a position taken at
+    the row earns in the stitched backtest (open-to-open to the next test row, see `backtest`).
+    """
+    rows = stitched["test_rows"]
+    p_KxN = np.asarray(stitched["prob_up_KxN"], dtype=np.float32)
+    asset_return, _ = bt.period_returns(open_, close, rows)
+    ts = pd.to_datetime(np.asarray(market_timestamp_ns)[rows], utc=True)
+    table = {
+        "timestamp": [t.isoformat().replace("+00:00", "Z") for t in ts],
+        "fold": stitched["fold"].astype(np.int64),
+        "label": stitched["labels"].astype(np.int64),
+        "forward_return": stitched["forward_returns"].astype(np.float64),
+        "prob_up": p_KxN.mean(axis=0).astype(np.float64),
+    }
+    for s in range(p_KxN.shape[0]):
+        table[f"prob_up_s{s}"] = p_KxN[s].astype(np.float64)
+    table["asset_return"] = asset_return
+    return pd.DataFrame(table)
+
+
+def write_predictions(df: pd.DataFrame, path: Path) -> None:
+    """Full float precision so the report recomputes exactly."""
+    df.to_csv(path, index=False, float_format="%.17g")
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def seed_columns(df: pd.DataFrame) -> list[str]:
+    cols = [c for c in df.columns if _SEED_RE.match(c)]
+    return sorted(cols, key=lambda c: int(_SEED_RE.match(c).group(1)))  # type: ignore[union-attr]
+
+
+def _timestamps_ns(df: pd.DataFrame) -> np.ndarray:
+    return pd.DatetimeIndex(pd.to_datetime(df["timestamp"], utc=True)).as_unit("ns").asi8
+
+
+def _accuracy(labels: np.ndarray, prob: np.ndarray) -> float:
+    return float(np.mean((prob > CLASSIFY_AT).astype(np.int64) == labels))
+
+
+def _backtest(df: pd.DataFrame, settings: dict[str, Any]) -> tuple[dict, dict, Any]:
+    ppy = settings["periods_per_year"]
+    span = span_periods(_timestamps_ns(df), settings["interval_seconds"])
+    cost = (settings["fee_bps"] + settings["slippage_bps"]) / 1e4
+    pos = positions_from_probs(
+        df["prob_up"].to_numpy(np.float64), settings["threshold"], settings["long_short"]
+    )
+    r = df["asset_return"].to_numpy(np.float64)
+    strategy = bt.simulate(pos, r, cost)
+    hold = bt.simulate(np.ones(len(df)), r, cost)
+    return bt.performance(strategy, ppy, span), bt.performance(hold, ppy, span), strategy
+
+
+def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
+    """Per-fold and pooled figures from the predictions table and settings alone."""
+    h = int(settings["horizon"])
+    seeds = seed_columns(df)
+    y_all = df["label"].to_numpy(np.int64)
+    p_all = df["prob_up"].to_numpy(np.float64)
+    majority_of = {int(k): int(v) for k, v in settings["fold_majority_class"].items()}
+    maj_pred = df["fold"].map(majority_of).to_numpy(np.int64)
+    folds = []
+    for fold_key, part in df.groupby("fold", sort=True):
+        fold = int(fold_key)  # type: ignore[arg-type]
+        y = part["label"].to_numpy(np.int64)
+        p = part["prob_up"].to_numpy(np.float64)
+        cls = classification_metrics(y, (p > CLASSIFY_AT).astype(np.int64), p)
+        majority = float(np.mean(y == majority_of[fold]))
+        perf, hold, _ = _backtest(part, settings)
+        folds.append(
+            {
+                "fold": fold,
+                "n": int(y.size),
+                "effective_n": effective_n(int(y.size), h),
+                "accuracy": cls["accuracy"],
+                "accuracy_ci95": list(wilson_interval(cls["accuracy"], effective_n(y.size, h))),
+                "majority_rate": majority,
+                "auc": cls["roc_auc"],
+                "seed_accuracies": [_accuracy(y, part[c].to_numpy(np.float64)) for c in seeds],
+                "sharpe_net": perf["sharpe"],
+                "buy_and_hold_sharpe": hold["sharpe"],
+            }
+        )
+    cls = classification_metrics(y_all, (p_all > CLASSIFY_AT).astype(np.int64), p_all)
+    majority = float(np.mean(y_all == maj_pred))
+    sig = accuracy_significance(cls["accuracy"], int(y_all.size), h, majority)
+    seed_acc = np.array([_accuracy(y_all, df[c].to_numpy(np.float64)) for c in seeds])
+    perf, hold, _ = _backtest(df, settings)
+    pooled = {
+        "n": int(y_all.size),
+        "effective_n": sig["effective_n"],
+        "accuracy": cls["accuracy"],
+        "accuracy_ci95": sig["accuracy_ci95"],
+        "majority_rate": majority,
+        "p_value_vs_majority": sig["p_value_vs_majority"],
+        "p_value_vs_chance": sig["p_value_vs_chance"],
+        "auc": cls["roc_auc"],
+        "seed_accuracies": seed_acc.tolist(),
+        "seed_accuracy_mean": float(seed_acc.mean()),
+        "seed_accuracy_std": float(seed_acc.std(ddof=1)) if seed_acc.size > 1 else 0.0,
+        # `accuracy` above is the ensemble's (mean P(up) over seeds), repeated under its own name.
+        "ensemble_accuracy": cls["accuracy"],
+        "folds_beating_majority": int(sum(f["accuracy"] > f["majority_rate"] for f in folds)),
+    }
+    return {"folds": folds, "pooled": pooled, "backtest": perf, "buy_and_hold": hold}
+
+
+def build_settings(
+    prepared: Prepared,
+    cfg: AppConfig,
+    wf: WalkForwardSettings,
+    results: Sequence[FoldResult],
+    timestamps_ns: np.ndarray,
+) -> dict[str, Any]:
+    """The scalars that, with predictions.csv, determine every reported number."""
+    interval_s = prepared.market.interval_seconds
+    ppy, basis = annualization(interval_s, timestamps_ns)
+    return {
+        "symbol": prepared.market.symbol,
+        "arch": cfg.model.arch,
+        "data": prepared.plan["data"],
+        "folds": wf.folds,
+        "seeds": wf.seeds,
+        "window": wf.window,
+        "train_candles": wf.train_candles,
+        "seed": cfg.train.seed,
+        "epochs": cfg.train.epochs,
+        "patience": cfg.train.patience,
+        "horizon": cfg.dataset.horizon,
+        "seq_len": cfg.dataset.seq_len,
+        "interval_seconds": interval_s,
+        "periods_per_year": ppy,
+        "annualization_basis": basis,
+        "fee_bps": cfg.backtest.fee_bps,
+        "slippage_bps": cfg.backtest.slippage_bps,
+        "threshold": cfg.backtest.threshold,
+        "long_short": cfg.backtest.long_short,
+        "fold_majority_class": {str(r.fold): r.majority_class for r in results},
+    }
+
+
+def write_outputs(
+    out: Path,
+    prepared: Prepared,
+    cfg: AppConfig,
+    wf: WalkForwardSettings,
+    results: Sequence[FoldResult],
+) -> dict[str, Any]:
+    """predictions.csv, report.json, report.md and the plots; returns the report document."""
+    from jaxtrader.logs import jsonable
+    from jaxtrader.walkforward import stitch
+
+    market = prepared.market
+    stitched = stitch(results)
+    df = predictions_table(
+        market.timestamp_ns, market.ohlcv_Tx5[:, 0], market.ohlcv_Tx5[:, 3], stitched
+    )
+    write_predictions(df, out / PREDICTIONS_FILE)
+    settings = build_settings(prepared, cfg, wf, results, _timestamps_ns(df))
+    doc = summarize(df, settings)
+    by_fold = {r.fold: r for r in results}
+    for row in doc["folds"]:
+        r = by_fold[row["fold"]]
+        spans = {
+            f"{name}_{end}": r.splits[name][end]
+            for name in ("train", "val", "test")
+            for end in ("start", "end")
+        }
+        row.update(spans)
+        row["seconds"] = round(r.seconds, 3)
+        row["best_epochs"] = r.best_epochs
+        row["checkpoint"] = str(out / f"fold_{r.fold:02d}")
+    total_samples = sum(r.samples for r in results)
+    total_train = sum(r.train_seconds for r in results)
+    report = {
+        **doc,
+        "settings": settings,
+        "timing": {
+            "seconds_per_fold": [round(r.seconds, 3) for r in results],
+            "samples_per_s_per_fold": [
+                round(r.samples / max(r.train_seconds, 1e-9), 1) for r in results
+            ],
+            "samples_per_s": round(total_samples / max(total_train, 1e-9), 1),
+            "fold_seconds_total": round(sum(r.seconds for r in results), 3),
+        },
+        "out": str(out),
+    }
+    (out / "report.json").write_text(json.dumps(jsonable(report), indent=2) + "\n", "utf-8")
+    images = [
+        plot_equity(df, report, out / "equity.png"),
+        plot_fold_accuracy(report, out / "fold_accuracy.png"),
+        plot_seed_spread(report, out / "seed_spread.png"),
+    ]
+    (out / "report.md").write_text(render_markdown(report, images), encoding="utf-8")
+    return report
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """The pooled verdict in a few lines (the CLI prints it)."""
+    p, s = report["pooled"], report["settings"]
+    lo, hi = p["accuracy_ci95"]
+    return "\n".join(
+        [
+            f"pooled out-of-sample: n {p['n']} (effective {p['effective_n']}, horizon "
+            f"{s['horizon']}), accuracy {_pct(p['accuracy'])} [95% {_pct(lo)}, {_pct(hi)}] vs "
+            f"majority {_pct(p['majority_rate'])}",
+            f"p-value vs majority {p['p_value_vs_majority']:.3g}, vs chance "
+            f"{p['p_value_vs_chance']:.3g}; AUC {_num(p['auc'])}",
+            f"seeds: accuracy {_pct(p['seed_accuracy_mean'])} +- {_pct(p['seed_accuracy_std'])}, "
+            f"ensemble {_pct(p['ensemble_accuracy'])}; folds beating majority "
+            f"{p['folds_beating_majority']}/{len(report['folds'])}",
+            f"net Sharpe {report['backtest']['sharpe']:.2f} (return "
+            f"{_pct(report['backtest']['total_return'])}, {report['backtest']['trades']} trades) "
+            f"vs buy-and-hold {report['buy_and_hold']['sharpe']:.2f} (return "
+            f"{_pct(report['buy_and_hold']['total_return'])}), fees {s['fee_bps']:g} bps",
+            f"report: {report['out']}/report.md",
+        ]
+    )
+
+
+def render_markdown(report: dict[str, Any], images: Sequence[Path]) -> str:
+    s = report["settings"]
+    lines = [
+        f"# Walk-forward: {s['arch']} on {s['symbol']}",
+        "",
+        f"{s['folds']} folds x {s['seeds']} seeds, {s['window']} window, horizon {s['horizon']}, "
+        f"seed {s['seed']}, data {s['data']}.",
+        "",
+        "## Pooled out-of-sample",
+        "",
+        *[f"- {line}" for line in format_summary(report).splitlines()[:-1]],
+        "",
+        "## Folds",
+        "",
+        "| fold | test span | n | accuracy [95%] | majority | AUC | seeds | net Sharpe | B&H Sharpe"
+        " | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in report["folds"]:
+        lo, hi = f["accuracy_ci95"]
+        seeds = ", ".join(_pct(a) for a in f["seed_accuracies"])
+        lines.append(
+            f"| {f['fold']} | {f['test_start'][:10]}..{f['test_end'][:10]} | {f['n']} | "
+            f"{_pct(f['accuracy'])} [{_pct(lo)}, {_pct(hi)}] | {_pct(f['majority_rate'])} | "
+            f"{_num(f['auc'])} | {seeds} | {f['sharpe_net']:.2f} | "
+            f"{f['buy_and_hold_sharpe']:.2f} | {f['seconds']:.0f} |"
+        )
+    lines += ["", "## Stitched backtest (net of fees)", "", "| | strategy | buy and hold |"]
+    lines += ["|---|---|---|"]
+    for key in ("total_return", "sharpe", "max_drawdown", "trades", "fees_paid", "exposure"):
+        a, b = report["backtest"][key], report["buy_and_hold"][key]
+        fmt = _pct if key in ("total_return", "max_drawdown", "fees_paid", "exposure") else _num
+        lines.append(f"| {key} | {fmt(a)} | {fmt(b)} |")
+    t = report["timing"]
+    lines += [
+        "",
+        f"Timing: {t['fold_seconds_total']:.0f} s over folds, {t['samples_per_s']:.0f} "
+        "training samples/s (summed over seeds).",
+        "",
+        "## Plots",
+        "",
+        *[f"![{Path(i).stem}]({Path(i).name})" for i in images],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _per_fold_axes(plt: Any, folds: list[dict[str, Any]], title: str) -> tuple[Any, Any]:
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.set_xticks([f["fold"] for f in folds])
+    ax.set_xlabel("fold")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    return fig, ax
+
+
+def _save(plt: Any, fig: Any, ax: Any, path: Path, legend_loc: str = "best") -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend_loc)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_equity(df: pd.DataFrame, report: dict[str, Any], path: Path) -> Path:
+    """Stitched out-of-sample equity (net) vs buy-and-hold, fold boundaries marked."""
+    plt = _pyplot()
+    s = report["settings"]
+    _, _, strategy = _backtest(df, s)
+    cost = (s["fee_bps"] + s["slippage_bps"]) / 1e4
+    hold = bt.simulate(np.ones(len(df)), df["asset_return"].to_numpy(np.float64), cost)
+    t = pd.to_datetime(df["timestamp"], utc=True)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ax.plot(t, strategy.equity, lw=1.1, label="strategy (net of fees)")
+    ax.plot(t, hold.equity, lw=1.0, color="tab:orange", alpha=0.8, label="buy and hold")
+    starts = df.groupby("fold")["timestamp"].first()
+    for i, ts in enumerate(pd.to_datetime(starts, utc=True)):
+        ax.axvline(ts, color="grey", lw=0.8, ls="--", label="fold start" if i == 0 else None)
+    ax.set_ylabel("equity (start = 1)")
+    ax.set_title(f"{s['arch']} on {s['symbol']}: stitched out-of-sample equity")
+    return _save(plt, fig, ax, path, "upper left")
+
+
+def plot_fold_accuracy(report: dict[str, Any], path: Path) -> Path:
+    """Accuracy per fold with its 95% interval (effective n) and the fold's majority rate."""
+    plt = _pyplot()
+    folds = report["folds"]
+    x = np.array([f["fold"] for f in folds])
+    acc = np.array([f["accuracy"] for f in folds])
+    lo = np.array([f["accuracy_ci95"][0] for f in folds])
+    hi = np.array([f["accuracy_ci95"][1] for f in folds])
+    fig, ax = _per_fold_axes(plt, folds, "Out-of-sample accuracy per fold")
+    ax.errorbar(x, acc, yerr=[acc - lo, hi - acc], fmt="o", capsize=4, label="accuracy, 95% CI")
+    ax.scatter(x, [f["majority_rate"] for f in folds], marker="_", s=300, c="tab:red", zorder=3)
+    ax.plot([], [], "_", c="tab:red", ms=15, label="majority rate (train majority class)")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    return _save(plt, fig, ax, path)
+
+
+def plot_seed_spread(report: dict[str, Any], path: Path) -> Path:
+    """Each seed's accuracy per fold (dots) beside the ensemble's (cross)."""
+    plt = _pyplot()
+    folds = report["folds"]
+    fig, ax = _per_fold_axes(plt, folds, "Seed spread per fold")
+    for f in folds:
+        accs = f["seed_accuracies"]
+        ax.scatter([f["fold"]] * len(accs), accs, c="tab:blue", alpha=0.6, s=18)
+        ax.scatter([f["fold"]], [f["accuracy"]], c="black", marker="x", s=50)
+    ax.scatter([], [], c="tab:blue", s=18, label="single seeds")
+    ax.scatter([], [], c="black", marker="x", s=50, label="ensemble (mean P(up))")
+    return _save(plt, fig, ax, path)

@@ -1,0 +1,287 @@
+"""Walk-forward: folds never leak, the past does not see the future, resume equals an uninterrupted
+run, the pooled report recomputes from predictions.csv, fold checkpoints load as seed ensembles,
+and the CLI runs a tiny config end to end (a real subprocess, real checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxtrader.config import AppConfig, DataConfig, DatasetConfig, TrainConfig
+from jaxtrader.errors import ConfigError
+from jaxtrader.evaluate import backtest as bt
+from jaxtrader.evaluate.metrics import roc_auc
+from jaxtrader.evaluate.significance import binomial_p_value, wilson_interval
+from jaxtrader.models import with_defaults
+from jaxtrader.splits import purge_gap, walk_forward_folds
+from jaxtrader.walkforward import (
+    WalkForwardInterrupted,
+    WalkForwardSettings,
+    prepare,
+    run_walkforward,
+)
+
+TOML = """
+[data]
+synth_rows = 1500
+[dataset]
+seq_len = 50
+horizon = 2
+[model]
+arch = "lstm"
+hidden = 8
+num_layers = 1
+[train]
+epochs = 2
+batch_size = 32
+patience = 1
+"""
+CFG = AppConfig(
+    data=DataConfig(synth_rows=1500),
+    dataset=DatasetConfig(seq_len=50, horizon=2),
+    model=with_defaults("lstm", hidden=8, num_layers=1),
+    train=TrainConfig(epochs=2, batch_size=32, patience=1),
+)
+WF = WalkForwardSettings(folds=2, seeds=2)
+
+FOLD_KEYS = {
+    "fold",
+    "train_start",
+    "train_end",
+    "val_start",
+    "val_end",
+    "test_start",
+    "test_end",
+    "n",
+    "accuracy",
+    "majority_rate",
+    "auc",
+    "seed_accuracies",
+    "sharpe_net",
+    "buy_and_hold_sharpe",
+    "seconds",
+}
+POOLED_KEYS = {
+    "n",
+    "effective_n",
+    "accuracy",
+    "accuracy_ci95",
+    "majority_rate",
+    "p_value_vs_majority",
+    "p_value_vs_chance",
+    "auc",
+    "seed_accuracy_mean",
+    "seed_accuracy_std",
+    "ensemble_accuracy",
+    "folds_beating_majority",
+}
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """`jaxtrader walkforward` on the tiny config in a real subprocess (run A)."""
+    tmp = tmp_path_factory.mktemp("wf_cli")
+    config = tmp / "tiny.toml"
+    config.write_text(TOML, encoding="utf-8")
+    out = tmp / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxtrader",
+            "--config",
+            str(config),
+            "walkforward",
+            "--folds",
+            "2",
+            "--seeds",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fold  train" in proc.stderr  # the plan is printed (to stderr with --json)
+    return out, json.loads(proc.stdout)
+
+
+def test_cli_end_to_end_writes_every_output(cli_run: tuple[Path, dict]) -> None:
+    out, report = cli_run
+    for name in ("plan.json", "predictions.csv", "report.json", "report.md"):
+        assert (out / name).is_file(), name
+    for name in ("equity.png", "fold_accuracy.png", "seed_spread.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert {"folds", "pooled", "backtest", "buy_and_hold", "settings", "timing"} <= set(report)
+    assert len(report["folds"]) == 2
+    for fold in report["folds"]:
+        assert set(fold) >= FOLD_KEYS
+        assert len(fold["seed_accuracies"]) == 2
+    assert set(report["pooled"]) >= POOLED_KEYS
+    assert {"sharpe", "total_return", "max_drawdown", "trades", "fees_paid"} <= set(
+        report["backtest"]
+    )
+    plan = json.loads((out / "plan.json").read_text())
+    assert [r["fold"] for r in plan["fold_plan"]] == [0, 1]
+    assert {"train_start", "test_end", "test_points"} <= set(plan["fold_plan"][0])
+    df = pd.read_csv(out / "predictions.csv")
+    assert list(df.columns[:7]) == [
+        "timestamp",
+        "fold",
+        "label",
+        "forward_return",
+        "prob_up",
+        "prob_up_s0",
+        "prob_up_s1",
+    ]
+    assert pd.to_datetime(df["timestamp"]).is_monotonic_increasing
+    np.testing.assert_allclose(df["prob_up"], df[["prob_up_s0", "prob_up_s1"]].mean(axis=1))
+
+
+@pytest.mark.parametrize(
+    ("window", "train_rows"), [("expanding", None), ("rolling", None), ("rolling", 900)]
+)
+def test_folds_never_leak_and_tests_tile(window: str, train_rows: int | None) -> None:
+    cfg = DatasetConfig(seq_len=50, horizon=5)
+    gap = purge_gap(cfg.horizon, cfg.seq_len)
+    folds = walk_forward_folds(
+        5_000,
+        4,
+        cfg,
+        start=120,
+        window=window,
+        train_rows=train_rows,  # type: ignore[arg-type]
+    )
+    for f in folds:
+        last_train, first_val = f.train[1] - 1, f.val[0]
+        last_val, first_test = f.val[1] - 1, f.test[0]
+        # Every later point's window starts after the earlier split's last label ends.
+        assert first_val - last_train >= cfg.horizon + cfg.seq_len
+        assert first_test - last_val >= cfg.horizon + cfg.seq_len
+        assert first_test - last_train >= gap + 1
+        if window == "rolling":
+            assert f.train[1] - f.train[0] == (train_rows or folds[0].train[1] - 120)
+    # Test blocks tile the history after the first training span: no overlap, no holes.
+    for a, b in itertools.pairwise(folds):
+        assert a.test[1] == b.test[0]
+    assert folds[-1].test[1] == 5_000
+    with pytest.raises(ConfigError, match="--train-candles"):
+        walk_forward_folds(5_000, 4, cfg, start=120, train_rows=6_000)
+
+
+def test_the_past_does_not_see_the_future() -> None:
+    """Fold 0 trained and predicted on candles whose future was replaced gives the same output."""
+    from jaxtrader.walkforward import FoldTask, run_fold
+
+    prepared = prepare(CFG, WF)
+    fold = prepared.folds[0]
+    cut = fold.test[1] + CFG.dataset.horizon  # the last candle fold 0's test labels read
+    m = prepared.market
+    ohlcv = m.ohlcv_Tx5.copy()
+    rng = np.random.default_rng(0)
+    ohlcv[cut + 1 :] *= rng.uniform(0.8, 1.2, size=(len(ohlcv) - cut - 1, 1))
+    ohlcv[cut + 1 :, 1] = ohlcv[cut + 1 :, :4].max(axis=1)
+    ohlcv[cut + 1 :, 2] = ohlcv[cut + 1 :, :4].min(axis=1)
+    from jaxtrader.features import compute_features
+
+    changed_frame = dataclasses.replace(m, ohlcv_Tx5=ohlcv).frame()
+    feats = compute_features(changed_frame)
+    changed = dataclasses.replace(m, ohlcv_Tx5=ohlcv, features_TxF=feats.to_numpy(np.float64))
+    assert not np.allclose(changed.features_TxF[cut + 1 :], m.features_TxF[cut + 1 :])
+    a = run_fold(FoldTask(0, fold, m, CFG, 2), show_progress=False)
+    b = run_fold(FoldTask(0, fold, changed, CFG, 2), show_progress=False)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.prob_up_KxN, b.prob_up_KxN, rtol=0, atol=1e-6)
+    assert a.best_epochs == b.best_epochs
+
+
+def test_resume_gives_the_same_outputs(cli_run: tuple[Path, dict], tmp_path: Path) -> None:
+    """Run B (library, this process) stops after fold 0's save, resumes, and matches run A."""
+    out_a, report_a = cli_run
+    out_b = tmp_path / "run_b"
+    with pytest.raises(WalkForwardInterrupted) as stopped:
+        run_walkforward(CFG, WF, out=out_b, should_stop=lambda: True)
+    assert stopped.value.done == [0]
+    assert (out_b / "fold_00" / "manifest.json").is_file()
+    assert not (out_b / "fold_01").exists()
+    first_fold = (out_b / "fold_00" / "fold.json").read_text()
+    resumed = run_walkforward(CFG, WF, out=out_b, resume=True)
+    assert (out_b / "fold_00" / "fold.json").read_text() == first_fold  # kept, not retrained
+    a = pd.read_csv(out_a / "predictions.csv")
+    b = pd.read_csv(out_b / "predictions.csv")
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=0, atol=1e-6)
+    for key in ("pooled", "backtest", "buy_and_hold"):
+        for k, v in report_a[key].items():
+            assert resumed.report[key][k] == pytest.approx(v, abs=1e-6), (key, k)
+    # A different plan is refused on resume, naming what differs.
+    with pytest.raises(ConfigError, match="seeds"):
+        run_walkforward(CFG, dataclasses.replace(WF, seeds=3), out=out_b, resume=True)
+
+
+def test_pooled_figures_recompute_from_predictions_csv(cli_run: tuple[Path, dict]) -> None:
+    out, report = cli_run
+    df = pd.read_csv(out / "predictions.csv")
+    s = report["settings"]
+    y = df["label"].to_numpy()
+    p = df["prob_up"].to_numpy()
+    pooled = report["pooled"]
+    acc = float(np.mean((p > 0.5) == y))
+    n_eff = len(df) // s["horizon"]  # overlapping h-candle labels
+    majority = float(np.mean(y == df["fold"].map(lambda f: s["fold_majority_class"][str(f)])))
+    assert pooled["n"] == len(df) and pooled["effective_n"] == n_eff
+    assert pooled["accuracy"] == pytest.approx(acc) == pooled["ensemble_accuracy"]
+    assert pooled["majority_rate"] == pytest.approx(majority)
+    assert pooled["accuracy_ci95"] == pytest.approx(list(wilson_interval(acc, n_eff)))
+    assert pooled["p_value_vs_majority"] == pytest.approx(binomial_p_value(acc, n_eff, majority))
+    assert pooled["p_value_vs_chance"] == pytest.approx(binomial_p_value(acc, n_eff, 0.5))
+    assert pooled["auc"] == pytest.approx(roc_auc(y, p))
+    seeds = [float(np.mean((df[f"prob_up_s{k}"] > 0.5) == y)) for k in range(s["seeds"])]
+    assert pooled["seed_accuracy_mean"] == pytest.approx(np.mean(seeds))
+    assert pooled["seed_accuracy_std"] == pytest.approx(np.std(seeds, ddof=1))
+    beating = 0
+    for f, part in df.groupby("fold"):
+        fold_acc = float(np.mean((part["prob_up"] > 0.5) == part["label"]))
+        fold_maj = float(np.mean(part["label"] == s["fold_majority_class"][str(f)]))
+        assert report["folds"][int(f)]["accuracy"] == pytest.approx(fold_acc)
+        assert report["folds"][int(f)]["majority_rate"] == pytest.approx(fold_maj)
+        beating += fold_acc > fold_maj
+    assert pooled["folds_beating_majority"] == beating
+    # The stitched backtest, net of fees, from the CSV's positions and returns.
+    cost = (s["fee_bps"] + s["slippage_bps"]) / 1e4
+    r = df["asset_return"].to_numpy()
+    pos = (p > s["threshold"]).astype(float)
+    ts = pd.DatetimeIndex(pd.to_datetime(df["timestamp"], utc=True)).as_unit("ns").asi8
+    span = (ts[-1] - ts[0]) / (s["interval_seconds"] * 1e9) + 1
+    for key, positions in (("backtest", pos), ("buy_and_hold", np.ones(len(df)))):
+        perf = bt.performance(bt.simulate(positions, r, cost), s["periods_per_year"], span)
+        for k in ("total_return", "sharpe", "max_drawdown", "trades", "fees_paid"):
+            assert report[key][k] == pytest.approx(perf[k]), (key, k)
+
+
+def test_fold_checkpoint_loads_as_the_seed_ensemble(cli_run: tuple[Path, dict]) -> None:
+    from jaxtrader.data import load_market
+    from jaxtrader.features import feature_hash
+    from jaxtrader.inference import Predictor
+
+    out, _ = cli_run
+    predictor = Predictor.load(checkpoint=out / "fold_01")
+    m = predictor.manifest
+    assert m.ensemble is not None and m.ensemble["seeds"] == 2 and m.ensemble["fold"] == 1
+    assert m.feature_hash == feature_hash() and m.metrics["complete"] is True
+    assert m.data["sha256"] is None and m.data["source"].startswith("synthetic")
+    dataset = predictor.rebuild_dataset(load_market(predictor.config.data))
+    probs = predictor.predict_split(dataset, "test")
+    df = pd.read_csv(out / "predictions.csv")
+    np.testing.assert_allclose(probs, df.loc[df["fold"] == 1, "prob_up"], atol=1e-6)
