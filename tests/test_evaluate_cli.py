@@ -6,6 +6,7 @@ the --predictions CSV alone with the pure functions of jaxtrader.evaluate.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -52,7 +53,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from jaxtrader.data import synth_candles, write_candles
 
     root = tmp_path_factory.mktemp("evalcli")
-    data = write_candles(synth_candles(3000, seed=1).frame, root / "candles.csv")
+    # The name gives the market (BTC/USDT), as with real Binance files.
+    data = write_candles(synth_candles(3000, seed=1).frame, root / "synth_btcusdt_1h.csv")
     config = root / "tiny.toml"
     config.write_text(TINY_TOML)
     ckpt = root / "ckpt"
@@ -226,6 +228,65 @@ def test_changed_data_file_warns_but_evaluates(trained: dict[str, Path], tmp_pat
     assert any("differs from the training file" in n for n in doc["notes"])
 
 
+def test_another_market_is_an_explicit_labelled_choice(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 14.3: the report named the ETH file but carried the BTC training file's hash.
+    from jaxtrader.cli import main
+    from jaxtrader.data import file_sha256, synth_candles, write_candles
+
+    eth = write_candles(synth_candles(3000, seed=2).frame, tmp_path / "synth_ethusdt_1h.csv")
+    args = ["evaluate", "--split", "val", "--checkpoint", str(trained["version_dir"]),
+            "--data", str(eth), "--json"]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"error: the model was trained on BTC/USDT but {eth} holds ETH/USDT; pass --other-market "
+        "to evaluate it out of market (the report labels it), or --data with a BTC/USDT file"
+    )
+    report = tmp_path / "report"
+    main([*args, "--other-market", "--report-dir", str(report)])
+    doc = json.loads(capsys.readouterr().out)
+    src = doc["source"]
+    assert src["out_of_market"] is True and src["symbol"] == "ETH/USDT"
+    assert src["data_sha256"] == file_sha256(eth)
+    assert src["training_data"]["symbol"] == "BTC/USDT"
+    assert src["training_data"]["sha256"] == file_sha256(trained["data"]) != file_sha256(eth)
+    md = (report / "report.md").read_text()
+    assert "OUT OF MARKET: a model trained on BTC/USDT, evaluated on ETH/USDT" in md
+
+
+def test_several_markets_need_symbol_or_data(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 14.2 through the CLI: --data's symbol picks among the markets under --ckpt-dir.
+    import shutil
+
+    from jaxtrader.checkpoint import arch_dir, read_manifest, write_manifest
+
+    for symbol in ("BTC/USDT", "ETH/USDT"):
+        vdir = arch_dir(tmp_path, symbol, "lstm") / "v1"
+        shutil.copytree(trained["version_dir"], vdir)
+        m = read_manifest(vdir)
+        write_manifest(vdir, dataclasses.replace(m, data={**m.data, "symbol": symbol}))
+    from jaxtrader.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--ckpt-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {tmp_path} holds models of several symbols: BTC/USDT, ETH/USDT; validation "
+        "losses of different markets are not comparable, pass --symbol"
+    )
+    main_args = ["evaluate", "--split", "val", "--ckpt-dir", str(tmp_path), "--json"]
+    main([*main_args, "--data", str(trained["data"])])  # a BTC/USDT file
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["source"]["checkpoint"] == str(arch_dir(tmp_path, "BTC/USDT", "lstm") / "v1")
+    assert doc["source"]["out_of_market"] is False
+
+
 def test_data_that_misses_the_split_is_a_one_line_error(
     trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -249,7 +310,11 @@ def test_missing_checkpoint_is_a_one_line_error(
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--ckpt-dir", str(tmp_path / "none")])
     assert exc.value.code == 2
-    assert capsys.readouterr().err.startswith("error: no complete checkpoint")
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: checkpoint folder {tmp_path / 'none'} not found; pass --ckpt-dir"
+    )
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_bad_fee_fails_fast_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:

@@ -72,7 +72,8 @@ def data_overrides(
 
 
 def checkpoint_options(fn: F) -> F:
-    """--checkpoint/--arch/--symbol/--version/--ckpt-dir: how evaluate and trade pick a version."""
+    """--checkpoint/--arch/--symbol/--version/--include-partial/--ckpt-dir: how evaluate and
+    trade pick a version."""
     options = [
         click.option(
             "--checkpoint",
@@ -97,7 +98,13 @@ def checkpoint_options(fn: F) -> F:
             type=str,
             default="best",
             show_default=True,
-            help="best (lowest val loss), latest, or a version number.",
+            help="best (lowest val loss among runs that finished), latest, or a version number.",
+        ),
+        click.option(
+            "--include-partial",
+            is_flag=True,
+            default=False,
+            help="Let --version best also pick runs stopped early by Ctrl-C or --max-minutes.",
         ),
         click.option(
             "--ckpt-dir", type=str, default=None, help="Checkpoint root (default: train.ckpt_dir)."

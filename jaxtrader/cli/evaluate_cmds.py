@@ -17,7 +17,14 @@ from jaxtrader.cli.common import CliState, checkpoint_options, rules_options, ru
     "data_path",
     type=str,
     default=None,
-    help="Candle file (default: the data recorded in the checkpoint's manifest).",
+    help="Candle file (default: the data recorded in the checkpoint's manifest). With models "
+    "of several symbols under --ckpt-dir, its symbol picks the model unless --symbol is given.",
+)
+@click.option(
+    "--other-market",
+    is_flag=True,
+    help="Allow --data of another market than the model's (an out-of-market test, labelled "
+    "as such in the report).",
 )
 @rules_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
@@ -44,9 +51,11 @@ def evaluate(
     arch: str | None,
     symbol: str | None,
     version: str,
+    include_partial: bool,
     ckpt_dir: str | None,
     checkpoint: str | None,
     data_path: str | None,
+    other_market: bool,
     as_json: bool,
     predictions: str | None,
     report_dir: str | None,
@@ -78,6 +87,8 @@ def evaluate(
         version=version,
         checkpoint=checkpoint,
         data_path=data_path,
+        other_market=other_market,
+        include_partial=include_partial,
         seed=seed,
         with_attention=report_dir is not None,
     )

@@ -151,8 +151,26 @@ def models_group() -> None:
     """List trained model versions."""
 
 
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
 def _format_versions(rows: list[VersionInfo]) -> str:
-    header = ("symbol", "arch", "ver", "created", "data", "val loss", "val acc", "majority", "size")
+    header = (
+        "symbol",
+        "arch",
+        "ver",
+        "created",
+        "data",
+        "epochs",
+        "steps",
+        "best ep",
+        "stopped",
+        "val loss",
+        "val acc",
+        "majority",
+        "size",
+    )
     table = [header]
     for r in rows:
         table.append(
@@ -162,6 +180,11 @@ def _format_versions(rows: list[VersionInfo]) -> str:
                 f"v{r.version}",
                 (r.created_at or "incomplete")[:19],
                 f"{(r.data_start or '?')[:10]}..{(r.data_end or '?')[:10]}" if r.complete else "-",
+                _or_dash(r.epochs),
+                _or_dash(r.steps),
+                _or_dash(r.best_epoch),
+                # A partial run is never picked by --version best (see checkpoint.versions).
+                f"{r.stopped_reason} (partial)" if r.partial else _or_dash(r.stopped_reason),
                 f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-",
                 f"{r.val_accuracy:.2%}" if r.val_accuracy is not None else "-",
                 f"{r.val_majority_rate:.2%}" if r.val_majority_rate is not None else "-",
@@ -182,7 +205,9 @@ def _format_versions(rows: list[VersionInfo]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of a table.")
 @click.pass_obj
 def models_list(state: CliState, symbol: str | None, ckpt_dir: str | None, as_json: bool) -> None:
-    """Versions with their data span, validation loss, accuracy vs majority rate and size."""
+    """Versions with their data span, epochs, steps, best epoch, why training stopped (a
+    partial run, stopped by Ctrl-C or --max-minutes, is never picked by --version best), validation
+    loss, accuracy vs majority rate and size."""
     import json
 
     from jaxtrader.checkpoint import checkpoint_root, list_versions

@@ -121,10 +121,19 @@ def format_table(doc: dict[str, Any]) -> str:
         f"({doc['period']['first']} .. {doc['period']['last']})".replace("  ", " "),
         "",
     ]
+    head[1:1] = _out_of_market_line(doc.get("source", {}))
     notes = [f"note: {n}" for n in doc.get("notes", [])]
     verdict = [f"verdict: {v}" for v in doc.get("verdict", [])]
     tail = ["", *verdict, *notes] if verdict or notes else []
     return "\n".join(head + _tables(doc, markdown=False) + tail)
+
+
+def _out_of_market_line(src: dict[str, Any]) -> list[str]:
+    """The label of an out-of-market evaluation (a model scored on another market's candles)."""
+    if not src.get("out_of_market"):
+        return []
+    trained = src.get("training_data", {}).get("symbol")
+    return [f"OUT OF MARKET: a model trained on {trained}, evaluated on {src.get('symbol')}"]
 
 
 def render_markdown(doc: dict[str, Any], images: Sequence[str] = ()) -> str:
@@ -135,6 +144,7 @@ def render_markdown(doc: dict[str, Any], images: Sequence[str] = ()) -> str:
         "",
         f"{doc['n']} prediction rows from {doc['period']['first']} to {doc['period']['last']}.",
     ]
+    lines += ["", *_out_of_market_line(src)] if src.get("out_of_market") else []
     if src:
         lines += ["", "| what | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in src.items() if k != "label"]

@@ -2,9 +2,12 @@
 score against baselines, backtest. The I/O edge of the evaluate package (the CLI stays thin).
 
 The checkpoint's manifest decides the features, scaler, window and split boundaries
-(`Predictor.rebuild_dataset`); the data is the manifest's own source unless `data_path` is given,
-in which case a different file hash is allowed with a warning but the file must still cover the
-splits (else `DataError` from the split rebuild).
+(`Predictor.rebuild_dataset`); the data is the manifest's own source unless `data_path` is given.
+Another file of the same market (revised or extended candles) is evaluated with a note; the file
+must still cover the splits (else `DataError` from the split rebuild). A file of another market
+(symbols inferred from the file names differ) is refused unless `other_market`: then the report
+labels it (`source.out_of_market`, both symbols). The report always carries the sha256 of the file
+evaluated (`source.data_sha256`) and, separately, the training data's (`source.training_data`).
 """
 
 from __future__ import annotations
@@ -45,21 +48,43 @@ class Evaluation:
     attention: tuple[np.ndarray, list[str]] | None
 
 
-def _load_candles(manifest: Any, config: Any, data_path: str | None) -> tuple[Any, list[str]]:
-    """Candles for evaluation: `data_path` if given, else the manifest's file or synthetic market."""
+def _load_candles(
+    manifest: Any, config: Any, data_path: str | None, other_market: bool
+) -> tuple[Any, list[str], bool]:
+    """Candles for evaluation: `data_path` if given, else the manifest's file or synthetic market.
+
+    Returns the candles, notes for the report, and whether they are of another market than the
+    training data (refused with DataError unless `other_market`)."""
     from jaxtrader.checkpoint import check_data
     from jaxtrader.data import load_market
 
     notes: list[str] = []
     recorded = manifest.data.get("path")
     path = data_path or recorded
-    data_cfg = dataclasses.replace(config.data, path=path)
+    # A given file's symbol comes from its own name, not from the training run's --symbol.
+    data_cfg = dataclasses.replace(
+        config.data, path=path, symbol=None if data_path else config.data.symbol
+    )
     if path is not None and not Path(path).is_file():
         raise DataError(
             f"data file {path} does not exist; pass --data with the file the model was trained on"
         )
     candles = load_market(data_cfg)
-    if data_path is not None:
+    trained_symbol = str(manifest.data.get("symbol"))
+    # Symbols inferred from names without BASE/QUOTE (e.g. "candles.csv") say nothing of the market.
+    out_of_market = (
+        data_path is not None
+        and "/" in candles.symbol
+        and "/" in trained_symbol
+        and candles.symbol != trained_symbol
+    )
+    if out_of_market and not other_market:
+        raise DataError(
+            f"the model was trained on {trained_symbol} but {data_path} holds {candles.symbol}; "
+            f"pass --other-market to evaluate it out of market (the report labels it), or --data "
+            f"with a {trained_symbol} file"
+        )
+    if data_path is not None and not out_of_market:
         check = check_data(manifest, candles)
         if check.trained_sha256 is None:
             notes.append(
@@ -72,9 +97,22 @@ def _load_candles(manifest: Any, config: Any, data_path: str | None) -> tuple[An
                 "timestamp, so rows outside the original file or revised candles may change the "
                 "numbers"
             )
+    if out_of_market:
+        notes.append(
+            f"out-of-market test: a {trained_symbol} model evaluated on {candles.symbol} "
+            "candles (scaler and split dates of the training data)"
+        )
     for note in notes:
-        log_event(_log, "data_mismatch", logging.WARNING, note=note)
-    return candles, notes
+        log_event(_log, "data_mismatch", logging.INFO, note=note)
+    return candles, notes, out_of_market
+
+
+def _source_sha256(candles: Any) -> str | None:
+    """sha256 of the candle file evaluated; None for the synthetic market."""
+    from jaxtrader.data import file_sha256
+
+    source = str(candles.source)
+    return file_sha256(source) if Path(source).is_file() else None
 
 
 def _attention(predictor: Any, dataset: Any, split: str) -> tuple[np.ndarray, list[str]]:
@@ -101,12 +139,14 @@ def evaluate_checkpoint(
     version: str = "best",
     checkpoint: str | None = None,
     data_path: str | None = None,
+    other_market: bool = False,
+    include_partial: bool = False,
     seed: int = 0,
     bootstrap_samples: int = 1000,
     with_attention: bool = False,
 ) -> Evaluation:
     """Runs the whole evaluation of one checkpoint version on one split."""
-    from jaxtrader.data import format_interval
+    from jaxtrader.data import format_interval, infer_symbol
     from jaxtrader.evaluate.report import read_metrics_jsonl
     from jaxtrader.inference import Predictor
 
@@ -119,10 +159,18 @@ def evaluate_checkpoint(
         slippage_bps=backtest.slippage_bps,
     )
     predictor = Predictor.load(
-        ckpt_dir=ckpt_dir, symbol=symbol, arch=arch, version=version, checkpoint=checkpoint
+        ckpt_dir=ckpt_dir,
+        symbol=symbol,
+        arch=arch,
+        version=version,
+        checkpoint=checkpoint,
+        include_partial=include_partial,
+        fallback_symbol=infer_symbol(data_path) if data_path else None,
     )
     manifest = predictor.manifest
-    candles, notes = _load_candles(manifest, predictor.config, data_path)
+    candles, notes, out_of_market = _load_candles(
+        manifest, predictor.config, data_path, other_market
+    )
     dataset = predictor.rebuild_dataset(candles)
     started = time.perf_counter()
     prob_up = np.asarray(predictor.predict_split(dataset, split), dtype=np.float64)
@@ -183,7 +231,13 @@ def evaluate_checkpoint(
         "checkpoint": str(version_dir),
         "symbol": candles.symbol,
         "data": str(candles.source),
-        "data_sha256": manifest.data.get("sha256"),
+        "data_sha256": _source_sha256(candles),
+        "training_data": {
+            "symbol": manifest.data.get("symbol"),
+            "source": manifest.data.get("source"),
+            "sha256": manifest.data.get("sha256"),
+        },
+        "out_of_market": out_of_market,
         "interval": format_interval(candles.interval),
         "trained_at": manifest.created_at,
         "best_step": manifest.best_step,

@@ -48,6 +48,7 @@ class TradeJob:
     arch: str | None = None
     symbol: str | None = None
     version: str = "best"
+    include_partial: bool = False
     ckpt_dir: str | None = None
     timeframe: str | None = None
     capital: float = 10_000.0
@@ -66,7 +67,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     import pandas as pd
 
     from jaxtrader.checkpoint import checkpoint_root
-    from jaxtrader.data import format_interval, parse_interval
+    from jaxtrader.data import format_interval, infer_symbol, parse_interval
     from jaxtrader.features import min_history
     from jaxtrader.inference import Predictor
     from jaxtrader.logs import get_logger, log_event, log_format, progress_bar
@@ -92,6 +93,9 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         arch=job.arch,
         version=job.version,
         checkpoint=job.checkpoint,
+        include_partial=job.include_partial,
+        # With models of several markets, a replayed file names the one to trade.
+        fallback_symbol=infer_symbol(target) if kind == "replay" else None,
     )
     manifest = predictor.manifest
     trained_interval = pd.Timedelta(manifest.data["interval"])  # stored as str(Timedelta)
