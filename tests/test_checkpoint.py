@@ -379,7 +379,7 @@ def test_best_skips_partial_runs_unless_asked(tmp_path: Path, state: TrainState)
     assert ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", 2) == v2  # by number: always
     assert ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", "latest") == v3
     shutil.rmtree(v1)
-    with pytest.raises(CheckpointError, match="every version of SYNTH/USD lstm .* partial run"):
+    with pytest.raises(CheckpointError, match=r"every version of SYNTH/USD lstm .* partial run"):
         ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", "best")
     rows = ckpt.list_versions(tmp_path)
     assert [(r.version, r.stopped_reason, r.partial) for r in rows] == [
