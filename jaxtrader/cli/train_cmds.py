@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jaxtrader.cli.common import CliState, data_options, data_overrides
+from jaxtrader.cli.common import (
+    CliState,
+    data_options,
+    data_overrides,
+    train_knob_options,
+    train_knob_overrides,
+)
 
 if TYPE_CHECKING:
     from jaxtrader.checkpoint import VersionInfo
@@ -90,6 +96,7 @@ def _print_summary(state: CliState, summary: dict[str, Any]) -> None:
     default=None,
     help="Wall-clock limit; training stops cleanly and still saves.",
 )
+@train_knob_options
 @click.pass_obj
 def train(
     state: CliState,
@@ -101,6 +108,11 @@ def train(
     seed: int | None,
     ckpt_dir: str | None,
     max_minutes: float | None,
+    lr: float | None,
+    weight_decay: float | None,
+    patience: int | None,
+    dropout: float | None,
+    threshold: float | None,
     **data_flags: Any,
 ) -> None:
     """Train a model and save it as a new version under CKPT_DIR/<SYMBOL>/<ARCH>/v<N>.
@@ -120,6 +132,7 @@ def train(
             "train.seed": seed,
             "train.ckpt_dir": ckpt_dir,
             "train.max_minutes": max_minutes,
+            **train_knob_overrides(lr, weight_decay, patience, dropout, threshold),
             **data_overrides(**data_flags),
         }
     )
