@@ -317,12 +317,12 @@ def test_training_knob_flags_and_tensorboard_events(workdir: Path) -> None:
 
 
 def test_config_show_reflects_training_flags(workdir: Path) -> None:
+    import tomllib
+
     from click.testing import CliRunner
 
     from jaxtrader.cli import cli
     from jaxtrader.config import from_dict
-
-    import tomllib
 
     args = ["--config", str(workdir / "tiny.toml"), "config", "show", "--lr", "0.0003"]
     result = CliRunner().invoke(cli, [*args, "--dropout", "0.2", "--threshold", "0.001"])
