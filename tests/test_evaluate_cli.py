@@ -75,11 +75,13 @@ def evaluated(trained: dict[str, Path]) -> dict[str, Any]:
             "--ckpt-dir", str(root / "ckpt"), "--arch", "lstm", "--version", "latest",
             "--fee-bps", "7", "--slippage-bps", "1", "--json",
             "--predictions", str(csv_path), "--report-dir", str(report),
+            "--trades", str(root / "trades.csv"),
         ],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    return {"doc": json.loads(out.stdout), "csv": csv_path, "report": report, "stderr": out.stderr}
+    return {"doc": json.loads(out.stdout), "csv": csv_path, "report": report, "stderr": out.stderr,
+            "trades": root / "trades.csv"}  # fmt: skip
 
 
 def _near(a: Any, b: Any, rel: float = 1e-9) -> bool:
@@ -208,6 +210,30 @@ def test_report_dir_has_json_markdown_and_plots(evaluated: dict[str, Any]) -> No
             "training.png"} <= names  # fmt: skip
     saved = json.loads((report / "report.json").read_text())
     assert saved["backtest"] == evaluated["doc"]["backtest"]
+
+
+def test_trades_export_totals_are_the_backtests(evaluated: dict[str, Any]) -> None:
+    doc, trades = evaluated["doc"], pd.read_csv(evaluated["trades"])
+    assert list(trades.columns) == [
+        "entry_time", "exit_time", "side", "entry_price", "exit_price", "size", "quantity",
+        "holding_candles", "fees", "pnl_gross", "pnl_net", "return_net",
+    ]  # fmt: skip
+    net = doc["backtest"]
+    assert len(trades) == net["trades"] > 0
+    assert trades["pnl_net"].sum() == pytest.approx(net["final_equity"] - 1.0, abs=1e-12)
+    assert trades["fees"].sum() == pytest.approx(net["fees_paid"], abs=1e-12)
+    assert (trades["pnl_gross"] - trades["fees"] - trades["pnl_net"]).abs().max() < 1e-12
+    assert doc["trades_export"]["pnl_net"] == pytest.approx(net["total_return"], abs=1e-12)
+    # The fills are candle opens of the evaluated file at the logged times.
+    candles = pd.read_csv(evaluated["csv"].parent / "synth_btcusdt_1h.csv")
+    opens = dict(zip(pd.to_datetime(candles.iloc[:, 0], utc=True), candles["open"], strict=True))
+    first = trades.iloc[0]
+    assert first["entry_price"] == opens[pd.Timestamp(first["entry_time"])]
+    # Long-only: every holding period earns its own (net) return, as the backtest's win rate.
+    wins = float((trades["pnl_net"] > 0).mean())
+    assert wins == pytest.approx(net["win_rate"])
+    assert (evaluated["report"] / "trades.png").stat().st_size > 10_000
+    assert "![trades](trades.png)" in (evaluated["report"] / "report.md").read_text()
 
 
 def test_changed_data_file_warns_but_evaluates(trained: dict[str, Path], tmp_path: Path) -> None:

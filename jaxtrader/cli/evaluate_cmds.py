@@ -35,6 +35,14 @@ from jaxtrader.cli.common import CliState, checkpoint_options, rules_options, ru
     help="Write one CSV row per evaluated candle (recomputes every reported number).",
 )
 @click.option(
+    "--trades",
+    "trades_path",
+    type=str,
+    default=None,
+    help="Write the backtest's trades as CSV: entry/exit time and price, side, size, holding "
+    "candles, fees, PnL gross and net (in units of the starting equity).",
+)
+@click.option(
     "--report-dir", type=str, default=None, help="Write report.json, report.md and PNG plots here."
 )
 @click.option(
@@ -58,6 +66,7 @@ def evaluate(
     other_market: bool,
     as_json: bool,
     predictions: str | None,
+    trades_path: str | None,
     report_dir: str | None,
     seed: int,
     **rule_flags: Any,
@@ -73,6 +82,8 @@ def evaluate(
     from jaxtrader.evaluate.report import format_table, write_report
     from jaxtrader.evaluate.run import evaluate_checkpoint
     from jaxtrader.evaluate.summary import write_csv
+    from jaxtrader.evaluate.trades import totals as trade_totals
+    from jaxtrader.evaluate.trades import write_trades_csv
     from jaxtrader.logs import jsonable
     from jaxtrader.runtime import enable_compilation_cache
 
@@ -95,6 +106,9 @@ def evaluate(
     if predictions:
         write_csv(result.rows, predictions)
         result.doc["predictions_csv"] = predictions
+    if trades_path:
+        write_trades_csv(result.trades, trades_path)
+        result.doc["trades_export"] = {"path": trades_path, **trade_totals(result.trades)}
     if report_dir:
         write_report(
             report_dir,
@@ -102,6 +116,8 @@ def evaluate(
             result.rows,
             training_records=result.training_records,
             attention=result.attention,
+            trades=result.trades,
+            prices=result.prices,
         )
         result.doc["report_dir"] = report_dir
     if as_json:

@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.summary import EvalRows
+from jaxtrader.evaluate.trades import Trade
 
 CLASS_KEYS = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "log_loss", "brier")
 BACKTEST_KEYS = (
@@ -355,6 +356,49 @@ def plot_attention(
     return path
 
 
+def plot_trades(
+    prices: tuple[np.ndarray, np.ndarray], trades: Sequence[Trade], path: Path, title: str = ""
+) -> Path:
+    """Close price over the evaluated span with each trade's entry (triangle: up for a long, down
+    for a short) and exit (x) at their fill prices."""
+    plt = _pyplot()
+    import pandas as pd
+
+    ts_ns, close = prices
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ax.plot(pd.to_datetime(ts_ns, utc=True), close, lw=0.8, color="0.35", label="close")
+    for side, marker, colour in (("long", "^", "tab:green"), ("short", "v", "tab:red")):
+        chosen = [t for t in trades if t.side == side]
+        if chosen:
+            ax.scatter(
+                pd.to_datetime([t.entry_time_ns for t in chosen], utc=True),
+                [t.entry_price for t in chosen],
+                marker=marker,
+                color=colour,
+                s=28,
+                zorder=3,
+                label=f"{side} entry ({len(chosen)})",
+            )
+    if trades:
+        ax.scatter(
+            pd.to_datetime([t.exit_time_ns for t in trades], utc=True),
+            [t.exit_price for t in trades],
+            marker="x",
+            color="black",
+            s=22,
+            zorder=3,
+            label="exit",
+        )
+    ax.set_ylabel("price")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title or "Price and trades")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(
     directory: str | Path,
     doc: dict[str, Any],
@@ -362,6 +406,8 @@ def write_report(
     *,
     training_records: list[dict[str, Any]] | None = None,
     attention: tuple[np.ndarray, Sequence[str]] | None = None,
+    trades: Sequence[Trade] = (),
+    prices: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Path]:
     """Writes report.json, report.md and the PNG plots; returns the written paths."""
     out = Path(directory)
@@ -381,6 +427,8 @@ def write_report(
             f"{label}: reliability ({doc['split']})",
         ),
     ]
+    if prices is not None:
+        images.append(plot_trades(prices, trades, out / "trades.png", f"{label}: price and trades"))
     if training_records:
         images.append(plot_training(training_records, out / "training.png", f"{label}: training"))
     if attention is not None:

@@ -32,6 +32,7 @@ from jaxtrader.evaluate.summary import (
     summarize,
     verdict,
 )
+from jaxtrader.evaluate.trades import Trade, extract_trades
 from jaxtrader.logs import get_logger, log_event
 
 _log = get_logger("evaluate")
@@ -46,6 +47,9 @@ class Evaluation:
     rows: EvalRows
     training_records: list[dict[str, Any]]
     attention: tuple[np.ndarray, list[str]] | None
+    trades: list[Trade] = dataclasses.field(default_factory=list)
+    # Candle open times (int64 ns) and closes over the evaluated span, for the trades chart.
+    prices: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _load_candles(
@@ -220,6 +224,16 @@ def evaluate_checkpoint(
         baselines=baselines,
         settings=settings,
     )
+    trades = extract_trades(
+        position=table.position,
+        fee=table.fee,
+        equity=table.equity,
+        candle_rows=rows,
+        timestamps_ns=ts_ns,
+        open_=open_,
+        close=close,
+    )
+    span = slice(int(rows[0]), int(rows[-1]) + 2)  # through the last fill's candle
     doc = summarize(table, settings)
     doc["verdict"] = verdict(doc)
     log_event(_log, "summarized", seconds=_since(started))
@@ -261,7 +275,14 @@ def evaluate_checkpoint(
         accuracy=doc["classification"]["accuracy"],
         sharpe=doc["backtest"]["sharpe"],
     )
-    return Evaluation(doc=doc, rows=table, training_records=records, attention=attention)
+    return Evaluation(
+        doc=doc,
+        rows=table,
+        training_records=records,
+        attention=attention,
+        trades=trades,
+        prices=(ts_ns[span], close[span]),
+    )
 
 
 def _since(started: float) -> float:
