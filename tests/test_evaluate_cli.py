@@ -236,6 +236,44 @@ def test_trades_export_totals_are_the_backtests(evaluated: dict[str, Any]) -> No
     assert "![trades](trades.png)" in (evaluated["report"] / "report.md").read_text()
 
 
+def test_time_range_equal_to_the_test_split_gives_its_numbers(
+    trained: dict[str, Path], evaluated: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jaxtrader.cli import main
+
+    test = json.loads((trained["version_dir"] / "manifest.json").read_text())["splits"]["test"]
+    main(["evaluate", "--ckpt-dir", str(trained["root"] / "ckpt"), "--start", test["start"],
+          "--end", test["end"], "--fee-bps", "7", "--slippage-bps", "1", "--json"])  # fmt: skip
+    doc, ref = json.loads(capsys.readouterr().out), evaluated["doc"]
+    assert doc["split"] == "range" and doc["range"]["start"].startswith(test["start"][:19])
+    assert doc["n"] == ref["n"] and doc["period"] == ref["period"]
+    assert doc["backtest"] == ref["backtest"]
+    assert doc["classification"] == ref["classification"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--start", "TRAIN_END"], "overlaps the training span (training labels reach "),
+        (["--end", "2100-01-01"], "is outside the data ("),
+        (["--start", "tomorrow-ish"], "--start 'tomorrow-ish' is not a date/time"),
+        (["--split", "val", "--start", "2023-01-01"], "use either --split or --start/--end"),
+    ],
+)
+def test_bad_time_ranges_are_one_line_errors(
+    trained: dict[str, Path], flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jaxtrader.cli import main
+
+    splits = json.loads((trained["version_dir"] / "manifest.json").read_text())["splits"]
+    flags = [splits["train"]["end"] if f == "TRAIN_END" else f for f in flags]
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--checkpoint", str(trained["version_dir"]), *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and message in err, err
+
+
 def test_changed_data_file_warns_but_evaluates(trained: dict[str, Path], tmp_path: Path) -> None:
     from jaxtrader.cli import cli
 

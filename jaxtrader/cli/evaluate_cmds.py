@@ -10,7 +10,25 @@ from jaxtrader.cli.common import CliState, checkpoint_options, rules_options, ru
 
 
 @click.command("evaluate")
-@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
+@click.option(
+    "--split",
+    type=click.Choice(["val", "test"]),
+    default=None,
+    help="The checkpoint's validation or test split [test].",
+)
+@click.option(
+    "--start",
+    type=str,
+    default=None,
+    help="Evaluate the candles from this UTC time instead of a split (any span after the "
+    "training span and its purge gap; default: the first allowed).",
+)
+@click.option(
+    "--end",
+    type=str,
+    default=None,
+    help="Last candle of the --start span, UTC (default: the data's last).",
+)
 @checkpoint_options
 @click.option(
     "--data",
@@ -55,7 +73,9 @@ from jaxtrader.cli.common import CliState, checkpoint_options, rules_options, ru
 @click.pass_obj
 def evaluate(
     state: CliState,
-    split: str,
+    split: str | None,
+    start: str | None,
+    end: str | None,
     arch: str | None,
     symbol: str | None,
     version: str,
@@ -79,6 +99,7 @@ def evaluate(
     import json
 
     from jaxtrader.checkpoint import checkpoint_root
+    from jaxtrader.errors import ConfigError
     from jaxtrader.evaluate.report import format_table, write_report
     from jaxtrader.evaluate.run import evaluate_checkpoint
     from jaxtrader.evaluate.summary import write_csv
@@ -86,11 +107,16 @@ def evaluate(
     from jaxtrader.evaluate.trades import write_trades_csv
     from jaxtrader.logs import jsonable
     from jaxtrader.runtime import enable_compilation_cache
+    from jaxtrader.trading.runner import parse_utc
 
+    if split is not None and (start is not None or end is not None):
+        raise ConfigError("use either --split or --start/--end, not both")
     cfg = state.config(rules_overrides(**rule_flags))
     enable_compilation_cache()  # the predictor's programs compile once per machine, not per run
     result = evaluate_checkpoint(
-        split=split,
+        split=split or "test",
+        start=parse_utc(start, "--start"),
+        end=parse_utc(end, "--end"),
         backtest=cfg.backtest,
         ckpt_dir=checkpoint_root(ckpt_dir, cfg),
         symbol=symbol,

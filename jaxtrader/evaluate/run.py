@@ -119,6 +119,56 @@ def _source_sha256(candles: Any) -> str | None:
     return file_sha256(source) if Path(source).is_file() else None
 
 
+def _range_rows(dataset: Any, start: Any, end: Any) -> tuple[np.ndarray, list[str]]:
+    """Prediction rows with start <= time <= end (UTC timestamps or None = open), and notes.
+
+    DataError when the span leaves the data, holds no prediction point, or reaches back into the
+    training span: its first point must be purged from the last training point like the val and
+    test splits are (t - t_train >= horizon + seq_len)."""
+    import pandas as pd
+
+    index = dataset.index
+    first, last = index[0], index[-1]
+    span = f"{start.isoformat() if start is not None else 'start'}..{end.isoformat() if end is not None else 'end'}"
+    if start is not None and end is not None and start > end:
+        raise DataError(f"--start {start.isoformat()} is after --end {end.isoformat()}")
+    if (start is not None and not first <= start <= last) or (
+        end is not None and not first <= end <= last
+    ):
+        raise DataError(
+            f"--start/--end {span} is outside the data ({first.isoformat()}..{last.isoformat()}); "
+            "pick a span inside it"
+        )
+    train_last = int(dataset.rows("train")[-1])
+    allowed = train_last + dataset.cfg.horizon + dataset.cfg.seq_len
+    if allowed >= len(index):
+        raise DataError("the data ends within the training span's purge gap; use a longer file")
+    allowed_ts = index[allowed]
+    if start is None:
+        start = allowed_ts
+    if start < allowed_ts:
+        raise DataError(
+            f"--start/--end {span} overlaps the training span (training labels reach "
+            f"{index[train_last + dataset.cfg.horizon].isoformat()}, purged to "
+            f"{allowed_ts.isoformat()}); use --start {allowed_ts.isoformat()} or later"
+        )
+    times = pd.DatetimeIndex(index)
+    in_span = (times >= start) & (times <= (end if end is not None else last))
+    rows = np.flatnonzero(np.asarray(dataset.valid_T, dtype=bool) & in_span)
+    rows = rows[rows + 1 < len(index)]  # the last decision needs the next candle to be filled
+    if rows.size == 0:
+        raise DataError(f"--start/--end {span} holds no prediction point; pick a wider span")
+    notes = []
+    test_start, _ = dataset.splits.range("test")
+    if rows[0] < test_start:
+        notes.append(
+            "the range includes validation candles, which chose the best epoch (early stopping); "
+            "only the test split is untouched by training"
+        )
+    rows.flags.writeable = False
+    return rows, notes
+
+
 def _attention(predictor: Any, dataset: Any, split: str) -> tuple[np.ndarray, list[str]]:
     """Attention weights (LxBxHxTxT) of the split's last few windows, labelled by timestamp."""
     from jaxtrader.models import build_model, transformer
@@ -148,8 +198,12 @@ def evaluate_checkpoint(
     seed: int = 0,
     bootstrap_samples: int = 1000,
     with_attention: bool = False,
+    start: Any = None,
+    end: Any = None,
 ) -> Evaluation:
-    """Runs the whole evaluation of one checkpoint version on one split."""
+    """Runs the whole evaluation of one checkpoint version on one split, or on the candles from
+    `start` to `end` (UTC timestamps; either may be None) when one of them is given, reported as
+    split "range"."""
     from jaxtrader.data import format_interval, infer_symbol
     from jaxtrader.evaluate.report import read_metrics_jsonl
     from jaxtrader.inference import Predictor
@@ -176,6 +230,14 @@ def evaluate_checkpoint(
         manifest, predictor.config, data_path, other_market
     )
     dataset = predictor.rebuild_dataset(candles)
+    if start is not None or end is not None:
+        # The range becomes the dataset's "test" rows; the report calls it "range".
+        range_rows, range_notes = _range_rows(dataset, start, end)
+        dataset = dataclasses.replace(dataset, points={**dataset.points, "test": range_rows})
+        notes = [*notes, *range_notes]
+        split, label = "test", "range"
+    else:
+        label = split
     started = time.perf_counter()
     prob_up = np.asarray(predictor.predict_split(dataset, split), dtype=np.float64)
     log_event(_log, "predicted", split=split, rows=prob_up.size, seconds=_since(started))
@@ -202,7 +264,7 @@ def evaluate_checkpoint(
     interval_s = float(candles.interval.total_seconds())
     ppy, basis = annualization(interval_s, ts_ns[rows])
     settings = EvalSettings(
-        split=split,
+        split=label,
         horizon=horizon,
         interval_seconds=interval_s,
         periods_per_year=ppy,
@@ -236,6 +298,11 @@ def evaluate_checkpoint(
     span = slice(int(rows[0]), int(rows[-1]) + 2)  # through the last fill's candle
     doc = summarize(table, settings)
     doc["verdict"] = verdict(doc)
+    if label == "range":
+        doc["range"] = {
+            "start": None if start is None else start.isoformat(),
+            "end": None if end is None else end.isoformat(),
+        }
     log_event(_log, "summarized", seconds=_since(started))
     version_dir = Path(predictor.version_dir)
     doc["source"] = {
