@@ -375,3 +375,32 @@ def test_portfolio_trades_export_and_buy_and_hold(
     assert header[header.index("max_dd") + 1 : header.index("max_dd") + 5] == [
         "b&h", "return", "b&h", "sharpe",
     ]  # fmt: skip
+
+
+def test_pnl_is_named_gross_and_net_and_clamps_are_not_risk_events(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14.6: `realized_pnl` read as net beside a losing return, and every routine
+    --max-position clamp counted as a risk event."""
+    db = setup["root"] / "clamp.db"
+    code, out, err = run_cli(
+        ["--log-format", "json", *trade_args(setup, db, "half", "--max-position", "0.5")], capsys
+    )
+    assert code == 0, err
+    traded = json.loads(out)
+    code, out, _ = run_cli(["portfolio", "--state", str(db), "--json"], capsys)
+    mine = json.loads(out)[0]
+    for doc in (traded, mine):
+        assert "realized_pnl" not in doc
+        assert doc["pnl_net"] == pytest.approx(doc["equity"] - 1000.0, abs=1e-9)
+        assert doc["pnl_gross"] == pytest.approx(doc["pnl_net"] + doc["fees"], abs=1e-9)
+    store = Store(db)
+    events = store.rows("risk_events", "half")
+    fills = store.rows("fills", "half")
+    store.close()
+    clamps = sum(e["kind"] == "clamp" for e in events)
+    assert clamps > 0 and mine["position_clamps"] == clamps
+    real = [e for e in events if e["category"] == "risk" and e["kind"] != "clamp"]
+    assert mine["risk_events"] == len(real) and "clamp" not in mine["risk_event_kinds"]
+    assert mine["fees"] == pytest.approx(sum(f["fee"] for f in fills))
+    assert mine["pnl_gross_realized"] == pytest.approx(sum(f["realized"] for f in fills))

@@ -136,8 +136,11 @@ _COLUMNS = (
     ("max_dd", "max_drawdown", "{:.2%}"),
     ("fills", "fills", "{}"),
     ("trades", "trades_closed", "{}"),
+    ("pnl_gross", "pnl_gross", "{:+,.2f}"),
     ("fees", "fees", "{:,.2f}"),
+    ("pnl_net", "pnl_net", "{:+,.2f}"),
     ("fallbacks", "fallbacks", "{}"),
+    ("clamps", "position_clamps", "{}"),
     ("risk_events", "risk_events", "{}"),
     ("bad_candles", "bad_candles", "{}"),
 )
@@ -195,7 +198,12 @@ def portfolio(
 
     from jaxtrader.errors import RiskError
     from jaxtrader.trading.manager import summarize
-    from jaxtrader.trading.paper_report import buy_and_hold, paper_trades, write_paper_trades_csv
+    from jaxtrader.trading.paper_report import (
+        buy_and_hold,
+        name_pnl_and_risk,
+        paper_trades,
+        write_paper_trades_csv,
+    )
     from jaxtrader.trading.store import Store
 
     if not Path(state_path).is_file():
@@ -210,7 +218,7 @@ def portfolio(
         ids = [strategy_id]
     rows = []
     for sid in ids:
-        row = summarize(store, sid)
+        row = name_pnl_and_risk(summarize(store, sid))
         bh = buy_and_hold(store, sid)
         row["buy_and_hold"] = bh
         row.update({f"bh_{k}": (bh or {}).get(k) for k in ("return", "sharpe", "max_drawdown")})

@@ -176,3 +176,30 @@ def buy_and_hold(store: Store, sid: str) -> dict[str, Any] | None:
         "first": first_fill_ts,
         "last": equity_rows[-1]["ts"],
     }
+
+
+# Risk-event kinds that are routine sizing, not a limit being hit: `--max-position` trimming a
+# full-size signal is recorded on every such candle and would drown the real events.
+ROUTINE_KINDS = frozenset({"clamp"})
+
+
+def name_pnl_and_risk(summary: dict[str, Any]) -> dict[str, Any]:
+    """A strategy summary (`manager.summarize`) with PnL and risk figures named for what they are:
+
+    - `pnl_net` = equity - capital (after every fee), `fees`, `pnl_gross` = pnl_net + fees, and
+      `pnl_gross_realized` (closed positions only, before fees; was `realized_pnl`, which read
+      like a net figure beside a losing return);
+    - `position_clamps`: routine `--max-position` trims; `risk_events` / `risk_event_kinds`: the
+      real events only (halts, breaker trips, stops, blocked orders).
+    """
+    out = dict(summary)
+    if "realized_pnl" in out:
+        out["pnl_gross_realized"] = out.pop("realized_pnl")
+    if "equity" in out and "capital" in out:
+        out["pnl_net"] = float(out["equity"]) - float(out["capital"])
+        out["pnl_gross"] = out["pnl_net"] + float(out.get("fees", 0.0))
+    kinds = dict(out.get("risk_event_kinds") or {})
+    out["position_clamps"] = sum(kinds.pop(k, 0) for k in ROUTINE_KINDS)
+    out["risk_event_kinds"] = kinds
+    out["risk_events"] = sum(kinds.values())
+    return out

@@ -74,6 +74,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     from jaxtrader.runtime import enable_compilation_cache, freeze_long_lived_objects
     from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
     from jaxtrader.trading.manager import StrategyConfig, TradingManager, model_inputs_fn
+    from jaxtrader.trading.paper_report import name_pnl_and_risk
     from jaxtrader.trading.store import Store, stable_hash
 
     if job.checkpoint is None and job.arch is None:
@@ -183,7 +184,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
                         pos=out.target, equity=f"{out.equity:,.2f}", refresh=False)  # fmt: skip
 
     try:
-        summary = manager.run(feed, stop=stop, on_outcome=on_outcome)
+        summary = name_pnl_and_risk(manager.run(feed, stop=stop, on_outcome=on_outcome))
     finally:
         bar.close()
         for s, handler in old.items():
