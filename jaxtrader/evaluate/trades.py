@@ -21,6 +21,7 @@ fee; the split between the two legs (which only `quantity` uses) is then by unit
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,28 +155,27 @@ def _iso(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def write_trades_csv(trades: list[Trade], path: str | Path) -> Path:
-    """One line per trade; floats at full precision so the totals recompute exactly."""
+def write_table_csv(
+    path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[object]]
+) -> Path:
+    """A CSV with a header; floats at full precision (repr) so totals recompute exactly."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(TRADE_COLUMNS)
-        for tr in trades:
-            w.writerow(
-                [
-                    _iso(tr.entry_time_ns),
-                    _iso(tr.exit_time_ns),
-                    tr.side,
-                    *(
-                        repr(float(getattr(tr, c)))
-                        if c != "holding_candles"
-                        else str(tr.holding_candles)
-                        for c in TRADE_COLUMNS[3:]
-                    ),
-                ]
-            )
+        w.writerow(columns)
+        for row in rows:
+            w.writerow([repr(float(v)) if isinstance(v, float) else str(v) for v in row])
     return p
+
+
+def write_trades_csv(trades: list[Trade], path: str | Path) -> Path:
+    """One line per trade (`TRADE_COLUMNS`)."""
+    rows = (
+        (_iso(t.entry_time_ns), _iso(t.exit_time_ns), *(getattr(t, c) for c in TRADE_COLUMNS[2:]))
+        for t in trades
+    )
+    return write_table_csv(path, TRADE_COLUMNS, rows)
 
 
 def totals(trades: list[Trade]) -> dict[str, float | int]:

@@ -10,7 +10,6 @@ strategy could have traded, and is marked at the same closes as the strategy's e
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ import pandas as pd
 
 from jaxtrader.config import TradeRules
 from jaxtrader.decisions import annualization, max_drawdown, sharpe
+from jaxtrader.evaluate.trades import write_table_csv
 from jaxtrader.trading.broker import Order, PaperBroker
 from jaxtrader.trading.portfolio import Portfolio, apply_fill
 
@@ -129,19 +129,9 @@ def paper_trades(store: Store, sid: str) -> list[PaperTrade]:
 
 
 def write_paper_trades_csv(trades: list[PaperTrade], path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(PAPER_TRADE_COLUMNS)
-        for t in trades:
-            w.writerow(
-                [
-                    v if isinstance(v, str | int) else repr(float(v))
-                    for v in (getattr(t, c) for c in PAPER_TRADE_COLUMNS)
-                ]
-            )
-    return p
+    """One line per trade (`PAPER_TRADE_COLUMNS`)."""
+    rows = ([getattr(t, c) for c in PAPER_TRADE_COLUMNS] for t in trades)
+    return write_table_csv(path, PAPER_TRADE_COLUMNS, rows)
 
 
 def buy_and_hold(store: Store, sid: str) -> dict[str, Any] | None:
