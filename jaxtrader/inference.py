@@ -106,13 +106,16 @@ class Predictor:
         arch: str | None = None,
         version: str | int = "best",
         checkpoint: str | Path | None = None,
+        include_partial: bool = False,
+        fallback_symbol: str | None = None,
     ) -> Predictor:
         """Restores a version's best step in this process.
 
         `checkpoint` (a `v<N>` version directory) wins over the search arguments. Otherwise the
         version is resolved under `ckpt_dir` (default `train.ckpt_dir`, "ckpt") for `symbol` and
         `arch` (None = any) by `version`: "best" (lowest best validation loss), "latest" (highest
-        N) or a number. Raises CheckpointError for a missing, partial, corrupt or incompatible
+        N) or a number; `include_partial` and `fallback_symbol` as in `checkpoint.resolve_version`.
+        Raises CheckpointError for a missing, partial, corrupt or incompatible
         checkpoint.
         """
         from jaxtrader.dataset import Scaler
@@ -122,7 +125,14 @@ class Predictor:
             version_dir = Path(checkpoint)
         else:
             root = ckpt.checkpoint_root(ckpt_dir)
-            version_dir = ckpt.resolve_version(root, symbol, arch, version)
+            version_dir = ckpt.resolve_version(
+                root,
+                symbol,
+                arch,
+                version,
+                include_partial=include_partial,
+                fallback_symbol=fallback_symbol,
+            )
         manifest = ckpt.read_manifest(version_dir)
         ckpt.check_features(manifest, version_dir)
         try:

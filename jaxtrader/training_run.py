@@ -5,6 +5,9 @@ workflow that trains (walk-forward: one call per fold, with its own candles and 
 Stop handling: while training, SIGINT/SIGTERM ask fit to stop after the current step (`StopSignals`);
 the partial epoch is validated and saved like any other and `TrainingInterrupted` carries the
 summary. A second Ctrl-C aborts at once, keeping the epochs already saved.
+
+Each saved epoch's metrics also go to TensorBoard event files in the version directory
+(`tensorboard_log.EpochWriter`, when tensorboardX is installed).
 """
 
 from __future__ import annotations
@@ -138,6 +141,7 @@ def run_training(
     from jaxtrader.logs import get_logger, log_event
     from jaxtrader.models import build_model
     from jaxtrader.runtime import enable_compilation_cache, release_free_memory
+    from jaxtrader.tensorboard_log import EpochWriter
     from jaxtrader.train import create_train_state, fit, steps_per_epoch
 
     t_start = time.perf_counter()
@@ -156,6 +160,7 @@ def run_training(
     log_event(logger, "train_start", path=str(vdir), arch=cfg.model.arch, symbol=candles.symbol)
     manager = ckpt.make_manager(vdir, max_to_keep=cfg.train.max_to_keep)
     history: list[dict[str, Any]] = []
+    tensorboard = EpochWriter(vdir)  # event files beside the steps: `tensorboard --logdir ckpt`
 
     signals = StopSignals()
 
@@ -166,6 +171,7 @@ def run_training(
         # Validation and the save's host copies leave free chunks behind; without this the next
         # epoch's train steps raise the peak instead of reusing them.
         release_free_memory()
+        tensorboard.add(record)
         if on_epoch is not None:
             on_epoch(record)
 
@@ -190,6 +196,7 @@ def run_training(
             aborted = True
         except BaseException:
             manager.close()
+            tensorboard.close()
             if not manager.all_steps():
                 shutil.rmtree(vdir, ignore_errors=True)  # nothing finished: leave no empty version
             raise
@@ -200,6 +207,7 @@ def run_training(
             manager.wait_until_finished()
             best_step = manager.best_step()
             manager.close()
+            tensorboard.close()
     if aborted:
         if best_step is None:
             shutil.rmtree(vdir, ignore_errors=True)

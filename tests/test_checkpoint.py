@@ -355,3 +355,83 @@ def test_checkpoint_root_is_the_flag_else_the_config(tmp_path: Path) -> None:
     assert ckpt.checkpoint_root("elsewhere", cfg) == Path("elsewhere")
     assert ckpt.checkpoint_root(None, cfg) == tmp_path
     assert ckpt.checkpoint_root(None) == Path(AppConfig().train.ckpt_dir) == Path("ckpt")
+
+
+def _finish(vdir: Path, stopped_reason: str, val_loss: float, symbol: str = "SYNTH/USD") -> Path:
+    """Rewrites a saved run's manifest as a run that stopped for `stopped_reason`."""
+    m = ckpt.read_manifest(vdir)
+    metrics = {**m.metrics, "val_loss": val_loss, "stopped_reason": stopped_reason}
+    metrics |= {"epochs": 2, "steps": 98, "best_epoch": 1}
+    ckpt.write_manifest(
+        vdir, dataclasses.replace(m, metrics=metrics, data={**m.data, "symbol": symbol})
+    )
+    return vdir
+
+
+def test_best_skips_partial_runs_unless_asked(tmp_path: Path, state: TrainState) -> None:
+    # Issue 14.1: v2 was Ctrl-C'd after a few steps and its val loss beats the finished v1 by chance.
+    v1 = _finish(_save_run(tmp_path, state, [0.70]), "early_stopping", 0.6925)
+    v2 = _finish(_save_run(tmp_path, state, [0.69]), "interrupted", 0.6906)
+    v3 = _finish(_save_run(tmp_path, state, [0.68]), "time_limit", 0.6800)
+    assert ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", "best") == v1
+    assert ckpt.resolve_version(tmp_path, None, None, "best") == v1
+    assert ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", "best", include_partial=True) == v3
+    assert ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", 2) == v2  # by number: always
+    assert ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", "latest") == v3
+    shutil.rmtree(v1)
+    with pytest.raises(CheckpointError, match=r"every version of SYNTH/USD lstm .* partial run"):
+        ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", "best")
+    rows = ckpt.list_versions(tmp_path)
+    assert [(r.version, r.stopped_reason, r.partial) for r in rows] == [
+        (2, "interrupted", True),
+        (3, "time_limit", True),
+    ]
+    assert (rows[0].epochs, rows[0].steps, rows[0].best_epoch) == (2, 98, 1)
+
+
+def test_models_list_shows_epochs_steps_best_epoch_and_stop(
+    tmp_path: Path, state: TrainState
+) -> None:
+    from click.testing import CliRunner
+
+    from jaxtrader.cli import cli
+
+    _finish(_save_run(tmp_path, state, [0.70]), "early_stopping", 0.6925)
+    _finish(_save_run(tmp_path, state, [0.69]), "interrupted", 0.6906)
+    result = CliRunner().invoke(cli, ["models", "list", "--ckpt-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    header, v1, v2 = result.output.splitlines()
+    assert header.split()[5:9] == ["epochs", "steps", "best", "ep"]
+    assert v1.split()[5:9] == ["2", "98", "1", "early_stopping"]
+    assert v2.split()[5:10] == ["2", "98", "1", "interrupted", "(partial)"]
+
+
+def test_best_and_latest_refuse_to_compare_markets(tmp_path: Path) -> None:
+    # Issue 14.2: validation losses of different markets are not comparable.
+    for symbol, loss in (("BTC/USDT", 0.6894), ("SYNTH/USD", 0.6937)):
+        vdir = ckpt.arch_dir(tmp_path, symbol, "lstm") / "v1"
+        vdir.mkdir(parents=True)
+        m = _manifest(1, loss)
+        ckpt.write_manifest(vdir, dataclasses.replace(m, data={**m.data, "symbol": symbol}))
+    for version in ("best", "latest"):
+        with pytest.raises(CheckpointError) as exc:
+            ckpt.resolve_version(tmp_path, None, "lstm", version)
+        assert str(exc.value) == (
+            f"{tmp_path} holds models of several symbols: BTC/USDT, SYNTH/USD; validation "
+            "losses of different markets are not comparable, pass --symbol"
+        )
+    synth = ckpt.arch_dir(tmp_path, "SYNTH/USD", "lstm") / "v1"
+    assert ckpt.resolve_version(tmp_path, None, None, "best", fallback_symbol="SYNTH/USD") == synth
+    assert ckpt.resolve_version(tmp_path, "SYNTH/USD", None, "best") == synth
+    with pytest.raises(CheckpointError, match=r"none for ETH/USDT, the data's symbol"):
+        ckpt.resolve_version(tmp_path, None, None, "best", fallback_symbol="ETH/USDT")
+
+
+def test_missing_checkpoint_folder_is_named(tmp_path: Path) -> None:
+    # Issue 14.5: a mistyped --ckpt-dir is "not found", not "no complete checkpoint".
+    for version in ("best", "latest", 3):
+        with pytest.raises(CheckpointError) as exc:
+            ckpt.resolve_version(tmp_path / "does-not-exist", None, None, version)
+        assert str(exc.value).startswith(
+            f"checkpoint folder {tmp_path / 'does-not-exist'} not found; pass --ckpt-dir"
+        )

@@ -6,6 +6,7 @@ the --predictions CSV alone with the pure functions of jaxtrader.evaluate.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -53,7 +54,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from jaxtrader.data import synth_candles, write_candles
 
     root = tmp_path_factory.mktemp("evalcli")
-    data = write_candles(synth_candles(3000, seed=1).frame, root / "candles.csv")
+    # The name gives the market (BTC/USDT), as with real Binance files.
+    data = write_candles(synth_candles(3000, seed=1).frame, root / "synth_btcusdt_1h.csv")
     config = root / "tiny.toml"
     config.write_text(TINY_TOML)
     ckpt = root / "ckpt"
@@ -74,11 +76,13 @@ def evaluated(trained: dict[str, Path]) -> dict[str, Any]:
             "--ckpt-dir", str(root / "ckpt"), "--arch", "lstm", "--version", "latest",
             "--fee-bps", "7", "--slippage-bps", "1", "--json",
             "--predictions", str(csv_path), "--report-dir", str(report),
+            "--trades", str(root / "trades.csv"),
         ],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    return {"doc": json.loads(out.stdout), "csv": csv_path, "report": report, "stderr": out.stderr}
+    return {"doc": json.loads(out.stdout), "csv": csv_path, "report": report, "stderr": out.stderr,
+            "trades": root / "trades.csv"}  # fmt: skip
 
 
 def _near(a: Any, b: Any, rel: float = 1e-9) -> bool:
@@ -209,6 +213,68 @@ def test_report_dir_has_json_markdown_and_plots(evaluated: dict[str, Any]) -> No
     assert saved["backtest"] == evaluated["doc"]["backtest"]
 
 
+def test_trades_export_totals_are_the_backtests(evaluated: dict[str, Any]) -> None:
+    doc, trades = evaluated["doc"], pd.read_csv(evaluated["trades"])
+    assert list(trades.columns) == [
+        "entry_time", "exit_time", "side", "entry_price", "exit_price", "size", "quantity",
+        "holding_candles", "fees", "pnl_gross", "pnl_net", "return_net",
+    ]  # fmt: skip
+    net = doc["backtest"]
+    assert len(trades) == net["trades"] > 0
+    assert trades["pnl_net"].sum() == pytest.approx(net["final_equity"] - 1.0, abs=1e-12)
+    assert trades["fees"].sum() == pytest.approx(net["fees_paid"], abs=1e-12)
+    assert (trades["pnl_gross"] - trades["fees"] - trades["pnl_net"]).abs().max() < 1e-12
+    assert doc["trades_export"]["pnl_net"] == pytest.approx(net["total_return"], abs=1e-12)
+    # The fills are candle opens of the evaluated file at the logged times.
+    candles = pd.read_csv(evaluated["csv"].parent / "synth_btcusdt_1h.csv")
+    opens = dict(zip(pd.to_datetime(candles.iloc[:, 0], utc=True), candles["open"], strict=True))
+    first = trades.iloc[0]
+    assert first["entry_price"] == opens[pd.Timestamp(first["entry_time"])]
+    # Long-only: every holding period earns its own (net) return, as the backtest's win rate.
+    wins = float((trades["pnl_net"] > 0).mean())
+    assert wins == pytest.approx(net["win_rate"])
+    assert (evaluated["report"] / "trades.png").stat().st_size > 10_000
+    assert "![trades](trades.png)" in (evaluated["report"] / "report.md").read_text()
+
+
+def test_time_range_equal_to_the_test_split_gives_its_numbers(
+    trained: dict[str, Path], evaluated: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jaxtrader.cli import main
+
+    test = json.loads((trained["version_dir"] / "manifest.json").read_text())["splits"]["test"]
+    main(["evaluate", "--ckpt-dir", str(trained["root"] / "ckpt"), "--start", test["start"],
+          "--end", test["end"], "--fee-bps", "7", "--slippage-bps", "1", "--json"])  # fmt: skip
+    doc, ref = json.loads(capsys.readouterr().out), evaluated["doc"]
+    assert doc["split"] == "range" and doc["range"]["start"].startswith(test["start"][:19])
+    assert doc["n"] == ref["n"] and doc["period"] == ref["period"]
+    assert doc["backtest"] == ref["backtest"]
+    assert doc["classification"] == ref["classification"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--start", "TRAIN_END"], "overlaps the training span (training labels reach "),
+        (["--end", "2100-01-01"], "is outside the data ("),
+        (["--start", "tomorrow-ish"], "--start 'tomorrow-ish' is not a date/time"),
+        (["--split", "val", "--start", "2023-01-01"], "use either --split or --start/--end"),
+    ],
+)
+def test_bad_time_ranges_are_one_line_errors(
+    trained: dict[str, Path], flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jaxtrader.cli import main
+
+    splits = json.loads((trained["version_dir"] / "manifest.json").read_text())["splits"]
+    flags = [splits["train"]["end"] if f == "TRAIN_END" else f for f in flags]
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--checkpoint", str(trained["version_dir"]), *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and message in err, err
+
+
 def test_changed_data_file_warns_but_evaluates(trained: dict[str, Path], tmp_path: Path) -> None:
     from jaxtrader.cli import cli
 
@@ -225,6 +291,65 @@ def test_changed_data_file_warns_but_evaluates(trained: dict[str, Path], tmp_pat
     doc = json.loads(result.stdout)
     assert doc["split"] == "val"
     assert any("differs from the training file" in n for n in doc["notes"])
+
+
+def test_another_market_is_an_explicit_labelled_choice(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 14.3: the report named the ETH file but carried the BTC training file's hash.
+    from jaxtrader.cli import main
+    from jaxtrader.data import file_sha256, synth_candles, write_candles
+
+    eth = write_candles(synth_candles(3000, seed=2).frame, tmp_path / "synth_ethusdt_1h.csv")
+    args = ["evaluate", "--split", "val", "--checkpoint", str(trained["version_dir"]),
+            "--data", str(eth), "--json"]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"error: the model was trained on BTC/USDT but {eth} holds ETH/USDT; pass --other-market "
+        "to evaluate it out of market (the report labels it), or --data with a BTC/USDT file"
+    )
+    report = tmp_path / "report"
+    main([*args, "--other-market", "--report-dir", str(report)])
+    doc = json.loads(capsys.readouterr().out)
+    src = doc["source"]
+    assert src["out_of_market"] is True and src["symbol"] == "ETH/USDT"
+    assert src["data_sha256"] == file_sha256(eth)
+    assert src["training_data"]["symbol"] == "BTC/USDT"
+    assert src["training_data"]["sha256"] == file_sha256(trained["data"]) != file_sha256(eth)
+    md = (report / "report.md").read_text()
+    assert "OUT OF MARKET: a model trained on BTC/USDT, evaluated on ETH/USDT" in md
+
+
+def test_several_markets_need_symbol_or_data(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 14.2 through the CLI: --data's symbol picks among the markets under --ckpt-dir.
+    import shutil
+
+    from jaxtrader.checkpoint import arch_dir, read_manifest, write_manifest
+
+    for symbol in ("BTC/USDT", "ETH/USDT"):
+        vdir = arch_dir(tmp_path, symbol, "lstm") / "v1"
+        shutil.copytree(trained["version_dir"], vdir)
+        m = read_manifest(vdir)
+        write_manifest(vdir, dataclasses.replace(m, data={**m.data, "symbol": symbol}))
+    from jaxtrader.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--ckpt-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {tmp_path} holds models of several symbols: BTC/USDT, ETH/USDT; validation "
+        "losses of different markets are not comparable, pass --symbol"
+    )
+    main_args = ["evaluate", "--split", "val", "--ckpt-dir", str(tmp_path), "--json"]
+    main([*main_args, "--data", str(trained["data"])])  # a BTC/USDT file
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["source"]["checkpoint"] == str(arch_dir(tmp_path, "BTC/USDT", "lstm") / "v1")
+    assert doc["source"]["out_of_market"] is False
 
 
 def test_data_that_misses_the_split_is_a_one_line_error(
@@ -250,7 +375,11 @@ def test_missing_checkpoint_is_a_one_line_error(
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--ckpt-dir", str(tmp_path / "none")])
     assert exc.value.code == 2
-    assert capsys.readouterr().err.startswith("error: no complete checkpoint")
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: checkpoint folder {tmp_path / 'none'} not found; pass --ckpt-dir"
+    )
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_bad_fee_fails_fast_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:

@@ -342,3 +342,85 @@ def test_two_strategies_side_by_side_kill_resume_and_sigterm(
     code, out, _ = run_cli(["portfolio", "--state", str(db)], capsys)
     assert code == 0 and "sharpe" in out and "max_dd" in out
     assert out.count("\n") >= 3
+
+
+def test_portfolio_trades_export_and_buy_and_hold(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14: `portfolio --trades` (totals = the strategy's own PnL and fees) and buy-and-hold
+    over the strategy's own span beside it."""
+    db = setup["root"] / "exp.db"
+    assert run_cli(trade_args(setup, db, "exp"), capsys)[0] == 0
+    out_csv = setup["root"] / "paper_trades.csv"
+    code, out, err = run_cli(["portfolio", "--state", str(db), "--json", "--trades",
+                              str(out_csv)], capsys)  # fmt: skip
+    assert code == 0, err
+    mine = json.loads(out)[0]
+    trades = pd.read_csv(out_csv)
+    assert list(trades.columns) == [
+        "strategy_id", "entry_time", "exit_time", "status", "side", "entry_price", "exit_price",
+        "size", "holding_candles", "fees", "pnl_gross", "pnl_net",
+    ]  # fmt: skip
+    store = Store(db)
+    fills = store.rows("fills", "exp")
+    closed = trades[trades["status"] == "closed"]
+    assert len(closed) == mine["trades_closed"] > 0
+    assert len(trades) - len(closed) == int(mine["position_units"] != 0)
+    # Net PnL of closed trades is what the manager recorded at the closing fill.
+    recorded = [f["trade_pnl"] for f in fills if f["trade_pnl"] is not None]
+    np.testing.assert_allclose(closed["pnl_net"], recorded, rtol=1e-12, atol=1e-9)
+    # Totals: every trade's net PnL sums to the equity change, its fees to the fees paid.
+    assert trades["pnl_net"].sum() == pytest.approx(mine["equity"] - 1000.0, abs=1e-6)
+    assert trades["fees"].sum() == pytest.approx(sum(f["fee"] for f in fills), abs=1e-9)
+    assert trades["pnl_gross"].sum() == pytest.approx(
+        trades["pnl_net"].sum() + trades["fees"].sum(), abs=1e-9
+    )
+    first = closed.iloc[0]
+    first_fill = next(f for f in fills if f["ts"] == first["entry_time"])
+    assert first["entry_price"] == pytest.approx(first_fill["price"])
+
+    # Buy-and-hold: the whole capital at the open after the first candle (+5 bps slippage, 10 bps
+    # fee on the notional), held to the last close of the strategy's candles.
+    equity = store.rows("equity", "exp")
+    frame = load_candles(setup["csv"]).frame
+    price = frame.loc[pd.Timestamp(equity[1]["ts"]), "open"] * (1 + 5e-4)
+    units = 1000.0 / (price * (1 + 1e-3))
+    expected = units * equity[-1]["close"] / 1000.0 - 1.0
+    assert mine["buy_and_hold"]["return"] == pytest.approx(expected, rel=1e-9)
+    assert mine["bh_return"] == mine["buy_and_hold"]["return"]
+    assert mine["buy_and_hold"]["last"] == equity[-1]["ts"] == mine["last"]
+    store.close()
+    code, out, _ = run_cli(["portfolio", "--state", str(db)], capsys)
+    header = out.splitlines()[0].split()
+    assert header[header.index("max_dd") + 1 : header.index("max_dd") + 5] == [
+        "b&h", "return", "b&h", "sharpe",
+    ]  # fmt: skip
+
+
+def test_pnl_is_named_gross_and_net_and_clamps_are_not_risk_events(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14.6: `realized_pnl` read as net beside a losing return, and every routine
+    --max-position clamp counted as a risk event."""
+    db = setup["root"] / "clamp.db"
+    code, out, err = run_cli(
+        ["--log-format", "json", *trade_args(setup, db, "half", "--max-position", "0.5")], capsys
+    )
+    assert code == 0, err
+    traded = json.loads(out)
+    code, out, _ = run_cli(["portfolio", "--state", str(db), "--json"], capsys)
+    mine = json.loads(out)[0]
+    for doc in (traded, mine):
+        assert "realized_pnl" not in doc
+        assert doc["pnl_net"] == pytest.approx(doc["equity"] - 1000.0, abs=1e-9)
+        assert doc["pnl_gross"] == pytest.approx(doc["pnl_net"] + doc["fees"], abs=1e-9)
+    store = Store(db)
+    events = store.rows("risk_events", "half")
+    fills = store.rows("fills", "half")
+    store.close()
+    clamps = sum(e["kind"] == "clamp" for e in events)
+    assert clamps > 0 and mine["position_clamps"] == clamps
+    real = [e for e in events if e["category"] == "risk" and e["kind"] != "clamp"]
+    assert mine["risk_events"] == len(real) and "clamp" not in mine["risk_event_kinds"]
+    assert mine["fees"] == pytest.approx(sum(f["fee"] for f in fills))
+    assert mine["pnl_gross_realized"] == pytest.approx(sum(f["realized"] for f in fills))

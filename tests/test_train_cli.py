@@ -267,3 +267,68 @@ def test_bad_config_value_is_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: dataset.seq_len=10")
     assert not (workdir / "ckpt").exists()
+
+
+def _event_scalars(event_file: Path) -> dict[str, dict[int, float]]:
+    """Reads a TensorBoard event file back: TFRecord framing (u64 length, u32 crc, payload, u32
+    crc) around `Event` protobufs, parsed with tensorboardX's own proto classes."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    data = event_file.read_bytes()
+    scalars: dict[str, dict[int, float]] = {}
+    pos = 0
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
+        event = Event.FromString(data[pos + 12 : pos + 12 + length])
+        pos += 12 + length + 4
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars
+
+
+def test_training_knob_flags_and_tensorboard_events(workdir: Path) -> None:
+    """Issue 14: --lr/--weight-decay/--patience/--dropout/--threshold override --config, and every
+    run writes TensorBoard event files into its version directory."""
+    pytest.importorskip("tensorboardX")
+    from jaxtrader.checkpoint import METRICS_FILE, read_manifest
+
+    flags = ["--lr", "0.002", "--weight-decay", "0.001", "--patience", "2", "--dropout", "0.05"]
+    flags += ["--threshold", "0.0001", "--epochs", "2"]
+    out = run("--config", "tiny.toml", "train", "--arch", "lstm", *flags, cwd=workdir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    vdir = workdir / "ckpt" / "SYNTH-USD" / "lstm" / "v1"
+    m = read_manifest(vdir)
+    train_cfg, model_cfg = m.config["train"], m.config["model"]
+    assert (train_cfg["learning_rate"], train_cfg["weight_decay"]) == (0.002, 0.001)
+    assert train_cfg["patience"] == 2 and train_cfg["warmup_steps"] == 2  # the rest: tiny.toml
+    assert model_cfg["dropout"] == 0.05 and m.threshold == 0.0001
+    assert m.config["dataset"]["threshold"] == 0.0001
+
+    (event_file,) = vdir.glob("events.out.tfevents.*")
+    scalars = _event_scalars(event_file)
+    records = [json.loads(line) for line in (vdir / METRICS_FILE).read_text().splitlines()]
+    assert len(records) == m.metrics["epochs"] >= 1
+    for tag, key in [("loss/train", "train_loss"), ("loss/val", "val_loss"),
+                     ("accuracy/train", "train_acc"), ("accuracy/val", "val_acc"),
+                     ("optim/learning_rate", "lr"), ("speed/steps_per_s", "steps_per_s")]:  # fmt: skip
+        assert scalars[tag] == {r["epoch"]: pytest.approx(r[key], rel=1e-6) for r in records}, tag
+
+
+def test_config_show_reflects_training_flags(workdir: Path) -> None:
+    import tomllib
+
+    from click.testing import CliRunner
+
+    from jaxtrader.cli import cli
+    from jaxtrader.config import from_dict
+
+    args = ["--config", str(workdir / "tiny.toml"), "config", "show", "--lr", "0.0003"]
+    result = CliRunner().invoke(cli, [*args, "--dropout", "0.2", "--threshold", "0.001"])
+    assert result.exit_code == 0, result.output
+    cfg = from_dict(tomllib.loads(result.output))
+    assert cfg.train.learning_rate == 0.0003  # flag
+    assert cfg.train.patience == 1 and cfg.train.warmup_steps == 2  # the config file
+    assert cfg.train.weight_decay == 1e-4  # default
+    assert cfg.model.dropout == 0.2 and cfg.dataset.threshold == 0.001

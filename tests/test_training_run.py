@@ -57,3 +57,19 @@ def test_run_training_takes_candles_and_stops_on_request(tmp_path: Path) -> None
     assert [r["epoch"] for r in records] == [1]
     assert run.summary["stopped_reason"] == "interrupted" and run.summary["epochs"] == 1
     assert read_manifest(run.summary["path"]).metrics["stopped_reason"] == "interrupted"
+
+
+def test_tensorboard_writer_is_skipped_with_a_log_line_when_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    from jaxtrader.tensorboard_log import EpochWriter
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import raises ImportError
+    with caplog.at_level("INFO"):
+        writer = EpochWriter(tmp_path)
+        writer.add({"epoch": 1, "val_loss": 0.7})
+        writer.close()
+    assert not writer.active and list(tmp_path.iterdir()) == []
+    assert any("tensorboard_skipped" in r.getMessage() for r in caplog.records)

@@ -6,7 +6,12 @@ root is `checkpoint_root(ckpt_dir, cfg)`: `--ckpt-dir` when given, else `train.c
 
 Version selection (`resolve_version`): `latest` is the highest N (across architectures: the newest
 `created_at`), `best` is the version whose best validation loss is lowest, an integer is that N.
-Only complete versions (with a manifest) are candidates for `best`/`latest`.
+Only complete versions (with a manifest) are candidates for `best`/`latest`, and `best` skips
+partial runs (stopped by Ctrl-C or --max-minutes, manifest `stopped_reason` in `PARTIAL_REASONS`)
+unless `include_partial`: a run cut short after a few steps can have a lower validation loss by
+chance and must not silently replace a finished one. Losses of different markets are not
+comparable, so `best`/`latest` without a symbol refuse when several symbols have versions (unless
+a `fallback_symbol`, e.g. the symbol of the data given, picks one).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ if TYPE_CHECKING:
     from jaxtrader.config import AppConfig
 
 _VERSION_RE = re.compile(r"^v(\d+)$")
+# Stop reasons of a run that did not train to its end (early stopping and max_epochs did).
+PARTIAL_REASONS = frozenset({"interrupted", "time_limit"})
 
 
 def checkpoint_root(ckpt_dir: str | Path | None, cfg: AppConfig | None = None) -> Path:
@@ -58,7 +65,14 @@ class VersionInfo:
     val_accuracy: float | None
     val_majority_rate: float | None
     epochs: int | None
+    steps: int | None
+    best_epoch: int | None
+    stopped_reason: str | None
     size_bytes: int
+
+    @property
+    def partial(self) -> bool:
+        return self.stopped_reason in PARTIAL_REASONS
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,6 +178,11 @@ def _best_val_loss(manifest: Manifest) -> float:
     return float(value) if isinstance(value, int | float) else float("inf")
 
 
+def is_partial(manifest: Manifest) -> bool:
+    """True for a run stopped before its end (Ctrl-C / SIGTERM, or the --max-minutes limit)."""
+    return manifest.metrics.get("stopped_reason") in PARTIAL_REASONS
+
+
 def _arch_dirs(ckpt_dir: Path, symbol: str | None, arch: str | None) -> list[Path]:
     if symbol is not None:
         from jaxtrader.data import symbol_slug
@@ -188,14 +207,25 @@ def resolve_version(
     symbol: str | None = None,
     arch: str | None = None,
     version: str | int = "best",
+    *,
+    include_partial: bool = False,
+    fallback_symbol: str | None = None,
 ) -> Path:
     """The version directory for `best`, `latest` or a number (see the module docstring).
 
     `symbol=None` / `arch=None` widen the search to every symbol / architecture under `ckpt_dir`
-    (so `version="best"` with `arch=None` picks the best model of any architecture).
+    (so `version="best"` with `arch=None` picks the best model of any architecture). With
+    `symbol=None` and complete versions of several symbols, `fallback_symbol` (the symbol of the
+    data the caller was given) picks one; without it CheckpointError lists the symbols.
+    `include_partial` lets `best` consider interrupted / time-limited runs.
     """
     root = Path(ckpt_dir)
     what = " ".join(x for x in (symbol, arch) if x) or "any model"
+    if not root.is_dir():
+        raise CheckpointError(
+            f"checkpoint folder {root} not found; pass --ckpt-dir with the folder `jaxtrader "
+            "train` wrote to (default: ckpt), or train a model first with `jaxtrader train`"
+        )
     if isinstance(version, str) and version.isdigit():
         version = int(version)
     if isinstance(version, int):
@@ -227,11 +257,41 @@ def resolve_version(
         raise CheckpointError(
             f"no complete checkpoint for {what} under {root}; train one with `jaxtrader train`"
         )
+    if symbol is None:
+        complete = _one_symbol(complete, root, fallback_symbol)
     if version == "latest":
         if len({vdir.parent for vdir, _ in complete}) == 1:
             return max(complete, key=lambda vm: vm[1].version)[0]
         return max(complete, key=lambda vm: (vm[1].created_at, vm[1].version))[0]
-    return min(complete, key=lambda vm: (_best_val_loss(vm[1]), -vm[1].version))[0]
+    finished = complete if include_partial else [vm for vm in complete if not is_partial(vm[1])]
+    if not finished:
+        partial = ", ".join(f"{vdir} ({m.metrics.get('stopped_reason')})" for vdir, m in complete)
+        raise CheckpointError(
+            f"every version of {what} under {root} is a partial run ({partial}); pick one with "
+            "--version N, pass --include-partial, or train to the end with `jaxtrader train`"
+        )
+    return min(finished, key=lambda vm: (_best_val_loss(vm[1]), -vm[1].version))[0]
+
+
+def _one_symbol(
+    complete: list[tuple[Path, Manifest]], root: Path, fallback_symbol: str | None
+) -> list[tuple[Path, Manifest]]:
+    """The candidates of the only symbol present, or of `fallback_symbol`; else CheckpointError."""
+    from jaxtrader.data import symbol_slug
+
+    by_slug: dict[str, list[tuple[Path, Manifest]]] = {}
+    for vdir, m in complete:
+        by_slug.setdefault(vdir.parent.parent.name, []).append((vdir, m))
+    if len(by_slug) == 1:
+        return complete
+    names = sorted(str(group[0][1].data.get("symbol") or slug) for slug, group in by_slug.items())
+    if fallback_symbol is not None and symbol_slug(fallback_symbol) in by_slug:
+        return by_slug[symbol_slug(fallback_symbol)]
+    given = f" (none for {fallback_symbol}, the data's symbol)" if fallback_symbol else ""
+    raise CheckpointError(
+        f"{root} holds models of several symbols: {', '.join(names)}{given}; validation losses "
+        "of different markets are not comparable, pass --symbol"
+    )
 
 
 def list_versions(ckpt_dir: str | Path, symbol: str | None = None) -> list[VersionInfo]:
@@ -262,6 +322,9 @@ def list_versions(ckpt_dir: str | Path, symbol: str | None = None) -> list[Versi
                     val_accuracy=m.get("val_accuracy"),
                     val_majority_rate=m.get("val_majority_rate"),
                     epochs=m.get("epochs"),
+                    steps=m.get("steps"),
+                    best_epoch=m.get("best_epoch"),
+                    stopped_reason=m.get("stopped_reason"),
                     size_bytes=dir_size(vdir),
                 )
             )

@@ -8,10 +8,11 @@ command imports JAX, pandas and friends inside its own function. Any `JaxTraderE
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
-from jaxtrader.cli.common import CliState
+from jaxtrader.cli.common import CliState, train_knob_options, train_knob_overrides
 from jaxtrader.errors import JaxTraderError
 
 
@@ -49,12 +50,13 @@ def config_group() -> None:
 
 
 @config_group.command("show")
+@train_knob_options
 @click.pass_obj
-def config_show(state: CliState) -> None:
-    """Print the effective config (defaults < --config FILE) as TOML."""
+def config_show(state: CliState, **knobs: Any) -> None:
+    """Print the effective config (defaults < --config FILE < the training-knob flags) as TOML."""
     from jaxtrader.config import to_toml
 
-    click.echo(to_toml(state.config()), nl=False)
+    click.echo(to_toml(state.config(train_knob_overrides(**knobs))), nl=False)
 
 
 def _register() -> None:

@@ -79,7 +79,8 @@ def data_overrides(
 
 
 def checkpoint_options(fn: F) -> F:
-    """--checkpoint/--arch/--symbol/--version/--ckpt-dir: how evaluate and trade pick a version."""
+    """--checkpoint/--arch/--symbol/--version/--include-partial/--ckpt-dir: how evaluate and
+    trade pick a version."""
     options = [
         click.option(
             "--checkpoint",
@@ -104,7 +105,13 @@ def checkpoint_options(fn: F) -> F:
             type=str,
             default="best",
             show_default=True,
-            help="best (lowest val loss), latest, or a version number.",
+            help="best (lowest val loss among runs that finished), latest, or a version number.",
+        ),
+        click.option(
+            "--include-partial",
+            is_flag=True,
+            default=False,
+            help="Let --version best also pick runs stopped early by Ctrl-C or --max-minutes.",
         ),
         click.option(
             "--ckpt-dir", type=str, default=None, help="Checkpoint root (default: train.ckpt_dir)."
@@ -164,3 +171,60 @@ def check_arch(arch: str) -> None:
             f"--arch {arch!r} is not a registered architecture; choose one of "
             f"{', '.join(sorted(ARCH_NAMES))}"
         )
+
+
+def train_knob_options(fn: F) -> F:
+    """--lr/--weight-decay/--patience/--dropout/--threshold: the common training knobs, shared by
+    `train` and `config show` (so the effective config of a command line can be printed)."""
+    options = [
+        click.option(
+            "--lr",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Peak learning rate (train.learning_rate) [1e-3].",
+        ),
+        click.option(
+            "--weight-decay",
+            type=click.FloatRange(min=0),
+            default=None,
+            help="AdamW weight decay (train.weight_decay) [1e-4].",
+        ),
+        click.option(
+            "--patience",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Early stopping: epochs without a better val loss (train.patience) [2].",
+        ),
+        click.option(
+            "--dropout",
+            type=click.FloatRange(min=0, max=1, max_open=True),
+            default=None,
+            help="Dropout rate (model.dropout) [0.1].",
+        ),
+        click.option(
+            "--threshold",
+            type=click.FloatRange(min=0, max=1, max_open=True),
+            default=None,
+            help="Label threshold: 'up' means close[t+h] > close[t] * (1 + threshold) "
+            "(dataset.threshold) [0].",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def train_knob_overrides(
+    lr: float | None,
+    weight_decay: float | None,
+    patience: int | None,
+    dropout: float | None,
+    threshold: float | None,
+) -> dict[str, Any]:
+    return {
+        "train.learning_rate": lr,
+        "train.weight_decay": weight_decay,
+        "train.patience": patience,
+        "model.dropout": dropout,
+        "dataset.threshold": threshold,
+    }

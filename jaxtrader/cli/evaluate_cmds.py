@@ -10,14 +10,39 @@ from jaxtrader.cli.common import CliState, checkpoint_options, rules_options, ru
 
 
 @click.command("evaluate")
-@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
+@click.option(
+    "--split",
+    type=click.Choice(["val", "test"]),
+    default=None,
+    help="The checkpoint's validation or test split [test].",
+)
+@click.option(
+    "--start",
+    type=str,
+    default=None,
+    help="Evaluate the candles from this UTC time instead of a split (any span after the "
+    "training span and its purge gap; default: the first allowed).",
+)
+@click.option(
+    "--end",
+    type=str,
+    default=None,
+    help="Last candle of the --start span, UTC (default: the data's last).",
+)
 @checkpoint_options
 @click.option(
     "--data",
     "data_path",
     type=str,
     default=None,
-    help="Candle file (default: the data recorded in the checkpoint's manifest).",
+    help="Candle file (default: the data recorded in the checkpoint's manifest). With models "
+    "of several symbols under --ckpt-dir, its symbol picks the model unless --symbol is given.",
+)
+@click.option(
+    "--other-market",
+    is_flag=True,
+    help="Allow --data of another market than the model's (an out-of-market test, labelled "
+    "as such in the report).",
 )
 @rules_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
@@ -26,6 +51,14 @@ from jaxtrader.cli.common import CliState, checkpoint_options, rules_options, ru
     type=str,
     default=None,
     help="Write one CSV row per evaluated candle (recomputes every reported number).",
+)
+@click.option(
+    "--trades",
+    "trades_path",
+    type=str,
+    default=None,
+    help="Write the backtest's trades as CSV: entry/exit time and price, side, size, holding "
+    "candles, fees, PnL gross and net (in units of the starting equity).",
 )
 @click.option(
     "--report-dir", type=str, default=None, help="Write report.json, report.md and PNG plots here."
@@ -40,15 +73,20 @@ from jaxtrader.cli.common import CliState, checkpoint_options, rules_options, ru
 @click.pass_obj
 def evaluate(
     state: CliState,
-    split: str,
+    split: str | None,
+    start: str | None,
+    end: str | None,
     arch: str | None,
     symbol: str | None,
     version: str,
+    include_partial: bool,
     ckpt_dir: str | None,
     checkpoint: str | None,
     data_path: str | None,
+    other_market: bool,
     as_json: bool,
     predictions: str | None,
+    trades_path: str | None,
     report_dir: str | None,
     seed: int,
     **rule_flags: Any,
@@ -61,16 +99,24 @@ def evaluate(
     import json
 
     from jaxtrader.checkpoint import checkpoint_root
+    from jaxtrader.errors import ConfigError
     from jaxtrader.evaluate.report import format_table, write_report
     from jaxtrader.evaluate.run import evaluate_checkpoint
     from jaxtrader.evaluate.summary import write_csv
+    from jaxtrader.evaluate.trades import totals as trade_totals
+    from jaxtrader.evaluate.trades import write_trades_csv
     from jaxtrader.logs import jsonable
     from jaxtrader.runtime import enable_compilation_cache
+    from jaxtrader.trading.runner import parse_utc
 
+    if split is not None and (start is not None or end is not None):
+        raise ConfigError("use either --split or --start/--end, not both")
     cfg = state.config(rules_overrides(**rule_flags))
     enable_compilation_cache()  # the predictor's programs compile once per machine, not per run
     result = evaluate_checkpoint(
-        split=split,
+        split=split or "test",
+        start=parse_utc(start, "--start"),
+        end=parse_utc(end, "--end"),
         backtest=cfg.backtest,
         ckpt_dir=checkpoint_root(ckpt_dir, cfg),
         symbol=symbol,
@@ -78,12 +124,17 @@ def evaluate(
         version=version,
         checkpoint=checkpoint,
         data_path=data_path,
+        other_market=other_market,
+        include_partial=include_partial,
         seed=seed,
         with_attention=report_dir is not None,
     )
     if predictions:
         write_csv(result.rows, predictions)
         result.doc["predictions_csv"] = predictions
+    if trades_path:
+        write_trades_csv(result.trades, trades_path)
+        result.doc["trades_export"] = {"path": trades_path, **trade_totals(result.trades)}
     if report_dir:
         write_report(
             report_dir,
@@ -91,6 +142,8 @@ def evaluate(
             result.rows,
             training_records=result.training_records,
             attention=result.attention,
+            trades=result.trades,
+            prices=result.prices,
         )
         result.doc["report_dir"] = report_dir
     if as_json:

@@ -76,6 +76,7 @@ def trade(
     arch: str | None,
     symbol: str | None,
     version: str,
+    include_partial: bool,
     ckpt_dir: str | None,
     feed_spec: str,
     timeframe: str | None,
@@ -106,6 +107,7 @@ def trade(
         arch=arch,
         symbol=symbol,
         version=version,
+        include_partial=include_partial,
         ckpt_dir=ckpt_dir,
         timeframe=timeframe,
         capital=capital,
@@ -134,22 +136,35 @@ _COLUMNS = (
     ("max_dd", "max_drawdown", "{:.2%}"),
     ("fills", "fills", "{}"),
     ("trades", "trades_closed", "{}"),
+    ("pnl_gross", "pnl_gross", "{:+,.2f}"),
     ("fees", "fees", "{:,.2f}"),
+    ("pnl_net", "pnl_net", "{:+,.2f}"),
     ("fallbacks", "fallbacks", "{}"),
+    ("clamps", "position_clamps", "{}"),
     ("risk_events", "risk_events", "{}"),
     ("bad_candles", "bad_candles", "{}"),
 )
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    cells = [[h for h, _, _ in _COLUMNS]]
+# `portfolio` adds buy-and-hold over each strategy's own candles beside its figures.
+_PORTFOLIO_COLUMNS = (
+    *_COLUMNS[:8],
+    ("b&h return", "bh_return", "{:+.2%}"),
+    ("b&h sharpe", "bh_sharpe", "{:.2f}"),
+    ("b&h max_dd", "bh_max_drawdown", "{:.2%}"),
+    *_COLUMNS[8:],
+)
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str, str], ...] = _COLUMNS) -> str:
+    cells = [[h for h, _, _ in columns]]
     for r in rows:
         line = []
-        for _, key, fmt in _COLUMNS:
+        for _, key, fmt in columns:
             v = r.get(key)
             line.append("-" if v is None else fmt.format(v))
         cells.append(line)
-    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "\n".join(
         "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells
     )
@@ -159,15 +174,36 @@ def _table(rows: list[dict[str, Any]]) -> str:
 @click.option("--state", "state_path", type=str, required=True, help="SQLite state file.")
 @click.option("--strategy-id", type=str, default=None, help="Only this strategy.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@click.option(
+    "--trades",
+    "trades_path",
+    type=str,
+    default=None,
+    help="Write the strategies' trades as CSV: entry/exit time and price, side, size, holding "
+    "candles, fees, PnL gross and net (an open position marked at the last close).",
+)
 @click.pass_obj
-def portfolio(state: CliState, state_path: str, strategy_id: str | None, as_json: bool) -> None:
+def portfolio(
+    state: CliState,
+    state_path: str,
+    strategy_id: str | None,
+    as_json: bool,
+    trades_path: str | None,
+) -> None:
     """Show every strategy in a state file side by side: equity, return, Sharpe (annualised by
-    the candle interval), max drawdown, trades, fees, fallbacks and risk events."""
+    the candle interval), max drawdown, trades, fees, fallbacks and risk events, next to
+    buy-and-hold over the strategy's own candles (same capital, fee and slippage)."""
     import json
     from pathlib import Path
 
     from jaxtrader.errors import StateError
     from jaxtrader.trading.manager import summarize
+    from jaxtrader.trading.paper_report import (
+        buy_and_hold,
+        name_pnl_and_risk,
+        paper_trades,
+        write_paper_trades_csv,
+    )
     from jaxtrader.trading.store import Store
 
     if not Path(state_path).is_file():
@@ -180,12 +216,20 @@ def portfolio(state: CliState, state_path: str, strategy_id: str | None, as_json
                 f"no strategy '{strategy_id}' in {state_path}; it has: {', '.join(ids) or 'none'}"
             )
         ids = [strategy_id]
-    rows = [summarize(store, sid) for sid in ids]
+    rows = []
+    for sid in ids:
+        row = name_pnl_and_risk(summarize(store, sid))
+        bh = buy_and_hold(store, sid)
+        row["buy_and_hold"] = bh
+        row.update({f"bh_{k}": (bh or {}).get(k) for k in ("return", "sharpe", "max_drawdown")})
+        rows.append(row)
+    if trades_path:
+        write_paper_trades_csv([t for sid in ids for t in paper_trades(store, sid)], trades_path)
     store.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
     else:
-        click.echo(_table(rows) if rows else f"no strategies in {state_path}")
+        click.echo(_table(rows, _PORTFOLIO_COLUMNS) if rows else f"no strategies in {state_path}")
         for r in rows:
             if r.get("risk_event_kinds"):
                 kinds = ", ".join(f"{k}={n}" for k, n in sorted(r["risk_event_kinds"].items()))

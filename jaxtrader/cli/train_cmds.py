@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jaxtrader.cli.common import CliState, check_arch, data_options, data_overrides
+from jaxtrader.cli.common import (
+    CliState,
+    check_arch,
+    data_options,
+    data_overrides,
+    train_knob_options,
+    train_knob_overrides,
+)
 from jaxtrader.models.archs import ARCH_NAMES
 
 if TYPE_CHECKING:
@@ -79,6 +86,7 @@ def _print_summary(state: CliState, summary: dict[str, Any]) -> None:
     default=None,
     help="Wall-clock limit; training stops cleanly and still saves.",
 )
+@train_knob_options
 @click.pass_obj
 def train(
     state: CliState,
@@ -90,6 +98,11 @@ def train(
     seed: int | None,
     ckpt_dir: str | None,
     max_minutes: float | None,
+    lr: float | None,
+    weight_decay: float | None,
+    patience: int | None,
+    dropout: float | None,
+    threshold: float | None,
     **data_flags: Any,
 ) -> None:
     """Train a model and save it as a new version under CKPT_DIR/<SYMBOL>/<ARCH>/v<N>.
@@ -109,6 +122,7 @@ def train(
             "train.seed": seed,
             "train.ckpt_dir": ckpt_dir,
             "train.max_minutes": max_minutes,
+            **train_knob_overrides(lr, weight_decay, patience, dropout, threshold),
             **data_overrides(**data_flags),
         }
     )
@@ -140,8 +154,26 @@ def models_group() -> None:
     """List trained model versions."""
 
 
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
 def _format_versions(rows: list[VersionInfo]) -> str:
-    header = ("symbol", "arch", "ver", "created", "data", "val loss", "val acc", "majority", "size")
+    header = (
+        "symbol",
+        "arch",
+        "ver",
+        "created",
+        "data",
+        "epochs",
+        "steps",
+        "best ep",
+        "stopped",
+        "val loss",
+        "val acc",
+        "majority",
+        "size",
+    )
     table = [header]
     for r in rows:
         table.append(
@@ -151,6 +183,11 @@ def _format_versions(rows: list[VersionInfo]) -> str:
                 f"v{r.version}",
                 (r.created_at or "incomplete")[:19],
                 f"{(r.data_start or '?')[:10]}..{(r.data_end or '?')[:10]}" if r.complete else "-",
+                _or_dash(r.epochs),
+                _or_dash(r.steps),
+                _or_dash(r.best_epoch),
+                # A partial run is never picked by --version best (see checkpoint.versions).
+                f"{r.stopped_reason} (partial)" if r.partial else _or_dash(r.stopped_reason),
                 f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-",
                 f"{r.val_accuracy:.2%}" if r.val_accuracy is not None else "-",
                 f"{r.val_majority_rate:.2%}" if r.val_majority_rate is not None else "-",
@@ -171,7 +208,9 @@ def _format_versions(rows: list[VersionInfo]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of a table.")
 @click.pass_obj
 def models_list(state: CliState, symbol: str | None, ckpt_dir: str | None, as_json: bool) -> None:
-    """Versions with their data span, validation loss, accuracy vs majority rate and size."""
+    """Versions with their data span, epochs, steps, best epoch, why training stopped (a
+    partial run, stopped by Ctrl-C or --max-minutes, is never picked by --version best), validation
+    loss, accuracy vs majority rate and size."""
     import json
 
     from jaxtrader.checkpoint import checkpoint_root, list_versions

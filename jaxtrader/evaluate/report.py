@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.summary import EvalRows
+from jaxtrader.evaluate.trades import Trade
 
 CLASS_KEYS = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "log_loss", "brier")
 BACKTEST_KEYS = (
@@ -121,10 +122,19 @@ def format_table(doc: dict[str, Any]) -> str:
         f"({doc['period']['first']} .. {doc['period']['last']})".replace("  ", " "),
         "",
     ]
+    head[1:1] = _out_of_market_line(doc.get("source", {}))
     notes = [f"note: {n}" for n in doc.get("notes", [])]
     verdict = [f"verdict: {v}" for v in doc.get("verdict", [])]
     tail = ["", *verdict, *notes] if verdict or notes else []
     return "\n".join(head + _tables(doc, markdown=False) + tail)
+
+
+def _out_of_market_line(src: dict[str, Any]) -> list[str]:
+    """The label of an out-of-market evaluation (a model scored on another market's candles)."""
+    if not src.get("out_of_market"):
+        return []
+    trained = src.get("training_data", {}).get("symbol")
+    return [f"OUT OF MARKET: a model trained on {trained}, evaluated on {src.get('symbol')}"]
 
 
 def render_markdown(doc: dict[str, Any], images: Sequence[str] = ()) -> str:
@@ -135,6 +145,7 @@ def render_markdown(doc: dict[str, Any], images: Sequence[str] = ()) -> str:
         "",
         f"{doc['n']} prediction rows from {doc['period']['first']} to {doc['period']['last']}.",
     ]
+    lines += ["", *_out_of_market_line(src)] if src.get("out_of_market") else []
     if src:
         lines += ["", "| what | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in src.items() if k != "label"]
@@ -468,6 +479,49 @@ def plot_attention(
     return _save(figure_attention(weights_LxBxHxTxT, labels, title, feature_token), path)
 
 
+def plot_trades(
+    prices: tuple[np.ndarray, np.ndarray], trades: Sequence[Trade], path: Path, title: str = ""
+) -> Path:
+    """Close price over the evaluated span with each trade's entry (triangle: up for a long, down
+    for a short) and exit (x) at their fill prices."""
+    plt = _pyplot()
+    import pandas as pd
+
+    ts_ns, close = prices
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ax.plot(pd.to_datetime(ts_ns, utc=True), close, lw=0.8, color="0.35", label="close")
+    for side, marker, colour in (("long", "^", "tab:green"), ("short", "v", "tab:red")):
+        chosen = [t for t in trades if t.side == side]
+        if chosen:
+            ax.scatter(
+                pd.to_datetime([t.entry_time_ns for t in chosen], utc=True),
+                [t.entry_price for t in chosen],
+                marker=marker,
+                color=colour,
+                s=28,
+                zorder=3,
+                label=f"{side} entry ({len(chosen)})",
+            )
+    if trades:
+        ax.scatter(
+            pd.to_datetime([t.exit_time_ns for t in trades], utc=True),
+            [t.exit_price for t in trades],
+            marker="x",
+            color="black",
+            s=22,
+            zorder=3,
+            label="exit",
+        )
+    ax.set_ylabel("price")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title or "Price and trades")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(
     directory: str | Path,
     doc: dict[str, Any],
@@ -475,6 +529,8 @@ def write_report(
     *,
     training_records: list[dict[str, Any]] | None = None,
     attention: tuple[np.ndarray, Sequence[str]] | None = None,
+    trades: Sequence[Trade] = (),
+    prices: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Path]:
     """Writes report.json, report.md and the PNG plots; returns the written paths."""
     out = Path(directory)
@@ -494,6 +550,8 @@ def write_report(
             f"{label}: reliability ({doc['split']})",
         ),
     ]
+    if prices is not None:
+        images.append(plot_trades(prices, trades, out / "trades.png", f"{label}: price and trades"))
     if training_records:
         images.append(plot_training(training_records, out / "training.png", f"{label}: training"))
     if attention is not None:

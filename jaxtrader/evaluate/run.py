@@ -2,9 +2,12 @@
 score against baselines, backtest. The I/O edge of the evaluate package (the CLI stays thin).
 
 The checkpoint's manifest decides the features, scaler, window and split boundaries
-(`Predictor.rebuild_dataset`); the data is the manifest's own source unless `data_path` is given,
-in which case a different file hash is allowed with a warning but the file must still cover the
-splits (else `DataError` from the split rebuild).
+(`Predictor.rebuild_dataset`); the data is the manifest's own source unless `data_path` is given.
+Another file of the same market (revised or extended candles) is evaluated with a note; the file
+must still cover the splits (else `DataError` from the split rebuild). A file of another market
+(symbols inferred from the file names differ) is refused unless `other_market`: then the report
+labels it (`source.out_of_market`, both symbols). The report always carries the sha256 of the file
+evaluated (`source.data_sha256`) and, separately, the training data's (`source.training_data`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from jaxtrader.evaluate.summary import (
     summarize,
     verdict,
 )
+from jaxtrader.evaluate.trades import Trade, extract_trades
 from jaxtrader.logs import get_logger, log_event
 
 _log = get_logger("evaluate")
@@ -43,23 +47,48 @@ class Evaluation:
     rows: EvalRows
     training_records: list[dict[str, Any]]
     attention: tuple[np.ndarray, list[str]] | None
+    trades: list[Trade] = dataclasses.field(default_factory=list)
+    # Candle open times (int64 ns) and closes over the evaluated span, for the trades chart.
+    prices: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _load_candles(manifest: Any, config: Any, data_path: str | None) -> tuple[Any, list[str]]:
-    """Candles for evaluation: `data_path` if given, else the manifest's file or synthetic market."""
+def _load_candles(
+    manifest: Any, config: Any, data_path: str | None, other_market: bool
+) -> tuple[Any, list[str], bool]:
+    """Candles for evaluation: `data_path` if given, else the manifest's file or synthetic market.
+
+    Returns the candles, notes for the report, and whether they are of another market than the
+    training data (refused with DataError unless `other_market`)."""
     from jaxtrader.checkpoint import check_data
     from jaxtrader.data import load_market
 
     notes: list[str] = []
     recorded = manifest.data.get("path")
     path = data_path or recorded
-    data_cfg = dataclasses.replace(config.data, path=path)
+    # A given file's symbol comes from its own name, not from the training run's --symbol.
+    data_cfg = dataclasses.replace(
+        config.data, path=path, symbol=None if data_path else config.data.symbol
+    )
     if path is not None and not Path(path).is_file():
         raise DataError(
             f"data file {path} does not exist; pass --data with the file the model was trained on"
         )
     candles = load_market(data_cfg)
-    if data_path is not None:
+    trained_symbol = str(manifest.data.get("symbol"))
+    # Symbols inferred from names without BASE/QUOTE (e.g. "candles.csv") say nothing of the market.
+    out_of_market = (
+        data_path is not None
+        and "/" in candles.symbol
+        and "/" in trained_symbol
+        and candles.symbol != trained_symbol
+    )
+    if out_of_market and not other_market:
+        raise DataError(
+            f"the model was trained on {trained_symbol} but {data_path} holds {candles.symbol}; "
+            f"pass --other-market to evaluate it out of market (the report labels it), or --data "
+            f"with a {trained_symbol} file"
+        )
+    if data_path is not None and not out_of_market:
         check = check_data(manifest, candles)
         if check.trained_sha256 is None:
             notes.append(
@@ -72,9 +101,72 @@ def _load_candles(manifest: Any, config: Any, data_path: str | None) -> tuple[An
                 "timestamp, so rows outside the original file or revised candles may change the "
                 "numbers"
             )
+    if out_of_market:
+        notes.append(
+            f"out-of-market test: a {trained_symbol} model evaluated on {candles.symbol} "
+            "candles (scaler and split dates of the training data)"
+        )
     for note in notes:
-        log_event(_log, "data_mismatch", logging.WARNING, note=note)
-    return candles, notes
+        log_event(_log, "data_mismatch", logging.INFO, note=note)
+    return candles, notes, out_of_market
+
+
+def _source_sha256(candles: Any) -> str | None:
+    """sha256 of the candle file evaluated; None for the synthetic market."""
+    from jaxtrader.data import file_sha256
+
+    source = str(candles.source)
+    return file_sha256(source) if Path(source).is_file() else None
+
+
+def _range_rows(dataset: Any, start: Any, end: Any) -> tuple[np.ndarray, list[str]]:
+    """Prediction rows with start <= time <= end (UTC timestamps or None = open), and notes.
+
+    DataError when the span leaves the data, holds no prediction point, or reaches back into the
+    training span: its first point must be purged from the last training point like the val and
+    test splits are (t - t_train >= horizon + seq_len)."""
+    import pandas as pd
+
+    index = dataset.index
+    first, last = index[0], index[-1]
+    span = f"{start.isoformat() if start is not None else 'start'}..{end.isoformat() if end is not None else 'end'}"
+    if start is not None and end is not None and start > end:
+        raise DataError(f"--start {start.isoformat()} is after --end {end.isoformat()}")
+    if (start is not None and not first <= start <= last) or (
+        end is not None and not first <= end <= last
+    ):
+        raise DataError(
+            f"--start/--end {span} is outside the data ({first.isoformat()}..{last.isoformat()}); "
+            "pick a span inside it"
+        )
+    train_last = int(dataset.rows("train")[-1])
+    allowed = train_last + dataset.cfg.horizon + dataset.cfg.seq_len
+    if allowed >= len(index):
+        raise DataError("the data ends within the training span's purge gap; use a longer file")
+    allowed_ts = index[allowed]
+    if start is None:
+        start = allowed_ts
+    if start < allowed_ts:
+        raise DataError(
+            f"--start/--end {span} overlaps the training span (training labels reach "
+            f"{index[train_last + dataset.cfg.horizon].isoformat()}, purged to "
+            f"{allowed_ts.isoformat()}); use --start {allowed_ts.isoformat()} or later"
+        )
+    times = pd.DatetimeIndex(index)
+    in_span = (times >= start) & (times <= (end if end is not None else last))
+    rows = np.flatnonzero(np.asarray(dataset.valid_T, dtype=bool) & in_span)
+    rows = rows[rows + 1 < len(index)]  # the last decision needs the next candle to be filled
+    if rows.size == 0:
+        raise DataError(f"--start/--end {span} holds no prediction point; pick a wider span")
+    notes = []
+    test_start, _ = dataset.splits.range("test")
+    if rows[0] < test_start:
+        notes.append(
+            "the range includes validation candles, which chose the best epoch (early stopping); "
+            "only the test split is untouched by training"
+        )
+    rows.flags.writeable = False
+    return rows, notes
 
 
 def _attention(predictor: Any, dataset: Any, split: str) -> tuple[np.ndarray, list[str]]:
@@ -101,12 +193,18 @@ def evaluate_checkpoint(
     version: str = "best",
     checkpoint: str | None = None,
     data_path: str | None = None,
+    other_market: bool = False,
+    include_partial: bool = False,
     seed: int = 0,
     bootstrap_samples: int = 1000,
     with_attention: bool = False,
+    start: Any = None,
+    end: Any = None,
 ) -> Evaluation:
-    """Runs the whole evaluation of one checkpoint version on one split."""
-    from jaxtrader.data import format_interval
+    """Runs the whole evaluation of one checkpoint version on one split, or on the candles from
+    `start` to `end` (UTC timestamps; either may be None) when one of them is given, reported as
+    split "range"."""
+    from jaxtrader.data import format_interval, infer_symbol
     from jaxtrader.evaluate.report import read_metrics_jsonl
     from jaxtrader.inference import Predictor
 
@@ -119,11 +217,27 @@ def evaluate_checkpoint(
         slippage_bps=backtest.slippage_bps,
     )
     predictor = Predictor.load(
-        ckpt_dir=ckpt_dir, symbol=symbol, arch=arch, version=version, checkpoint=checkpoint
+        ckpt_dir=ckpt_dir,
+        symbol=symbol,
+        arch=arch,
+        version=version,
+        checkpoint=checkpoint,
+        include_partial=include_partial,
+        fallback_symbol=infer_symbol(data_path) if data_path else None,
     )
     manifest = predictor.manifest
-    candles, notes = _load_candles(manifest, predictor.config, data_path)
+    candles, notes, out_of_market = _load_candles(
+        manifest, predictor.config, data_path, other_market
+    )
     dataset = predictor.rebuild_dataset(candles)
+    if start is not None or end is not None:
+        # The range becomes the dataset's "test" rows; the report calls it "range".
+        range_rows, range_notes = _range_rows(dataset, start, end)
+        dataset = dataclasses.replace(dataset, points={**dataset.points, "test": range_rows})
+        notes = [*notes, *range_notes]
+        split, label = "test", "range"
+    else:
+        label = split
     started = time.perf_counter()
     prob_up = np.asarray(predictor.predict_split(dataset, split), dtype=np.float64)
     log_event(_log, "predicted", split=split, rows=prob_up.size, seconds=_since(started))
@@ -150,7 +264,7 @@ def evaluate_checkpoint(
     interval_s = float(candles.interval.total_seconds())
     ppy, basis = annualization(interval_s, ts_ns[rows])
     settings = EvalSettings(
-        split=split,
+        split=label,
         horizon=horizon,
         interval_seconds=interval_s,
         periods_per_year=ppy,
@@ -172,8 +286,23 @@ def evaluate_checkpoint(
         baselines=baselines,
         settings=settings,
     )
+    trades = extract_trades(
+        position=table.position,
+        fee=table.fee,
+        equity=table.equity,
+        candle_rows=rows,
+        timestamps_ns=ts_ns,
+        open_=open_,
+        close=close,
+    )
+    span = slice(int(rows[0]), int(rows[-1]) + 2)  # through the last fill's candle
     doc = summarize(table, settings)
     doc["verdict"] = verdict(doc)
+    if label == "range":
+        doc["range"] = {
+            "start": None if start is None else start.isoformat(),
+            "end": None if end is None else end.isoformat(),
+        }
     log_event(_log, "summarized", seconds=_since(started))
     version_dir = Path(predictor.version_dir)
     doc["source"] = {
@@ -183,7 +312,13 @@ def evaluate_checkpoint(
         "checkpoint": str(version_dir),
         "symbol": candles.symbol,
         "data": str(candles.source),
-        "data_sha256": manifest.data.get("sha256"),
+        "data_sha256": _source_sha256(candles),
+        "training_data": {
+            "symbol": manifest.data.get("symbol"),
+            "source": manifest.data.get("source"),
+            "sha256": manifest.data.get("sha256"),
+        },
+        "out_of_market": out_of_market,
         "interval": format_interval(candles.interval),
         "trained_at": manifest.created_at,
         "best_step": manifest.best_step,
@@ -211,7 +346,14 @@ def evaluate_checkpoint(
         accuracy=doc["classification"]["accuracy"],
         sharpe=doc["backtest"]["sharpe"],
     )
-    return Evaluation(doc=doc, rows=table, training_records=records, attention=attention)
+    return Evaluation(
+        doc=doc,
+        rows=table,
+        training_records=records,
+        attention=attention,
+        trades=trades,
+        prices=(ts_ns[span], close[span]),
+    )
 
 
 def _since(started: float) -> float:

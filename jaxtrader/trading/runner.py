@@ -50,6 +50,7 @@ class TradeJob:
     arch: str | None = None
     symbol: str | None = None
     version: str = "best"
+    include_partial: bool = False
     ckpt_dir: str | None = None
     timeframe: str | None = None
     capital: float = 10_000.0
@@ -68,13 +69,14 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     import pandas as pd
 
     from jaxtrader.checkpoint import checkpoint_root
-    from jaxtrader.data import format_interval, parse_interval
+    from jaxtrader.data import format_interval, infer_symbol, parse_interval
     from jaxtrader.features import min_history
     from jaxtrader.inference import Predictor
     from jaxtrader.logs import get_logger, log_event, log_format, progress_bar
     from jaxtrader.runtime import enable_compilation_cache, freeze_long_lived_objects
     from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
     from jaxtrader.trading.manager import StrategyConfig, TradingManager, model_inputs_fn
+    from jaxtrader.trading.paper_report import name_pnl_and_risk
     from jaxtrader.trading.store import Store, stable_hash
 
     if job.checkpoint is None and job.arch is None:
@@ -94,6 +96,9 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         arch=job.arch,
         version=job.version,
         checkpoint=job.checkpoint,
+        include_partial=job.include_partial,
+        # With models of several markets, a replayed file names the one to trade.
+        fallback_symbol=infer_symbol(target) if kind == "replay" else None,
     )
     manifest = predictor.manifest
     trained_interval = pd.Timedelta(manifest.data["interval"])  # stored as str(Timedelta)
@@ -181,7 +186,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
                         pos=out.target, equity=f"{out.equity:,.2f}", refresh=False)  # fmt: skip
 
     try:
-        summary = manager.run(feed, stop=stop, on_outcome=on_outcome)
+        summary = name_pnl_and_risk(manager.run(feed, stop=stop, on_outcome=on_outcome))
     finally:
         bar.close()
         for s, handler in old.items():
