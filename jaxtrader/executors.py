@@ -20,6 +20,7 @@ Ray is an optional extra (`pip install 'jaxtrader[ray]'`); it is imported only b
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import statistics
@@ -165,7 +166,11 @@ class RayExecutor:
         ray = _import_ray()
         if ray.is_initialized():
             return self
-        kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
+        kwargs: dict[str, Any] = {
+            "log_to_driver": False,  # worker logs: /tmp/ray/session_latest/logs
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+        }
         if self.address is None:
             kwargs.update(num_cpus=self.num_cpus, object_store_memory=self.object_store_memory)
         try:
