@@ -23,6 +23,8 @@ from test_walkforward import CFG, WF
 
 from jaxtrader.walkforward import WalkForwardInterrupted, run_walkforward
 
+# ray.init starts its daemons with subprocess (fork + exec at once): not a fork that runs JAX code.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 RAY_SKIP = (
     "ray is not installed (pip install 'jaxtrader[ray]'); the tox env with the ray extra runs it"
 )

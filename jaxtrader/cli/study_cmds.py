@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from jaxtrader.cli.common import CliState, executor_options
-from jaxtrader.cli.walkforward_cmds import INTERRUPTED_EXIT
+from jaxtrader.cli.walkforward_cmds import INTERRUPTED_EXIT, walkforward
 
 
 @click.command("study")
@@ -37,23 +37,6 @@ from jaxtrader.cli.walkforward_cmds import INTERRUPTED_EXIT
     type=click.IntRange(min=1),
     help="Label horizon in candles; repeat for several. Default: the config's.",
 )
-@click.option("--folds", type=click.IntRange(min=1), default=6, show_default=True)
-@click.option("--seeds", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option(
-    "--window", type=click.Choice(["expanding", "rolling"]), default="expanding", show_default=True
-)
-@click.option("--train-candles", type=click.IntRange(min=1), default=None)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs per fold.")
-@click.option("--patience", type=click.IntRange(min=1), default=None, help="Early-stop patience.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size.")
-@click.option("--seq-len", type=click.IntRange(min=2), default=None, help="Window length W.")
-@click.option("--seed", type=int, default=None, help="Run seed (every cell uses the same).")
-@click.option(
-    "--max-minutes",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Training budget of EACH walk-forward, shared by its folds.",
-)
 @click.option("--out", type=str, default=None, help="Study directory. Default: runs/studies/studyN")
 @click.option(
     "--resume",
@@ -70,6 +53,11 @@ def study(
     data_paths: tuple[str, ...],
     archs: tuple[str, ...],
     horizons: tuple[int, ...],
+    out: str | None,
+    resume: str | None,
+    as_json: bool,
+    executor: str,
+    ray_address: str | None,
     folds: int,
     seeds: int,
     window: str,
@@ -80,11 +68,6 @@ def study(
     seq_len: int | None,
     seed: int | None,
     max_minutes: float | None,
-    out: str | None,
-    resume: str | None,
-    as_json: bool,
-    executor: str,
-    ray_address: str | None,
 ) -> None:
     """Walk-forward every (market, arch, horizon) and rank them in one leaderboard.
 
@@ -173,5 +156,20 @@ def study(
         click.echo(format_table(run.leaderboard))
         click.echo(f"leaderboard: {run.out}/leaderboard.md")
 
+
+# The walk-forward flags are walkforward's own option objects, so help and checks cannot drift.
+SHARED_OPTIONS = (
+    "folds",
+    "seeds",
+    "window",
+    "train_candles",
+    "epochs",
+    "patience",
+    "batch_size",
+    "seq_len",
+    "seed",
+    "max_minutes",
+)
+study.params[3:3] = [p for name in SHARED_OPTIONS for p in walkforward.params if p.name == name]
 
 COMMANDS: list[click.Command] = [study]
