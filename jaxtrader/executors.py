@@ -144,9 +144,10 @@ def _error_line(err: BaseException) -> str:
 class RayExecutor:
     """Runs each fold as one Ray task; results come back as they finish (`ray.wait`).
 
-    `address`: None starts a local Ray on this machine (`num_cpus`, a 512 MB object store, no
+    `address`: None starts a private Ray on this machine (`num_cpus`, a 512 MB object store, no
     dashboard) unless Ray is already initialised in this process; "auto" or "HOST:PORT" connects
-    to a running cluster (`ray start --head`). A Ray started here is shut down by `close()`.
+    to a running cluster (`ray start --head`). `close()` shuts down (or disconnects from) the Ray
+    that `start()` initialised.
     `fold_fn` runs one fold inside the task (default `quiet_run_fold`); tests pass one that fails
     on purpose. `stats` holds one record per completed fold (worker, timings, peak RSS).
     """
@@ -174,7 +175,9 @@ class RayExecutor:
         if self.address is None:
             kwargs.update(num_cpus=self.num_cpus, object_store_memory=self.object_store_memory)
         try:
-            ray.init(address=self.address, **kwargs)
+            # "local": a private Ray even when RAY_ADDRESS or a `ray start` on this machine exists
+            # (address=None would join that cluster instead).
+            ray.init(address=self.address or "local", **kwargs)
         except ConnectionError as e:
             raise ConfigError(
                 f"--ray-address {self.address}: cannot connect to a Ray cluster ({e}); start one "

@@ -37,6 +37,7 @@ def local_ray() -> Iterator[str]:
     ray = pytest.importorskip("ray", reason=RAY_SKIP)
     faulthandler.dump_traceback_later(BOUND_SECONDS, exit=True)
     ray.init(
+        address="local",  # never a developer's running cluster (RAY_ADDRESS, `ray start`)
         num_cpus=2,
         object_store_memory=200 * 1024**2,
         include_dashboard=False,
