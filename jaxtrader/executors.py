@@ -242,8 +242,6 @@ class RayExecutor:
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.wait_seconds)
-                if poll is not None and poll():
-                    raise KeyboardInterrupt("stop requested")
                 for ref in ready:
                     fold, submitted = pending.pop(ref)
                     try:
@@ -262,6 +260,9 @@ class RayExecutor:
                     self.stats.append(self._record(result, info, submitted))
                     bar.update(1)
                     yield result
+                # After the finished folds were handed over (and saved): a stop cancels the rest.
+                if pending and poll is not None and poll():
+                    raise KeyboardInterrupt("stop requested")
         finally:
             bar.close()
             for ref in pending:
