@@ -1,7 +1,7 @@
 """`jaxtrader study` with `--executor local` and then `--executor ray`: wall time, fold times, Ray's
 overhead per fold, and peak RSS of the driver, each Ray worker, Ray's own processes and the whole
-process tree (sampled from /proc every 0.5 s). Checks
-that both leaderboards hold the same figures. Linux only.
+process tree (sampled from /proc every 0.5 s). Checks that both leaderboards hold the same
+figures. Linux only.
 
     python scripts/bench_study.py --out /tmp/bench-study -- \
         --data btc_last3000.csv --data eth_last3000.csv --arch lstm --arch transformer \
@@ -9,7 +9,7 @@ that both leaderboards hold the same figures. Linux only.
 
 Everything after `--` is passed to `jaxtrader study` (`--out` and `--executor` are added). The
 runs are sequential (never at once: they would share the cores). The README's "Scaling out"
-figures were measured this way (by hand, with the same sampling) on the shared 2-core machine.
+figures (run B; run A by hand with the same sampling) were measured on the shared 2-core machine.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_walkforward import POOLED_KEYS, TOML
 
@@ -78,3 +79,23 @@ def test_resume_reuses_complete_cells(study_run: tuple[Path, list, str]) -> None
     after = json.loads((out / "leaderboard.json").read_text())["rows"]
     assert after == before
     assert mtimes == {r["run"]: (Path(r["run"]) / "report.json").stat().st_mtime_ns for r in after}
+
+
+def test_a_failing_cell_is_reported_and_the_others_complete(
+    study_run: tuple[Path, list, str], tmp_path: Path
+) -> None:
+    """A market too short for the folds fails its cell; the other cell is still on the board."""
+    from test_walkforward import CFG, WF
+
+    from jaxtrader.study import StudyIncomplete, run_study, study_cells
+
+    good = study_run[1][4]  # the first --data file of the CLI run
+    short = tmp_path / "ccc_usd_1h.csv"
+    pd.read_csv(good).head(200).to_csv(short, index=False)
+    cells = study_cells([good, str(short)], ["lstm"], [2])
+    with pytest.raises(StudyIncomplete, match="--resume"):
+        run_study(CFG, WF, cells, out=tmp_path / "study")
+    board = json.loads((tmp_path / "study" / "leaderboard.json").read_text())
+    assert [r["market"] for r in board["rows"]] == ["AAA/USD"]
+    assert [f["market"] for f in board["failed"]] == ["ccc_usd_1h"] and board["failed"][0]["error"]
+    assert "ccc_usd_1h/lstm/h2" in (tmp_path / "study" / "leaderboard.md").read_text()
