@@ -641,7 +641,7 @@ def run_walkforward(
     log_event(logger, "walkforward_start", out=str(out_dir), folds=wf.folds, to_train=len(todo))
     noticed: list[bool] = []
 
-    def poll() -> None:
+    def poll() -> bool:
         # Logged here, from the training loop, never from a signal handler (reentrant stderr).
         if should_stop is not None and not noticed and should_stop():
             noticed.append(True)
@@ -650,8 +650,9 @@ def run_walkforward(
                 "stop_requested",
                 note="stopping after the current fold is saved; press Ctrl-C again to abort it",
             )
+        return bool(noticed)  # executors that run folds elsewhere cancel them on True
 
-    for result in executor(todo, poll=poll):
+    for result in _saved_or_reported(executor(todo, poll=poll), out_dir, results):
         save_fold(out_dir, prepared, cfg, result)
         result.params = None  # on disk now; keep memory flat across folds
         results[result.fold] = result
@@ -670,6 +671,23 @@ def run_walkforward(
     return WalkForwardRun(
         out=out_dir, report=report, results=ordered, seconds=time.perf_counter() - t0
     )
+
+
+def _saved_or_reported(
+    stream: Iterator[FoldResult], out: Path, results: dict[int, FoldResult]
+) -> Iterator[FoldResult]:
+    """The executor's results; an executor stopping (Ctrl-C) or reporting failed folds becomes an
+    error naming the run directory and the folds already saved there (so --resume can finish)."""
+    from jaxtrader.executors import FoldsFailed
+
+    try:
+        yield from stream
+    except WalkForwardInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise WalkForwardInterrupted(out, sorted(results)) from None
+    except FoldsFailed as e:
+        raise FoldsFailed(e.failures, e.attempts, out=out) from None
 
 
 def stitch(results: Iterable[FoldResult]) -> dict[str, np.ndarray]:

@@ -64,6 +64,7 @@ def _register() -> None:
         data_cmds,
         evaluate_cmds,
         features_cmds,
+        study_cmds,
         trade_cmds,
         train_cmds,
         walkforward_cmds,
@@ -74,6 +75,7 @@ def _register() -> None:
         features_cmds,
         train_cmds,
         walkforward_cmds,
+        study_cmds,
         evaluate_cmds,
         trade_cmds,
     ):

@@ -228,3 +228,27 @@ def train_knob_overrides(
         "model.dropout": dropout,
         "dataset.threshold": threshold,
     }
+
+
+def executor_options(fn: F) -> F:
+    """--executor/--ray-address: where walk-forward folds run (`jaxtrader.executors`)."""
+    options = [
+        click.option(
+            "--executor",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help="Run the folds in this process, or one Ray task per fold "
+            "(pip install 'jaxtrader[ray]'). Outputs are written by this process either way.",
+        ),
+        click.option(
+            "--ray-address",
+            type=str,
+            default=None,
+            metavar="auto|HOST:PORT",
+            help="Ray cluster for --executor ray (`ray start --head`); default: start Ray here.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn

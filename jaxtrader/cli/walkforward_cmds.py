@@ -19,7 +19,13 @@ from typing import Any
 
 import click
 
-from jaxtrader.cli.common import CliState, check_arch, data_options, data_overrides
+from jaxtrader.cli.common import (
+    CliState,
+    check_arch,
+    data_options,
+    data_overrides,
+    executor_options,
+)
 
 INTERRUPTED_EXIT = 130
 
@@ -128,6 +134,7 @@ class _StopAfterFold:
     help="Finish the run in DIR: folds whose manifests say complete are kept as they are.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of a summary.")
+@executor_options
 @click.pass_obj
 def walkforward(
     state: CliState,
@@ -146,6 +153,8 @@ def walkforward(
     out: str | None,
     resume: str | None,
     as_json: bool,
+    executor: str,
+    ray_address: str | None,
     **data_flags: Any,
 ) -> None:
     """Walk-forward research: train K seeds per fold in one compiled step, predict every test block
@@ -153,6 +162,7 @@ def walkforward(
 
     Prints the plan (one row per fold) before training. Ctrl-C (or SIGTERM) stops after the
     current fold is saved (exit 130); rerun the same command with --resume DIR to finish it.
+    With --executor ray, each fold is one Ray task; Ctrl-C cancels the running folds at once.
     """
     import json
 
@@ -195,6 +205,10 @@ def walkforward(
         click.echo(format_plan(plan), err=as_json)
         click.echo(f"run directory: {out_dir}", err=as_json)
 
+    from jaxtrader.executors import close_executor, describe, start_executor
+
+    # Started before our signal handlers are installed: ray.init replaces the SIGTERM handler.
+    runner = start_executor(executor, ray_address)
     signals = _StopAfterFold()
     try:
         with signals.installed():
@@ -203,6 +217,7 @@ def walkforward(
                 wf,
                 out=resume or out,
                 resume=resume is not None,
+                executor=runner,
                 should_stop=signals.stop_requested,
                 on_plan=on_plan,
             )
@@ -220,6 +235,10 @@ def walkforward(
             err=True,
         )
         raise SystemExit(INTERRUPTED_EXIT) from None
+    finally:
+        close_executor(runner)
+    if (ray_line := describe(runner)) is not None:
+        click.echo(ray_line, err=as_json)
     if as_json:
         from jaxtrader.logs import jsonable
 

@@ -1,0 +1,175 @@
+"""`jaxtrader study`: one walk-forward per (market, arch, horizon), then a leaderboard.
+
+The command parses flags and prints; the workflow is `jaxtrader.study` (imported inside the
+command so `--help` stays instant). Configuration as `walkforward`: defaults < walk-forward
+defaults < --config FILE < flags; --data/--arch/--horizon pick the cells.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from jaxtrader.cli.common import CliState, executor_options
+from jaxtrader.cli.walkforward_cmds import INTERRUPTED_EXIT, walkforward
+
+
+@click.command("study")
+@click.option(
+    "--data",
+    "data_paths",
+    multiple=True,
+    metavar="FILE",
+    help="A market's candle file; repeat for several markets. Default: the embedded market.",
+)
+@click.option(
+    "--arch",
+    "archs",
+    multiple=True,
+    type=click.Choice(["lstm", "transformer"]),
+    help="Repeat for several. Default: lstm and transformer.",
+)
+@click.option(
+    "--horizon",
+    "horizons",
+    multiple=True,
+    type=click.IntRange(min=1),
+    help="Label horizon in candles; repeat for several. Default: the config's.",
+)
+@click.option("--out", type=str, default=None, help="Study directory. Default: runs/studies/studyN")
+@click.option(
+    "--resume",
+    type=str,
+    default=None,
+    metavar="DIR",
+    help="Finish the study in DIR: complete cells are kept, partial ones resumed.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print leaderboard.json instead of a table.")
+@executor_options
+@click.pass_obj
+def study(
+    state: CliState,
+    data_paths: tuple[str, ...],
+    archs: tuple[str, ...],
+    horizons: tuple[int, ...],
+    out: str | None,
+    resume: str | None,
+    as_json: bool,
+    executor: str,
+    ray_address: str | None,
+    folds: int,
+    seeds: int,
+    window: str,
+    train_candles: int | None,
+    epochs: int | None,
+    patience: int | None,
+    batch_size: int | None,
+    seq_len: int | None,
+    seed: int | None,
+    max_minutes: float | None,
+) -> None:
+    """Walk-forward every (market, arch, horizon) and rank them in one leaderboard.
+
+    Writes leaderboard.md and leaderboard.json in the study directory and prints the table:
+    pooled out-of-sample accuracy with its 95% interval, majority rate, p-value, seed spread,
+    net Sharpe and buy-and-hold Sharpe, wall time; sorted by net Sharpe, rows without an edge
+    over the majority class marked. Ctrl-C stops after the current fold; --resume DIR finishes.
+    """
+    import json
+    from pathlib import Path
+
+    from jaxtrader.cli.walkforward_cmds import _StopAfterFold, effective_config
+    from jaxtrader.errors import ConfigError
+    from jaxtrader.executors import close_executor, describe, start_executor
+    from jaxtrader.logs import jsonable
+    from jaxtrader.runtime import limit_malloc_arenas
+    from jaxtrader.study import format_table, run_study, study_cells
+    from jaxtrader.walkforward import WalkForwardInterrupted, WalkForwardSettings
+
+    base = effective_config(
+        state,
+        {
+            "train.epochs": epochs,
+            "train.patience": patience,
+            "train.batch_size": batch_size,
+            "dataset.seq_len": seq_len,
+            "train.seed": seed,
+            "train.max_minutes": max_minutes,
+        },
+    )
+    if resume is not None and out is not None and Path(out) != Path(resume):
+        raise ConfigError("--out and --resume name different directories; pass only --resume DIR")
+    for path in data_paths:
+        if not Path(path).is_file():
+            raise ConfigError(f"--data {path}: no such file; pass an existing candle file")
+    cells = study_cells(
+        list(data_paths) or [base.data.path],
+        list(archs) or ["lstm", "transformer"],
+        list(horizons) or [base.dataset.horizon],
+    )
+    wf = WalkForwardSettings(
+        folds=folds,
+        seeds=seeds,
+        window=window,  # type: ignore[arg-type]
+        train_candles=train_candles,
+    )
+    wf.check()
+    limit_malloc_arenas()
+
+    def on_cell(i: int, cell: Any, run_dir: Path) -> None:
+        click.echo(
+            f"cell {i + 1}/{len(cells)}: {cell.arch} on {cell.market}, horizon {cell.horizon} "
+            f"-> {run_dir}",
+            err=True,
+        )
+
+    runner = start_executor(executor, ray_address)  # before our handlers: ray.init sets SIGTERM's
+    signals = _StopAfterFold()
+    try:
+        with signals.installed():
+            run = run_study(
+                base,
+                wf,
+                cells,
+                out=resume or out,
+                resume=resume is not None,
+                executor=runner,
+                should_stop=signals.stop_requested,
+                on_cell=on_cell,
+            )
+    except WalkForwardInterrupted as e:
+        study_dir = e.out.parents[2]
+        click.echo(
+            f"interrupted: folds {e.done} of the cell in {e.out} are saved; finish the study "
+            f"with the same command and --resume {study_dir}",
+            err=True,
+        )
+        raise SystemExit(INTERRUPTED_EXIT) from None
+    finally:
+        close_executor(runner)
+    if (ray_line := describe(runner)) is not None:
+        click.echo(ray_line, err=as_json)
+    if as_json:
+        click.echo(json.dumps(jsonable(run.leaderboard)))
+    else:
+        click.echo(format_table(run.leaderboard))
+        click.echo(f"leaderboard: {run.out}/leaderboard.md")
+
+
+# The walk-forward flags are walkforward's own option objects, so help and checks cannot drift.
+SHARED_OPTIONS = (
+    "folds",
+    "seeds",
+    "window",
+    "train_candles",
+    "epochs",
+    "patience",
+    "batch_size",
+    "seq_len",
+    "seed",
+    "max_minutes",
+)
+study.params[3:3] = [p for name in SHARED_OPTIONS for p in walkforward.params if p.name == name]
+
+COMMANDS: list[click.Command] = [study]

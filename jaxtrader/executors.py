@@ -1,0 +1,340 @@
+"""Fold executors: how `run_walkforward` maps `run_fold` over the folds.
+
+An executor (`walkforward.Executor`) is called with the fold tasks and an optional `poll()` and
+yields `FoldResult`s as folds finish, in any order; `poll()` returns True once a stop was requested.
+The driver (`run_walkforward`) saves every result as it arrives, so the executor never touches
+the run directory.
+
+- `local_executor` (in `walkforward`): this process, one fold after another. No Ray import.
+- `RayExecutor`: one Ray task per fold (its K seeds still share one compiled step inside the
+  task). The driver puts the market arrays in Ray's object store once, so workers need no shared
+  disk and never read `--data`; checkpoints and outputs are written by the driver, so `--out` only
+  has to be visible to the driver. Each worker runs JAX on CPU with one XLA thread per task (one
+  Ray CPU per fold; the worker env is explicit in `worker_env`). A failed fold task is retried
+  once (`max_retries`, `retry_exceptions`); a fold that still fails is reported with its error
+  (`FoldsFailed`) after every other fold has finished and been saved, so `--resume` finishes the
+  rest. A stop request (Ctrl-C) cancels the outstanding tasks; completed folds stay on disk.
+
+Ray is an optional extra (`pip install 'jaxtrader[ray]'`); it is imported only by `RayExecutor`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from jaxtrader.errors import ConfigError, DeepLearningError
+from jaxtrader.logs import get_logger, log_event, progress_bar
+from jaxtrader.walkforward import Executor, local_executor
+
+if TYPE_CHECKING:
+    from jaxtrader.walkforward import FoldResult, FoldTask
+
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "FoldsFailed",
+    "RayExecutor",
+    "close_executor",
+    "describe",
+    "local_executor",
+    "start_executor",
+    "worker_env",
+]
+
+logger = get_logger("executors")
+
+EXECUTORS = ("local", "ray")
+RAY_INSTALL_HINT = "pip install 'jaxtrader[ray]'"
+LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2  # a local Ray's object store (market arrays + results)
+# Flags that keep one XLA:CPU thread per task (PERF_NOTES: `--intra_op_parallelism_threads`
+# aborts; this flag is the one that works), so a node runs as many folds as it has Ray CPUs.
+ONE_XLA_THREAD = "--xla_cpu_multi_thread_eigen=false"
+_PASS_THROUGH = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+
+FoldFn = Callable[["FoldTask"], "FoldResult"]
+
+
+class FoldsFailed(DeepLearningError):
+    """Fold tasks that still failed after their retries; the other folds completed."""
+
+    def __init__(self, failures: dict[int, str], attempts: int, out: Any = None) -> None:
+        self.failures = dict(sorted(failures.items()))
+        self.attempts = attempts
+        self.out = out
+        what = "; ".join(f"fold {i}: {err}" for i, err in self.failures.items())
+        msg = f"{len(self.failures)} fold(s) failed after {attempts} attempt(s) ({what})"
+        if out is not None:
+            msg += (
+                f"; the completed folds are saved in {out}: fix the cause and rerun the same "
+                f"command with --resume {out}"
+            )
+        super().__init__(msg)
+
+
+def quiet_run_fold(task: FoldTask) -> FoldResult:
+    """`run_fold` without a progress bar (a worker's bar would garble the driver's terminal)."""
+    from jaxtrader.walkforward import run_fold
+
+    return run_fold(task, show_progress=False)
+
+
+def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a Ray fold worker: JAX on CPU, one XLA/BLAS thread, the driver's other
+    XLA flags and compilation-cache settings (so workers compile as the driver would)."""
+    env = dict(os.environ if environ is None else environ)
+    flags = env.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        flags = f"{flags} {ONE_XLA_THREAD}".strip()
+    out = {
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": flags,
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "MALLOC_ARENA_MAX": "2",  # as `jaxtrader train` (limit_malloc_arenas): flat worker RSS
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    out.update({k: env[k] for k in _PASS_THROUGH if k in env})
+    return out
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            f"--executor ray needs Ray, which is not installed: {RAY_INSTALL_HINT}"
+        ) from None
+    return ray
+
+
+def _remote_fold(fold_fn: FoldFn, market: Any, task_fields: dict[str, Any]) -> tuple[Any, dict]:
+    """The body of one Ray task: rebuilds the FoldTask around the shared market arrays."""
+    from jaxtrader.runtime import enable_compilation_cache
+    from jaxtrader.walkforward import FoldTask
+
+    started = time.time()
+    enable_compilation_cache()
+    result = fold_fn(FoldTask(market=market, **task_fields))
+    ended = time.time()
+    info = {
+        "pid": os.getpid(),
+        "host": os.uname().nodename,
+        "started": started,
+        "ended": ended,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    return result, info
+
+
+def _error_line(err: BaseException) -> str:
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}".rstrip(": ")
+
+
+@dataclass
+class RayExecutor:
+    """Runs each fold as one Ray task; results come back as they finish (`ray.wait`).
+
+    `address`: None starts a private Ray on this machine (`num_cpus`, a 512 MB object store, no
+    dashboard) unless Ray is already initialised in this process; "auto" or "HOST:PORT" connects
+    to a running cluster (`ray start --head`). `close()` shuts down (or disconnects from) the Ray
+    that `start()` initialised.
+    `fold_fn` runs one fold inside the task (default `quiet_run_fold`); tests pass one that fails
+    on purpose. `stats` holds one record per completed fold (worker, timings, peak RSS).
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    max_retries: int = 1
+    fold_fn: FoldFn = quiet_run_fold
+    object_store_memory: int | None = LOCAL_OBJECT_STORE_BYTES
+    wait_seconds: float = 0.5  # how often the driver polls for a stop request while waiting
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    _started_here: bool = False
+
+    def start(self) -> RayExecutor:
+        """Connects to (or starts) Ray. Call before installing signal handlers: `ray.init`
+        replaces the driver's SIGTERM handler."""
+        ray = _import_ray()
+        if ray.is_initialized():
+            return self
+        kwargs: dict[str, Any] = {
+            "log_to_driver": False,  # worker logs: /tmp/ray/session_latest/logs
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+        }
+        if self.address is None:
+            kwargs.update(num_cpus=self.num_cpus, object_store_memory=self.object_store_memory)
+        try:
+            # "local": a private Ray even when RAY_ADDRESS or a `ray start` on this machine exists
+            # (address=None would join that cluster instead).
+            ray.init(address=self.address or "local", **kwargs)
+        except ConnectionError as e:
+            raise ConfigError(
+                f"--ray-address {self.address}: cannot connect to a Ray cluster ({e}); start one "
+                "with `ray start --head` or leave --ray-address out to run Ray on this machine"
+            ) from None
+        self._started_here = True
+        resources = ray.cluster_resources()
+        log_event(
+            logger,
+            "ray_started" if self.address is None else "ray_connected",
+            address=self.address or "local",
+            cpus=resources.get("CPU"),
+            nodes=len([n for n in ray.nodes() if n.get("Alive")]),
+        )
+        return self
+
+    def close(self) -> None:
+        if self._started_here:
+            import ray
+
+            ray.shutdown()
+            self._started_here = False
+
+    def __enter__(self) -> RayExecutor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __call__(
+        self, tasks: Sequence[FoldTask], poll: Callable[[], object] | None = None
+    ) -> Iterator[FoldResult]:
+        if not tasks:
+            return
+        self.start()
+        ray = _import_ray()
+        remote = ray.remote(_remote_fold).options(
+            num_cpus=1,  # one XLA thread per task (worker_env)
+            max_retries=self.max_retries,
+            retry_exceptions=True,
+            runtime_env={"env_vars": worker_env()},
+        )
+        # One copy of the arrays in the object store; every task reads it zero-copy on its node.
+        markets: dict[int, Any] = {}
+        fn_ref = ray.put(self.fold_fn)
+        pending: dict[Any, tuple[int, float]] = {}
+        for task in tasks:
+            if id(task.market) not in markets:
+                markets[id(task.market)] = ray.put(task.market)
+            fields = {
+                "fold": task.fold,
+                "splits": task.splits,
+                "cfg": task.cfg,
+                "seeds": task.seeds,
+                "folds_total": task.folds_total,
+            }
+            ref = remote.remote(fn_ref, markets[id(task.market)], fields)
+            pending[ref] = (task.fold, time.time())
+        log_event(logger, "ray_submitted", folds=[t.fold for t in tasks])
+        failures: dict[int, str] = {}
+        bar = progress_bar(len(tasks), "folds on ray")
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.wait_seconds)
+                for ref in ready:
+                    fold, submitted = pending.pop(ref)
+                    try:
+                        result, info = ray.get(ref)
+                    except ray.exceptions.RayError as e:
+                        failures[fold] = _error_line(e)
+                        log_event(
+                            logger,
+                            "fold_failed",
+                            fold=fold,
+                            attempts=self.max_retries + 1,
+                            error=failures[fold],
+                        )
+                        bar.update(1)
+                        continue
+                    self.stats.append(self._record(result, info, submitted))
+                    bar.update(1)
+                    yield result
+                # After the finished folds were handed over (and saved): a stop cancels the rest.
+                if pending and poll is not None and poll():
+                    raise KeyboardInterrupt("stop requested")
+        finally:
+            bar.close()
+            for ref in pending:
+                ray.cancel(ref, force=True)  # a running jitted step would not see a soft cancel
+            if pending:
+                log_event(logger, "ray_cancelled", folds=sorted(f for f, _ in pending.values()))
+        if failures:
+            raise FoldsFailed(failures, self.max_retries + 1)
+
+    def _record(self, result: FoldResult, info: dict[str, Any], submitted: float) -> dict[str, Any]:
+        received = time.time()
+        task_s = info["ended"] - info["started"]
+        rec = {
+            "fold": result.fold,
+            "host": info["host"],
+            "pid": info["pid"],
+            "fold_seconds": round(result.seconds, 3),
+            "train_seconds": round(result.train_seconds, 3),
+            "queued_seconds": round(info["started"] - submitted, 3),
+            # Ray's own cost around the fold: argument fetch + task setup inside the worker
+            # (task time minus the fold's), and getting the result back to the driver.
+            "overhead_seconds": round(max(task_s - result.seconds, 0.0), 3)
+            + round(max(received - info["ended"], 0.0), 3),
+            "worker_peak_rss_mb": round(info["peak_rss_mb"], 1),
+        }
+        log_event(logger, "ray_fold_done", **rec)
+        return rec
+
+    def summary(self) -> dict[str, Any]:
+        """Per-fold Ray overhead against the fold's time, and the workers' peak RSS."""
+        if not self.stats:
+            return {}
+        overhead = [s["overhead_seconds"] for s in self.stats]
+        fold_s = [s["fold_seconds"] for s in self.stats]
+        return {
+            "folds": len(self.stats),
+            "workers": len({(s["host"], s["pid"]) for s in self.stats}),
+            "overhead_seconds_median": statistics.median(overhead),
+            "fold_seconds_median": statistics.median(fold_s),
+            "overhead_share": sum(overhead) / max(sum(fold_s), 1e-9),
+            "worker_peak_rss_mb_max": max(s["worker_peak_rss_mb"] for s in self.stats),
+        }
+
+
+def start_executor(kind: str, ray_address: str | None = None) -> Executor:
+    """`local` (in-process, never imports Ray) or a started `RayExecutor`.
+
+    Start it before installing signal handlers (`ray.init` replaces the SIGTERM handler) and
+    `close_executor` it at the end.
+    """
+    if kind == "local":
+        if ray_address is not None:
+            raise ConfigError("--ray-address needs --executor ray")
+        return local_executor
+    if kind == "ray":
+        return RayExecutor(address=ray_address).start()
+    raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+
+
+def close_executor(executor: Executor) -> None:
+    if isinstance(executor, RayExecutor):
+        executor.close()
+
+
+def describe(executor: Executor) -> str | None:
+    """One line on Ray's cost for the CLI (None for the local executor or before any fold)."""
+    s = executor.summary() if isinstance(executor, RayExecutor) else {}
+    if not s:
+        return None
+    return (
+        f"ray: {s['folds']} folds on {s['workers']} worker process(es); overhead per fold median "
+        f"{s['overhead_seconds_median']:.2f} s vs fold median {s['fold_seconds_median']:.1f} s "
+        f"({100 * s['overhead_share']:.1f}% of fold time); worker peak RSS "
+        f"{s['worker_peak_rss_mb_max']:.0f} MB"
+    )

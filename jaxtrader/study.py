@@ -1,0 +1,377 @@
+"""Studies: one walk-forward per (market, arch, horizon) and a leaderboard across them.
+
+`run_study` calls `walkforward.run_walkforward` (the library function, not a subprocess) for every
+cell with the same executor (local, or Ray: one task per fold), then writes `leaderboard.json`
+and `leaderboard.md`. Every figure in a row is read from that cell's `report.json` (the pooled
+out-of-sample accuracy with its Wilson interval on the effective n, the majority rate, the p-value
+against it, the seed spread, net Sharpe and buy-and-hold Sharpe over the stitched test span) plus
+the cell's wall time; `policy_net_sharpe` is the one place the decision policy's figures are read.
+Rows are sorted by net Sharpe; a row whose p-value against the majority rate is not below `alpha`
+is marked: its accuracy does not beat always predicting the training majority class.
+It is not a hyperparameter search: each cell is one fixed configuration.
+
+Layout of `--out` (default `runs/studies/study<N>`): `study.json` (the cells and settings),
+`<market>/<arch>/h<horizon>/` (a complete walk-forward run directory each, plus `cell.json` with
+its wall time and executor figures), `leaderboard.json`, `leaderboard.md`. `resume=True` keeps
+cells whose `report.json` exists and resumes the others (`run_walkforward(resume=True)`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from jaxtrader.config import AppConfig, with_overrides
+from jaxtrader.errors import ConfigError, JaxTraderError
+from jaxtrader.logs import get_logger, log_event
+from jaxtrader.walkforward import (
+    PLAN_FILE,
+    Executor,
+    WalkForwardSettings,
+    local_executor,
+    run_walkforward,
+)
+
+logger = get_logger("study")
+
+STUDY_FILE = "study.json"
+CELL_FILE = "cell.json"
+REPORT_FILE = "report.json"
+ALPHA = 0.05
+_STUDY_RE = re.compile(r"^study(\d+)$")
+
+
+@dataclass(frozen=True)
+class StudyCell:
+    """One fixed configuration: a market file (None: the embedded market), an arch, a horizon."""
+
+    data: str | None
+    arch: str
+    horizon: int
+    market: str  # directory name of the market (the file's stem, unique within the study)
+
+    def directory(self, out: Path) -> Path:
+        return out / self.market / self.arch / f"h{self.horizon}"
+
+
+class StudyIncomplete(JaxTraderError):
+    """Some cells failed (their folds did); the others are on the leaderboard."""
+
+
+@dataclass
+class StudyRun:
+    out: Path
+    leaderboard: dict[str, Any]
+    seconds: float
+
+
+def _market_name(data: str | None) -> str:
+    from jaxtrader.data import symbol_slug
+
+    return "synthetic" if data is None else symbol_slug(Path(data).name.split(".")[0])
+
+
+def study_cells(
+    data: Sequence[str | None], archs: Sequence[str], horizons: Sequence[int]
+) -> list[StudyCell]:
+    """Every (market, arch, horizon), markets in the given order; duplicate names get -2, -3."""
+    if not data or not archs or not horizons:
+        raise ConfigError("a study needs at least one --data (or none for the embedded market)")
+    names: list[str] = []
+    for d in data:
+        name, k = _market_name(d), 2
+        while name in names:
+            name = f"{_market_name(d)}-{k}"
+            k += 1
+        names.append(name)
+    return [
+        StudyCell(d, a, h, name)
+        for d, name in zip(data, names, strict=True)
+        for a in dict.fromkeys(archs)
+        for h in dict.fromkeys(horizons)
+    ]
+
+
+def cell_config(base: AppConfig, cell: StudyCell) -> AppConfig:
+    overrides = {"model.arch": cell.arch, "dataset.horizon": cell.horizon}
+    cfg = with_overrides(base, overrides)
+    # The embedded market keeps data.path unset; with_overrides treats None as "not given".
+    return replace(cfg, data=replace(cfg.data, path=cell.data))
+
+
+def policy_net_sharpe(report: dict[str, Any]) -> tuple[str, float]:
+    """The decision policy a row is judged by, and its net Sharpe over the stitched test span.
+
+    Today the only policy in report.json is the plain one: long (or long/short) when the
+    ensemble's P(up) > `settings.threshold`, net of fees (`report["backtest"]`). When the
+    validation-selected policy lands in the walk-forward report, read it here.
+    """
+    s = report["settings"]
+    side = "long/short" if s["long_short"] else "long/flat"
+    return f"P(up) > {s['threshold']:g}, {side}", float(report["backtest"]["sharpe"])
+
+
+def leaderboard_row(
+    cell: StudyCell, report: dict[str, Any], seconds: float, run_dir: Path, alpha: float = ALPHA
+) -> dict[str, Any]:
+    p = report["pooled"]
+    policy, sharpe = policy_net_sharpe(report)
+    return {
+        "market": report["settings"]["symbol"],
+        "data": report["settings"]["data"],
+        "arch": cell.arch,
+        "horizon": int(report["settings"]["horizon"]),
+        "n": p["n"],
+        "effective_n": p["effective_n"],
+        "accuracy": p["accuracy"],
+        "accuracy_ci95": list(p["accuracy_ci95"]),
+        "majority_rate": p["majority_rate"],
+        "p_value_vs_majority": p["p_value_vs_majority"],
+        "beats_majority": bool(p["p_value_vs_majority"] < alpha),
+        "seed_accuracy_mean": p["seed_accuracy_mean"],
+        "seed_accuracy_std": p["seed_accuracy_std"],
+        "policy": policy,
+        "net_sharpe": sharpe,
+        "buy_and_hold_sharpe": float(report["buy_and_hold"]["sharpe"]),
+        "wall_seconds": round(seconds, 1),
+        "run": str(run_dir),
+    }
+
+
+def _sharpe_key(row: dict[str, Any]) -> float:
+    x = row["net_sharpe"]
+    return -math.inf if x is None or math.isnan(x) else x
+
+
+def new_study_dir(root: str | Path = "runs/studies") -> Path:
+    parent = Path(root)
+    parent.mkdir(parents=True, exist_ok=True)
+    found = [int(m.group(1)) for c in parent.iterdir() if (m := _STUDY_RE.match(c.name))]
+    n = max(found, default=0) + 1
+    while True:
+        try:
+            (path := parent / f"study{n}").mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def _study_doc(cells: list[StudyCell], wf: WalkForwardSettings, base: AppConfig) -> dict:
+    from jaxtrader import config as config_mod
+
+    return {
+        "cells": [asdict(c) for c in cells],
+        "walkforward": asdict(wf),
+        "config": config_mod.to_dict(base),
+    }
+
+
+def _open_study(out: Path, doc: dict[str, Any], resume: bool) -> None:
+    path = out / STUDY_FILE
+    if resume:
+        if not path.is_file():
+            raise ConfigError(f"--resume {out}: {STUDY_FILE} is missing; it is not a study")
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        diff = [k for k in doc if stored.get(k) != json.loads(json.dumps(doc[k]))]
+        if diff:
+            raise ConfigError(
+                f"--resume {out}: the study was started with different {', '.join(diff)}; rerun "
+                "the original command with --resume, or start a new study"
+            )
+        return
+    if path.exists():
+        raise ConfigError(
+            f"--out {out} already holds a study; pass --resume {out} to finish it, or choose "
+            "another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+def run_study(
+    base: AppConfig,
+    wf: WalkForwardSettings,
+    cells: Sequence[StudyCell],
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    executor: Executor = local_executor,
+    should_stop: Callable[[], bool] | None = None,
+    on_cell: Callable[[int, StudyCell, Path], None] | None = None,
+    alpha: float = ALPHA,
+) -> StudyRun:
+    """Runs (or, on resume, reuses) one walk-forward per cell, then writes the leaderboard.
+
+    A cell whose folds fail is reported in the leaderboard's `failed` list and the study goes on;
+    `StudyIncomplete` is raised after the leaderboard is written. A stop request stops the study
+    (`WalkForwardInterrupted` from the cell in progress).
+    """
+    from jaxtrader.executors import RayExecutor
+
+    t0 = time.perf_counter()
+    cells = list(cells)
+    if out is None and resume:
+        raise ConfigError("--resume needs the study directory: --resume DIR")
+    out_dir = Path(out) if out is not None else new_study_dir()
+    _open_study(out_dir, _study_doc(cells, wf, base), resume)
+    rows: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for i, cell in enumerate(cells):
+        run_dir = cell.directory(out_dir)
+        if on_cell is not None:
+            on_cell(i, cell, run_dir)
+        if resume and (run_dir / REPORT_FILE).is_file() and (run_dir / CELL_FILE).is_file():
+            report = json.loads((run_dir / REPORT_FILE).read_text(encoding="utf-8"))
+            seconds = json.loads((run_dir / CELL_FILE).read_text(encoding="utf-8"))["seconds"]
+            log_event(logger, "cell_skipped", cell=i, run=str(run_dir), reason="complete")
+            rows.append(leaderboard_row(cell, report, seconds, run_dir, alpha))
+            continue
+        stats_before = len(executor.stats) if isinstance(executor, RayExecutor) else 0
+        started = time.perf_counter()
+        try:
+            run = run_walkforward(
+                cell_config(base, cell),
+                wf,
+                out=run_dir,
+                resume=resume and (run_dir / PLAN_FILE).is_file(),
+                executor=executor,
+                should_stop=should_stop,
+            )
+        except JaxTraderError as e:  # folds failed, or this market's data is unusable
+            failed.append({**asdict(cell), "error": str(e), "run": str(run_dir)})
+            log_event(logger, "cell_failed", cell=i, run=str(run_dir), error=str(e))
+            continue
+        seconds = time.perf_counter() - started
+        record: dict[str, Any] = {"seconds": round(seconds, 3), "cell": asdict(cell)}
+        if isinstance(executor, RayExecutor):
+            record["ray_folds"] = executor.stats[stats_before:]
+        (run_dir / CELL_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        rows.append(leaderboard_row(cell, run.report, seconds, run_dir, alpha))
+        log_event(logger, "cell_done", cell=i, run=str(run_dir), seconds=round(seconds, 1))
+    rows.sort(key=_sharpe_key, reverse=True)
+    board = {
+        "rows": rows,
+        "failed": failed,
+        "alpha": alpha,
+        "folds": wf.folds,
+        "seeds": wf.seeds,
+        "window": wf.window,
+        "executor": "ray" if isinstance(executor, RayExecutor) else "local",
+        "seconds": round(time.perf_counter() - t0, 1),
+        "out": str(out_dir),
+    }
+    if isinstance(executor, RayExecutor):
+        board["ray"] = executor.summary()
+    from jaxtrader.logs import jsonable
+
+    (out_dir / "leaderboard.json").write_text(
+        json.dumps(jsonable(board), indent=2) + "\n", encoding="utf-8"
+    )
+    (out_dir / "leaderboard.md").write_text(render_markdown(board), encoding="utf-8")
+    if failed:
+        names = ", ".join(f"{f['market']}/{f['arch']}/h{f['horizon']}" for f in failed)
+        raise StudyIncomplete(
+            f"{len(failed)} of {len(cells)} cells failed ({names}; errors in "
+            f"{out_dir / 'leaderboard.json'}); fix the cause and rerun with --resume {out_dir}"
+        )
+    return StudyRun(out=out_dir, leaderboard=board, seconds=time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering.
+
+COLUMNS = (
+    "market",
+    "arch",
+    "h",
+    "accuracy [95% CI]",
+    "majority",
+    "p vs maj.",
+    "seeds mean +- sd",
+    "net Sharpe",
+    "B&H Sharpe",
+    "wall",
+)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    lo, hi = row["accuracy_ci95"]
+    mark = "" if row["beats_majority"] else " (no edge)"
+    return [
+        row["market"],
+        row["arch"],
+        str(row["horizon"]),
+        f"{_pct(row['accuracy'])} [{_pct(lo)}, {_pct(hi)}]",
+        _pct(row["majority_rate"]),
+        f"{row['p_value_vs_majority']:.3g}{mark}",
+        f"{_pct(row['seed_accuracy_mean'])} +- {_pct(row['seed_accuracy_std'])}",
+        f"{row['net_sharpe']:.2f}",
+        f"{row['buy_and_hold_sharpe']:.2f}",
+        f"{row['wall_seconds']:.0f} s",
+    ]
+
+
+def _footnote(board: dict[str, Any]) -> str:
+    policy = board["rows"][0]["policy"] if board["rows"] else "n/a"
+    return (
+        f"Sorted by net Sharpe (policy: {policy}, net of fees). '(no edge)': p-value vs the "
+        f"majority rate not below {board['alpha']:g}, i.e. no better than always predicting "
+        f"the training majority class. {board['folds']} folds x {board['seeds']} seeds, "
+        f"{board['window']} window, executor {board['executor']}, study wall time "
+        f"{board['seconds']:.0f} s."
+    )
+
+
+def format_table(board: dict[str, Any]) -> str:
+    """The leaderboard as an aligned text table (the CLI prints it)."""
+    body = [list(COLUMNS)] + [_cells(r) for r in board["rows"]]
+    widths = [max(len(r[i]) for r in body) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in body]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += [
+        f"failed: {f['market']}/{f['arch']}/h{f['horizon']}: {f['error']}" for f in board["failed"]
+    ]
+    return "\n".join([*lines, _footnote(board)])
+
+
+def render_markdown(board: dict[str, Any]) -> str:
+    lines = [
+        "# Study leaderboard",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+        *["| " + " | ".join(_cells(r)) + " |" for r in board["rows"]],
+        "",
+        _footnote(board),
+    ]
+    if board["failed"]:
+        lines += ["", "## Failed cells", ""]
+        lines += [
+            f"- {f['market']}/{f['arch']}/h{f['horizon']}: {f['error']}" for f in board["failed"]
+        ]
+    if board.get("ray"):
+        r = board["ray"]
+        lines += [
+            "",
+            f"Ray: {r['folds']} fold tasks on {r['workers']} worker processes, overhead per fold "
+            f"median {r['overhead_seconds_median']:.2f} s vs fold median "
+            f"{r['fold_seconds_median']:.1f} s ({100 * r['overhead_share']:.1f}%), worker peak "
+            f"RSS {r['worker_peak_rss_mb_max']:.0f} MB.",
+        ]
+    lines += [
+        "",
+        "Runs:",
+        "",
+        *[f"- {r['market']} {r['arch']} h{r['horizon']}: `{r['run']}`" for r in board["rows"]],
+    ]
+    return "\n".join(lines) + "\n"

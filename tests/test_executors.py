@@ -1,0 +1,174 @@
+"""Executors: `--executor ray` gives the same walk-forward as local; a failing fold task is retried,
+reported, and the other folds are saved; resume finishes it; a stop request cancels running tasks.
+
+The Ray tests start a small local Ray themselves (2 CPUs, 200 MB object store, no dashboard) and
+shut it down at the end; they are marked `ray` and skipped with a reason when the `ray` extra is
+not installed (one tox env installs it). The other tests here run everywhere.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_walkforward import CFG, WF
+
+from jaxtrader.walkforward import WalkForwardInterrupted, run_walkforward
+
+# ray.init starts its daemons with subprocess (fork + exec at once): not a fork that runs JAX code.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
+RAY_SKIP = (
+    "ray is not installed (pip install 'jaxtrader[ray]'); the tox env with the ray extra runs it"
+)
+BOUND_SECONDS = 240  # the whole module: a hung Ray must not hang the suite
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[str]:
+    """A local Ray started by the test; RayExecutor() uses it (it is already initialised)."""
+    ray = pytest.importorskip("ray", reason=RAY_SKIP)
+    faulthandler.dump_traceback_later(BOUND_SECONDS, exit=True)
+    ray.init(
+        address="local",  # never a developer's running cluster (RAY_ADDRESS, `ray start`)
+        num_cpus=2,
+        object_store_memory=200 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "run"
+    run_walkforward(CFG, WF, out=out)
+    return out
+
+
+def _same_predictions(a: Path, b: Path) -> None:
+    pa, pb = pd.read_csv(a / "predictions.csv"), pd.read_csv(b / "predictions.csv")
+    pd.testing.assert_frame_equal(pa, pb, check_exact=False, rtol=0, atol=1e-6)
+
+
+@pytest.mark.ray
+def test_ray_gives_the_same_walkforward_as_local(
+    local_ray: str, local_run: Path, tmp_path: Path
+) -> None:
+    """The library path the CLI's `--executor ray` takes (in-process, so the test's Ray workers
+    are reused by the next tests instead of starting again for a subprocess driver)."""
+    from jaxtrader.executors import RayExecutor, describe
+
+    out = tmp_path / "ray_run"
+    executor = RayExecutor()
+    run = run_walkforward(CFG, WF, out=out, executor=executor)
+    _same_predictions(local_run, out)
+    local = json.loads((local_run / "report.json").read_text())
+    for key in ("pooled", "backtest", "buy_and_hold"):
+        for k, v in local[key].items():
+            assert run.report[key][k] == pytest.approx(v, abs=1e-6), (key, k)
+    for fold in (0, 1):  # the driver wrote every fold's checkpoint
+        assert (out / f"fold_{fold:02d}" / "manifest.json").is_file()
+    assert sorted(s["fold"] for s in executor.stats) == [0, 1]
+    assert (describe(executor) or "").startswith("ray: 2 folds")
+
+
+@pytest.mark.ray
+def test_failing_fold_is_retried_then_reported_and_resume_finishes(
+    local_ray: str, local_run: Path, tmp_path: Path
+) -> None:
+    from jaxtrader.executors import FoldsFailed, RayExecutor, quiet_run_fold
+
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+
+    def flaky(task):  # runs in a Ray worker (pickled by value): fold 1 always fails
+        if task.fold == 1:
+            (attempts / f"{os.getpid()}_{time.time_ns()}").touch()
+            raise RuntimeError("injected failure in fold 1")
+        return quiet_run_fold(task)
+
+    out = tmp_path / "run"
+    with pytest.raises(FoldsFailed) as failed:
+        run_walkforward(CFG, WF, out=out, executor=RayExecutor(fold_fn=flaky))
+    err = failed.value
+    assert err.failures == {1: "RuntimeError: injected failure in fold 1"}
+    assert err.attempts == 2 and len(list(attempts.iterdir())) == 2  # tried, retried once
+    assert str(out) in str(err) and "--resume" in str(err)
+    assert (out / "fold_00" / "manifest.json").is_file()  # the other fold completed and is saved
+    assert not (out / "fold_01" / "manifest.json").exists()
+    fold0 = (out / "fold_00" / "fold.json").read_text()
+    executor = RayExecutor()
+    run_walkforward(CFG, WF, out=out, resume=True, executor=executor)
+    assert [s["fold"] for s in executor.stats] == [1]  # only the missing fold ran
+    assert (out / "fold_00" / "fold.json").read_text() == fold0
+    _same_predictions(local_run, out)
+
+
+@pytest.mark.ray
+def test_stop_request_cancels_running_fold_tasks(local_ray: str, tmp_path: Path) -> None:
+    from jaxtrader.executors import RayExecutor
+
+    started = tmp_path / "started"
+    started.mkdir()
+
+    def slow(task):  # records its worker pid, then outlives the test unless cancelled
+        (started / str(os.getpid())).touch()
+        time.sleep(60)
+        raise AssertionError("not cancelled")
+
+    def stop_once_started() -> bool:
+        return len(list(started.iterdir())) == 2
+
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    with pytest.raises(WalkForwardInterrupted) as stopped:
+        run_walkforward(
+            CFG, WF, out=out, executor=RayExecutor(fold_fn=slow), should_stop=stop_once_started
+        )
+    assert stopped.value.done == [] and stopped.value.out == out
+    assert time.perf_counter() - t0 < 45
+    pids = [int(p.name) for p in started.iterdir()]
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids), "cancelled fold workers still running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_local_default_never_imports_ray_and_missing_ray_is_one_line(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from jaxtrader.executors import start_executor\n"
+        "import jaxtrader.cli, jaxtrader.study, jaxtrader.walkforward\n"
+        "start_executor('local')\n"
+        "assert 'ray' not in sys.modules, 'local imported ray'\n"
+        "sys.modules['ray'] = None  # as if the extra were not installed\n"
+        "from jaxtrader.cli import main\n"
+        "main(['walkforward', '--folds', '2', '--executor', 'ray'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "error: --executor ray needs Ray, which is not installed: pip install 'jaxtrader[ray]'"
+    )
+    assert "Traceback" not in proc.stderr
