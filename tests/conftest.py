@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -42,12 +43,17 @@ def btc_5m() -> Path:
     return _require(BTC_5M)
 
 
-def lightgbm_or_skip() -> object:
-    """The lightgbm module, or a skip when the optional `gbm` extra is absent. Where the extra is
-    meant to be installed (tox's py311 env sets JAXTRADER_REQUIRE_GBM=1) its absence fails the
-    test instead, so a broken install cannot pass CI as a quiet skip."""
-    if os.environ.get("JAXTRADER_REQUIRE_GBM") == "1":
-        import lightgbm
+def extra_or_skip(module: str, extra: str) -> object:
+    """`module`, or a skip when the optional `extra` is absent. Where tox installs the extra it
+    also lists it in JAXTRADER_REQUIRE_EXTRAS, and its absence fails the test instead, so a broken
+    install cannot pass CI as a quiet skip."""
+    if extra in os.environ.get("JAXTRADER_REQUIRE_EXTRAS", "").split(","):
+        return importlib.import_module(module)
+    return pytest.importorskip(
+        module,
+        reason=f"the optional `{extra}` extra is not installed (pip install 'jaxtrader[{extra}]')",
+    )
 
-        return lightgbm
-    return pytest.importorskip("lightgbm", reason="the optional `gbm` extra is not installed")
+
+def lightgbm_or_skip() -> object:
+    return extra_or_skip("lightgbm", "gbm")

@@ -16,25 +16,24 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import extra_or_skip
 from test_walkforward import CFG, WF
 
 from jaxtrader.walkforward import WalkForwardInterrupted, run_walkforward
 
 # ray.init starts its daemons with subprocess (fork + exec at once): not a fork that runs JAX code.
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
-RAY_SKIP = (
-    "ray is not installed (pip install 'jaxtrader[ray]'); the tox env with the ray extra runs it"
-)
 BOUND_SECONDS = 240  # the whole module: a hung Ray must not hang the suite
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[str]:
     """A local Ray started by the test; RayExecutor() uses it (it is already initialised)."""
-    ray = pytest.importorskip("ray", reason=RAY_SKIP)
+    ray: Any = extra_or_skip("ray", "ray")
     faulthandler.dump_traceback_later(BOUND_SECONDS, exit=True)
     ray.init(
         address="local",  # never a developer's running cluster (RAY_ADDRESS, `ray start`)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import extra_or_skip
 
 TINY_TOML = """
 [data]
@@ -291,7 +292,7 @@ def _event_scalars(event_file: Path) -> dict[str, dict[int, float]]:
 def test_training_knob_flags_and_tensorboard_events(workdir: Path) -> None:
     """Issue 14: --lr/--weight-decay/--patience/--dropout/--threshold override --config, and every
     run writes TensorBoard event files into its version directory."""
-    pytest.importorskip("tensorboardX")
+    extra_or_skip("tensorboardX", "tensorboard")
     from jaxtrader.checkpoint import METRICS_FILE, read_manifest
 
     flags = ["--lr", "0.002", "--weight-decay", "0.001", "--patience", "2", "--dropout", "0.05"]
