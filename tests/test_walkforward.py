@@ -285,3 +285,23 @@ def test_fold_checkpoint_loads_as_the_seed_ensemble(cli_run: tuple[Path, dict]) 
     probs = predictor.predict_split(dataset, "test")
     df = pd.read_csv(out / "predictions.csv")
     np.testing.assert_allclose(probs, df.loc[df["fold"] == 1, "prob_up"], atol=1e-6)
+
+
+def test_walkforward_and_study_take_every_train_knob_flag() -> None:
+    """`walkforward` (and `study`, which reuses its options) accept train's knob flags, mapped to
+    the config by the same `train_knob_overrides` that `train` uses."""
+    from jaxtrader.cli.common import train_knob_overrides
+    from jaxtrader.cli.study_cmds import study
+    from jaxtrader.cli.train_cmds import train
+    from jaxtrader.cli.walkforward_cmds import walkforward
+
+    knobs = {"lr", "weight_decay", "patience", "dropout", "threshold"}
+    for command in (train, walkforward, study):
+        assert knobs <= {p.name for p in command.params}, command.name
+    assert train_knob_overrides(0.5, 0.01, 7, 0.3, 0.002) == {
+        "train.learning_rate": 0.5,
+        "train.weight_decay": 0.01,
+        "train.patience": 7,
+        "model.dropout": 0.3,
+        "dataset.threshold": 0.002,
+    }

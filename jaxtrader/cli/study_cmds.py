@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from jaxtrader.cli.common import CliState, executor_options
+from jaxtrader.cli.common import CliState, executor_options, train_knob_overrides
 from jaxtrader.cli.walkforward_cmds import INTERRUPTED_EXIT, walkforward
 
 
@@ -68,6 +68,10 @@ def study(
     seq_len: int | None,
     seed: int | None,
     max_minutes: float | None,
+    lr: float | None,
+    weight_decay: float | None,
+    dropout: float | None,
+    threshold: float | None,
 ) -> None:
     """Walk-forward every (market, arch, horizon) and rank them in one leaderboard.
 
@@ -91,11 +95,11 @@ def study(
         state,
         {
             "train.epochs": epochs,
-            "train.patience": patience,
             "train.batch_size": batch_size,
             "dataset.seq_len": seq_len,
             "train.seed": seed,
             "train.max_minutes": max_minutes,
+            **train_knob_overrides(lr, weight_decay, patience, dropout, threshold),
         },
     )
     if resume is not None and out is not None and Path(out) != Path(resume):
@@ -169,6 +173,10 @@ SHARED_OPTIONS = (
     "seq_len",
     "seed",
     "max_minutes",
+    "lr",
+    "weight_decay",
+    "dropout",
+    "threshold",
 )
 study.params[3:3] = [p for name in SHARED_OPTIONS for p in walkforward.params if p.name == name]
 

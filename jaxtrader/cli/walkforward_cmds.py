@@ -25,6 +25,8 @@ from jaxtrader.cli.common import (
     data_options,
     data_overrides,
     executor_options,
+    train_knob_options,
+    train_knob_overrides,
 )
 
 INTERRUPTED_EXIT = 130
@@ -112,7 +114,6 @@ class _StopAfterFold:
     "Default: the history / (folds + 2).",
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs per fold.")
-@click.option("--patience", type=click.IntRange(min=1), default=None, help="Early-stop patience.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=None, help="Window length W.")
 @click.option(
@@ -134,6 +135,7 @@ class _StopAfterFold:
     help="Finish the run in DIR: folds whose manifests say complete are kept as they are.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of a summary.")
+@train_knob_options
 @executor_options
 @click.pass_obj
 def walkforward(
@@ -144,7 +146,6 @@ def walkforward(
     window: str,
     train_candles: int | None,
     epochs: int | None,
-    patience: int | None,
     batch_size: int | None,
     seq_len: int | None,
     horizon: int | None,
@@ -155,6 +156,11 @@ def walkforward(
     as_json: bool,
     executor: str,
     ray_address: str | None,
+    lr: float | None,
+    weight_decay: float | None,
+    patience: int | None,
+    dropout: float | None,
+    threshold: float | None,
     **data_flags: Any,
 ) -> None:
     """Walk-forward research: train K seeds per fold in one compiled step, predict every test block
@@ -181,12 +187,12 @@ def walkforward(
         {
             "model.arch": arch,
             "train.epochs": epochs,
-            "train.patience": patience,
             "train.batch_size": batch_size,
             "dataset.seq_len": seq_len,
             "dataset.horizon": horizon,
             "train.seed": seed,
             "train.max_minutes": max_minutes,
+            **train_knob_overrides(lr, weight_decay, patience, dropout, threshold),
             **data_overrides(**data_flags),
         },
     )
