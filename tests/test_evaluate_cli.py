@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from jaxtrader.decisions import positions_from_probs
+from jaxtrader.decisions import Policy, policy_positions, positions_from_probs
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.baselines import momentum_predictions
 from jaxtrader.evaluate.metrics import classification_metrics, reliability_table
@@ -126,9 +126,8 @@ def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[s
     n_eff = effective_n(len(df), st["horizon"])
     majority_acc = float(np.mean(y == st["majority_class"]))
     assert doc["significance"]["effective_n"] == n_eff
-    assert np.allclose(
-        wilson_interval(cls["accuracy"], n_eff), doc["significance"]["accuracy_ci95"]
-    )
+    k = round(cls["accuracy"] * n_eff)  # the same whole count as the p-values below
+    assert np.allclose(wilson_interval(k / n_eff, n_eff), doc["significance"]["accuracy_ci95"])
     assert _near(
         binomial_p_value(cls["accuracy"], n_eff, majority_acc),
         doc["significance"]["p_value_vs_majority"],
@@ -144,16 +143,16 @@ def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[s
     assert _near(classification_metrics(y, (lr > 0.5).astype(int), lr)["roc_auc"],
                  doc["baselines"]["logistic"]["roc_auc"])  # fmt: skip
 
-    cost = (st["fee_bps"] + st["slippage_bps"]) / 1e4
-    pos = positions_from_probs(p, st["threshold"], st["long_short"])
+    cost = (st["fee_bps"] / 1e4, st["slippage_bps"] / 1e4)
+    pos = policy_positions(Policy.from_dict(st["policy"]), p)
     assert np.array_equal(pos, df["position"].to_numpy())
-    series = bt.simulate(pos, df["asset_return"].to_numpy(), cost)
+    series = bt.simulate(pos, df["asset_return"].to_numpy(), *cost)
     assert np.allclose(series.equity, df["equity"].to_numpy(), rtol=1e-12)
     ts = pd.to_datetime(df["timestamp"], utc=True)
     span = (ts.iloc[-1] - ts.iloc[0]) / pd.Timedelta(seconds=st["interval_seconds"]) + 1
     perf = bt.performance(series, st["periods_per_year"], span)
     hold = bt.performance(
-        bt.simulate(np.ones(len(df)), df["asset_return"].to_numpy(), cost),
+        bt.simulate(np.ones(len(df)), df["asset_return"].to_numpy(), *cost),
         st["periods_per_year"],
         span,
     )
@@ -176,7 +175,7 @@ def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[s
     assert _near(again["lo"], ci["lo"]) and _near(again["hi"], ci["hi"])
     rule = positions_from_probs(lr, st["threshold"], st["long_short"])
     logistic_rule = bt.performance(
-        bt.simulate(rule, df["asset_return"].to_numpy(), cost), st["periods_per_year"], span
+        bt.simulate(rule, df["asset_return"].to_numpy(), *cost), st["periods_per_year"], span
     )
     assert _near(logistic_rule["sharpe"], doc["baseline_backtests"]["logistic"]["sharpe"])
 

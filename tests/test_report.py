@@ -56,6 +56,7 @@ def test_write_report_creates_json_markdown_and_plots(tmp_path: Path) -> None:
             "equity.png",
             "confusion.png",
             "reliability.png",
+            "coverage.png",
             "training.png",
             "attention.png",
         ]
@@ -70,6 +71,8 @@ def test_write_report_creates_json_markdown_and_plots(tmp_path: Path) -> None:
     assert "![equity](equity.png)" in md
     assert f"{doc['classification']['accuracy']:.4f}" in md
     assert "| 0.9-1.0 |" in md
+    assert "![coverage](coverage.png)" in md
+    assert "accuracy at coverage" in md and "| fee_drag |" in md
 
 
 def test_table_states_ci_p_value_fees_and_annualization(tmp_path: Path) -> None:
@@ -83,6 +86,8 @@ def test_table_states_ci_p_value_fees_and_annualization(tmp_path: Path) -> None:
     assert "fees 10 bps + slippage 2 bps" in text
     for name in ("majority", "always_long", "momentum", "logistic", "buy_and_hold"):
         assert name in text
+    assert "policy (given): enter > 0.56, exit < 0.5, min hold 3" in text
+    assert "trades_per_month" in text and "fee_drag" in text
     assert "n/a" in text  # undefined values (e.g. momentum log loss) are shown, not invented
 
 

@@ -78,10 +78,22 @@ class Manifest:
     created_at: str
     metrics_path: str
     schema: int = MANIFEST_SCHEMA
+    # The decision policy chosen for this model (optional; older manifests have none):
+    # {"rule": Policy fields, "source": how it was chosen, "chosen_at": ISO time, ...}.
+    # `trade` applies `rule` one candle at a time; absent = the plain threshold rule.
+    policy: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["feature_names"] = list(self.feature_names)
+        if d["policy"] is None:
+            del d["policy"]  # manifests without a policy stay byte-identical to older ones
+        return d
+
+    def model_dict(self) -> dict[str, Any]:
+        """What identifies the trained model: everything but the (re-choosable) policy."""
+        d = self.to_dict()
+        d.pop("policy", None)
         return d
 
     @classmethod
@@ -94,7 +106,7 @@ class Manifest:
             )
         kwargs = {k: d[k] for k in _REQUIRED_KEYS}
         kwargs["feature_names"] = tuple(d["feature_names"])
-        return cls(**kwargs)
+        return cls(**kwargs, policy=d.get("policy"))
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         risk=cfg.risk,
     )
     meta = {
-        "hash": stable_hash(manifest.to_dict()),
+        "hash": stable_hash(manifest.model_dict()),  # a re-chosen policy keeps the model
         "checkpoint": str(predictor.version_dir),
         "arch": manifest.arch,
         "version": manifest.version,
