@@ -7,7 +7,7 @@ probability series to positions, `policy_step` does the same one candle at a tim
 runner, and the two agree exactly), the plain rule (`positions_from_probs`: long above the
 threshold, short below 1 - threshold with long/short, which is `Policy.plain`), the one fill rule
 (`order_fill`: how an order for a target exposure becomes units, price and fee, used by the paper
-broker and by evaluate's backtest alike), the one timestamp conversion (`timestamps_ns`), and the
+broker and by evaluate's backtest alike), and the
 performance figures both report (`max_drawdown`, `sharpe`, and the annualization:
 `periods_per_year`, `has_weekend_candles`, `annualization`). The settings (fee, slippage,
 threshold, long/short) are one frozen type, `jaxtrader.config.TradeRules`.
@@ -326,28 +326,9 @@ def periods_per_year(interval_seconds: float, weekends: bool = True) -> float:
     return TRADING_DAYS * DAY_SECONDS / interval_seconds
 
 
-def timestamps_ns(values: Any) -> np.ndarray:
-    """int64 nanoseconds since the epoch (UTC) from a DatetimeIndex, a datetime Series, a
-    datetime64 array or a list of timestamps/ISO strings: the ONE place a time unit is decided.
-
-    pandas 3 keeps the resolution it parsed (microseconds for ISO strings, so `.asi8` returns
-    microseconds there); converting through `as_unit("ns")` makes the unit explicit. Integer input
-    is taken to be ns already.
-    """
-    import pandas as pd
-
-    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
-        return values.astype(np.int64, copy=False)
-    if isinstance(values, pd.Series):
-        values = pd.DatetimeIndex(values)
-    if not isinstance(values, pd.DatetimeIndex):
-        values = pd.DatetimeIndex(pd.to_datetime(values, utc=True))
-    return np.asarray(values.as_unit("ns").asi8, dtype=np.int64)
-
-
 def has_weekend_candles(timestamps_ns: np.ndarray) -> bool:
-    """True when any timestamp (int64 ns since the epoch, UTC; see `timestamps_ns`) is on a
-    Saturday or Sunday."""
+    """True when any timestamp (int64 ns since the epoch, UTC: `data.timestamps_ns` makes them)
+    is on a Saturday or Sunday."""
     days = np.asarray(timestamps_ns, dtype=np.int64) // (DAY_SECONDS * 1_000_000_000)
     weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
     return bool(np.any(weekday >= 5))

@@ -28,7 +28,6 @@ from jaxtrader.decisions import (
     PolicyRequest,
     annualization,
     check_settings,
-    timestamps_ns,
 )
 from jaxtrader.errors import DataError
 from jaxtrader.evaluate.baselines import predict_baselines
@@ -123,7 +122,7 @@ def evaluate_checkpoint(
     CLI's flags, resolved with the checkpoint's label horizon as the default minimum hold). With `record_policy`, an
     auto choice is written into the checkpoint's manifest (`trade` reads it from there).
     """
-    from jaxtrader.data import format_interval
+    from jaxtrader.data import format_interval, timestamps_ns
     from jaxtrader.evaluate.report import read_metrics_jsonl
     from jaxtrader.inference import Predictor
 

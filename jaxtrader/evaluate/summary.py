@@ -381,6 +381,8 @@ def read_csv(path: str | Path) -> EvalRows:
     """Reads a predictions CSV written by `write_csv` back into an `EvalRows` table."""
     import pandas as pd
 
+    from jaxtrader.data import timestamps_ns
+
     p = Path(path)
     try:
         df = pd.read_csv(p)
@@ -391,7 +393,7 @@ def read_csv(path: str | Path) -> EvalRows:
         raise DataError(
             f"predictions file {p} lacks columns {missing}; write it with --predictions"
         )
-    ts_ns = pd.DatetimeIndex(pd.to_datetime(df["timestamp"], utc=True)).as_unit("ns").asi8
+    ts_ns = timestamps_ns(df["timestamp"])
     lgbm = df["lightgbm_prob"]
     return EvalRows(
         timestamp_ns=np.asarray(ts_ns, dtype=np.int64),
