@@ -85,7 +85,7 @@ def test_a_missing_prediction_holds_and_counts_the_candle() -> None:
 
 
 def test_bad_policies_name_the_problem(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="exit 0.6 must be in"):
+    with pytest.raises(ConfigError, match=r"exit 0\.6 must be in"):
         Policy(enter=0.55, exit=0.6)
     with pytest.raises(ConfigError, match="min_hold"):
         Policy(min_hold=0)
@@ -126,16 +126,17 @@ def test_selection_reads_only_the_rows_it_is_given() -> None:
     free, _ = select_policy(p, r, TradeRules(fee_bps=0.0), horizon=5, periods_per_year=8760)
     costly, t2 = select_policy(p, r, TradeRules(fee_bps=50.0), horizon=5, periods_per_year=8760)
     trades = {(row["enter"], row["exit"], row["min_hold"]): row["trades"] for row in t2}
-    assert trades[(costly.enter, costly.exit, costly.min_hold)] <= trades[
-        (free.enter, free.exit, free.min_hold)
-    ]
+    assert (
+        trades[(costly.enter, costly.exit, costly.min_hold)]
+        <= trades[(free.enter, free.exit, free.min_hold)]
+    )
 
 
 def test_selection_ties_go_to_fewer_trades() -> None:
     # Zero returns: every policy has Sharpe 0 before costs; with no fee, all tie at 0 and the
     # policy with the fewest trades (the highest enter) wins.
     p = np.random.default_rng(3).random(300)
-    chosen, table = select_policy(
+    _, table = select_policy(
         p, np.zeros(300), TradeRules(fee_bps=0.0), horizon=1, periods_per_year=8760
     )
     fewest = min(row["trades"] for row in table)
