@@ -217,11 +217,15 @@ def test_changed_data_file_warns_but_evaluates(trained: dict[str, Path], tmp_pat
     changed = tmp_path / "changed.csv"
     changed.write_text("\n".join(lines) + "\n")
     args = ["evaluate", "--split", "val", "--ckpt-dir", str(trained["root"] / "ckpt"),
-            "--data", str(changed), "--json"]  # fmt: skip
+            "--data", str(changed), "--json", "--policy", "plain"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["split"] == "val"
+    # --policy plain: the threshold rule, re-decided every candle, and no selection table.
+    assert doc["policy"]["source"] == "plain" and "selection" not in doc["policy"]
+    assert doc["policy"]["selected"] == doc["policy"]["plain"]
+    assert doc["backtest"] == doc["backtest_plain"]
     assert any("differs from the training file" in n for n in doc["notes"])
 
 
@@ -258,3 +262,93 @@ def test_bad_fee_fails_fast_naming_the_flag(capsys: pytest.CaptureFixture[str]) 
         main(["evaluate", "--fee-bps", "-5", "--ckpt-dir", "/nonexistent"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("error: --fee-bps must be")
+
+
+def test_auto_policy_is_chosen_on_val_and_recorded_for_trade(
+    trained: dict[str, Path], evaluated: dict[str, Any]
+) -> None:
+    from jaxtrader.checkpoint import read_manifest
+    from jaxtrader.evaluate.selection import policy_grid
+
+    pol = evaluated["doc"]["policy"]
+    assert pol["source"].startswith("auto")
+    table = pol["selection"]
+    assert len(table) == len(policy_grid(evaluated["doc"]["settings"]["horizon"]))
+    (best,) = [r for r in table if r["selected"]]
+    assert best["net_sharpe"] == max(r["net_sharpe"] for r in table)
+    assert {k: best[k] for k in pol["selected"]} == pol["selected"]
+    recorded = read_manifest(trained["version_dir"]).policy
+    assert recorded is not None and recorded["rule"] == pol["selected"]
+    for name in ("selected", "plain"):
+        row = pol["comparison"][name]
+        assert row["fee_drag"] == pytest.approx(row["gross_return"] - row["total_return"])
+        assert {"trades_per_month", "avg_holding_periods", "turnover"} <= row.keys()
+    curve = evaluated["doc"]["coverage_curve"]
+    assert curve[0]["level"] == 0.0 and curve[0]["coverage"] == 1.0
+    assert curve[0]["accuracy"] == pytest.approx(evaluated["doc"]["classification"]["accuracy"])
+    coverages = [row["coverage"] for row in curve]
+    assert coverages == sorted(coverages, reverse=True)
+
+
+def test_policy_series_equals_the_trade_step_on_real_predictions(
+    evaluated: dict[str, Any],
+) -> None:
+    """The real tiny checkpoint's test predictions through both implementations of each policy:
+    the vectorized series function (evaluate) and the one-candle step (trade)."""
+    from jaxtrader.decisions import PolicyState, policy_step
+    from jaxtrader.evaluate.selection import policy_grid
+
+    df = pd.read_csv(evaluated["csv"])
+    p = df["prob_up"].to_numpy()
+    selected = Policy.from_dict(evaluated["doc"]["policy"]["selected"])
+    np.testing.assert_array_equal(policy_positions(selected, p), df["position"].to_numpy())
+    for pol in [selected, *policy_grid(5), *policy_grid(5, long_short=True)]:
+        state, stepped = PolicyState(), []
+        for x in p:
+            state = policy_step(pol, state, float(x))
+            stepped.append(state.position * pol.max_position)
+        np.testing.assert_array_equal(policy_positions(pol, p), stepped, err_msg=str(pol))
+
+
+def test_policy_selection_cannot_see_the_test_split(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every test-split price (and so every test label) rewritten: the chosen policy and the
+    whole selection table stay the same."""
+    from jaxtrader.checkpoint import read_manifest
+    from jaxtrader.config import DataConfig, TradeRules
+    from jaxtrader.data import load_market, timestamps_ns
+    from jaxtrader.evaluate.run import _select_on_val
+    from jaxtrader.inference import Predictor
+
+    frame = pd.read_csv(trained["data"])
+    test_start = pd.Timestamp(read_manifest(trained["version_dir"]).splits["test"]["start"])
+    in_test = pd.to_datetime(frame["timestamp"], utc=True) >= test_start
+    rng = np.random.default_rng(9)
+    factor = np.cumprod(1 + rng.normal(0, 0.02, int(in_test.sum())))
+    for col in ("open", "high", "low", "close"):
+        frame.loc[in_test, col] = frame.loc[in_test, col].to_numpy() * factor
+    changed = tmp_path / "changed_test.csv"
+    frame.to_csv(changed, index=False)
+
+    # What `evaluate --policy auto --split test` runs (evaluate.run._select_on_val), on datasets
+    # rebuilt from each file by the checkpoint's own predictor; the test split's probabilities
+    # passed in are the real ones of each file.
+    predictor = Predictor.load(checkpoint=str(trained["version_dir"]))
+    horizon = int(predictor.manifest.horizon)
+
+    def select(data: Path) -> tuple[Any, Any, np.ndarray]:
+        candles = load_market(DataConfig(path=str(data)))
+        ds = predictor.rebuild_dataset(candles)
+        f = candles.frame
+        chosen, table = _select_on_val(
+            predictor, ds, "test", np.asarray(predictor.predict_split(ds, "test")),
+            f["open"].to_numpy(), f["close"].to_numpy(), timestamps_ns(f.index), 3600.0,
+            TradeRules(fee_bps=10.0), horizon,
+        )  # fmt: skip
+        return chosen, table, ds.labels("test")
+
+    (a, table_a, labels_a), (b, table_b, labels_b) = select(trained["data"]), select(changed)
+    assert a == b
+    assert table_a == table_b
+    assert not np.array_equal(labels_a, labels_b)

@@ -113,4 +113,3 @@ def test_trade_replay_and_backtest_agree(
     r = np.diff(np.concatenate([[1.0], trade_equity])) / np.concatenate([[1.0], trade_equity[:-1]])
     assert summary["sharpe"] == pytest.approx(sharpe(r, 8760), rel=1e-12)
     assert not math.isclose(summary["sharpe"], sharpe(r, 6048), rel_tol=1e-3)
-
