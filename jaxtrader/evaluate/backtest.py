@@ -104,14 +104,20 @@ def simulate(
         )
     n = pos.size
     mark = np.cumprod(1.0 + r)  # price at the end of row i (relative to the first entry open)
-    fill_price = np.concatenate([[1.0], mark[:-1]])  # price at row i's entry open
     prev = np.concatenate([[0.0], pos[:-1]])
     turnover = np.abs(pos - prev)
     starts = np.flatnonzero((pos != prev) | (np.arange(n) == 0))
     ends = np.concatenate([starts[1:], [n]])
+    # Scalars for the loop as Python floats; per-segment price extremes to detect ruin cheaply.
+    entry_price = np.concatenate([[1.0], mark[:-1]])[starts].tolist()
+    targets = pos[starts].tolist()
+    low = np.minimum.reduceat(mark, starts).tolist()
+    high = np.maximum.reduceat(mark, starts).tolist()
 
-    equity = np.empty(n)
     fee = np.zeros(n)
+    cash_seg = np.empty(starts.size)
+    units_seg = np.empty(starts.size)
+    ruins: list[tuple[int, int]] = []
     trade_ret: list[float] = []
     trade_pnl: list[float] = []
     cash, units = 1.0, 0.0
@@ -131,17 +137,23 @@ def simulate(
         units += delta
         fee[i] += f + abs(delta) * abs(px - price)  # slippage is a cost too
 
-    for k, e in zip(starts, ends, strict=True):
-        trade(int(k), float(pos[k]), float(fill_price[k]))
-        seg = cash + units * mark[k:e]
-        ruined = np.flatnonzero(seg <= 0.0)
-        if ruined.size:  # ruin is absorbing: a wiped-out short holds nothing until the next change
-            seg[ruined[0] :] = 0.0
-            cash, units = 0.0, 0.0
+    for j, k in enumerate(starts.tolist()):
+        trade(k, targets[j], entry_price[j])
+        cash_seg[j], units_seg[j] = cash, units
+        worst = cash + units * (low[j] if units > 0 else high[j])
+        if units != 0 and worst <= 0.0:
+            # Ruin is absorbing: a wiped-out position holds nothing until the next change.
+            e = int(ends[j])
+            first = k + int(np.flatnonzero(cash + units * mark[k:e] <= 0.0)[0])
+            ruins.append((first, e))
             trade_pnl.append(-book.base)
             trade_ret.append(-1.0)
+            cash, units = 0.0, 0.0
             book.ruin()
-        equity[k:e] = seg
+    seg = np.repeat(np.arange(starts.size), ends - starts)
+    equity = cash_seg[seg] + units_seg[seg] * mark
+    for first, e in ruins:
+        equity[first:e] = 0.0
     final_out = abs(pos[-1])
     trade(n - 1, 0.0, float(mark[-1]))
     equity[-1] = cash
