@@ -344,6 +344,16 @@ def verdict(doc: dict[str, Any], alpha: float = 0.05) -> list[str]:
             f"[{gci['lo']:.2f}, {gci['hi']:.2f}]), but {net['trades']} trades paid "
             f"{net['fees_paid']:.1%} of the starting equity in costs, leaving {net['sharpe']:.2f}"
         )
+    pol = doc.get("policy")
+    if pol and pol["selected"] != pol["plain"]:
+        sel, plain = pol["comparison"]["selected"], pol["comparison"]["plain"]
+        lines.append(
+            f"the {pol['source'].split(':')[0]} policy (enter > {pol['selected']['enter']:g}, "
+            f"exit <= {pol['selected']['exit']:g}, min hold {pol['selected']['min_hold']}) made "
+            f"{sel['trades']} trades with net Sharpe {sel['sharpe']:.2f} and fee drag "
+            f"{sel['fee_drag']:.1%}; the plain rule made {plain['trades']} with "
+            f"{plain['sharpe']:.2f} and {plain['fee_drag']:.1%}"
+        )
     s_model, s_hold = net["sharpe"], doc["buy_and_hold"]["sharpe"]
     lines.append(
         f"net Sharpe {s_model:.2f} vs buy-and-hold {s_hold:.2f} "
