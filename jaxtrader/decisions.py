@@ -265,7 +265,7 @@ def target_units(cash: float, units: float, target: float, price: float, fee_rat
     if target == 0 or equity <= 0:
         return 0.0
     naive = target * equity / price
-    if target > 0 and naive > units >= 0:
+    if target > 0 and naive > units:  # buying (also covering a short): fees come from equity
         return target * (equity + fee_rate * price * units) / (price * (1.0 + target * fee_rate))
     return naive
 

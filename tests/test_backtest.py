@@ -18,15 +18,17 @@ def _reference(
     positions: np.ndarray, asset_returns: np.ndarray, fee: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """A plain loop in the exchange's terms (equity and fees per row): going long from flat buys
-    E / (P (1 + fee)) units, any other change sets units = target x E / P, and every fill pays
-    fee x |units traded| x P in cash."""
+    E / (P (1 + fee)) units (from a short, the cover's fee is paid from the same equity), a
+    short sets units = -E / P, and every fill pays fee x |units traded| x P in cash."""
     cash, units, price, prev = 1.0, 0.0, 1.0, 0.0
     eq, fees = [], []
     for pos, r in zip(positions, asset_returns, strict=True):
         paid = 0.0
         if pos != prev:
             e = cash + units * price
-            new = e / (price * (1 + fee)) if (prev == 0 and pos == 1) else pos * e / price
+            # Buying into a long (from flat or out of a short) pays every fee from the equity:
+            # new * price = E - fee, fee = (new - units) * price * fee_rate.
+            new = (e + fee * price * units) / (price * (1 + fee)) if pos == 1 else pos * e / price
             paid = abs(new - units) * price * fee
             cash -= (new - units) * price + paid
             units = new
