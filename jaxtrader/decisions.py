@@ -209,10 +209,10 @@ def policy_positions(policy: Policy, prob_up: np.ndarray) -> np.ndarray:
     p = np.asarray(prob_up, dtype=np.float64)
     n = p.size
     if policy.exit == policy.enter and policy.min_hold == 1:
-        pos = (p > policy.enter).astype(np.float64)
+        unit = (p > policy.enter).astype(np.float64)
         if policy.long_short:
-            pos -= (p < 1.0 - policy.enter).astype(np.float64)
-        return pos * policy.max_position
+            unit -= (p < 1.0 - policy.enter).astype(np.float64)
+        return unit * policy.max_position
     short_entry = (p < 1.0 - policy.enter) if policy.long_short else np.zeros(n, dtype=bool)
     leave = {  # from state s, the rows at which the desired position differs from s
         0: (p > policy.enter) | short_entry,
@@ -223,7 +223,8 @@ def policy_positions(policy: Policy, prob_up: np.ndarray) -> np.ndarray:
     next_leave = {
         s: np.minimum.accumulate(np.where(c, idx, n)[::-1])[::-1] for s, c in leave.items()
     }
-    at, to = [0], [0]
+    at: list[int] = [0]
+    to: list[int] = [0]
     pos, i = 0, 0
     while i < n:
         j = int(next_leave[pos][i])
