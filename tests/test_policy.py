@@ -157,3 +157,19 @@ def test_timestamps_are_nanoseconds_whatever_the_pandas_resolution(unit: str) ->
     assert annualization(3600, timestamps_ns(idx))[0] == 8760.0
     if unit != "ns":  # the bug, reproduced: the raw integers of a coarser unit are not ns
         assert annualization(3600, idx.asi8)[0] == 6048.0
+
+
+def test_trade_takes_the_policy_recorded_in_the_manifest(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from jaxtrader.trading.runner import trade_policy
+
+    rule = Policy(enter=0.58, exit=0.53, min_hold=10).to_dict()
+    recorded = SimpleNamespace(policy={"rule": rule, "source": "evaluate --policy auto"})
+    rules = TradeRules()
+    assert trade_policy("checkpoint", recorded, rules) == Policy(0.58, 0.53, 10)
+    assert trade_policy("plain", recorded, rules) is None  # the override
+    assert trade_policy("checkpoint", SimpleNamespace(policy=None), rules) is None  # old manifest
+    f = tmp_path / "p.toml"
+    f.write_text("enter = 0.6\nexit = 0.5\n")
+    assert trade_policy(str(f), recorded, rules) == Policy(0.6, 0.5)

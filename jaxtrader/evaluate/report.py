@@ -129,7 +129,7 @@ POLICY_KEYS = (
 
 
 def _describe(policy: dict[str, Any]) -> str:
-    band = f"exit < {policy['exit']:g}" if policy["exit"] < policy["enter"] else "no band"
+    band = f"leave at <= {policy['exit']:g}" if policy["exit"] < policy["enter"] else "no band"
     return (
         f"enter > {policy['enter']:g}, {band}, min hold {policy['min_hold']}, "
         f"size {policy['max_position']:g}{', long-short' if policy['long_short'] else ''}"
@@ -154,7 +154,13 @@ def _policy_lines(doc: dict[str, Any], markdown: bool) -> list[str]:
     lines.append("")
     pct = {"total_return", "gross_return", "fee_drag", "exposure"}
     body = [
-        [k, *(_fmt(comp[n].get(k), k in pct, k in pct) for n in ("selected", "plain"))]
+        [
+            k,
+            *(
+                _fmt(comp[n].get(k), k in pct, k in pct - {"exposure"})
+                for n in ("selected", "plain")
+            ),
+        ]
         for k in POLICY_KEYS
     ]
     lines += _rows(["policy", "selected", "plain"], body, markdown)
