@@ -57,6 +57,23 @@ _PRICE_NAMES = {
 _VOLUME_NAMES = ("volume", "vol", "v", "base_volume", "volume_base", "basevolume", "base_vol")
 
 
+def timestamps_ns(values: Any) -> np.ndarray:
+    """int64 nanoseconds since the epoch (UTC) from a DatetimeIndex, a datetime Series, a
+    datetime64 array or a list of timestamps/ISO strings: the ONE place a time unit is decided.
+
+    pandas 3 keeps the resolution it parsed (microseconds for ISO strings, so `.asi8` returns
+    microseconds there); converting through `as_unit("ns")` makes the unit explicit. Integer input
+    is taken to be ns already.
+    """
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        return values.astype(np.int64, copy=False)
+    if isinstance(values, pd.Series):
+        values = pd.DatetimeIndex(values)
+    if not isinstance(values, pd.DatetimeIndex):
+        values = pd.DatetimeIndex(pd.to_datetime(values, utc=True))
+    return np.asarray(values.as_unit("ns").asi8, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class GapReport:
     """Missing candles on the regular grid, as found in the file (before any filling)."""
@@ -470,7 +487,7 @@ def _parse_timestamps(col: Any, raw: _Raw, path: Path) -> np.ndarray:
         raise DataError(
             f"{path}: {_where(raw, int(bad[0]))}: missing timestamp; fix or remove the row"
         )
-    return parsed.dt.as_unit("ns").astype("int64").to_numpy()
+    return timestamps_ns(parsed)
 
 
 def _numeric(series: pd.Series, name: str, raw: _Raw, path: Path) -> np.ndarray:

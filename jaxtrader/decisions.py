@@ -1,12 +1,16 @@
 """How a P(up) becomes a position, and how the resulting returns are scored: the one module below
 both `evaluate/` (the backtest) and `trading/` (the live strategy), so they decide and measure alike.
 
-Owns: the settings check (`check_settings`), the signal rule (`positions_from_probs`: long above
-the threshold, short below 1 - threshold with long/short), and the performance figures both report
-(`max_drawdown`, `sharpe`, and the annualization: `periods_per_year`, `has_weekend_candles`,
-`annualization`). Decision policies beyond a single threshold (hysteresis, minimum holding period)
-belong here too, beside `positions_from_probs`. The settings themselves (fee, slippage, threshold,
-long/short) are one frozen type, `jaxtrader.config.TradeRules`.
+Owns: the settings check (`check_settings`), the decision policy (`Policy`: entry/exit thresholds
+with a hysteresis band, a minimum holding time, a position size; `policy_positions` maps a whole
+probability series to positions, `policy_step` does the same one candle at a time for the trade
+runner, and the two agree exactly), the plain rule (`positions_from_probs`: long above the
+threshold, short below 1 - threshold with long/short, which is `Policy.plain`), the one fill rule
+(`order_fill`: how an order for a target exposure becomes units, price and fee, used by the paper
+broker and by evaluate's backtest alike), and the
+performance figures both report (`max_drawdown`, `sharpe`, and the annualization:
+`periods_per_year`, `has_weekend_candles`, `annualization`). The settings (fee, slippage,
+threshold, long/short) are one frozen type, `jaxtrader.config.TradeRules`.
 
 Annualization comes from the candle interval, never a constant: 8760 periods a year for 1h, 105120
 for 5m, 365 for 1d crypto; 252 trading days only when the data has no weekend candles (equities).
@@ -14,7 +18,12 @@ for 5m, 365 for 1d crypto; 252 trading days only when the data has no weekend ca
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,16 +56,246 @@ def check_settings(
             raise ConfigError(f"{flag} must be between 0 and 10000 bps, got {value}")
 
 
+@dataclass(frozen=True)
+class Policy:
+    """How P(up) becomes a position over time.
+
+    Long-only: enter a long when P(up) > `enter`; hold it while P(up) > `exit` (exit <= enter is a
+    hysteresis band: the position survives the noise between the two); leave when P(up) <= exit.
+    With `long_short` the mirror pair applies to shorts (enter when P(up) < 1 - enter, cover when
+    P(up) >= 1 - exit), and a long whose P(up) falls below 1 - enter flips straight to a short.
+    A position is held for at least `min_hold` decisions (1 = may leave at the next decision) and
+    is `max_position` x equity. `Policy.plain(t)` (enter = exit = t, min_hold 1) is the rule
+    "long above t, re-decided every candle".
+    """
+
+    enter: float = 0.5
+    exit: float = 0.5
+    min_hold: int = 1
+    max_position: float = 1.0
+    long_short: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.enter < 1.0:
+            raise ConfigError(f"policy enter must be between 0 and 1, got {self.enter}")
+        if not 0.0 < self.exit <= self.enter:
+            raise ConfigError(
+                f"policy exit {self.exit} must be in (0, enter={self.enter}]: exit <= enter is the "
+                "hysteresis band; set --exit at or below --enter"
+            )
+        if self.long_short and self.enter < 0.5:
+            raise ConfigError(
+                f"policy enter {self.enter} < 0.5 with --long-short makes long and short overlap"
+            )
+        if int(self.min_hold) != self.min_hold or self.min_hold < 1:
+            raise ConfigError(f"policy min_hold must be an integer >= 1, got {self.min_hold}")
+        if not 0.0 < self.max_position <= 1.0:
+            raise ConfigError(
+                f"policy max_position must be in (0, 1] (no leverage), got {self.max_position}"
+            )
+
+    @classmethod
+    def plain(cls, threshold: float = 0.5, long_short: bool = False) -> Policy:
+        """The rule before policies existed: long above `threshold`, re-decided every candle."""
+        check_settings(threshold=threshold, long_short=long_short)
+        return cls(enter=threshold, exit=threshold, min_hold=1, long_short=long_short)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "policy") -> Policy:
+        """From a mapping (a manifest's `policy`, a TOML file); unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{where}: unknown policy keys {unknown}; allowed: {sorted(names)}")
+        try:
+            return cls(**{k: v for k, v in d.items() if k in names})
+        except TypeError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Policy:
+        """A `[policy]` table (or top-level keys) of enter, exit, min_hold, max_position."""
+        import tomllib
+
+        p = Path(path)
+        try:
+            doc = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(
+                f"cannot read policy file {p}: {e}; pass --policy auto, plain or a TOML file"
+            ) from None
+        return cls.from_dict(doc.get("policy", doc), where=str(p))
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    """What the user asked for: "auto", "plain" or a TOML file, plus explicit --enter/--exit/
+    --min-hold (which win). Resolved against the checkpoint's label horizon by `resolve`."""
+
+    spec: str = "plain"
+    enter: float | None = None
+    exit: float | None = None
+    min_hold: int | None = None
+
+    @property
+    def manual(self) -> bool:
+        return self.enter is not None or self.exit is not None or self.min_hold is not None
+
+    def resolve(self, *, threshold: float, long_short: bool, horizon: int) -> str | Policy:
+        """ "auto", "plain", or the manual `Policy` (min_hold defaults to the label horizon)."""
+        if self.spec in ("auto", "plain") and not self.manual:
+            return self.spec
+        if self.spec in ("auto", "plain"):
+            base = Policy(enter=threshold, exit=threshold, min_hold=horizon, long_short=long_short)
+        else:
+            base = dataclasses.replace(Policy.from_toml(self.spec), long_short=long_short)
+        enter = base.enter if self.enter is None else self.enter
+        return dataclasses.replace(
+            base,
+            enter=enter,
+            exit=min(enter, base.exit) if self.exit is None else self.exit,
+            min_hold=base.min_hold if self.min_hold is None else self.min_hold,
+        )
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """Where a policy stands after a decision: the unit position (-1/0/+1) and for how many
+    decisions it has been held (1 on the decision that entered it; 0 when flat)."""
+
+    position: int = 0
+    held: int = 0
+
+
+def _next_position(policy: Policy, position: int, p: float) -> int:
+    """The desired unit position at probability p from `position`, ignoring min_hold."""
+    ls = policy.long_short
+    if position > 0:
+        if ls and p < 1.0 - policy.enter:
+            return -1
+        return 1 if p > policy.exit else 0
+    if position < 0:
+        if p > policy.enter:
+            return 1
+        return -1 if p < 1.0 - policy.exit else 0
+    if p > policy.enter:
+        return 1
+    return -1 if ls and p < 1.0 - policy.enter else 0
+
+
+def policy_step(policy: Policy, state: PolicyState, p: float | None) -> PolicyState:
+    """One decision: the state after seeing P(up) = p. `p=None` (no usable prediction) holds the
+    position and counts the time held. The target exposure is `state.position * max_position`."""
+    if p is None or (state.position != 0 and state.held < policy.min_hold):
+        return PolicyState(state.position, state.held + 1 if state.position else 0)
+    nxt = _next_position(policy, state.position, float(p))
+    if nxt == state.position:
+        return PolicyState(nxt, state.held + 1 if nxt else 0)
+    return PolicyState(nxt, 1 if nxt else 0)
+
+
+def policy_positions(policy: Policy, prob_up: np.ndarray) -> np.ndarray:
+    """Positions (float64, in units of equity) for a probability series, from flat.
+
+    Equal to folding `policy_step` over the series (tested on real predictions), but without a
+    Python step per row: each state's "leave" condition is a boolean array turned into a
+    next-true index array once, and the loop jumps from one position change to the next (O(1)
+    each), so the cost is O(n) numpy plus O(changes) Python. Without a band or a minimum hold
+    the rule is stateless and fully vectorized. Measured by scripts/bench_policy.py.
+    """
+    p = np.asarray(prob_up, dtype=np.float64)
+    n = p.size
+    if policy.exit == policy.enter and policy.min_hold == 1:
+        unit = (p > policy.enter).astype(np.float64)
+        if policy.long_short:
+            unit -= (p < 1.0 - policy.enter).astype(np.float64)
+        return unit * policy.max_position
+    short_entry = (p < 1.0 - policy.enter) if policy.long_short else np.zeros(n, dtype=bool)
+    leave = {  # from state s, the rows at which the desired position differs from s
+        0: (p > policy.enter) | short_entry,
+        1: (p <= policy.exit) | short_entry,
+        -1: (p >= 1.0 - policy.exit) | (p > policy.enter),
+    }
+    idx = np.arange(n)
+    next_leave = {
+        s: np.minimum.accumulate(np.where(c, idx, n)[::-1])[::-1] for s, c in leave.items()
+    }
+    at: list[int] = [0]
+    to: list[int] = [0]
+    pos, i = 0, 0
+    while i < n:
+        j = int(next_leave[pos][i])
+        if j >= n:
+            break
+        pos = _next_position(policy, pos, float(p[j]))
+        at.append(j)
+        to.append(pos)
+        # A new position is held for min_hold decisions before it may change again.
+        i = j + (policy.min_hold if pos else 1)
+    lengths = np.diff(np.array([*at, n]))
+    return np.repeat(np.array(to, dtype=np.float64), lengths) * policy.max_position
+
+
 def positions_from_probs(
     prob_up: np.ndarray, threshold: float = 0.5, long_short: bool = False
 ) -> np.ndarray:
-    """+1 above `threshold`, -1 below 1 - threshold with long_short, else 0 (float64)."""
+    """+1 above `threshold`, -1 below 1 - threshold with long_short, else 0 (float64): the plain
+    policy, computed directly (no state is needed when a position is re-decided every candle)."""
     check_settings(threshold=threshold, long_short=long_short)
     p = np.asarray(prob_up, dtype=np.float64)
     pos = (p > threshold).astype(np.float64)
     if long_short:
         pos -= (p < 1.0 - threshold).astype(np.float64)
     return pos
+
+
+# -- fills --------------------------------------------------------------------------------------
+
+
+def target_units(cash: float, units: float, target: float, price: float, fee_rate: float) -> float:
+    """Units to hold after a fill at `price` so the position is `target` x equity.
+
+    When a long grows, the fee is paid from the same equity, so the size solves
+    u' * p = target * (equity - fee) with fee = (u' - u) * p * fee_rate: buying with all equity
+    gets equity / (price * (1 + fee_rate)) units, the exchange's "buy with 100%" order.
+    """
+    equity = cash + units * price
+    if target == 0 or equity <= 0:
+        return 0.0
+    naive = target * equity / price
+    if target > 0 and naive > units:  # buying (also covering a short): fees come from equity
+        return target * (equity + fee_rate * price * units) / (price * (1.0 + target * fee_rate))
+    return naive
+
+
+def order_fill(
+    cash: float,
+    units: float,
+    target: float,
+    open_price: float,
+    fee_rate: float,
+    slippage_rate: float,
+) -> tuple[float, float, float] | None:
+    """The one fill rule (paper broker and backtest): (delta units, fill price, fee) of a market
+    order for `target` x equity at a candle's open, or None when nothing needs trading.
+
+    The price moves against the trader by the slippage (up for a buy, down for a sell); the fee is
+    `fee_rate` x the notional |delta| x price, paid in cash. An exit sells exactly the units held.
+    """
+    # The side, and so the slippage direction, follows from the unslipped target size.
+    side = target_units(cash, units, target, open_price, fee_rate) - units
+    if side == 0:
+        return None
+    price = open_price * (1.0 + slippage_rate if side > 0 else 1.0 - slippage_rate)
+    delta = target_units(cash, units, target, price, fee_rate) - units
+    if target == 0:
+        delta = -units  # exits close exactly, with no float residue
+    if delta == 0:
+        return None
+    return delta, price, abs(delta) * price * fee_rate
 
 
 # -- performance --------------------------------------------------------------------------------
@@ -95,7 +334,8 @@ def periods_per_year(interval_seconds: float, weekends: bool = True) -> float:
 
 
 def has_weekend_candles(timestamps_ns: np.ndarray) -> bool:
-    """True when any timestamp (int64 ns since the epoch, UTC) is on a Saturday or Sunday."""
+    """True when any timestamp (int64 ns since the epoch, UTC: `data.timestamps_ns` makes them)
+    is on a Saturday or Sunday."""
     days = np.asarray(timestamps_ns, dtype=np.int64) // (DAY_SECONDS * 1_000_000_000)
     weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
     return bool(np.any(weekday >= 5))

@@ -575,7 +575,9 @@ def _inputs(frame: pd.DataFrame) -> tuple[list[Array], Array]:
             "open times; pass Candles.frame from jaxtrader.data"
         )
     cols = [np.ascontiguousarray(frame[col].to_numpy(dtype=np.float64)) for col in _COLUMNS]
-    return cols, frame.index.as_unit("ns").asi8
+    from jaxtrader.data import timestamps_ns
+
+    return cols, timestamps_ns(frame.index)
 
 
 def feature_matrix(frame: pd.DataFrame) -> Array:

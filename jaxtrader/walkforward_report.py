@@ -28,7 +28,7 @@ import pandas as pd
 from jaxtrader.decisions import annualization, positions_from_probs
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.metrics import classification_metrics
-from jaxtrader.evaluate.significance import accuracy_significance, effective_n, wilson_interval
+from jaxtrader.evaluate.significance import accuracy_significance, count_interval, effective_n
 from jaxtrader.evaluate.summary import CLASSIFY_AT, span_periods
 
 if TYPE_CHECKING:
@@ -93,13 +93,13 @@ def _accuracy(labels: np.ndarray, prob: np.ndarray) -> float:
 def _backtest(df: pd.DataFrame, settings: dict[str, Any]) -> tuple[dict, dict, Any]:
     ppy = settings["periods_per_year"]
     span = span_periods(_timestamps_ns(df), settings["interval_seconds"])
-    cost = (settings["fee_bps"] + settings["slippage_bps"]) / 1e4
+    fee, slip = settings["fee_bps"] / 1e4, settings["slippage_bps"] / 1e4
     pos = positions_from_probs(
         df["prob_up"].to_numpy(np.float64), settings["threshold"], settings["long_short"]
     )
     r = df["asset_return"].to_numpy(np.float64)
-    strategy = bt.simulate(pos, r, cost)
-    hold = bt.simulate(np.ones(len(df)), r, cost)
+    strategy = bt.simulate(pos, r, fee, slip)
+    hold = bt.simulate(np.ones(len(df)), r, fee, slip)
     return bt.performance(strategy, ppy, span), bt.performance(hold, ppy, span), strategy
 
 
@@ -125,7 +125,7 @@ def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
                 "n": int(y.size),
                 "effective_n": effective_n(int(y.size), h),
                 "accuracy": cls["accuracy"],
-                "accuracy_ci95": list(wilson_interval(cls["accuracy"], effective_n(y.size, h))),
+                "accuracy_ci95": count_interval(cls["accuracy"], effective_n(y.size, h)),
                 "majority_rate": majority,
                 "auc": cls["roc_auc"],
                 "seed_accuracies": [_accuracy(y, part[c].to_numpy(np.float64)) for c in seeds],
@@ -356,8 +356,12 @@ def plot_equity(df: pd.DataFrame, report: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     s = report["settings"]
     _, _, strategy = _backtest(df, s)
-    cost = (s["fee_bps"] + s["slippage_bps"]) / 1e4
-    hold = bt.simulate(np.ones(len(df)), df["asset_return"].to_numpy(np.float64), cost)
+    hold = bt.simulate(
+        np.ones(len(df)),
+        df["asset_return"].to_numpy(np.float64),
+        s["fee_bps"] / 1e4,
+        s["slippage_bps"] / 1e4,
+    )
     t = pd.to_datetime(df["timestamp"], utc=True)
     fig, ax = plt.subplots(figsize=(10, 4.5))
     ax.plot(t, strategy.equity, lw=1.1, label="strategy (net of fees)")

@@ -14,20 +14,32 @@ from jaxtrader.evaluate import backtest as bt
 C = 0.001  # 10 bps
 
 
-def _reference_equity(positions: np.ndarray, asset_returns: np.ndarray, cost: float) -> np.ndarray:
-    """A plain loop over holding periods: buy a quantity at entry, mark it, pay on every change."""
-    equity, out = 1.0, []
-    prev, entry_equity, path = 0.0, 1.0, 1.0
+def _reference(
+    positions: np.ndarray, asset_returns: np.ndarray, fee: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A plain loop in the exchange's terms (equity and fees per row): going long from flat buys
+    E / (P (1 + fee)) units (from a short, the cover's fee is paid from the same equity), a
+    short sets units = -E / P, and every fill pays fee x |units traded| x P in cash."""
+    cash, units, price, prev = 1.0, 0.0, 1.0, 0.0
+    eq, fees = [], []
     for pos, r in zip(positions, asset_returns, strict=True):
+        paid = 0.0
         if pos != prev:
-            equity -= equity * cost * abs(pos - prev)
-            entry_equity, path = equity, 1.0
-        path *= 1.0 + r
-        equity = entry_equity * (1.0 + pos * (path - 1.0))
-        out.append(equity)
+            e = cash + units * price
+            # Buying into a long (from flat or out of a short) pays every fee from the equity:
+            # new * price = E - fee, fee = (new - units) * price * fee_rate.
+            new = (e + fee * price * units) / (price * (1 + fee)) if pos == 1 else pos * e / price
+            paid = abs(new - units) * price * fee
+            cash -= (new - units) * price + paid
+            units = new
+        price *= 1.0 + r
+        eq.append(cash + units * price)
+        fees.append(paid)
         prev = pos
-    out[-1] *= 1.0 - cost * abs(prev)
-    return np.array(out)
+    paid = abs(units) * price * fee
+    eq[-1] = cash + units * price - paid
+    fees[-1] += paid
+    return np.array(eq), np.array(fees)
 
 
 def test_perfect_oracle_has_the_known_total_return() -> None:
@@ -43,9 +55,10 @@ def test_perfect_oracle_has_the_known_total_return() -> None:
     assert no_fee.equity[-1] == pytest.approx(1.1**3, rel=1e-12)
     # With fees: entry at row 0, exit at row 1, entry at row 2, exit at row 4 -> 4 fees.
     with_fee = bt.simulate(oracle, r, C)
-    expected = 1.1 * (1 - C) * (1 - C) * 1.1 * 1.1 * (1 - C) * (1 - C)
+    # Each round trip: buy 1 / (1 + C) of the equity's worth, sell it back paying C: (1-C)/(1+C).
+    expected = 1.1**3 * ((1 - C) / (1 + C)) ** 2
     assert with_fee.equity[-1] == pytest.approx(expected, rel=1e-12)
-    chex.assert_trees_all_close(with_fee.equity, _reference_equity(oracle, r, C), rtol=1e-12)
+    chex.assert_trees_all_close(with_fee.equity, _reference(oracle, r, C)[0], rtol=1e-12)
     assert with_fee.trade_returns.size == 2
 
 
@@ -68,15 +81,19 @@ def test_fees_are_charged_exactly_twice_per_round_trip() -> None:
     r = np.zeros(6)
     pos = np.array([0, 1, 1, 1, 0, 0], dtype=np.float64)
     s = bt.simulate(pos, r, C)
-    assert s.equity[-1] == pytest.approx((1 - C) ** 2, rel=1e-15)
-    chex.assert_trees_all_close(s.fee, np.array([0, C, 0, 0, C * (1 - C), 0]), rtol=1e-15)
+    # Buy u = 1 / (1 + C) units at 1 paying C u; sell them at 1 paying C u again.
+    u = 1 / (1 + C)
+    assert s.equity[-1] == pytest.approx((1 - C) / (1 + C), rel=1e-15)
+    chex.assert_trees_all_close(s.fee, np.array([0, C * u, 0, 0, C * u, 0]), rtol=1e-15)
     assert s.turnover.sum() == 2.0
     perf = bt.performance(s, 8760)
     assert perf["trades"] == 1
-    assert perf["fees_paid"] == pytest.approx(C + C * (1 - C), rel=1e-15)
+    assert perf["fees_paid"] == pytest.approx(2 * C * u, rel=1e-15)
+    # The old rule (fee x equity, invest the rest) gave (1 - C)^2: 1 / (1 - C^2) per entry apart.
+    assert s.equity[-1] / (1 - C) ** 2 == pytest.approx(1 / ((1 + C) * (1 - C)), rel=1e-15)
     # Holding to the end: the final close-out pays the exit, so still exactly two fees.
     held = bt.simulate(np.array([0, 1, 1, 1, 1, 1.0]), r, C)
-    assert held.equity[-1] == pytest.approx((1 - C) ** 2, rel=1e-15)
+    assert held.equity[-1] == pytest.approx((1 - C) / (1 + C), rel=1e-15)
     assert held.turnover.sum() == 2.0
 
 
@@ -117,10 +134,11 @@ def test_long_short_flip_pays_two_units() -> None:
     chex.assert_trees_all_equal(pos, np.array([1.0, -1.0, -1.0]))
     s = bt.simulate(pos, r, C)
     chex.assert_trees_all_equal(s.turnover, np.array([1.0, 2.0, 1.0]))
-    e0 = 1 - C
-    e1 = e0 * (1 - 2 * C)
-    assert s.fee[1] == pytest.approx(e0 * 2 * C, rel=1e-15)
-    assert s.equity[-1] == pytest.approx(e1 * (1 - C), rel=1e-15)
+    # Long u = 1/(1+C) (equity 1/(1+C) after the fee); the flip sells 2u in one order (fee 2Cu)
+    # to hold -u; covering buys u back (fee Cu): 1 - 3C u in the end at a constant price.
+    u = 1 / (1 + C)
+    assert s.fee[1] == pytest.approx(2 * C * u, rel=1e-15)
+    assert s.equity[-1] == pytest.approx((1 - 3 * C) * u, rel=1e-15)
     # Between the thresholds the long-short strategy is flat.
     mid = positions_from_probs(np.array([0.45, 0.5, 0.55]), 0.6, long_short=True)
     chex.assert_trees_all_equal(mid, np.zeros(3))
@@ -141,13 +159,10 @@ def test_matches_a_plain_loop_on_random_signals() -> None:
     r = rng.normal(0, 0.01, 500)
     pos = rng.choice([-1.0, 0.0, 1.0], size=500, p=[0.2, 0.5, 0.3])
     s = bt.simulate(pos, r, 0.0015)
-    chex.assert_trees_all_close(s.equity, _reference_equity(pos, r, 0.0015), rtol=1e-10)
+    ref_equity, ref_fee = _reference(pos, r, 0.0015)
+    chex.assert_trees_all_close(s.equity, ref_equity, rtol=1e-10)
+    chex.assert_trees_all_close(s.fee, ref_fee, rtol=1e-10, atol=1e-15)
     chex.assert_trees_all_close(np.cumprod(1 + s.strategy_return), s.equity, rtol=1e-10)
-    assert s.fee.sum() == pytest.approx(
-        np.sum(np.concatenate([[1.0], s.equity[:-1]]) * 0.0015 * np.abs(np.diff(pos, prepend=0)))
-        + s.equity[-1] / (1 - 0.0015 * abs(pos[-1])) * 0.0015 * abs(pos[-1]),
-        rel=1e-10,
-    )
 
 
 def test_gap_rows_hold_the_previous_decision_across_unevaluated_candles() -> None:
@@ -164,7 +179,7 @@ def test_gap_rows_hold_the_previous_decision_across_unevaluated_candles() -> Non
 def test_buy_and_hold_pays_one_entry_and_one_exit() -> None:
     r = np.array([0.05, -0.02, 0.03])
     s = bt.simulate(np.ones(3), r, C)
-    assert s.equity[-1] == pytest.approx((1 - C) ** 2 * 1.05 * 0.98 * 1.03, rel=1e-14)
+    assert s.equity[-1] == pytest.approx((1 - C) / (1 + C) * 1.05 * 0.98 * 1.03, rel=1e-14)
     assert bt.performance(s, 8760)["trades"] == 1
 
 

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import lightgbm_or_skip
 
-from jaxtrader.decisions import positions_from_probs
+from jaxtrader.decisions import Policy, policy_positions, positions_from_probs
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.baselines import momentum_predictions
 from jaxtrader.evaluate.metrics import classification_metrics, reliability_table
@@ -81,8 +81,11 @@ def evaluated(trained: dict[str, Path]) -> dict[str, Any]:
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
+    # The manifest as this run left it: later tests evaluate the same checkpoint again (and an
+    # auto policy is recorded by every such run).
+    manifest = json.loads((trained["version_dir"] / "manifest.json").read_text())
     return {"doc": json.loads(out.stdout), "csv": csv_path, "report": report, "stderr": out.stderr,
-            "trades": root / "trades.csv"}  # fmt: skip
+            "trades": root / "trades.csv", "manifest": manifest}  # fmt: skip
 
 
 def _near(a: Any, b: Any, rel: float = 1e-9) -> bool:
@@ -131,9 +134,8 @@ def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[s
     n_eff = effective_n(len(df), st["horizon"])
     majority_acc = float(np.mean(y == st["majority_class"]))
     assert doc["significance"]["effective_n"] == n_eff
-    assert np.allclose(
-        wilson_interval(cls["accuracy"], n_eff), doc["significance"]["accuracy_ci95"]
-    )
+    k = round(cls["accuracy"] * n_eff)  # the same whole count as the p-values below
+    assert np.allclose(wilson_interval(k / n_eff, n_eff), doc["significance"]["accuracy_ci95"])
     assert _near(
         binomial_p_value(cls["accuracy"], n_eff, majority_acc),
         doc["significance"]["p_value_vs_majority"],
@@ -149,16 +151,16 @@ def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[s
     assert _near(classification_metrics(y, (lr > 0.5).astype(int), lr)["roc_auc"],
                  doc["baselines"]["logistic"]["roc_auc"])  # fmt: skip
 
-    cost = (st["fee_bps"] + st["slippage_bps"]) / 1e4
-    pos = positions_from_probs(p, st["threshold"], st["long_short"])
+    cost = (st["fee_bps"] / 1e4, st["slippage_bps"] / 1e4)
+    pos = policy_positions(Policy.from_dict(st["policy"]), p)
     assert np.array_equal(pos, df["position"].to_numpy())
-    series = bt.simulate(pos, df["asset_return"].to_numpy(), cost)
+    series = bt.simulate(pos, df["asset_return"].to_numpy(), *cost)
     assert np.allclose(series.equity, df["equity"].to_numpy(), rtol=1e-12)
     ts = pd.to_datetime(df["timestamp"], utc=True)
     span = (ts.iloc[-1] - ts.iloc[0]) / pd.Timedelta(seconds=st["interval_seconds"]) + 1
     perf = bt.performance(series, st["periods_per_year"], span)
     hold = bt.performance(
-        bt.simulate(np.ones(len(df)), df["asset_return"].to_numpy(), cost),
+        bt.simulate(np.ones(len(df)), df["asset_return"].to_numpy(), *cost),
         st["periods_per_year"],
         span,
     )
@@ -181,7 +183,7 @@ def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[s
     assert _near(again["lo"], ci["lo"]) and _near(again["hi"], ci["hi"])
     rule = positions_from_probs(lr, st["threshold"], st["long_short"])
     logistic_rule = bt.performance(
-        bt.simulate(rule, df["asset_return"].to_numpy(), cost), st["periods_per_year"], span
+        bt.simulate(rule, df["asset_return"].to_numpy(), *cost), st["periods_per_year"], span
     )
     assert _near(logistic_rule["sharpe"], doc["baseline_backtests"]["logistic"]["sharpe"])
 
@@ -285,11 +287,15 @@ def test_changed_data_file_warns_but_evaluates(trained: dict[str, Path], tmp_pat
     changed = tmp_path / "changed.csv"
     changed.write_text("\n".join(lines) + "\n")
     args = ["evaluate", "--split", "val", "--ckpt-dir", str(trained["root"] / "ckpt"),
-            "--data", str(changed), "--json"]  # fmt: skip
+            "--data", str(changed), "--json", "--policy", "plain"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["split"] == "val"
+    # --policy plain: the threshold rule, re-decided every candle, and no selection table.
+    assert doc["policy"]["source"] == "plain" and "selection" not in doc["policy"]
+    assert doc["policy"]["selected"] == doc["policy"]["plain"]
+    assert doc["backtest"] == doc["backtest_plain"]
     assert any("differs from the training file" in n for n in doc["notes"])
 
 
@@ -418,3 +424,92 @@ def test_lightgbm_baseline_is_in_the_evaluate_report(evaluated: dict[str, Any]) 
     for key in ("accuracy", "roc_auc", "log_loss", "brier"):
         assert _near(ours[key], doc["baselines"]["lightgbm"][key]), key
     assert not any("lightgbm skipped" in n for n in doc["notes"])
+
+
+def test_auto_policy_is_chosen_on_val_and_recorded_for_trade(
+    trained: dict[str, Path], evaluated: dict[str, Any]
+) -> None:
+    from jaxtrader.evaluate.selection import policy_grid
+
+    pol = evaluated["doc"]["policy"]
+    assert pol["source"].startswith("auto")
+    table = pol["selection"]
+    assert len(table) == len(policy_grid(evaluated["doc"]["settings"]["horizon"]))
+    (best,) = [r for r in table if r["selected"]]
+    assert best["net_sharpe"] == max(r["net_sharpe"] for r in table)
+    assert {k: best[k] for k in pol["selected"]} == pol["selected"]
+    recorded = evaluated["manifest"].get("policy")
+    assert recorded is not None and recorded["rule"] == pol["selected"]
+    for name in ("selected", "plain"):
+        row = pol["comparison"][name]
+        assert row["fee_drag"] == pytest.approx(row["gross_return"] - row["total_return"])
+        assert {"trades_per_month", "avg_holding_periods", "turnover"} <= row.keys()
+    curve = evaluated["doc"]["coverage_curve"]
+    assert curve[0]["level"] == 0.0 and curve[0]["coverage"] == 1.0
+    assert curve[0]["accuracy"] == pytest.approx(evaluated["doc"]["classification"]["accuracy"])
+    coverages = [row["coverage"] for row in curve]
+    assert coverages == sorted(coverages, reverse=True)
+
+
+def test_policy_series_equals_the_trade_step_on_real_predictions(
+    evaluated: dict[str, Any],
+) -> None:
+    """The real tiny checkpoint's test predictions through both implementations of each policy:
+    the vectorized series function (evaluate) and the one-candle step (trade)."""
+    from jaxtrader.decisions import PolicyState, policy_step
+    from jaxtrader.evaluate.selection import policy_grid
+
+    df = pd.read_csv(evaluated["csv"])
+    p = df["prob_up"].to_numpy()
+    selected = Policy.from_dict(evaluated["doc"]["policy"]["selected"])
+    np.testing.assert_array_equal(policy_positions(selected, p), df["position"].to_numpy())
+    for pol in [selected, *policy_grid(5), *policy_grid(5, long_short=True)]:
+        state, stepped = PolicyState(), []
+        for x in p:
+            state = policy_step(pol, state, float(x))
+            stepped.append(state.position * pol.max_position)
+        np.testing.assert_array_equal(policy_positions(pol, p), stepped, err_msg=str(pol))
+
+
+def test_policy_selection_cannot_see_the_test_split(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every test-split price (and so every test label) rewritten: the chosen policy and the
+    whole selection table stay the same."""
+    from jaxtrader.checkpoint import read_manifest
+    from jaxtrader.config import DataConfig, TradeRules
+    from jaxtrader.data import load_market, timestamps_ns
+    from jaxtrader.evaluate.run import _select_on_val
+    from jaxtrader.inference import Predictor
+
+    frame = pd.read_csv(trained["data"])
+    test_start = pd.Timestamp(read_manifest(trained["version_dir"]).splits["test"]["start"])
+    in_test = pd.to_datetime(frame["timestamp"], utc=True) >= test_start
+    rng = np.random.default_rng(9)
+    factor = np.cumprod(1 + rng.normal(0, 0.02, int(in_test.sum())))
+    for col in ("open", "high", "low", "close"):
+        frame.loc[in_test, col] = frame.loc[in_test, col].to_numpy() * factor
+    changed = tmp_path / "changed_test.csv"
+    frame.to_csv(changed, index=False)
+
+    # What `evaluate --policy auto --split test` runs (evaluate.run._select_on_val), on datasets
+    # rebuilt from each file by the checkpoint's own predictor; the test split's probabilities
+    # passed in are the real ones of each file.
+    predictor = Predictor.load(checkpoint=str(trained["version_dir"]))
+    horizon = int(predictor.manifest.horizon)
+
+    def select(data: Path) -> tuple[Any, Any, np.ndarray]:
+        candles = load_market(DataConfig(path=str(data)))
+        ds = predictor.rebuild_dataset(candles)
+        f = candles.frame
+        chosen, table = _select_on_val(
+            predictor, ds, "test", np.asarray(predictor.predict_split(ds, "test")),
+            f["open"].to_numpy(), f["close"].to_numpy(), timestamps_ns(f.index), 3600.0,
+            TradeRules(fee_bps=10.0), horizon,
+        )  # fmt: skip
+        return chosen, table, ds.labels("test")
+
+    (a, table_a, labels_a), (b, table_b, labels_b) = select(trained["data"]), select(changed)
+    assert a == b
+    assert table_a == table_b
+    assert not np.array_equal(labels_a, labels_b)

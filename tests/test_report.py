@@ -57,6 +57,7 @@ def test_write_report_creates_json_markdown_and_plots(tmp_path: Path) -> None:
             "equity.png",
             "confusion.png",
             "reliability.png",
+            "coverage.png",
             "training.png",
             "attention.png",
         ]
@@ -71,6 +72,8 @@ def test_write_report_creates_json_markdown_and_plots(tmp_path: Path) -> None:
     assert "![equity](equity.png)" in md
     assert f"{doc['classification']['accuracy']:.4f}" in md
     assert "| 0.9-1.0 |" in md
+    assert "![coverage](coverage.png)" in md
+    assert "accuracy at coverage" in md and "| fee_drag |" in md
 
 
 def test_table_states_ci_p_value_fees_and_annualization(tmp_path: Path) -> None:
@@ -84,6 +87,8 @@ def test_table_states_ci_p_value_fees_and_annualization(tmp_path: Path) -> None:
     assert "fees 10 bps + slippage 2 bps" in text
     for name in ("majority", "always_long", "momentum", "logistic", "buy_and_hold"):
         assert name in text
+    assert "policy (given): enter > 0.56, leave at <= 0.5, min hold 3" in text
+    assert "trades_per_month" in text and "fee_drag" in text
     assert "n/a" in text  # undefined values (e.g. momentum log loss) are shown, not invented
 
 
@@ -198,7 +203,7 @@ def test_equity_log_axis_labels_only_1_2_5_per_decade(tmp_path: Path) -> None:
     grow = np.expm1(np.full(n, np.log(12) / n))  # buy and hold ends at 12x
     shrink = np.cumprod(1 + np.expm1(np.full(n, np.log(0.3) / n)))  # the strategy at 0.3x
     rows = dataclasses.replace(table, asset_return=grow, equity=shrink, position=np.zeros(n))
-    fig = r.figure_equity(rows, 0.0, "lstm v1: equity")
+    fig = r.figure_equity(rows, 0.0, 0.0, "lstm v1: equity")
     fig.canvas.draw()
     ax = fig.axes[0]
     assert ax.get_yscale() == "log"
@@ -225,5 +230,5 @@ def test_write_report_titles_every_plot_with_the_checkpoint(
     attn = np.full((1, 2, 2, 8, 8), 1 / 8)
     r.write_report(tmp_path / "rep", doc, table, training_records=[_epoch(1, 0.69)],
                    attention=(attn, ["2024-01-01 00:00", "2024-01-01 01:00"]))  # fmt: skip
-    assert len(titles) == 5 and "attention.png" in titles
+    assert len(titles) == 6 and {"attention.png", "coverage.png"} <= set(titles)
     assert all(t.startswith("transformer v3: ") for t in titles.values()), titles

@@ -11,12 +11,17 @@ import pandas as pd
 import pytest
 
 from jaxtrader.config import TradeRules
-from jaxtrader.decisions import annualization, positions_from_probs, sharpe
+from jaxtrader.decisions import Policy, annualization, policy_positions, sharpe
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate import summary as s
 from jaxtrader.evaluate.baselines import BaselinePredictions
 from jaxtrader.evaluate.metrics import classification_metrics, reliability_table
-from jaxtrader.evaluate.significance import effective_n, wilson_interval
+from jaxtrader.evaluate.significance import (
+    coverage_curve,
+    effective_n,
+    success_count,
+    wilson_interval,
+)
 
 
 def _close(a: object, b: object, rel: float = 1e-10) -> bool:
@@ -70,6 +75,9 @@ def make_table(tmp_path: Path, long_short: bool = False) -> tuple[s.EvalRows, s.
         train_up_rate=0.47,
         seed=0,
         bootstrap_samples=200,
+        # A policy with a hysteresis band and a minimum hold: positions are path-dependent.
+        policy=Policy(enter=0.56, exit=0.5, min_hold=3, long_short=long_short),
+        policy_source="given",
     )
     table = s.build_rows(
         prob_up=prob,
@@ -103,10 +111,11 @@ def test_every_number_recomputes_from_the_csv(tmp_path: Path, long_short: bool) 
     assert _close(reliability_table(y, p), doc["calibration"]["reliability"])
 
     cfg = doc["settings"]
-    pos = positions_from_probs(p, cfg["threshold"], cfg["long_short"])
+    pos = policy_positions(Policy.from_dict(cfg["policy"]), p)
     np.testing.assert_array_equal(pos, df["position"].to_numpy())
-    cost = (cfg["fee_bps"] + cfg["slippage_bps"]) / 1e4
-    series = bt.simulate(pos, df["asset_return"].to_numpy(), cost)
+    assert doc["policy"]["selected"] == cfg["policy"]
+    fee, slip = cfg["fee_bps"] / 1e4, cfg["slippage_bps"] / 1e4
+    series = bt.simulate(pos, df["asset_return"].to_numpy(), fee, slip)
     np.testing.assert_allclose(series.equity, df["equity"].to_numpy(), rtol=1e-12)
     np.testing.assert_allclose(series.fee, df["fee"].to_numpy(), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(
@@ -123,15 +132,29 @@ def test_every_number_recomputes_from_the_csv(tmp_path: Path, long_short: bool) 
         doc["backtest"]["sharpe"], rel=1e-10
     )
     hold = bt.performance(
-        bt.simulate(np.ones(len(df)), df["asset_return"].to_numpy(), cost),
+        bt.simulate(np.ones(len(df)), df["asset_return"].to_numpy(), fee, slip),
         cfg["periods_per_year"],
         span,
     )
     assert _close(hold, doc["buy_and_hold"])
+    plain_pos = policy_positions(Policy.plain(cfg["threshold"], cfg["long_short"]), p)
+    plain = bt.performance(
+        bt.simulate(plain_pos, df["asset_return"].to_numpy(), fee, slip),
+        cfg["periods_per_year"],
+        span,
+    )
+    assert _close(plain, doc["backtest_plain"])
+    gross = bt.simulate(pos, df["asset_return"].to_numpy(), 0.0).equity[-1] - 1
+    assert doc["policy"]["comparison"]["selected"]["fee_drag"] == pytest.approx(
+        gross - doc["backtest"]["total_return"], rel=1e-12
+    )
+    assert _close(coverage_curve(p, y, cfg["horizon"]), doc["coverage_curve"])
 
     n_eff = effective_n(len(df), cfg["horizon"])
     assert doc["significance"]["effective_n"] == n_eff
-    assert list(wilson_interval(cls["accuracy"], n_eff)) == pytest.approx(
+    k = success_count(cls["accuracy"], n_eff)  # one whole count for the interval and p-value
+    assert doc["significance"]["successes_effective"] == k
+    assert list(wilson_interval(k / n_eff, n_eff)) == pytest.approx(
         doc["significance"]["accuracy_ci95"]
     )
     majority_acc = float(np.mean(y == cfg["majority_class"]))

@@ -60,12 +60,13 @@ def test_trade_rows_name_fills_and_prices() -> None:
         open_[10],
         4,
     )
-    gross = open_[10] / open_[6] - 1
-    assert long.pnl_net == pytest.approx(0.999 * (1 + gross) * 0.999 - 1, rel=1e-12)
-    assert long.fees == pytest.approx(0.001 + 0.999 * (1 + gross) * 0.001, rel=1e-12)
+    # The exchange's fee rule (issue 11): buy E / (P (1 + f)) units, the fee on each notional.
+    gross, f = open_[10] / open_[6] - 1, 0.001
+    assert long.pnl_net == pytest.approx((1 + gross) * (1 - f) / (1 + f) - 1, rel=1e-12)
+    assert long.fees == pytest.approx(f / (1 + f) + (1 + gross) * f / (1 + f), rel=1e-12)
     # The last decision (candle 12) is liquidated at the close of candle 13.
     assert (short.side, short.size, short.exit_price) == ("short", -1.0, close[13])
     assert short.exit_time_ns == 14 * HOUR_NS and short.holding_candles == 1
-    assert long.quantity == pytest.approx(0.999 / open_[6], rel=1e-12)
+    assert long.quantity == pytest.approx(1 / (open_[6] * (1 + f)), rel=1e-12)
     # Entry and final exit in one row: the row's fee is both legs of this one trade.
     assert short.fees == pytest.approx(series.fee[4], rel=1e-12)

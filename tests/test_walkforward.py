@@ -243,7 +243,9 @@ def test_pooled_figures_recompute_from_predictions_csv(cli_run: tuple[Path, dict
     assert pooled["n"] == len(df) and pooled["effective_n"] == n_eff
     assert pooled["accuracy"] == pytest.approx(acc) == pooled["ensemble_accuracy"]
     assert pooled["majority_rate"] == pytest.approx(majority)
-    assert pooled["accuracy_ci95"] == pytest.approx(list(wilson_interval(acc, n_eff)))
+    # The interval of the same whole success count the p-values use (issue 11).
+    k = round(acc * n_eff)
+    assert pooled["accuracy_ci95"] == pytest.approx(list(wilson_interval(k / n_eff, n_eff)))
     assert pooled["p_value_vs_majority"] == pytest.approx(binomial_p_value(acc, n_eff, majority))
     assert pooled["p_value_vs_chance"] == pytest.approx(binomial_p_value(acc, n_eff, 0.5))
     assert pooled["auc"] == pytest.approx(roc_auc(y, p))

@@ -32,6 +32,7 @@ from jaxtrader.checkpoint.versions import (
     list_versions,
     new_version_dir,
     read_manifest,
+    record_policy,
     resolve_version,
     write_manifest,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "new_version_dir",
     "package_versions",
     "read_manifest",
+    "record_policy",
     "resolve_version",
     "restore_params",
     "restore_state",

@@ -93,10 +93,22 @@ class Manifest:
     schema: int = MANIFEST_SCHEMA
     # A seed ensemble (walk-forward folds): {"seeds": K, ...}; its params carry a leading K axis.
     ensemble: dict[str, Any] | None = None
+    # The decision policy chosen for this model (optional; older manifests have none):
+    # {"rule": Policy fields, "source": how it was chosen, "chosen_at": ISO time, ...}.
+    # `trade` applies `rule` one candle at a time; absent = the plain threshold rule.
+    policy: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["feature_names"] = list(self.feature_names)
+        if d["policy"] is None:
+            del d["policy"]  # manifests without a policy stay byte-identical to older ones
+        return d
+
+    def model_dict(self) -> dict[str, Any]:
+        """What identifies the trained model: everything but the (re-choosable) policy."""
+        d = self.to_dict()
+        d.pop("policy", None)
         return d
 
     @classmethod
@@ -111,7 +123,7 @@ class Manifest:
         kwargs["feature_names"] = tuple(d["feature_names"])
         if d.get("ensemble") is not None:
             kwargs["ensemble"] = dict(d["ensemble"])
-        return cls(**kwargs)
+        return cls(**kwargs, policy=d.get("policy"))
 
 
 @dataclass(frozen=True)

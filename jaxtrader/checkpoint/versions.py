@@ -141,6 +141,13 @@ def write_manifest(version_dir: str | Path, manifest: Manifest) -> Path:
     return target
 
 
+def record_policy(version_dir: str | Path, policy: dict[str, Any]) -> Path:
+    """Stores a chosen decision policy in the version's manifest (atomically; the rest of the
+    manifest is unchanged), where `trade` reads it."""
+    manifest = read_manifest(version_dir)
+    return write_manifest(version_dir, dataclasses.replace(manifest, policy=policy))
+
+
 def missing_manifest(directory: Path) -> str:
     """Why a directory has no manifest, with the likeliest fix."""
     versions = version_numbers(directory)

@@ -252,3 +252,32 @@ def executor_options(fn: F) -> F:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def policy_options(fn: F) -> F:
+    """--policy auto|plain|FILE.toml and --enter/--exit/--min-hold: how P(up) becomes a position."""
+    options = [
+        click.option(
+            "--policy",
+            "policy_spec",
+            type=str,
+            default="auto",
+            show_default=True,
+            help="auto: the grid policy with the best net Sharpe on the VALIDATION split; plain: "
+            "long above --threshold, re-decided every candle; or a TOML file with enter, exit, "
+            "min_hold, max_position.",
+        ),
+        click.option("--enter", type=float, default=None, help="Manual policy: enter above this."),
+        click.option(
+            "--exit", "exit_", type=float, default=None, help="Manual policy: leave at or below."
+        ),
+        click.option(
+            "--min-hold",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Manual policy: decisions a position is held at least [label horizon].",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn

@@ -6,7 +6,13 @@ from typing import Any
 
 import click
 
-from jaxtrader.cli.common import CliState, checkpoint_options, rules_options, rules_overrides
+from jaxtrader.cli.common import (
+    CliState,
+    checkpoint_options,
+    policy_options,
+    rules_options,
+    rules_overrides,
+)
 
 
 @click.command("evaluate")
@@ -45,6 +51,13 @@ from jaxtrader.cli.common import CliState, checkpoint_options, rules_options, ru
     "as such in the report).",
 )
 @rules_options
+@policy_options
+@click.option(
+    "--record-policy/--no-record-policy",
+    default=True,
+    show_default=True,
+    help="With --policy auto, store the chosen policy in the checkpoint manifest (trade uses it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 @click.option(
     "--predictions",
@@ -89,16 +102,23 @@ def evaluate(
     trades_path: str | None,
     report_dir: str | None,
     seed: int,
+    policy_spec: str,
+    enter: float | None,
+    exit_: float | None,
+    min_hold: int | None,
+    record_policy: bool,
     **rule_flags: Any,
 ) -> None:
     """Evaluate a trained model honestly: metrics, baselines, significance, calibration, backtest.
 
     Signals are decided at a candle's close and filled at the next open, net of fees; the Sharpe
     ratio is annualized from the candle interval. Every number is recomputable from --predictions.
+    The decision policy is chosen on the validation split only (--policy auto), never on test.
     """
     import json
 
     from jaxtrader.checkpoint import checkpoint_root
+    from jaxtrader.decisions import PolicyRequest
     from jaxtrader.errors import ConfigError
     from jaxtrader.evaluate.report import format_table, write_report
     from jaxtrader.evaluate.run import evaluate_checkpoint
@@ -112,6 +132,9 @@ def evaluate(
     if split is not None and (start is not None or end is not None):
         raise ConfigError("use either --split or --start/--end, not both")
     cfg = state.config(rules_overrides(**rule_flags))
+    request = PolicyRequest(policy_spec, enter, exit_, min_hold)
+    # Bad policy settings fail here, before the model is loaded (the real horizon comes later).
+    request.resolve(threshold=cfg.backtest.threshold, long_short=cfg.backtest.long_short, horizon=1)
     enable_compilation_cache()  # the predictor's programs compile once per machine, not per run
     result = evaluate_checkpoint(
         split=split or "test",
@@ -128,6 +151,8 @@ def evaluate(
         include_partial=include_partial,
         seed=seed,
         with_attention=report_dir is not None,
+        policy=request,
+        record_policy=record_policy,
     )
     if predictions:
         write_csv(result.rows, predictions)

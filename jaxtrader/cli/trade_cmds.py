@@ -65,6 +65,15 @@ def _strategy_options(fn: Any) -> Any:
 )
 @click.option("--end", type=str, default=None, help="Replay end, UTC (default: the test split's).")
 @click.option(
+    "--policy",
+    "policy_spec",
+    type=str,
+    default="checkpoint",
+    show_default=True,
+    help="checkpoint: the policy recorded in the manifest by `evaluate --policy auto` (the "
+    "plain rule when none is); plain: long above --threshold every candle; or a TOML file.",
+)
+@click.option(
     "--new-strategy",
     is_flag=True,
     help="Discard this strategy id's stored state and start afresh.",
@@ -87,6 +96,7 @@ def trade(
     start: str | None,
     end: str | None,
     new_strategy: bool,
+    policy_spec: str,
     **flags: Any,
 ) -> None:
     """Paper-trade a checkpoint with its own portfolio, risk limits and resumable SQLite state.
@@ -115,6 +125,7 @@ def trade(
         start=parse_utc(start, "--start"),
         end=parse_utc(end, "--end"),
         new_strategy=new_strategy,
+        policy=policy_spec,
     )
     summary = run_trade(cfg, job)
     if state.log_format == "json":

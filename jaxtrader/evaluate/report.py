@@ -97,6 +97,7 @@ def _tables(doc: dict[str, Any], markdown: bool) -> list[str]:
         ],
         markdown,
     )
+    lines += ["", *_policy_lines(doc, markdown), *_coverage_lines(doc, markdown)]
     ci = sig["sharpe_ci95"]
     gci = sig.get("sharpe_gross_ci95", {})
     ann = doc["annualization"]
@@ -113,6 +114,84 @@ def _tables(doc: dict[str, Any], markdown: bool) -> list[str]:
         f"side, threshold {st['threshold']}, {'long-short' if st['long_short'] else 'long-only'}",
     ]
     return lines
+
+
+POLICY_KEYS = (
+    "total_return",
+    "sharpe",
+    "gross_return",
+    "fee_drag",
+    "trades",
+    "trades_per_month",
+    "avg_holding_periods",
+    "turnover",
+    "exposure",
+)
+
+
+def _describe(policy: dict[str, Any]) -> str:
+    band = f"leave at <= {policy['exit']:g}" if policy["exit"] < policy["enter"] else "no band"
+    return (
+        f"enter > {policy['enter']:g}, {band}, min hold {policy['min_hold']}, "
+        f"size {policy['max_position']:g}{', long-short' if policy['long_short'] else ''}"
+    )
+
+
+def _policy_lines(doc: dict[str, Any], markdown: bool) -> list[str]:
+    pol = doc.get("policy")
+    if not pol:
+        return []
+    comp = pol["comparison"]
+    lines = [
+        f"policy ({pol['source']}): {_describe(pol['selected'])}; plain: {_describe(pol['plain'])}"
+    ]
+    sel = pol.get("selection")
+    if sel:
+        best = next(r for r in sel if r["selected"])
+        lines.append(
+            f"chosen on the validation split from {len(sel)} policies by net Sharpe "
+            f"({best['net_sharpe']:.3f} on val, {best['trades']} trades)"
+        )
+    lines.append("")
+    pct = {"total_return", "gross_return", "fee_drag", "exposure"}
+    body = [
+        [
+            k,
+            *(
+                _fmt(comp[n].get(k), k in pct, k in pct - {"exposure"})
+                for n in ("selected", "plain")
+            ),
+        ]
+        for k in POLICY_KEYS
+    ]
+    lines += _rows(["policy", "selected", "plain"], body, markdown)
+    return [*lines, ""]
+
+
+def _coverage_lines(doc: dict[str, Any], markdown: bool) -> list[str]:
+    curve = doc.get("coverage_curve")
+    if not curve:
+        return []
+    body = []
+    for r in curve:
+        ci = r["ci95"]
+        body.append(
+            [
+                f"{r['level']:g}",
+                f"{100 * r['coverage']:.1f}%",
+                str(r["n"]),
+                str(r["effective_n"]),
+                _fmt(r["accuracy"]),
+                "n/a" if ci[0] is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]",
+                _fmt(r["majority_rate"]),
+            ]
+        )
+    return [
+        "accuracy at coverage (rows with |P(up) - 0.5| >= c; interval on the effective n):",
+        "",
+        *_rows(["c", "coverage", "n", "eff. n", "accuracy", "95% CI", "majority"], body, markdown),
+        "",
+    ]
 
 
 def format_table(doc: dict[str, Any]) -> str:
@@ -204,14 +283,16 @@ def _plain_number(value: float, _pos: Any = None) -> str:
     return f"{value:g}"
 
 
-def figure_equity(rows: EvalRows, cost_rate: float, title: str = "") -> Any:
+def figure_equity(
+    rows: EvalRows, fee_rate: float, slippage_rate: float = 0.0, title: str = ""
+) -> Any:
     """Strategy and buy-and-hold equity with the strategy drawdown underneath (a Figure)."""
     plt = _pyplot()
     import pandas as pd
     from matplotlib import ticker
 
     t = pd.to_datetime(rows.timestamp_ns, utc=True)
-    hold = bt.simulate(np.ones(len(rows)), rows.asset_return, cost_rate).equity
+    hold = bt.simulate(np.ones(len(rows)), rows.asset_return, fee_rate, slippage_rate).equity
     gross = bt.simulate(rows.position, rows.asset_return, 0.0).equity
     fig, (ax, ax_dd) = plt.subplots(
         2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
@@ -244,9 +325,11 @@ def figure_equity(rows: EvalRows, cost_rate: float, title: str = "") -> Any:
     return fig
 
 
-def plot_equity(rows: EvalRows, cost_rate: float, path: Path, title: str = "") -> Path:
+def plot_equity(
+    rows: EvalRows, fee_rate: float, slippage_rate: float, path: Path, title: str = ""
+) -> Path:
     """equity.png: see `figure_equity`."""
-    return _save(figure_equity(rows, cost_rate, title), path)
+    return _save(figure_equity(rows, fee_rate, slippage_rate, title), path)
 
 
 def plot_confusion(cm: list[list[int]], path: Path, title: str = "") -> Path:
@@ -327,6 +410,33 @@ def figure_reliability(table: list[dict[str, Any]], title: str = "") -> Any:
 def plot_reliability(table: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """reliability.png: see `figure_reliability`."""
     return _save(figure_reliability(table, title), path)
+
+
+def plot_coverage(curve: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Accuracy (with its Wilson 95% band) and the majority rate of the covered rows, against
+    the share of rows covered at each confidence level."""
+    plt = _pyplot()
+    used = [r for r in curve if r["accuracy"] is not None]
+    cov = [100 * r["coverage"] for r in used]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.fill_between(
+        cov, [r["ci95"][0] for r in used], [r["ci95"][1] for r in used], alpha=0.25,
+        label="95% Wilson interval (effective n)",
+    )  # fmt: skip
+    ax.plot(cov, [r["accuracy"] for r in used], marker="o", label="model accuracy")
+    ax.plot(cov, [r["majority_rate"] for r in used], ls="--", label="majority rate (same rows)")
+    for r, x in zip(used, cov, strict=True):
+        ax.annotate(f"c={r['level']:g}", (x, r["accuracy"]), fontsize=7, xytext=(2, 4),
+                    textcoords="offset points")  # fmt: skip
+    ax.axhline(0.5, color="grey", lw=0.8)
+    ax.invert_xaxis()  # from everything covered (left) to the most confident few (right)
+    ax.set_xlabel("coverage: % of rows with |P(up) - 0.5| >= c")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Accuracy at coverage")
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -517,9 +627,7 @@ def plot_trades(
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title or "Price and trades")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_report(
@@ -536,9 +644,9 @@ def write_report(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     label = doc.get("source", {}).get("label", "model")
-    cost = (doc["settings"]["fee_bps"] + doc["settings"]["slippage_bps"]) / 1e4
+    fee, slip = doc["settings"]["fee_bps"] / 1e4, doc["settings"]["slippage_bps"] / 1e4
     images = [
-        plot_equity(rows, cost, out / "equity.png", f"{label}: equity vs buy and hold"),
+        plot_equity(rows, fee, slip, out / "equity.png", f"{label}: equity vs buy and hold"),
         plot_confusion(
             doc["classification"]["confusion_matrix"],
             out / "confusion.png",
@@ -552,6 +660,12 @@ def write_report(
     ]
     if prices is not None:
         images.append(plot_trades(prices, trades, out / "trades.png", f"{label}: price and trades"))
+    if doc.get("coverage_curve"):
+        images.append(
+            plot_coverage(
+                doc["coverage_curve"], out / "coverage.png", f"{label}: accuracy at coverage"
+            )
+        )
     if training_records:
         images.append(plot_training(training_records, out / "training.png", f"{label}: training"))
     if attention is not None:

@@ -8,6 +8,10 @@ must still cover the splits (else `DataError` from the split rebuild). A file of
 (symbols inferred from the file names differ) is refused unless `other_market`: then the report
 labels it (`source.out_of_market`, both symbols). The report always carries the sha256 of the file
 evaluated (`source.data_sha256`) and, separately, the training data's (`source.training_data`).
+
+The decision policy is `plain` (the rules' threshold), a given `Policy`, or `auto`: the grid of
+`evaluate.selection` scored on the VALIDATION split's net backtest (whatever split is evaluated),
+recorded in the report and, with `record_policy`, in the checkpoint manifest for `trade`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from typing import Any, cast
 import numpy as np
 
 from jaxtrader.config import TradeRules
-from jaxtrader.decisions import annualization, check_settings
+from jaxtrader.decisions import (
+    Policy,
+    PolicyRequest,
+    annualization,
+    check_settings,
+)
 from jaxtrader.errors import DataError
 from jaxtrader.evaluate.baselines import predict_baselines
 from jaxtrader.evaluate.summary import (
@@ -200,11 +209,19 @@ def evaluate_checkpoint(
     with_attention: bool = False,
     start: Any = None,
     end: Any = None,
+    policy: str | Policy | PolicyRequest = "plain",
+    record_policy: bool = False,
 ) -> Evaluation:
     """Runs the whole evaluation of one checkpoint version on one split, or on the candles from
     `start` to `end` (UTC timestamps; either may be None) when one of them is given, reported as
-    split "range"."""
-    from jaxtrader.data import format_interval, infer_symbol
+    split "range".
+
+    `policy`: "plain", "auto" (chosen on the val split), a `Policy`, or a `PolicyRequest` (the
+    CLI's flags, resolved with the checkpoint's label horizon as the default minimum hold). With
+    `record_policy`, an auto choice is written into the checkpoint's manifest (`trade` reads it
+    from there).
+    """
+    from jaxtrader.data import format_interval, infer_symbol, timestamps_ns
     from jaxtrader.evaluate.report import read_metrics_jsonl
     from jaxtrader.inference import Predictor
 
@@ -245,7 +262,7 @@ def evaluate_checkpoint(
     frame = candles.frame
     open_ = frame["open"].to_numpy(np.float64)
     close = frame["close"].to_numpy(np.float64)
-    ts_ns = frame.index.as_unit("ns").asi8
+    ts_ns = timestamps_ns(frame.index)
     rows = dataset.rows(split)
     train_rows = dataset.rows("train")
     horizon = int(manifest.horizon)
@@ -263,6 +280,23 @@ def evaluate_checkpoint(
     started = time.perf_counter()
     interval_s = float(candles.interval.total_seconds())
     ppy, basis = annualization(interval_s, ts_ns[rows])
+    selection: list[dict[str, Any]] | None = None
+    if isinstance(policy, PolicyRequest):
+        policy = policy.resolve(
+            threshold=backtest.threshold, long_short=backtest.long_short, horizon=horizon
+        )
+    if policy == "auto":
+        started = time.perf_counter()
+        chosen, selection = _select_on_val(predictor, dataset, split, prob_up, open_, close, ts_ns,
+                                           interval_s, backtest, horizon)  # fmt: skip
+        source = "auto: best net Sharpe on the val split"
+        log_event(_log, "policy_selected", seconds=_since(started), **chosen.to_dict())
+    elif policy == "plain":
+        chosen, source = Policy.plain(backtest.threshold, backtest.long_short), "plain"
+    elif isinstance(policy, Policy):
+        chosen, source = policy, "given"
+    else:
+        raise DataError(f"--policy must be auto, plain or a TOML file, got {policy!r}")
     settings = EvalSettings(
         split=label,
         horizon=horizon,
@@ -274,6 +308,8 @@ def evaluate_checkpoint(
         train_up_rate=baselines.train_up_rate,
         seed=seed,
         bootstrap_samples=bootstrap_samples,
+        policy=chosen,
+        policy_source=source,
     )
     table = build_rows(
         prob_up=prob_up,
@@ -297,6 +333,8 @@ def evaluate_checkpoint(
     )
     span = slice(int(rows[0]), int(rows[-1]) + 2)  # through the last fill's candle
     doc = summarize(table, settings)
+    if selection is not None:
+        doc["policy"]["selection"] = selection
     doc["verdict"] = verdict(doc)
     if label == "range":
         doc["range"] = {
@@ -335,6 +373,23 @@ def evaluate_checkpoint(
         records = [{"epoch_steps": full, **r} for r in records]
     if not records:
         doc["notes"].append("no training metrics JSONL found: training curves skipped")
+    if record_policy and selection is not None:
+        from jaxtrader.checkpoint import record_policy as write_policy
+
+        best = next(r for r in selection if r["selected"])
+        write_policy(
+            predictor.version_dir,
+            {
+                "rule": chosen.to_dict(),
+                "source": "evaluate --policy auto (val split)",
+                "chosen_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "val_net_sharpe": best["net_sharpe"],
+                "val_trades": best["trades"],
+                "fee_bps": backtest.fee_bps,
+                "slippage_bps": backtest.slippage_bps,
+            },
+        )
+        doc["policy"]["recorded_in"] = str(version_dir / "manifest.json")
     attention = None
     if with_attention and manifest.arch == "transformer":
         attention = _attention(predictor, dataset, split)
@@ -354,6 +409,32 @@ def evaluate_checkpoint(
         trades=trades,
         prices=(ts_ns[span], close[span]),
     )
+
+
+def _select_on_val(
+    predictor: Any,
+    dataset: Any,
+    split: str,
+    prob_up: np.ndarray,
+    open_: np.ndarray,
+    close: np.ndarray,
+    ts_ns: np.ndarray,
+    interval_s: float,
+    rules: TradeRules,
+    horizon: int,
+) -> tuple[Policy, list[dict[str, Any]]]:
+    """The auto policy: `select_policy` on the val split's predictions and period returns only."""
+    from jaxtrader.evaluate.backtest import period_returns
+    from jaxtrader.evaluate.selection import select_policy
+
+    val_rows = dataset.rows("val")
+    if split == "val":
+        val_prob = prob_up
+    else:
+        val_prob = np.asarray(predictor.predict_split(dataset, "val"), dtype=np.float64)
+    val_returns, _ = period_returns(open_, close, val_rows)
+    ppy, _ = annualization(interval_s, ts_ns[val_rows])
+    return select_policy(val_prob, val_returns, rules, horizon=horizon, periods_per_year=ppy)
 
 
 def _since(started: float) -> float:

@@ -3,7 +3,13 @@ stationary bootstrap for the Sharpe ratio.
 
 Labels over an h-candle horizon overlap, so consecutive rows share most of their outcome; treating
 n overlapping rows as n independent trials overstates certainty by about a factor sqrt(h). Every
-test here therefore runs on `effective_n = n // h` unless told otherwise.
+test here therefore runs on `effective_n = n // h` unless told otherwise, with ONE whole success
+count `k = round(accuracy x effective_n)` (`success_count`) shared by the Wilson interval and the
+binomial p-value, so the two always describe the same k of n.
+
+`coverage_curve` states accuracy at a stated coverage: for confidence levels c, the rows with
+|P(up) - 0.5| >= c, their share, their accuracy with a Wilson interval on their effective n, and
+the majority rate of those same rows (what a constant guess would have scored on them).
 """
 
 from __future__ import annotations
@@ -33,14 +39,24 @@ def wilson_interval(accuracy: float, n: int, z: float = Z95) -> tuple[float, flo
     return (max(0.0, center - half), min(1.0, center + half))
 
 
+def success_count(accuracy: float, n: int) -> int:
+    """The whole number of successes an accuracy stands for on n (effective) trials."""
+    return max(0, min(n, round(accuracy * n)))
+
+
 def binomial_p_value(accuracy: float, n: int, p0: float) -> float:
-    """One-sided P(X >= k) for X ~ Binomial(n, p0), k = round(accuracy * n): is accuracy > p0?"""
+    """One-sided P(X >= k) for X ~ Binomial(n, p0), k = success_count(accuracy, n): accuracy > p0?"""
     from scipy.stats import binomtest
 
     if n <= 0:
         return 1.0
-    k = round(accuracy * n)
-    return float(binomtest(k, n, p0, alternative="greater").pvalue)
+    return float(binomtest(success_count(accuracy, n), n, p0, alternative="greater").pvalue)
+
+
+def count_interval(accuracy: float, n: int) -> list[float]:
+    """The Wilson 95% interval of the same whole count the p-value uses."""
+    k = success_count(accuracy, n)
+    return list(wilson_interval(k / n if n > 0 else accuracy, n))
 
 
 def default_block_length(n: int, horizon: int) -> int:
@@ -115,8 +131,9 @@ def accuracy_significance(
     """
     n_eff = effective_n(n, horizon)
     return {
-        "accuracy_ci95": list(wilson_interval(accuracy, n_eff)),
-        "accuracy_ci95_naive": list(wilson_interval(accuracy, n)),
+        "accuracy_ci95": count_interval(accuracy, n_eff),
+        "accuracy_ci95_naive": count_interval(accuracy, n),
+        "successes_effective": success_count(accuracy, n_eff),
         "p_value_vs_majority": binomial_p_value(accuracy, n_eff, majority_accuracy),
         "p_value_vs_chance": binomial_p_value(accuracy, n_eff, 0.5),
         "p_value_vs_best_constant": binomial_p_value(accuracy, n_eff, max(0.5, majority_accuracy)),
@@ -125,3 +142,53 @@ def accuracy_significance(
         "n": n,
         "horizon": horizon,
     }
+
+
+COVERAGE_LEVELS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
+
+
+def coverage_curve(
+    prob_up: np.ndarray,
+    labels: np.ndarray,
+    horizon: int,
+    levels: tuple[float, ...] = COVERAGE_LEVELS,
+    threshold: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Accuracy at stated coverage: one entry per confidence level c (|P(up) - 0.5| >= c).
+
+    `accuracy` is of the call "up when P(up) > threshold" on the covered rows; its 95% Wilson
+    interval and the p-value against the covered rows' majority rate use the effective n of those
+    rows (n_covered // horizon) and one whole success count. Levels that cover no row are kept
+    with `None` figures so the curve's x-axis is the same for every model.
+    """
+    p = np.asarray(prob_up, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    pred = (p > threshold).astype(np.int64)
+    out = []
+    for c in levels:
+        mask = np.abs(p - 0.5) >= c
+        n_c = int(mask.sum())
+        row: dict[str, Any] = {"level": float(c), "coverage": n_c / p.size if p.size else 0.0}
+        row["n"] = n_c
+        if n_c == 0:
+            out.append({**row, "effective_n": 0, "accuracy": None, "ci95": [None, None],
+                        "successes_effective": 0, "majority_rate": None, "up_rate": None,
+                        "p_value_vs_majority": None})  # fmt: skip
+            continue
+        acc = float(np.mean(pred[mask] == y[mask]))
+        up = float(np.mean(y[mask]))
+        n_eff = effective_n(n_c, horizon)
+        majority = max(up, 1.0 - up)
+        out.append(
+            {
+                **row,
+                "effective_n": n_eff,
+                "accuracy": acc,
+                "successes_effective": success_count(acc, n_eff),
+                "ci95": count_interval(acc, n_eff),
+                "majority_rate": majority,
+                "up_rate": up,
+                "p_value_vs_majority": binomial_p_value(acc, n_eff, majority),
+            }
+        )
+    return out

@@ -2,8 +2,10 @@
 
 `build_rows` turns model probabilities, labels, baseline predictions and candle prices into an
 `EvalRows` table; `summarize` computes every reported number from that table plus a few scalar
-settings (`EvalSettings`), so the `--predictions` CSV (`write_csv` / `read_csv`) is enough to
-recompute the whole report.
+settings (`EvalSettings`, which carry the decision `Policy`), so the `--predictions` CSV
+(`write_csv` / `read_csv`) is enough to recompute the whole report. The one exception is the policy
+selection table (`doc["policy"]["selection"]`), which is computed on the validation split by
+`evaluate.run` and only recorded here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from jaxtrader.config import TradeRules
-from jaxtrader.decisions import positions_from_probs
+from jaxtrader.decisions import Policy, policy_positions, positions_from_probs
 from jaxtrader.errors import DataError
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.baselines import BaselinePredictions, baseline_metrics
@@ -27,7 +29,11 @@ from jaxtrader.evaluate.metrics import (
     expected_calibration_error,
     reliability_table,
 )
-from jaxtrader.evaluate.significance import accuracy_significance, sharpe_bootstrap_ci
+from jaxtrader.evaluate.significance import (
+    accuracy_significance,
+    coverage_curve,
+    sharpe_bootstrap_ci,
+)
 
 # Classification always calls "up" above 0.5; the backtest threshold is a separate trading choice.
 CLASSIFY_AT = 0.5
@@ -64,25 +70,39 @@ class EvalSettings:
     train_up_rate: float = 0.5
     seed: int = 0
     bootstrap_samples: int = 1000
+    # The policy that makes the positions; None = the plain rule of `rules` (threshold, long/short).
+    policy: Policy | None = None
+    policy_source: str = "plain"
 
     @property
-    def cost_rate(self) -> float:
-        return self.rules.cost_rate
+    def plain_policy(self) -> Policy:
+        return Policy.plain(self.rules.threshold, self.rules.long_short)
+
+    @property
+    def active_policy(self) -> Policy:
+        return self.policy if self.policy is not None else self.plain_policy
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat: the rules' fields sit where they are in the report ("fee_bps", ...)."""
+        """Flat: the rules' fields sit where they are in the report ("fee_bps", ...); the policy
+        is a nested mapping."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out.update(dataclasses.asdict(value) if f.name == "rules" else {f.name: value})
+            if f.name == "rules":
+                out.update(dataclasses.asdict(value))
+            elif f.name == "policy":
+                out["policy"] = self.active_policy.to_dict()
+            else:
+                out[f.name] = value
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalSettings:
-        names = {f.name for f in dataclasses.fields(cls)} - {"rules"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"rules", "policy"}
         rule_names = {f.name for f in dataclasses.fields(TradeRules)}
         rules = TradeRules(**{k: v for k, v in d.items() if k in rule_names})
-        return cls(rules=rules, **{k: v for k, v in d.items() if k in names})
+        policy = Policy.from_dict(d["policy"]) if d.get("policy") else None
+        return cls(rules=rules, policy=policy, **{k: v for k, v in d.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -131,8 +151,8 @@ def build_rows(
     if n == 0:
         raise DataError(f"the {settings.split} split has no prediction rows to evaluate")
     asset_return, _ = bt.period_returns(open_, close, t)
-    position = positions_from_probs(p, settings.rules.threshold, settings.rules.long_short)
-    series = bt.simulate(position, asset_return, settings.cost_rate)
+    position = policy_positions(settings.active_policy, p)
+    series = bt.simulate(position, asset_return, *bt.rates(settings.rules))
     return EvalRows(
         timestamp_ns=np.asarray(timestamps_ns, dtype=np.int64)[t],
         prob_up=p,
@@ -180,13 +200,19 @@ def summarize(rows: EvalRows, settings: EvalSettings) -> dict[str, Any]:
     ppy = settings.periods_per_year
     span = span_periods(rows.timestamp_ns, settings.interval_seconds)
 
-    def run(position: np.ndarray, cost: float = settings.cost_rate) -> tuple[Any, dict[str, Any]]:
-        series = bt.simulate(position, rows.asset_return, cost)
+    fee_rate, slip_rate = bt.rates(settings.rules)
+
+    def run(position: np.ndarray, costs: bool = True) -> tuple[Any, dict[str, Any]]:
+        rates = (fee_rate, slip_rate) if costs else (0.0, 0.0)
+        series = bt.simulate(position, rows.asset_return, *rates)
         return series, bt.performance(series, ppy, span)
 
     strategy, strategy_perf = run(rows.position)
     _, hold_perf = run(np.ones(n))
-    gross, gross_perf = run(rows.position, 0.0)
+    gross, gross_perf = run(rows.position, costs=False)
+    plain_pos = policy_positions(settings.plain_policy, rows.prob_up)
+    _, plain_perf = run(plain_pos)
+    _, plain_gross = run(plain_pos, costs=False)
     for key, series in (("sharpe_ci95", strategy), ("sharpe_gross_ci95", gross)):
         significance[key] = sharpe_bootstrap_ci(
             series.strategy_return,
@@ -204,6 +230,19 @@ def summarize(rows: EvalRows, settings: EvalSettings) -> dict[str, Any]:
         )[1],
     }
     reliability = reliability_table(y, rows.prob_up)
+    policy = {
+        "selected": settings.active_policy.to_dict(),
+        "source": settings.policy_source,
+        "plain": settings.plain_policy.to_dict(),
+        # Net figures of the selected policy beside the plain rule on the same rows.
+        "comparison": {
+            name: _activity(net, gross_)
+            for name, net, gross_ in (
+                ("selected", strategy_perf, gross_perf),
+                ("plain", plain_perf, plain_gross),
+            )
+        },
+    }
     return {
         "split": settings.split,
         "n": n,
@@ -221,9 +260,12 @@ def summarize(rows: EvalRows, settings: EvalSettings) -> dict[str, Any]:
             "ece": expected_calibration_error(reliability),
             "reliability": reliability,
         },
+        "policy": policy,
         "backtest": strategy_perf,
         # The same positions without fees or slippage: how much of the result the costs explain.
         "backtest_gross": gross_perf,
+        "backtest_plain": plain_perf,
+        "coverage_curve": coverage_curve(rows.prob_up, y, settings.horizon, threshold=CLASSIFY_AT),
         "buy_and_hold": hold_perf,
         "baseline_backtests": baseline_backtests,
         "annualization": {
@@ -234,6 +276,28 @@ def summarize(rows: EvalRows, settings: EvalSettings) -> dict[str, Any]:
         },
         "settings": settings.to_dict(),
     }
+
+
+ACTIVITY_KEYS = (
+    "total_return",
+    "sharpe",
+    "trades",
+    "trades_per_month",
+    "avg_holding_periods",
+    "turnover",
+    "exposure",
+    "fees_paid",
+)
+
+
+def _activity(net: dict[str, Any], gross: dict[str, Any]) -> dict[str, Any]:
+    """The comparison row of one policy: net figures, activity, and the fee drag (gross minus
+    net total return)."""
+    out = {k: net[k] for k in ACTIVITY_KEYS}
+    out["gross_return"] = gross["total_return"]
+    out["gross_sharpe"] = gross["sharpe"]
+    out["fee_drag"] = gross["total_return"] - net["total_return"]
+    return out
 
 
 def verdict(doc: dict[str, Any], alpha: float = 0.05) -> list[str]:
@@ -280,6 +344,16 @@ def verdict(doc: dict[str, Any], alpha: float = 0.05) -> list[str]:
             f"[{gci['lo']:.2f}, {gci['hi']:.2f}]), but {net['trades']} trades paid "
             f"{net['fees_paid']:.1%} of the starting equity in costs, leaving {net['sharpe']:.2f}"
         )
+    pol = doc.get("policy")
+    if pol and pol["selected"] != pol["plain"]:
+        sel, plain = pol["comparison"]["selected"], pol["comparison"]["plain"]
+        lines.append(
+            f"the {pol['source'].split(':')[0]} policy (enter > {pol['selected']['enter']:g}, "
+            f"exit <= {pol['selected']['exit']:g}, min hold {pol['selected']['min_hold']}) made "
+            f"{sel['trades']} trades with net Sharpe {sel['sharpe']:.2f} and fee drag "
+            f"{sel['fee_drag']:.1%}; the plain rule made {plain['trades']} with "
+            f"{plain['sharpe']:.2f} and {plain['fee_drag']:.1%}"
+        )
     s_model, s_hold = net["sharpe"], doc["buy_and_hold"]["sharpe"]
     lines.append(
         f"net Sharpe {s_model:.2f} vs buy-and-hold {s_hold:.2f} "
@@ -317,6 +391,8 @@ def read_csv(path: str | Path) -> EvalRows:
     """Reads a predictions CSV written by `write_csv` back into an `EvalRows` table."""
     import pandas as pd
 
+    from jaxtrader.data import timestamps_ns
+
     p = Path(path)
     try:
         df = pd.read_csv(p)
@@ -327,7 +403,7 @@ def read_csv(path: str | Path) -> EvalRows:
         raise DataError(
             f"predictions file {p} lacks columns {missing}; write it with --predictions"
         )
-    ts_ns = pd.DatetimeIndex(pd.to_datetime(df["timestamp"], utc=True)).as_unit("ns").asi8
+    ts_ns = timestamps_ns(df["timestamp"])
     lgbm = df["lightgbm_prob"]
     return EvalRows(
         timestamp_ns=np.asarray(ts_ns, dtype=np.int64),

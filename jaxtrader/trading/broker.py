@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from jaxtrader.config import TradeRules
+from jaxtrader.decisions import order_fill, target_units
 from jaxtrader.trading.portfolio import FillResult, Portfolio, apply_fill
 
 
@@ -62,32 +63,22 @@ class PaperBroker:
     rules: TradeRules = field(default_factory=TradeRules)
 
     def target_units(self, pf: Portfolio, target: float, price: float) -> float:
-        """Units to hold after the fill so the position is `target` x equity at `price`.
-
-        When a long grows, the fee is paid from the same equity, so the size solves
-        u' * p = target * (equity - fee) with fee = (u' - u) * p * rate.
-        """
-        equity = pf.equity(price)
-        if target == 0 or equity <= 0:
-            return 0.0
-        rate = self.rules.fee_bps / 1e4
-        naive = target * equity / price
-        if target > 0 and naive > pf.units >= 0:
-            return target * (equity + rate * price * pf.units) / (price * (1.0 + target * rate))
-        return naive
+        """Units to hold after a fill at `price` so the position is `target` x equity
+        (`decisions.target_units`: a growing long pays its fee from the same equity)."""
+        return target_units(pf.cash, pf.units, target, price, self.rules.fee_bps / 1e4)
 
     def fill(self, pf: Portfolio, order: Order, ts: pd.Timestamp, open_price: float) -> Fill | None:
-        """Executes `order` at the open of candle `ts`; None when nothing needs trading."""
-        slip = self.rules.slippage_bps / 1e4
-        # The side, and so the slippage direction, follows from the unslipped target size.
-        side = self.target_units(pf, order.target, open_price) - pf.units
-        if side == 0:
+        """Executes `order` at the open of candle `ts`; None when nothing needs trading.
+        The arithmetic is `decisions.order_fill`, the rule evaluate's backtest uses too."""
+        done = order_fill(
+            pf.cash,
+            pf.units,
+            order.target,
+            open_price,
+            self.rules.fee_bps / 1e4,
+            self.rules.slippage_bps / 1e4,
+        )
+        if done is None:
             return None
-        price = open_price * (1.0 + slip if side > 0 else 1.0 - slip)
-        delta = self.target_units(pf, order.target, price) - pf.units
-        if order.target == 0:
-            delta = -pf.units  # exits close exactly, with no float residue
-        if delta == 0:
-            return None
-        fee = abs(delta) * price * self.rules.fee_bps / 1e4
+        delta, price, fee = done
         return Fill(order.order_id, ts, delta, price, fee, apply_fill(pf, delta, price, fee))

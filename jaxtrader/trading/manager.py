@@ -5,7 +5,8 @@ For each closed candle it (1) validates the candle, (2) fills the order decided 
 at this candle's OPEN, (3) appends the candle (filling a gap with flat candles, as the data layer
 does), (4) builds the model input with `dataset.model_inputs_of` on the buffer's numpy columns (the
 training code path, without pandas) and predicts under a timeout, (5) maps the probability to a
-target exposure with `positions_from_probs` (as evaluate does), (6) passes it through the risk
+target exposure with the strategy's `Policy`, one candle at a time (`policy_step`, the same rule
+as evaluate's `policy_positions`), (6) passes it through the risk
 manager, (7) records a new order for the next open, and commits all of it to SQLite in ONE
 transaction (`process`: `_settle`, `_decide`, then one `CandleCommit` of typed records from
 `trading/records.py`). A restart rebuilds everything from that state.
@@ -31,8 +32,15 @@ import numpy as np
 import pandas as pd
 
 from jaxtrader.config import RiskConfig, TradeRules
-from jaxtrader.data import OHLCV, candle_problem, fill_gaps
-from jaxtrader.decisions import annualization, max_drawdown, positions_from_probs, sharpe
+from jaxtrader.data import OHLCV, candle_problem, fill_gaps, timestamps_ns
+from jaxtrader.decisions import (
+    Policy,
+    PolicyState,
+    annualization,
+    max_drawdown,
+    policy_step,
+    sharpe,
+)
 from jaxtrader.errors import DeadlineExceeded
 from jaxtrader.logs import get_logger, log_event
 from jaxtrader.scaling import Scaler
@@ -71,13 +79,23 @@ class StrategyConfig:
     rules: TradeRules = field(default_factory=TradeRules)
     risk: RiskConfig = field(default_factory=RiskConfig)
     max_gap: int = 48  # candles; a longer gap restarts the rolling buffer
+    policy: Policy | None = None  # None = the plain rule of `rules` (threshold, long/short)
+
+    @property
+    def active_policy(self) -> Policy:
+        if self.policy is not None:
+            return self.policy
+        return Policy.plain(self.rules.threshold, self.rules.long_short)
 
     def identity(self) -> dict[str, Any]:
         """What the state file records and compares on restart; the rules' fields stay top-level
-        keys ("fee_bps", ...) so existing state files keep matching."""
+        keys ("fee_bps", ...) and a plain policy adds no key, so existing state files keep
+        matching."""
         d = dataclasses.asdict(self)
         d.pop("strategy_id")
         d.update(d.pop("rules"))
+        if d["policy"] is None:
+            del d["policy"]
         return d
 
 
@@ -197,6 +215,7 @@ class TradingManager:
         self.inputs = inputs
         self.history = history
         self.broker = PaperBroker(cfg.rules)
+        self.policy = cfg.active_policy
         self.runner = runner or TimeoutRunner()
         self.step_ns = round(cfg.interval_s * 1e9)
         self._model_called = False
@@ -220,6 +239,13 @@ class TradingManager:
         self.next_order_id = s.next_order_id
         self.last_close = s.last_close
         self.counts = dict(s.counts)
+        self.policy_state = (
+            s.policy_state
+            if s.policy_state is not None
+            else PolicyState(int(np.sign(self.target)), self.policy.min_hold)
+            if self.target
+            else PolicyState()
+        )
 
     def _state(self) -> StrategyState:
         return StrategyState(
@@ -230,6 +256,7 @@ class TradingManager:
             next_order_id=self.next_order_id,
             last_close=self.last_close,
             counts=dict(self.counts),
+            policy_state=self.policy_state,
         )
 
     @property
@@ -362,11 +389,11 @@ class TradingManager:
         if fallback is not None:
             self._count(f"fallback_{fallback.split(':')[0]}")
             events.append(("model", "fallback", fallback))
+        # No usable probability: the policy holds (and counts the candle); the signal is neutral.
+        self.policy_state = policy_step(self.policy, self.policy_state, prob)
         desired = None
         if prob is not None:
-            rules = self.cfg.rules
-            pos = positions_from_probs(np.array([prob]), rules.threshold, rules.long_short)
-            desired = float(pos[0])
+            desired = float(self.policy_state.position * self.policy.max_position)
         decision, self.rs, ev = risk.decide(
             self.cfg.risk,
             self.rs,
@@ -490,7 +517,8 @@ def summarize(store: Store, sid: str) -> dict[str, Any]:
     returns = np.diff(np.concatenate([[capital], equity])) / np.concatenate(
         [[capital], equity[:-1]]
     )
-    ts_ns = pd.DatetimeIndex([r["ts"] for r in eq]).asi8 if eq else np.zeros(0, np.int64)
+    # Through data.timestamps_ns: `.asi8` of parsed ISO strings is in microseconds on pandas 3.
+    ts_ns = timestamps_ns([r["ts"] for r in eq]) if eq else np.zeros(0, np.int64)
     ppy, _ = annualization(float(cfg["interval_s"]), ts_ns)  # the same basis as evaluate
     closed = [f["trade_pnl"] for f in fills if f["trade_pnl"] is not None]
     risk_kinds = {k: n for k, n in counts.items() if k not in ("fallback", "bad_candle")}

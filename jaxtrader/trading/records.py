@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaxtrader.decisions import PolicyState
 from jaxtrader.trading.broker import Order
 from jaxtrader.trading.portfolio import Portfolio
 from jaxtrader.trading.risk import RiskState
@@ -29,9 +30,12 @@ class StrategyState:
     next_order_id: int = 1
     last_close: float = math.nan  # NaN before the first candle
     counts: Mapping[str, int] = field(default_factory=dict)
+    # The decision policy's own state (position, candles held); None in state files written
+    # before policies, which the manager then derives from `target`.
+    policy_state: PolicyState | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "portfolio": self.portfolio.to_dict(),
             "risk": self.risk.to_dict(),
             "pending": None if self.pending is None else self.pending.to_dict(),
@@ -40,6 +44,12 @@ class StrategyState:
             "last_close": None if math.isnan(self.last_close) else self.last_close,
             "counts": dict(self.counts),
         }
+        if self.policy_state is not None:
+            d["policy_state"] = {
+                "position": self.policy_state.position,
+                "held": self.policy_state.held,
+            }
+        return d
 
     @classmethod
     def from_dict(cls, s: Mapping[str, Any]) -> StrategyState:
@@ -51,6 +61,11 @@ class StrategyState:
             next_order_id=int(s["next_order_id"]),
             last_close=float(s["last_close"]) if s["last_close"] is not None else math.nan,
             counts=dict(s["counts"]),
+            policy_state=(
+                PolicyState(int(ps["position"]), int(ps["held"]))
+                if (ps := s.get("policy_state"))
+                else None
+            ),
         )
 
 

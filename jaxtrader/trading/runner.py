@@ -7,12 +7,14 @@ and shows a progress bar; returns the strategy's summary for the caller to print
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from jaxtrader.decisions import Policy
 from jaxtrader.errors import ConfigError
 from jaxtrader.models.archs import ARCH_NAMES
 
@@ -58,6 +60,22 @@ class TradeJob:
     start: pd.Timestamp | None = None  # replay bounds; None = the checkpoint's test split
     end: pd.Timestamp | None = None
     new_strategy: bool = False
+    policy: str = "checkpoint"  # checkpoint (the manifest's, else plain) | plain | a TOML file
+
+
+def trade_policy(spec: str, manifest: Any, rules: Any) -> Policy | None:
+    """The decision policy of a trade run; None = the plain rule of `rules`. The manifest's policy
+    takes the run's --long-short (a long-only choice applied long-short is the user's call)."""
+    if spec == "plain":
+        return None
+    if spec == "checkpoint":
+        recorded = getattr(manifest, "policy", None)
+        if not recorded:
+            return None
+        policy = Policy.from_dict(recorded["rule"], where="the checkpoint manifest's policy")
+    else:
+        policy = Policy.from_toml(spec)
+    return dataclasses.replace(policy, long_short=rules.long_short)
 
 
 def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
@@ -89,6 +107,8 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     log = get_logger("trade")
     if job.capital <= 0:
         raise ConfigError(f"--capital must be positive, got {job.capital}")
+    if job.policy not in ("checkpoint", "plain"):
+        Policy.from_toml(job.policy)  # a bad policy file fails before the model loads
     enable_compilation_cache()  # a restarted strategy reuses the compiled model programs
     predictor = Predictor.load(
         ckpt_dir=checkpoint_root(job.ckpt_dir, cfg),
@@ -135,9 +155,10 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         capital=job.capital,
         rules=cfg.backtest,
         risk=cfg.risk,
+        policy=trade_policy(job.policy, manifest, cfg.backtest),
     )
     meta = {
-        "hash": stable_hash(manifest.to_dict()),
+        "hash": stable_hash(manifest.model_dict()),  # a re-chosen policy keeps the model
         "checkpoint": str(predictor.version_dir),
         "arch": manifest.arch,
         "version": manifest.version,
