@@ -315,6 +315,8 @@ def write_outputs(
     settings = build_settings(prepared, cfg, wf, results, _timestamps_ns(df))
     df["position"] = positions(df, settings)
     write_predictions(df, out / PREDICTIONS_FILE)
+    if "fold_policies" in settings:
+        _record_fold_policies(out, settings)
     doc = summarize(df, settings)
     by_fold = {r.fold: r for r in results}
     for row in doc["folds"]:
@@ -351,6 +353,25 @@ def write_outputs(
     ]
     (out / "report.md").write_text(render_markdown(report, images), encoding="utf-8")
     return report
+
+
+def _record_fold_policies(out: Path, settings: dict[str, Any]) -> None:
+    """Each fold checkpoint's manifest gets its val-selected policy, where `trade` reads it."""
+    from jaxtrader.checkpoint import record_policy
+    from jaxtrader.walkforward import fold_dir
+
+    for fold, chosen in settings["fold_policies"].items():
+        record_policy(
+            fold_dir(out, int(fold)),
+            {
+                "rule": fold_policy(settings, int(fold)).to_dict(),
+                "source": f"walkforward --policy auto (fold {fold} val block)",
+                "val_net_sharpe": chosen["val_net_sharpe"],
+                "val_trades": chosen["val_trades"],
+                "fee_bps": settings["fee_bps"],
+                "slippage_bps": settings["slippage_bps"],
+            },
+        )
 
 
 def _pct(x: float | None) -> str:

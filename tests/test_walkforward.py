@@ -370,9 +370,13 @@ def test_fold_checkpoint_loads_as_the_seed_ensemble(cli_run: tuple[Path, dict]) 
     from jaxtrader.features import feature_hash
     from jaxtrader.inference import Predictor
 
-    out, _ = cli_run
+    out, report = cli_run
     predictor = Predictor.load(checkpoint=out / "fold_01")
     m = predictor.manifest
+    # The fold's val-selected policy is in its manifest, where `trade` reads it.
+    assert m.policy is not None
+    chosen = report["settings"]["fold_policies"]["1"]
+    assert m.policy["rule"] == {k: chosen[k] for k in m.policy["rule"]}
     assert m.ensemble is not None and m.ensemble["seeds"] == 2 and m.ensemble["fold"] == 1
     assert m.feature_hash == feature_hash() and m.metrics["complete"] is True
     assert m.data["sha256"] is None and m.data["source"].startswith("synthetic")
