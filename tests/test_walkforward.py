@@ -19,7 +19,7 @@ import pytest
 
 from jaxtrader.config import AppConfig, DataConfig, DatasetConfig, TrainConfig
 from jaxtrader.decisions import Policy, policy_positions
-from jaxtrader.errors import ConfigError
+from jaxtrader.errors import CheckpointError, ConfigError
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.metrics import roc_auc
 from jaxtrader.evaluate.significance import binomial_p_value, wilson_interval
@@ -289,6 +289,15 @@ def test_resume_gives_the_same_outputs(cli_run: tuple[Path, dict], tmp_path: Pat
     np.testing.assert_array_equal(
         df_plain["position"], (df_plain["prob_up"] > s["threshold"]).astype(float)
     )
+    # A fold saved before policies (no val predictions): auto refuses it by name, plain reports.
+    npz = out_b / "fold_00" / "predictions.npz"
+    with np.load(npz) as z:
+        old = {k: z[k] for k in z.files if not k.startswith("val_")}
+    np.savez(npz, **old)
+    with pytest.raises(CheckpointError, match=r"fold 0 .*--policy plain"):
+        run_walkforward(CFG, WF, out=out_b, resume=True)
+    again = run_walkforward(CFG, dataclasses.replace(WF, policy="plain"), out=out_b, resume=True)
+    assert again.report["backtest"] == pytest.approx(plain.report["backtest"])
     # A different plan is refused on resume, naming what differs.
     with pytest.raises(ConfigError, match="seeds"):
         run_walkforward(CFG, dataclasses.replace(WF, seeds=3), out=out_b, resume=True)
