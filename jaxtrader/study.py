@@ -4,8 +4,9 @@
 cell with the same executor (local, or Ray: one task per fold), then writes `leaderboard.json`
 and `leaderboard.md`. Every figure in a row is read from that cell's `report.json` (the pooled
 out-of-sample accuracy with its Wilson interval on the effective n, the majority rate, the p-value
-against it, the seed spread, net Sharpe and buy-and-hold Sharpe over the stitched test span) plus
-the cell's wall time; `policy_net_sharpe` is the one place the decision policy's figures are read.
+against it, the seed spread, net Sharpe under the run's decision policy (by default each fold's
+own policy selected on its validation block) with the plain P(up) > threshold rule's beside it, and
+buy-and-hold Sharpe over the stitched test span) plus the cell's wall time; `policy_net_sharpe` is the one place the decision policy's figures are read.
 Rows are sorted by net Sharpe; a row whose p-value against the majority rate is not below `alpha`
 is marked: its accuracy does not beat always predicting the training majority class.
 It is not a hyperparameter search: each cell is one fixed configuration.
@@ -108,13 +109,21 @@ def cell_config(base: AppConfig, cell: StudyCell) -> AppConfig:
 def policy_net_sharpe(report: dict[str, Any]) -> tuple[str, float]:
     """The decision policy a row is judged by, and its net Sharpe over the stitched test span.
 
-    Today the only policy in report.json is the plain one: long (or long/short) when the
-    ensemble's P(up) > `settings.threshold`, net of fees (`report["backtest"]`). When the
-    validation-selected policy lands in the walk-forward report, read it here.
+    `report["backtest"]` is the policy the walk-forward applied (`settings.policy`): with `auto`
+    each fold's own policy chosen on its validation block, with `plain` (and in reports written
+    before policies) long (or long/short) when the ensemble's P(up) > `settings.threshold`.
     """
     s = report["settings"]
     side = "long/short" if s["long_short"] else "long/flat"
+    if s.get("policy", "plain") == "auto":
+        return f"val-selected per fold, {side}", float(report["backtest"]["sharpe"])
     return f"P(up) > {s['threshold']:g}, {side}", float(report["backtest"]["sharpe"])
+
+
+def plain_net_sharpe(report: dict[str, Any]) -> float:
+    """The plain P(up) > threshold rule's net Sharpe (the comparison column)."""
+    plain = report.get("policy", {}).get("plain")
+    return float((plain or report["backtest"])["sharpe"])
 
 
 def leaderboard_row(
@@ -138,6 +147,7 @@ def leaderboard_row(
         "seed_accuracy_std": p["seed_accuracy_std"],
         "policy": policy,
         "net_sharpe": sharpe,
+        "plain_net_sharpe": plain_net_sharpe(report),
         "buy_and_hold_sharpe": float(report["buy_and_hold"]["sharpe"]),
         "wall_seconds": round(seconds, 1),
         "run": str(run_dir),
@@ -295,6 +305,7 @@ COLUMNS = (
     "p vs maj.",
     "seeds mean +- sd",
     "net Sharpe",
+    "plain",
     "B&H Sharpe",
     "wall",
 )
@@ -316,6 +327,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
         f"{row['p_value_vs_majority']:.3g}{mark}",
         f"{_pct(row['seed_accuracy_mean'])} +- {_pct(row['seed_accuracy_std'])}",
         f"{row['net_sharpe']:.2f}",
+        f"{row['plain_net_sharpe']:.2f}",
         f"{row['buy_and_hold_sharpe']:.2f}",
         f"{row['wall_seconds']:.0f} s",
     ]
@@ -324,7 +336,8 @@ def _cells(row: dict[str, Any]) -> list[str]:
 def _footnote(board: dict[str, Any]) -> str:
     policy = board["rows"][0]["policy"] if board["rows"] else "n/a"
     return (
-        f"Sorted by net Sharpe (policy: {policy}, net of fees). '(no edge)': p-value vs the "
+        f"Sorted by net Sharpe (policy: {policy}, net of fees; 'plain': P(up) > the threshold "
+        "every candle, for comparison). '(no edge)': p-value vs the "
         f"majority rate not below {board['alpha']:g}, i.e. no better than always predicting "
         f"the training majority class. {board['folds']} folds x {board['seeds']} seeds, "
         f"{board['window']} window, executor {board['executor']}, study wall time "

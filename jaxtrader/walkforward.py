@@ -8,7 +8,9 @@ The workflow (the CLI only parses and prints):
    lists, floats) out. It builds the fold's dataset with `dataset.build_dataset` on the fold's
    splits (the scaler is fit on that fold's training rows only), trains K seeds in one compiled
    step (`jaxtrader.seeds`), stops each seed early on the fold's validation block, and predicts the
-   test block with every seed. It touches no files.
+   val and test blocks with every seed. It touches no files. The val predictions (and the returns a
+   position decided at each val row earns) are what the fold's decision policy is chosen on
+   (`walkforward_report.fold_policies`, `--policy auto`); the test block is only predicted.
 3. The driver (`run_walkforward`) maps `run_fold` over the folds with an executor (`local`: in this
    process, one fold after another), saves each result as it arrives (one Orbax checkpoint per fold
    holding all K seeds, with the usual manifest plus `ensemble`; `fold.json`; `predictions.npz`),
@@ -49,9 +51,20 @@ if TYPE_CHECKING:
 logger = get_logger("walkforward")
 
 Window = Literal["expanding", "rolling"]
+PolicyMode = Literal["auto", "plain"]
 PLAN_FILE = "plan.json"
 FOLD_FILE = "fold.json"
 FOLD_PREDICTIONS = "predictions.npz"
+# FoldResult's array fields, saved in the fold's predictions.npz.
+FOLD_ARRAYS = (
+    "test_rows",
+    "labels",
+    "forward_returns",
+    "prob_up_KxN",
+    "val_rows",
+    "val_asset_returns",
+    "val_prob_up_KxN",
+)
 PROGRESS_EVERY = 10  # steps between JSON progress lines when no bar is shown
 
 
@@ -63,6 +76,8 @@ class WalkForwardSettings:
     seeds: int = 4
     window: Window = "expanding"
     train_candles: int | None = None
+    # auto: each fold's policy is chosen on its own val block; plain: P(up) > threshold.
+    policy: PolicyMode = "auto"
 
     def check(self) -> None:
         if self.folds < 1:
@@ -71,6 +86,8 @@ class WalkForwardSettings:
             raise ConfigError(f"--seeds must be at least 1, got {self.seeds}")
         if self.window not in ("expanding", "rolling"):
             raise ConfigError(f"--window must be expanding or rolling, got {self.window!r}")
+        if self.policy not in ("auto", "plain"):
+            raise ConfigError(f"--policy must be auto or plain, got {self.policy!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,6 +174,10 @@ class FoldResult:
     samples: int
     train_up_rate: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    # The val block, for choosing the fold's policy (empty in folds saved before policies).
+    val_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    val_asset_returns: np.ndarray = field(default_factory=lambda: np.zeros(0))  # period_returns
+    val_prob_up_KxN: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     params: Any = None  # numpy pytree, leading seed axis (None when loaded back from disk)
 
     @property
@@ -166,7 +187,7 @@ class FoldResult:
 
     def record(self) -> dict[str, Any]:
         """JSON-able fields (everything but the arrays and params)."""
-        skip = {"test_rows", "labels", "forward_returns", "prob_up_KxN", "params"}
+        skip = {*FOLD_ARRAYS, "params"}
         return {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip
         }
@@ -226,6 +247,7 @@ def run_fold(
 
     from jaxtrader import seeds, train
     from jaxtrader.dataset import build_dataset
+    from jaxtrader.evaluate.backtest import period_returns
     from jaxtrader.inference import seed_proba_up
     from jaxtrader.models import build_model
 
@@ -262,15 +284,27 @@ def run_fold(
             bar.close()
     params = jax.device_get(fit.state.params)
     t_predict = time.perf_counter()
-    probs: list[np.ndarray] = []
-    for batch in dataset.eval_batches("test", cfg.train.eval_batch_size):
-        p_KxB = np.asarray(seed_proba_up(model, fit.state.params, batch["seq"], batch["feats"]))
-        probs.append(p_KxB[:, np.asarray(batch["mask"], bool)])
+
+    def predict(split: str) -> np.ndarray:
+        probs: list[np.ndarray] = []
+        for batch in dataset.eval_batches(split, cfg.train.eval_batch_size):
+            p_KxB = np.asarray(seed_proba_up(model, fit.state.params, batch["seq"], batch["feats"]))
+            probs.append(p_KxB[:, np.asarray(batch["mask"], bool)])
+        return np.concatenate(probs, axis=1).astype(np.float32)
+
+    test_prob_KxN = predict("test")
+    val_prob_KxN = predict("val")
+    val_rows = np.asarray(dataset.rows("val"), dtype=np.int64)
+    # What a position decided at each val row earns; the last val row's period ends at the
+    # candle after it, still before the purge gap, so no test price enters.
+    val_returns, _ = period_returns(
+        task.market.ohlcv_Tx5[:, 0], task.market.ohlcv_Tx5[:, 3], val_rows
+    )
     log_event(
         logger,
         "fold_predicted",
         fold=task.fold,
-        rows=dataset.size("test"),
+        rows=dataset.size("test") + val_rows.size,
         seconds=round(time.perf_counter() - t_predict, 3),
     )
     counts = train.label_counts(dataset, "train")
@@ -281,7 +315,7 @@ def run_fold(
         test_rows=np.asarray(dataset.rows("test"), dtype=np.int64),
         labels=np.asarray(dataset.labels("test"), dtype=np.int64),
         forward_returns=np.asarray(dataset.fwd_returns("test"), dtype=np.float64),
-        prob_up_KxN=np.concatenate(probs, axis=1).astype(np.float32),
+        prob_up_KxN=test_prob_KxN,
         best_epochs=fit.best_epochs,
         best_val_losses=fit.best_val_losses,
         best_val_accs=fit.best_val_accs,
@@ -296,6 +330,9 @@ def run_fold(
         samples=fit.samples,
         train_up_rate=float(counts[1] / max(counts.sum(), 1)),
         history=_plain(fit.history),
+        val_rows=val_rows,
+        val_asset_returns=np.asarray(val_returns, dtype=np.float64),
+        val_prob_up_KxN=val_prob_KxN,
         params=params,
     )
 
@@ -502,13 +539,7 @@ def save_fold(out: Path, prepared: Prepared, cfg: AppConfig, result: FoldResult)
     with (directory / ckpt.METRICS_FILE).open("w", encoding="utf-8") as f:
         for rec in result.history:
             f.write(json.dumps(rec) + "\n")
-    np.savez(
-        directory / FOLD_PREDICTIONS,
-        test_rows=result.test_rows,
-        labels=result.labels,
-        forward_returns=result.forward_returns,
-        prob_up_KxN=result.prob_up_KxN,
-    )
+    np.savez(directory / FOLD_PREDICTIONS, **{k: getattr(result, k) for k in FOLD_ARRAYS})
     (directory / FOLD_FILE).write_text(
         json.dumps(_plain(result.record()), indent=2) + "\n", encoding="utf-8"
     )

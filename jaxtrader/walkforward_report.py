@@ -8,6 +8,15 @@ overlap), `backtest.simulate` / `backtest.performance` (net of fees, the stitche
 `decisions.annualization`. So `predictions.csv` + `settings` recompute the report
 (tests/test_walkforward.py does exactly that).
 
+The decision policy (`settings.policy`): `auto` applies each fold's own policy, chosen by
+`evaluate.selection.select_policy` on that fold's VAL block only (`fold_policies`: the K seeds'
+mean P(up) on the val rows and the returns a position decided there earns; the test block is never
+read), to that fold's test block, from flat at the block's first row (`decisions.policy_positions`);
+`plain` is the old rule, long (or long/short) when P(up) > `settings.threshold`, every candle. The
+chosen policies are stored in `settings.fold_policies`, the position actually taken in the
+`position` column of predictions.csv, and the plain rule's backtest is reported beside the selected
+one (`policy.plain`).
+
 The majority rate of a fold is the accuracy of always predicting the fold's TRAINING majority
 class on its test block (the honest constant baseline `evaluate` uses); the pooled majority rate is
 the same over all test rows, each with its own fold's class.
@@ -25,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from jaxtrader.decisions import annualization, positions_from_probs
+from jaxtrader.decisions import Policy, annualization, policy_positions, positions_from_probs
+from jaxtrader.errors import CheckpointError
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.metrics import classification_metrics
 from jaxtrader.evaluate.significance import accuracy_significance, count_interval, effective_n
@@ -90,13 +100,77 @@ def _accuracy(labels: np.ndarray, prob: np.ndarray) -> float:
     return float(np.mean((prob > CLASSIFY_AT).astype(np.int64) == labels))
 
 
-def _backtest(df: pd.DataFrame, settings: dict[str, Any]) -> tuple[dict, dict, Any]:
+def fold_policies(
+    results: Sequence[FoldResult],
+    rules: Any,
+    horizon: int,
+    interval_seconds: float,
+    market_timestamp_ns: np.ndarray,
+) -> dict[str, dict[str, Any]]:
+    """Each fold's policy chosen on its own val block (K seeds' mean P(up) there, and the period
+    returns of its val rows): the policy's fields plus its val net Sharpe, return and trades.
+    Only the fold's val arrays are read, never its test block."""
+    from jaxtrader.evaluate.selection import select_policy
+
+    out = {}
+    for r in results:
+        if r.val_rows.size < 2:
+            raise CheckpointError(
+                f"fold {r.fold} was saved without its validation predictions (a run from before "
+                "walk-forward policies); rerun with --policy plain, or delete its fold directory "
+                "and --resume to retrain it"
+            )
+        ppy, _ = annualization(interval_seconds, np.asarray(market_timestamp_ns)[r.val_rows])
+        policy, table = select_policy(
+            np.asarray(r.val_prob_up_KxN, np.float64).mean(axis=0),
+            r.val_asset_returns,
+            rules,
+            horizon=horizon,
+            periods_per_year=ppy,
+        )
+        row = next(t for t in table if t["selected"])
+        out[str(r.fold)] = {
+            **policy.to_dict(),
+            "val_net_sharpe": row["net_sharpe"],
+            "val_net_return": row["net_return"],
+            "val_trades": row["trades"],
+            "val_n": int(r.val_rows.size),
+        }
+    return out
+
+
+def fold_policy(settings: dict[str, Any], fold: int) -> Policy:
+    """The policy applied to `fold`'s test block under `settings` (auto: the fold's own)."""
+    if settings.get("policy", "plain") == "plain":
+        return Policy.plain(settings["threshold"], settings["long_short"])
+    d = settings["fold_policies"][str(fold)]
+    return Policy.from_dict(
+        {k: d[k] for k in ("enter", "exit", "min_hold", "max_position")}
+        | {"long_short": d["long_short"]}
+    )
+
+
+def positions(df: pd.DataFrame, settings: dict[str, Any], plain: bool = False) -> np.ndarray:
+    """The position taken at every row: each fold's policy on its own test block, from flat
+    (`plain`: the P(up) > threshold rule, whatever `settings.policy` says)."""
+    p = df["prob_up"].to_numpy(np.float64)
+    if plain or settings.get("policy", "plain") == "plain":
+        return positions_from_probs(p, settings["threshold"], settings["long_short"])
+    fold = df["fold"].to_numpy(np.int64)
+    pos = np.zeros(len(df))
+    for f in np.unique(fold):
+        at = fold == f
+        pos[at] = policy_positions(fold_policy(settings, int(f)), p[at])
+    return pos
+
+
+def _backtest(
+    df: pd.DataFrame, settings: dict[str, Any], plain: bool = False
+) -> tuple[dict, dict, Any]:
     ppy = settings["periods_per_year"]
     span = span_periods(_timestamps_ns(df), settings["interval_seconds"])
     fee, slip = settings["fee_bps"] / 1e4, settings["slippage_bps"] / 1e4
-    pos = positions_from_probs(
-        df["prob_up"].to_numpy(np.float64), settings["threshold"], settings["long_short"]
-    )
+    pos = positions(df, settings, plain)
     r = df["asset_return"].to_numpy(np.float64)
     strategy = bt.simulate(pos, r, fee, slip)
     hold = bt.simulate(np.ones(len(df)), r, fee, slip)
@@ -119,6 +193,7 @@ def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
         cls = classification_metrics(y, (p > CLASSIFY_AT).astype(np.int64), p)
         majority = float(np.mean(y == majority_of[fold]))
         perf, hold, _ = _backtest(part, settings)
+        plain_perf, _, _ = _backtest(part, settings, plain=True)
         folds.append(
             {
                 "fold": fold,
@@ -130,9 +205,13 @@ def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
                 "auc": cls["roc_auc"],
                 "seed_accuracies": [_accuracy(y, part[c].to_numpy(np.float64)) for c in seeds],
                 "sharpe_net": perf["sharpe"],
+                "sharpe_net_plain": plain_perf["sharpe"],
+                "trades": perf["trades"],
                 "buy_and_hold_sharpe": hold["sharpe"],
             }
         )
+        if "fold_policies" in settings:
+            folds[-1]["fold_policy"] = settings["fold_policies"][str(fold)]
     cls = classification_metrics(y_all, (p_all > CLASSIFY_AT).astype(np.int64), p_all)
     majority = float(np.mean(y_all == maj_pred))
     sig = accuracy_significance(cls["accuracy"], int(y_all.size), h, majority)
@@ -154,7 +233,24 @@ def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
         "ensemble_accuracy": cls["accuracy"],
         "folds_beating_majority": int(sum(f["accuracy"] > f["majority_rate"] for f in folds)),
     }
-    return {"folds": folds, "pooled": pooled, "backtest": perf, "buy_and_hold": hold}
+    plain_perf, _, _ = _backtest(df, settings, plain=True)
+    mode = settings.get("policy", "plain")
+    policy = {
+        "mode": mode,
+        "applied": "each fold's own val-selected policy on its test block"
+        if mode == "auto"
+        else f"P(up) > {settings['threshold']:g} every candle",
+        "folds": [{"fold": f["fold"], **f.get("fold_policy", {})} for f in folds],
+        "selected": perf if mode == "auto" else None,
+        "plain": plain_perf,
+    }
+    return {
+        "folds": folds,
+        "pooled": pooled,
+        "backtest": perf,
+        "buy_and_hold": hold,
+        "policy": policy,
+    }
 
 
 def build_settings(
@@ -167,6 +263,13 @@ def build_settings(
     """The scalars that, with predictions.csv, determine every reported number."""
     interval_s = prepared.market.interval_seconds
     ppy, basis = annualization(interval_s, timestamps_ns)
+    chosen = (
+        fold_policies(
+            results, cfg.backtest, cfg.dataset.horizon, interval_s, prepared.market.timestamp_ns
+        )
+        if wf.policy == "auto"
+        else None
+    )
     return {
         "symbol": prepared.market.symbol,
         "arch": cfg.model.arch,
@@ -188,6 +291,8 @@ def build_settings(
         "threshold": cfg.backtest.threshold,
         "long_short": cfg.backtest.long_short,
         "fold_majority_class": {str(r.fold): r.majority_class for r in results},
+        "policy": wf.policy,
+        **({"fold_policies": chosen} if chosen is not None else {}),
     }
 
 
@@ -207,8 +312,11 @@ def write_outputs(
     df = predictions_table(
         market.timestamp_ns, market.ohlcv_Tx5[:, 0], market.ohlcv_Tx5[:, 3], stitched
     )
-    write_predictions(df, out / PREDICTIONS_FILE)
     settings = build_settings(prepared, cfg, wf, results, _timestamps_ns(df))
+    df["position"] = positions(df, settings)
+    write_predictions(df, out / PREDICTIONS_FILE)
+    if "fold_policies" in settings:
+        _record_fold_policies(out, settings)
     doc = summarize(df, settings)
     by_fold = {r.fold: r for r in results}
     for row in doc["folds"]:
@@ -247,6 +355,25 @@ def write_outputs(
     return report
 
 
+def _record_fold_policies(out: Path, settings: dict[str, Any]) -> None:
+    """Each fold checkpoint's manifest gets its val-selected policy, where `trade` reads it."""
+    from jaxtrader.checkpoint import record_policy
+    from jaxtrader.walkforward import fold_dir
+
+    for fold, chosen in settings["fold_policies"].items():
+        record_policy(
+            fold_dir(out, int(fold)),
+            {
+                "rule": fold_policy(settings, int(fold)).to_dict(),
+                "source": f"walkforward --policy auto (fold {fold} val block)",
+                "val_net_sharpe": chosen["val_net_sharpe"],
+                "val_trades": chosen["val_trades"],
+                "fee_bps": settings["fee_bps"],
+                "slippage_bps": settings["slippage_bps"],
+            },
+        )
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
@@ -270,12 +397,37 @@ def format_summary(report: dict[str, Any]) -> str:
             f"ensemble {_pct(p['ensemble_accuracy'])}; folds beating majority "
             f"{p['folds_beating_majority']}/{len(report['folds'])}",
             f"net Sharpe {report['backtest']['sharpe']:.2f} (return "
-            f"{_pct(report['backtest']['total_return'])}, {report['backtest']['trades']} trades) "
-            f"vs buy-and-hold {report['buy_and_hold']['sharpe']:.2f} (return "
-            f"{_pct(report['buy_and_hold']['total_return'])}), fees {s['fee_bps']:g} bps",
+            f"{_pct(report['backtest']['total_return'])}, {report['backtest']['trades']} trades; "
+            f"policy {_policy_name(report)}) vs buy-and-hold {report['buy_and_hold']['sharpe']:.2f}"
+            f" (return {_pct(report['buy_and_hold']['total_return'])}), fees {s['fee_bps']:g} bps",
+            *_plain_line(report),
             f"report: {report['out']}/report.md",
         ]
     )
+
+
+def _policy_name(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    if s.get("policy", "plain") == "auto":
+        return "auto, chosen on each fold's val block"
+    return f"plain, P(up) > {s['threshold']:g}"
+
+
+def _plain_line(report: dict[str, Any]) -> list[str]:
+    if report["settings"].get("policy", "plain") != "auto":
+        return []
+    b = report["policy"]["plain"]
+    return [
+        f"plain P(up) > {report['settings']['threshold']:g} for comparison: net Sharpe "
+        f"{b['sharpe']:.2f} (return {_pct(b['total_return'])}, {b['trades']} trades)"
+    ]
+
+
+def _fold_policy_cell(f: dict[str, Any]) -> str:
+    d = f.get("fold_policy")
+    if d is None:
+        return "plain"
+    return f"{d['enter']:g}/{d['exit']:g}/{d['min_hold']} ({d['val_net_sharpe']:.2f})"
 
 
 def render_markdown(report: dict[str, Any], images: Sequence[Path]) -> str:
@@ -292,9 +444,9 @@ def render_markdown(report: dict[str, Any], images: Sequence[Path]) -> str:
         "",
         "## Folds",
         "",
-        "| fold | test span | n | accuracy [95%] | majority | AUC | seeds | net Sharpe | B&H Sharpe"
-        " | s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| fold | test span | n | accuracy [95%] | majority | AUC | seeds | policy enter/exit/hold"
+        " (val Sharpe) | net Sharpe | plain net Sharpe | B&H Sharpe | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in report["folds"]:
         lo, hi = f["accuracy_ci95"]
@@ -302,15 +454,26 @@ def render_markdown(report: dict[str, Any], images: Sequence[Path]) -> str:
         lines.append(
             f"| {f['fold']} | {f['test_start'][:10]}..{f['test_end'][:10]} | {f['n']} | "
             f"{_pct(f['accuracy'])} [{_pct(lo)}, {_pct(hi)}] | {_pct(f['majority_rate'])} | "
-            f"{_num(f['auc'])} | {seeds} | {f['sharpe_net']:.2f} | "
-            f"{f['buy_and_hold_sharpe']:.2f} | {f['seconds']:.0f} |"
+            f"{_num(f['auc'])} | {seeds} | {_fold_policy_cell(f)} | {f['sharpe_net']:.2f} | "
+            f"{f['sharpe_net_plain']:.2f} | {f['buy_and_hold_sharpe']:.2f} | {f['seconds']:.0f} |"
         )
-    lines += ["", "## Stitched backtest (net of fees)", "", "| | strategy | buy and hold |"]
-    lines += ["|---|---|---|"]
+    lines += [
+        "",
+        "## Stitched backtest (net of fees)",
+        "",
+        f"Policy: {_policy_name(report)}.",
+        "",
+        "| | strategy | plain | buy and hold |",
+    ]
+    lines += ["|---|---|---|---|"]
     for key in ("total_return", "sharpe", "max_drawdown", "trades", "fees_paid", "exposure"):
-        a, b = report["backtest"][key], report["buy_and_hold"][key]
+        a, p, b = (
+            report["backtest"][key],
+            report["policy"]["plain"][key],
+            report["buy_and_hold"][key],
+        )
         fmt = _pct if key in ("total_return", "max_drawdown", "fees_paid", "exposure") else _num
-        lines.append(f"| {key} | {fmt(a)} | {fmt(b)} |")
+        lines.append(f"| {key} | {fmt(a)} | {fmt(p)} | {fmt(b)} |")
     t = report["timing"]
     lines += [
         "",
@@ -356,6 +519,7 @@ def plot_equity(df: pd.DataFrame, report: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     s = report["settings"]
     _, _, strategy = _backtest(df, s)
+    _, _, plain = _backtest(df, s, plain=True)
     hold = bt.simulate(
         np.ones(len(df)),
         df["asset_return"].to_numpy(np.float64),
@@ -364,7 +528,9 @@ def plot_equity(df: pd.DataFrame, report: dict[str, Any], path: Path) -> Path:
     )
     t = pd.to_datetime(df["timestamp"], utc=True)
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    ax.plot(t, strategy.equity, lw=1.1, label="strategy (net of fees)")
+    ax.plot(t, strategy.equity, lw=1.1, label=f"strategy, {_policy_name(report)} (net of fees)")
+    if s.get("policy", "plain") == "auto":
+        ax.plot(t, plain.equity, lw=0.9, color="tab:green", alpha=0.8, label="plain (net of fees)")
     ax.plot(t, hold.equity, lw=1.0, color="tab:orange", alpha=0.8, label="buy and hold")
     starts = df.groupby("fold")["timestamp"].first()
     for i, ts in enumerate(pd.to_datetime(starts, utc=True)):

@@ -52,7 +52,11 @@ def test_leaderboard_figures_are_the_runs_report_figures(study_run: tuple[Path, 
         p = report["pooled"]
         for key in POOLED_KEYS & set(row):
             assert row[key] == p[key], key
+        # The applied (val-selected per fold) policy's net Sharpe, the plain rule's beside it.
+        assert report["settings"]["policy"] == "auto"
         assert row["net_sharpe"] == report["backtest"]["sharpe"]
+        assert row["net_sharpe"] == report["policy"]["selected"]["sharpe"]
+        assert row["plain_net_sharpe"] == report["policy"]["plain"]["sharpe"]
         assert row["buy_and_hold_sharpe"] == report["buy_and_hold"]["sharpe"]
         assert row["beats_majority"] == (p["p_value_vs_majority"] < board["alpha"])
         assert row["arch"] == report["settings"]["arch"] == "lstm"
@@ -65,6 +69,7 @@ def test_leaderboard_figures_are_the_runs_report_figures(study_run: tuple[Path, 
     for row in rows:
         line = next(x for x in printed.splitlines() if x.startswith(row["market"]))
         assert f"{row['net_sharpe']:.2f}" in line and f"{100 * row['accuracy']:.2f}%" in line
+        assert f"{row['plain_net_sharpe']:.2f}" in line
         assert ("(no edge)" in line) == (not row["beats_majority"])
         assert f"| {row['market']} | lstm | 2 |" in md
 

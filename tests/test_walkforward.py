@@ -11,13 +11,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from jaxtrader.config import AppConfig, DataConfig, DatasetConfig, TrainConfig
-from jaxtrader.errors import ConfigError
+from jaxtrader.decisions import Policy, policy_positions
+from jaxtrader.errors import CheckpointError, ConfigError
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.metrics import roc_auc
 from jaxtrader.evaluate.significance import binomial_p_value, wilson_interval
@@ -67,6 +69,8 @@ FOLD_KEYS = {
     "auc",
     "seed_accuracies",
     "sharpe_net",
+    "sharpe_net_plain",
+    "fold_policy",
     "buy_and_hold_sharpe",
     "seconds",
 }
@@ -125,6 +129,12 @@ def test_cli_end_to_end_writes_every_output(cli_run: tuple[Path, dict]) -> None:
     for name in ("equity.png", "fold_accuracy.png", "seed_spread.png"):
         assert (out / name).stat().st_size > 1000, name
     assert {"folds", "pooled", "backtest", "buy_and_hold", "settings", "timing"} <= set(report)
+    # --policy auto is the default: each fold's policy, chosen on its val block, plain beside it.
+    assert report["settings"]["policy"] == "auto" and report["policy"]["mode"] == "auto"
+    assert report["policy"]["selected"] == report["backtest"]
+    assert {"sharpe", "total_return", "trades"} <= set(report["policy"]["plain"])
+    for row in report["policy"]["folds"]:
+        assert {"enter", "exit", "min_hold", "val_net_sharpe", "val_trades"} <= set(row)
     assert len(report["folds"]) == 2
     for fold in report["folds"]:
         assert set(fold) >= FOLD_KEYS
@@ -146,6 +156,7 @@ def test_cli_end_to_end_writes_every_output(cli_run: tuple[Path, dict]) -> None:
         "prob_up_s0",
         "prob_up_s1",
     ]
+    assert "position" in df.columns and set(df["position"]) <= {0.0, 1.0}
     assert pd.to_datetime(df["timestamp"]).is_monotonic_increasing
     np.testing.assert_allclose(df["prob_up"], df[["prob_up_s0", "prob_up_s1"]].mean(axis=1))
 
@@ -204,7 +215,48 @@ def test_the_past_does_not_see_the_future() -> None:
     b = run_fold(FoldTask(0, fold, changed, CFG, 2), show_progress=False)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_allclose(a.prob_up_KxN, b.prob_up_KxN, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.val_prob_up_KxN, b.val_prob_up_KxN, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a.val_asset_returns, b.val_asset_returns)
     assert a.best_epochs == b.best_epochs
+
+
+def _scrambled_from(m: Any, start: int, seed: int = 1) -> Any:
+    """`m` with every candle from `start` on moved by a random factor (features recomputed)."""
+    from jaxtrader.features import compute_features
+
+    ohlcv = m.ohlcv_Tx5.copy()
+    rng = np.random.default_rng(seed)
+    ohlcv[start:, :4] *= rng.uniform(0.8, 1.25, size=(len(ohlcv) - start, 1))
+    ohlcv[start:, 1] = ohlcv[start:, :4].max(axis=1)
+    ohlcv[start:, 2] = ohlcv[start:, :4].min(axis=1)
+    feats = compute_features(dataclasses.replace(m, ohlcv_Tx5=ohlcv).frame())
+    return dataclasses.replace(m, ohlcv_Tx5=ohlcv, features_TxF=feats.to_numpy(np.float64))
+
+
+def test_fold_policy_cannot_see_the_fold_test_block() -> None:
+    """Changing every price (hence every label) of fold 0's test block and after leaves the val
+    predictions, the val returns and the chosen policy unchanged, while the test labels move."""
+    from jaxtrader.walkforward import FoldTask, run_fold
+    from jaxtrader.walkforward_report import fold_policies
+
+    prepared = prepare(CFG, WF)
+    fold = prepared.folds[0]
+    m = prepared.market
+    changed = _scrambled_from(m, fold.test[0])
+    a = run_fold(FoldTask(0, fold, m, CFG, 2), show_progress=False)
+    b = run_fold(FoldTask(0, fold, changed, CFG, 2), show_progress=False)
+    assert not np.array_equal(a.labels, b.labels)  # the test block did change
+    assert a.val_rows.size > 2 and np.array_equal(a.val_rows, b.val_rows)
+    assert a.val_rows.max() < fold.test[0]
+    np.testing.assert_allclose(a.val_prob_up_KxN, b.val_prob_up_KxN, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a.val_asset_returns, b.val_asset_returns)
+    chosen = [
+        fold_policies([r], CFG.backtest, CFG.dataset.horizon, m.interval_seconds, m.timestamp_ns)
+        for r in (a, b)
+    ]
+    fields = ("enter", "exit", "min_hold", "max_position", "long_short", "val_trades")
+    assert [chosen[0]["0"][k] for k in fields] == [chosen[1]["0"][k] for k in fields]
+    assert chosen[0]["0"]["val_net_sharpe"] == pytest.approx(chosen[1]["0"]["val_net_sharpe"])
 
 
 def test_resume_gives_the_same_outputs(cli_run: tuple[Path, dict], tmp_path: Path) -> None:
@@ -225,6 +277,27 @@ def test_resume_gives_the_same_outputs(cli_run: tuple[Path, dict], tmp_path: Pat
     for key in ("pooled", "backtest", "buy_and_hold"):
         for k, v in report_a[key].items():
             assert resumed.report[key][k] == pytest.approx(v, abs=1e-6), (key, k)
+    # The folds' policies come from the saved val predictions: the same choices after resume.
+    assert resumed.report["settings"]["fold_policies"] == report_a["settings"]["fold_policies"]
+    assert resumed.report["policy"]["plain"] == pytest.approx(report_a["policy"]["plain"])
+    # --policy plain on the same saved folds (no retraining) is the old rule: P(up) > threshold.
+    plain = run_walkforward(CFG, dataclasses.replace(WF, policy="plain"), out=out_b, resume=True)
+    assert plain.report["settings"]["policy"] == "plain"
+    assert plain.report["backtest"] == pytest.approx(report_a["policy"]["plain"])
+    df_plain = pd.read_csv(out_b / "predictions.csv")
+    s = plain.report["settings"]
+    np.testing.assert_array_equal(
+        df_plain["position"], (df_plain["prob_up"] > s["threshold"]).astype(float)
+    )
+    # A fold saved before policies (no val predictions): auto refuses it by name, plain reports.
+    npz = out_b / "fold_00" / "predictions.npz"
+    with np.load(npz) as z:
+        old = {k: z[k] for k in z.files if not k.startswith("val_")}
+    np.savez(npz, **old)
+    with pytest.raises(CheckpointError, match=r"fold 0 .*--policy plain"):
+        run_walkforward(CFG, WF, out=out_b, resume=True)
+    again = run_walkforward(CFG, dataclasses.replace(WF, policy="plain"), out=out_b, resume=True)
+    assert again.report["backtest"] == pytest.approx(plain.report["backtest"])
     # A different plan is refused on resume, naming what differs.
     with pytest.raises(ConfigError, match="seeds"):
         run_walkforward(CFG, dataclasses.replace(WF, seeds=3), out=out_b, resume=True)
@@ -260,16 +333,45 @@ def test_pooled_figures_recompute_from_predictions_csv(cli_run: tuple[Path, dict
         assert report["folds"][int(f)]["majority_rate"] == pytest.approx(fold_maj)
         beating += fold_acc > fold_maj
     assert pooled["folds_beating_majority"] == beating
-    # The stitched backtest, net of fees, from the CSV's positions and returns.
+    # The positions taken: each fold's own val-selected policy on its test block, from flat.
+    expected = np.zeros(len(df))
+    for f, part in df.groupby("fold"):
+        chosen = s["fold_policies"][str(f)]
+        policy = Policy(
+            enter=chosen["enter"],
+            exit=chosen["exit"],
+            min_hold=chosen["min_hold"],
+            max_position=chosen["max_position"],
+            long_short=chosen["long_short"],
+        )
+        assert report["folds"][int(f)]["fold_policy"] == chosen
+        expected[(df["fold"] == f).to_numpy()] = policy_positions(
+            policy, part["prob_up"].to_numpy()
+        )
+    np.testing.assert_array_equal(df["position"].to_numpy(), expected)
+    # The stitched backtests, net of fees, from the CSV's positions and returns: the applied
+    # policy's, the plain P(up) > threshold rule's, and buy-and-hold.
     cost = (s["fee_bps"] + s["slippage_bps"]) / 1e4
     r = df["asset_return"].to_numpy()
-    pos = (p > s["threshold"]).astype(float)
+    plain = (p > s["threshold"]).astype(float)
     ts = pd.DatetimeIndex(pd.to_datetime(df["timestamp"], utc=True)).as_unit("ns").asi8
     span = (ts[-1] - ts[0]) / (s["interval_seconds"] * 1e9) + 1
-    for key, positions in (("backtest", pos), ("buy_and_hold", np.ones(len(df)))):
+    runs = (
+        (report["backtest"], df["position"].to_numpy()),
+        (report["policy"]["plain"], plain),
+        (report["buy_and_hold"], np.ones(len(df))),
+    )
+    for i, (reported, positions) in enumerate(runs):
         perf = bt.performance(bt.simulate(positions, r, cost), s["periods_per_year"], span)
         for k in ("total_return", "sharpe", "max_drawdown", "trades", "fees_paid"):
-            assert report[key][k] == pytest.approx(perf[k]), (key, k)
+            assert reported[k] == pytest.approx(perf[k]), (i, k)
+    for f in df["fold"].unique():
+        at = (df["fold"] == f).to_numpy()
+        fspan = (ts[at][-1] - ts[at][0]) / (s["interval_seconds"] * 1e9) + 1
+        for key, positions in (("sharpe_net", df["position"]), ("sharpe_net_plain", plain)):
+            sim = bt.simulate(np.asarray(positions)[at], r[at], cost)
+            perf = bt.performance(sim, s["periods_per_year"], fspan)
+            assert report["folds"][int(f)][key] == pytest.approx(perf["sharpe"]), (f, key)
 
 
 def test_fold_checkpoint_loads_as_the_seed_ensemble(cli_run: tuple[Path, dict]) -> None:
@@ -277,9 +379,13 @@ def test_fold_checkpoint_loads_as_the_seed_ensemble(cli_run: tuple[Path, dict]) 
     from jaxtrader.features import feature_hash
     from jaxtrader.inference import Predictor
 
-    out, _ = cli_run
+    out, report = cli_run
     predictor = Predictor.load(checkpoint=out / "fold_01")
     m = predictor.manifest
+    # The fold's val-selected policy is in its manifest, where `trade` reads it.
+    assert m.policy is not None
+    chosen = report["settings"]["fold_policies"]["1"]
+    assert m.policy["rule"] == {k: chosen[k] for k in m.policy["rule"]}
     assert m.ensemble is not None and m.ensemble["seeds"] == 2 and m.ensemble["fold"] == 1
     assert m.feature_hash == feature_hash() and m.metrics["complete"] is True
     assert m.data["sha256"] is None and m.data["source"].startswith("synthetic")

@@ -62,6 +62,7 @@ def study(
     seeds: int,
     window: str,
     train_candles: int | None,
+    policy: str,
     epochs: int | None,
     patience: int | None,
     batch_size: int | None,
@@ -117,6 +118,7 @@ def study(
         seeds=seeds,
         window=window,  # type: ignore[arg-type]
         train_candles=train_candles,
+        policy=policy,  # type: ignore[arg-type]
     )
     wf.check()
     limit_malloc_arenas()
@@ -167,6 +169,7 @@ SHARED_OPTIONS = (
     "seeds",
     "window",
     "train_candles",
+    "policy",
     "epochs",
     "patience",
     "batch_size",

@@ -113,6 +113,15 @@ class _StopAfterFold:
     help="Length of the first (rolling: every) training span in prediction points. "
     "Default: the history / (folds + 2).",
 )
+@click.option(
+    "--policy",
+    type=click.Choice(["auto", "plain"]),
+    default="auto",
+    show_default=True,
+    help="auto: each fold's decision policy is the grid policy with the best net Sharpe on that "
+    "fold's VALIDATION block, applied to its test block; plain: long when P(up) > the "
+    "backtest threshold (0.5), re-decided every candle. The plain backtest is reported beside.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs per fold.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=None, help="Window length W.")
@@ -145,6 +154,7 @@ def walkforward(
     seeds: int,
     window: str,
     train_candles: int | None,
+    policy: str,
     epochs: int | None,
     batch_size: int | None,
     seq_len: int | None,
@@ -204,6 +214,7 @@ def walkforward(
         seeds=seeds,
         window=window,  # type: ignore[arg-type]
         train_candles=train_candles,
+        policy=policy,  # type: ignore[arg-type]
     )
     limit_malloc_arenas()
 
