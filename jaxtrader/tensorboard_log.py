@@ -1,6 +1,7 @@
 """TensorBoard event files of a training run: one scalar per metric per epoch, written into the
 run's version directory so `tensorboard --logdir ckpt` shows every run, named by its
-`<SYMBOL>/<arch>/v<N>` path.
+`<SYMBOL>/<arch>/v<N>` path (and into each walk-forward fold directory, one curve per seed, so
+`tensorboard --logdir runs` shows the folds).
 
 The writer is tensorboardX (the optional extra `jaxtrader[tensorboard]`): it needs only numpy and
 protobuf, not TensorFlow or the TensorBoard server. Without it training logs one line and goes on.
@@ -53,6 +54,10 @@ class EpochWriter:
             value = record.get(key)
             if isinstance(value, int | float):
                 self._writer.add_scalar(tag, float(value), epoch)
+            elif isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+                # Per-seed values (a walk-forward fold's K seeds): one curve per seed.
+                for seed, v in enumerate(value):
+                    self._writer.add_scalar(f"{tag}/seed{seed}", v, epoch)
         self._writer.flush()  # visible in a running TensorBoard while training goes on
 
     def close(self) -> None:

@@ -510,6 +510,7 @@ def save_fold(out: Path, prepared: Prepared, cfg: AppConfig, result: FoldResult)
     from flax import struct
 
     from jaxtrader import checkpoint as ckpt
+    from jaxtrader.tensorboard_log import EpochWriter
 
     @struct.dataclass
     class Saved:
@@ -539,6 +540,10 @@ def save_fold(out: Path, prepared: Prepared, cfg: AppConfig, result: FoldResult)
     with (directory / ckpt.METRICS_FILE).open("w", encoding="utf-8") as f:
         for rec in result.history:
             f.write(json.dumps(rec) + "\n")
+    tensorboard = EpochWriter(directory)  # `tensorboard --logdir runs`: one curve per seed
+    for rec in result.history:
+        tensorboard.add(rec)
+    tensorboard.close()
     np.savez(directory / FOLD_PREDICTIONS, **{k: getattr(result, k) for k in FOLD_ARRAYS})
     (directory / FOLD_FILE).write_text(
         json.dumps(_plain(result.record()), indent=2) + "\n", encoding="utf-8"

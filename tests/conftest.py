@@ -57,3 +57,22 @@ def extra_or_skip(module: str, extra: str) -> object:
 
 def lightgbm_or_skip() -> object:
     return extra_or_skip("lightgbm", "gbm")
+
+
+def event_scalars(event_file: Path) -> dict[str, dict[int, float]]:
+    """Reads a TensorBoard event file back: TFRecord framing (u64 length, u32 crc, payload, u32
+    crc) around `Event` protobufs, parsed with tensorboardX's own proto classes."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    data = event_file.read_bytes()
+    scalars: dict[str, dict[int, float]] = {}
+    pos = 0
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
+        event = Event.FromString(data[pos + 12 : pos + 12 + length])
+        pos += 12 + length + 4
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import extra_or_skip
+from conftest import event_scalars, extra_or_skip
 
 TINY_TOML = """
 [data]
@@ -270,25 +270,6 @@ def test_bad_config_value_is_one_line(
     assert not (workdir / "ckpt").exists()
 
 
-def _event_scalars(event_file: Path) -> dict[str, dict[int, float]]:
-    """Reads a TensorBoard event file back: TFRecord framing (u64 length, u32 crc, payload, u32
-    crc) around `Event` protobufs, parsed with tensorboardX's own proto classes."""
-    import struct
-
-    from tensorboardX.proto.event_pb2 import Event
-
-    data = event_file.read_bytes()
-    scalars: dict[str, dict[int, float]] = {}
-    pos = 0
-    while pos < len(data):
-        (length,) = struct.unpack("<Q", data[pos : pos + 8])
-        event = Event.FromString(data[pos + 12 : pos + 12 + length])
-        pos += 12 + length + 4
-        for value in event.summary.value:
-            scalars.setdefault(value.tag, {})[event.step] = value.simple_value
-    return scalars
-
-
 def test_training_knob_flags_and_tensorboard_events(workdir: Path) -> None:
     """Issue 14: --lr/--weight-decay/--patience/--dropout/--threshold override --config, and every
     run writes TensorBoard event files into its version directory."""
@@ -308,7 +289,7 @@ def test_training_knob_flags_and_tensorboard_events(workdir: Path) -> None:
     assert m.config["dataset"]["threshold"] == 0.0001
 
     (event_file,) = vdir.glob("events.out.tfevents.*")
-    scalars = _event_scalars(event_file)
+    scalars = event_scalars(event_file)
     records = [json.loads(line) for line in (vdir / METRICS_FILE).read_text().splitlines()]
     assert len(records) == m.metrics["epochs"] >= 1
     for tag, key in [("loss/train", "train_loss"), ("loss/val", "val_loss"),

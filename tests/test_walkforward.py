@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import event_scalars, extra_or_skip
 
 from jaxtrader.config import AppConfig, DataConfig, DatasetConfig, TrainConfig
 from jaxtrader.decisions import Policy, policy_positions
@@ -413,3 +414,22 @@ def test_walkforward_and_study_take_every_train_knob_flag() -> None:
         "model.dropout": 0.3,
         "dataset.threshold": 0.002,
     }
+
+
+def test_fold_directories_hold_tensorboard_events_per_seed(cli_run: tuple[Path, dict]) -> None:
+    """Issue 14: walk-forward runs write TensorBoard events too, one curve per seed per fold."""
+    extra_or_skip("tensorboardX", "tensorboard")
+    out, _ = cli_run
+    for fold in (0, 1):
+        fdir = out / f"fold_{fold:02d}"
+        (event_file,) = fdir.glob("events.out.tfevents.*")
+        scalars = event_scalars(event_file)
+        records = [json.loads(line) for line in (fdir / "metrics.jsonl").read_text().splitlines()]
+        assert records
+        assert scalars["loss/train"] == {
+            r["epoch"]: pytest.approx(r["train_loss"]) for r in records
+        }
+        for seed in (0, 1):
+            assert scalars[f"loss/val/seed{seed}"] == {
+                r["epoch"]: pytest.approx(r["val_loss"][seed]) for r in records
+            }
