@@ -6,10 +6,13 @@ alternated across rounds because the machine is shared, and medians are printed.
     python scripts/bench_train.py                       # both archs, batch 64 and 128, 3 rounds
     python scripts/bench_train.py --arch lstm --variants --batch 64 --rounds 3
     python scripts/bench_train.py --seeds 1 4 --batch 64   # K seeds in one step (jaxtrader.seeds)
+    python scripts/bench_train.py --seeds 1 4 --seed-devices 2   # seed axis over 2 host devices
 
 With --seeds, K > 1 runs `seeds.seeds_train_step` (a vmap of the train step over K stacked states,
 each seed its own batch); samples/s is summed over the seeds, and the table adds the ratio to K = 1
-of the same arch and batch.
+of the same arch and batch. `--seed-devices N` gives the K > 1 processes N host devices
+(`jax_num_cpu_devices`) and shards the seed axis over them (the seeds never communicate, so each
+device runs K/N seeds on its own); K = 1 runs as usual.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ def child(args: argparse.Namespace) -> None:
 
     import jax
     import numpy as np
+
+    if args.seed_devices > 1 and args.seeds > 1:
+        jax.config.update("jax_num_cpu_devices", args.seed_devices)
 
     from jaxtrader.config import TrainConfig
     from jaxtrader.models import build_model, with_defaults
@@ -79,6 +85,13 @@ def child(args: argparse.Namespace) -> None:
         ]
         active = jnp.ones((args.seeds,), bool)
         keys = jnp.stack([jax.random.key(100 + s) for s in range(args.seeds)])
+        if args.seed_devices > 1:
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+            mesh = Mesh(np.array(jax.devices()[: args.seed_devices]), ("seeds",))
+            by_seed = NamedSharding(mesh, PartitionSpec("seeds"))
+            state, keys, active = jax.device_put((state, keys, active), by_seed)
+            batches = [jax.device_put(b, by_seed) for b in batches]
 
         def step_fn(st: Any, batch: Any, _key: Any) -> Any:
             return seeds.seeds_train_step(st, batch, keys, active)
@@ -112,6 +125,7 @@ def child(args: argparse.Namespace) -> None:
                 "variant": args.variant,
                 "batch": args.batch,
                 "seeds": args.seeds,
+                "seed_devices": args.seed_devices if args.seeds > 1 else 1,
                 "ms_per_step": step_s * 1000,
                 # CPU time of all threads per step: less sensitive to other processes' load.
                 "cpu_ms_per_step": statistics.median(cpu_windows) * 1000,
@@ -146,6 +160,8 @@ def run_child(
         cache_dir,
         "--seeds",
         str(seeds),
+        "--seed-devices",
+        str(a.seed_devices),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -168,6 +184,12 @@ def main() -> None:
     p.add_argument("--cache-dir", default="")
     p.add_argument(
         "--seeds", type=int, nargs="+", default=[1], help="models per step (K); e.g. --seeds 1 4"
+    )
+    p.add_argument(
+        "--seed-devices",
+        type=int,
+        default=1,
+        help="host devices the seed axis is sharded over when K > 1 (K must divide evenly)",
     )
     a = p.parse_args()
     if a.child:
