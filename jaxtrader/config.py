@@ -108,10 +108,6 @@ class TradeRules:
         return (self.fee_bps + self.slippage_bps) / 1e4
 
 
-# The former name of TradeRules, kept so branches written against it still import.
-BacktestConfig = TradeRules
-
-
 @dataclass(frozen=True)
 class RiskConfig:
     """Limits of one trading strategy. Fractions are of equity; counts are candles or trades."""

@@ -33,10 +33,5 @@ class StateError(JaxTraderError):
     strategy id, a strategy already running, an unknown strategy."""
 
 
-# The former name of StateError (nothing raises a risk-limit error: limits act on positions).
-# Kept so branches written against it still import; new code raises StateError.
-RiskError = StateError
-
-
 class ConfigError(JaxTraderError):
     """A configuration file or flag is invalid."""

@@ -400,11 +400,11 @@ def test_bad_fee_fails_fast_naming_the_flag(capsys: pytest.CaptureFixture[str]) 
 def test_training_records_know_the_full_epoch_length(trained: dict[str, Path]) -> None:
     """The evaluation adds `epoch_steps` to each training record, counted as training counts
     steps, so the training plot tells a partial last epoch from a full one."""
-    from jaxtrader.config import BacktestConfig
+    from jaxtrader.config import TradeRules
     from jaxtrader.evaluate.report import epoch_positions
     from jaxtrader.evaluate.run import evaluate_checkpoint
 
-    result = evaluate_checkpoint(split="val", backtest=BacktestConfig(),
+    result = evaluate_checkpoint(split="val", backtest=TradeRules(),
                                  ckpt_dir=str(trained["root"] / "ckpt"), arch="lstm",
                                  version="latest", bootstrap_samples=10)  # fmt: skip
     (record,) = result.training_records  # one full epoch
