@@ -281,3 +281,22 @@ def policy_options(fn: F) -> F:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def batch_window_options(fn: F) -> F:
+    """--batch-size/--seq-len/--horizon: the batch and window shape, shared by `train` and
+    `walkforward` (`study` reuses walkforward's option objects)."""
+    options = [
+        click.option(
+            "--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size."
+        ),
+        click.option(
+            "--seq-len", type=click.IntRange(min=2), default=None, help="Window length W."
+        ),
+        click.option(
+            "--horizon", type=click.IntRange(min=1), default=None, help="Label horizon in candles."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn

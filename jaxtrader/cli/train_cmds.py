@@ -11,6 +11,7 @@ import click
 
 from jaxtrader.cli.common import (
     CliState,
+    batch_window_options,
     check_arch,
     data_options,
     data_overrides,
@@ -73,11 +74,7 @@ def _print_summary(state: CliState, summary: dict[str, Any]) -> None:
 )
 @data_options
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size.")
-@click.option("--seq-len", type=click.IntRange(min=2), default=None, help="Window length W.")
-@click.option(
-    "--horizon", type=click.IntRange(min=1), default=None, help="Label horizon in candles."
-)
+@batch_window_options
 @click.option("--seed", type=int, default=None, help="PRNG seed (init, shuffling, dropout).")
 @click.option("--ckpt-dir", type=str, default=None, help="Checkpoint root. Default: ckpt.")
 @click.option(

@@ -21,6 +21,7 @@ import click
 
 from jaxtrader.cli.common import (
     CliState,
+    batch_window_options,
     check_arch,
     data_options,
     data_overrides,
@@ -123,11 +124,7 @@ class _StopAfterFold:
     "backtest threshold (0.5), re-decided every candle. The plain backtest is reported beside.",
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs per fold.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size.")
-@click.option("--seq-len", type=click.IntRange(min=2), default=None, help="Window length W.")
-@click.option(
-    "--horizon", type=click.IntRange(min=1), default=None, help="Label horizon in candles."
-)
+@batch_window_options
 @click.option("--seed", type=int, default=None, help="Run seed (every fold and seed derive keys).")
 @click.option(
     "--max-minutes",
