@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from jaxtrader.errors import ConfigError, DeepLearningError
 from jaxtrader.logs import get_logger, log_event, progress_bar
+from jaxtrader.runtime import MALLOC_ENV
 from jaxtrader.walkforward import Executor, local_executor
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
-        "MALLOC_ARENA_MAX": "2",  # as `jaxtrader train` (limit_malloc_arenas): flat worker RSS
+        **MALLOC_ENV,  # the heap settings every command makes (runtime.tune_malloc)
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     out.update({k: env[k] for k in _PASS_THROUGH if k in env})

@@ -43,6 +43,7 @@ import pandas as pd
 from jaxtrader.config import AppConfig
 from jaxtrader.errors import CheckpointError, ConfigError
 from jaxtrader.logs import get_logger, log_event, progress_bar
+from jaxtrader.runtime import release_free_memory
 from jaxtrader.splits import SPLIT_NAMES, Splits
 
 if TYPE_CHECKING:
@@ -691,6 +692,7 @@ def run_walkforward(
     for result in _saved_or_reported(executor(todo, poll=poll), out_dir, results):
         save_fold(out_dir, prepared, cfg, result)
         result.params = None  # on disk now; keep memory flat across folds
+        release_free_memory()  # the fold's freed buffers (runtime.tune_malloc keeps them otherwise)
         results[result.fold] = result
         log_event(
             logger,

@@ -35,7 +35,9 @@ def child(args: argparse.Namespace) -> None:
     import resource
 
     t0 = time.perf_counter()
-    from jaxtrader.runtime import enable_compilation_cache
+    from jaxtrader.runtime import enable_compilation_cache, tune_malloc
+
+    tune_malloc()  # as every jaxtrader command does, before JAX allocates
 
     if args.cache_dir:
         enable_compilation_cache(args.cache_dir)

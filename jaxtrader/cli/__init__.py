@@ -39,7 +39,10 @@ def cli(
     import logging
 
     from jaxtrader.logs import setup_logging
+    from jaxtrader.runtime import tune_malloc
 
+    # Before any command allocates or starts JAX: XLA's per-step buffers reuse the heap.
+    tune_malloc()
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)  # type: ignore[arg-type]
     ctx.obj = CliState(config_path=config_path, log_format=log_format, debug=debug)
 

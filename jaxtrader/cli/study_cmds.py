@@ -88,7 +88,6 @@ def study(
     from jaxtrader.errors import ConfigError
     from jaxtrader.executors import close_executor, describe, start_executor
     from jaxtrader.logs import jsonable
-    from jaxtrader.runtime import limit_malloc_arenas
     from jaxtrader.study import format_table, run_study, study_cells
     from jaxtrader.walkforward import WalkForwardInterrupted, WalkForwardSettings
 
@@ -121,7 +120,6 @@ def study(
         policy=policy,  # type: ignore[arg-type]
     )
     wf.check()
-    limit_malloc_arenas()
 
     def on_cell(i: int, cell: Any, run_dir: Path) -> None:
         click.echo(

@@ -123,11 +123,9 @@ def train(
             **data_overrides(**data_flags),
         }
     )
-    from jaxtrader.runtime import limit_malloc_arenas
     from jaxtrader.training_run import TrainingInterrupted, run_training
 
     check_arch(cfg.model.arch)
-    limit_malloc_arenas()
     try:
         summary = run_training(cfg).summary
     except TrainingInterrupted as e:

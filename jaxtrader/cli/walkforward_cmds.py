@@ -180,7 +180,6 @@ def walkforward(
     import json
 
     from jaxtrader.errors import ConfigError
-    from jaxtrader.runtime import limit_malloc_arenas
     from jaxtrader.walkforward import (
         WalkForwardInterrupted,
         WalkForwardSettings,
@@ -213,7 +212,6 @@ def walkforward(
         train_candles=train_candles,
         policy=policy,  # type: ignore[arg-type]
     )
-    limit_malloc_arenas()
 
     def on_plan(plan: dict[str, Any], out_dir: Path) -> None:
         click.echo(format_plan(plan), err=as_json)
