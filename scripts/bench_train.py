@@ -7,12 +7,15 @@ alternated across rounds because the machine is shared, and medians are printed.
     python scripts/bench_train.py --arch lstm --variants --batch 64 --rounds 3
     python scripts/bench_train.py --seeds 1 4 --batch 64   # K seeds in one step (jaxtrader.seeds)
     python scripts/bench_train.py --seeds 1 4 --seed-devices 2   # seed axis over 2 host devices
+    python scripts/bench_train.py --seeds 1 4 --separate 4   # also 4 K=1 processes at once
 
 With --seeds, K > 1 runs `seeds.seeds_train_step` (a vmap of the train step over K stacked states,
 each seed its own batch); samples/s is summed over the seeds, and the table adds the ratio to K = 1
 of the same arch and batch. `--seed-devices N` gives the K > 1 processes N host devices
 (`jax_num_cpu_devices`) and shards the seed axis over them (the seeds never communicate, so each
-device runs K/N seeds on its own); K = 1 runs as usual.
+device runs K/N seeds on its own); K = 1 runs as usual. `--separate N` adds the alternative to
+seeds in one step: N single-model processes started together, each timing its own steps while the
+others run; their samples/s are summed (one row per arch and batch, ratio to K = 1).
 """
 
 from __future__ import annotations
@@ -169,6 +172,24 @@ def run_child(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_separate(arch: str, batch: int, cache_dir: str, a: argparse.Namespace) -> dict[str, float]:
+    """`a.separate` K = 1 children at once (sharing the cores); summed samples/s, median ms/step."""
+    cmd = [sys.executable, __file__, "--child", "--arch", arch, "--batch", str(batch)]
+    cmd += ["--steps", str(a.steps), "--windows", str(a.windows), "--cache-dir", cache_dir]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+        for _ in range(a.separate)
+    ]
+    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"a --separate child failed: {' '.join(cmd)}")
+    return {
+        "samples_per_s": sum(o["samples_per_s"] for o in outs),
+        "ms_per_step": statistics.median(o["ms_per_step"] for o in outs),
+        "peak_rss_mb": sum(o["peak_rss_mb"] for o in outs),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -193,6 +214,12 @@ def main() -> None:
         default=1,
         help="host devices the seed axis is sharded over when K > 1 (K must divide evenly)",
     )
+    p.add_argument(
+        "--separate",
+        type=int,
+        default=0,
+        help="also run N single-model processes at once and sum their samples/s",
+    )
     a = p.parse_args()
     if a.child:
         a.batch = a.batch[0]
@@ -207,6 +234,7 @@ def main() -> None:
             variants.append("layered" if arch == "lstm" else "dropout0")
         configs += [(arch, v, b, k) for v in variants for b in a.batch for k in a.seeds]
     results: dict[tuple[str, str, int, int], list[Any]] = {c: [] for c in configs}
+    separate: dict[tuple[str, int], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
             for arch, variant, batch, k in configs:  # alternated: the machine is shared
@@ -220,6 +248,10 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
+            for arch, batch in dict.fromkeys((c[0], c[2]) for c in configs) if a.separate else []:
+                # The same compilation cache as the K = 1 runs of this arch and batch.
+                cache = os.path.join(tmp, f"{arch}-default-{batch}-1")
+                separate.setdefault((arch, batch), []).append(run_separate(arch, batch, cache, a))
     print(
         f"medians over {a.rounds} processes x {a.windows} windows of {a.steps} steps; "
         f"input (B, {SEQ_LEN}, 5) + (B, 86); jax {_jax_version()}"
@@ -244,6 +276,16 @@ def main() -> None:
             f"| {med('samples_per_s', rs):.0f} | {ratio} | {med('first_step_s', cold):.2f} s "
             f"| {med('first_step_s', warm):.2f} s | {med('init_s', warm):.2f} s "
             f"| {max(x['peak_rss_mb'] for x in rs):.0f} |"
+        )
+
+    for (arch, batch), rows in separate.items():
+        single = results.get((arch, "default", batch, 1))
+        sps = statistics.median(r["samples_per_s"] for r in rows)
+        ratio = f"{sps / med('samples_per_s', single):.2f}x" if single else "-"
+        print(
+            f"| {arch} | {a.separate} processes at once | {batch} | 1 each "
+            f"| {statistics.median(r['ms_per_step'] for r in rows):.1f} | - | {sps:.0f} | {ratio} "
+            f"| - | - | - | {max(r['peak_rss_mb'] for r in rows):.0f} (sum) |"
         )
 
 
