@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from jaxtrader.errors import ConfigError, DeepLearningError
 from jaxtrader.logs import get_logger, log_event, progress_bar
-from jaxtrader.runtime import MALLOC_ENV
+from jaxtrader.runtime import malloc_env
 from jaxtrader.walkforward import Executor, local_executor
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
-        **MALLOC_ENV,  # the heap settings every command makes (runtime.tune_malloc)
+        **malloc_env(),  # the heap settings every command makes (runtime.tune_malloc)
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     out.update({k: env[k] for k in _PASS_THROUGH if k in env})

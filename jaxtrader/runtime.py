@@ -19,13 +19,22 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 # Free memory glibc may keep at the top of a heap instead of returning it at every free().
 KEEP_FREE_BYTES = 1 << 30
-# The same settings as environment variables, for processes jaxtrader starts (Ray workers): glibc
-# reads them at start-up, before any allocation.
-MALLOC_ENV = {
-    "MALLOC_ARENA_MAX": "2",
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": str(KEEP_FREE_BYTES),
-}
+# JAXTRADER_TUNE_MALLOC=0 keeps glibc's mmap and trim defaults (only the arena cap is set): to
+# measure the difference, or if a platform's allocator misbehaves with the tuning.
+OPT_OUT_VAR = "JAXTRADER_TUNE_MALLOC"
+
+
+def malloc_tuning_enabled() -> bool:
+    return os.environ.get(OPT_OUT_VAR, "1") != "0"
+
+
+def malloc_env() -> dict[str, str]:
+    """`tune_malloc`'s settings as environment variables, for processes jaxtrader starts (Ray
+    workers): glibc reads them at start-up, before any allocation."""
+    env = {"MALLOC_ARENA_MAX": "2"}
+    if malloc_tuning_enabled():
+        env |= {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(KEEP_FREE_BYTES)}
+    return env
 
 
 def enable_compilation_cache(directory: str | os.PathLike[str] | None = None) -> str:
@@ -73,13 +82,15 @@ def tune_malloc(arenas: int = 2) -> None:
       per core); freed step, eval and checkpoint buffers then sit in different arenas and the heap
       grows with every epoch (measured on BTC 1h: +20-60 MB per validation + save cycle).
 
-    No effect on any result; a no-op off glibc (macOS, musl).
+    No effect on any result; a no-op off glibc (macOS, musl). `JAXTRADER_TUNE_MALLOC=0` sets only
+    the arena cap.
     """
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_M_ARENA_MAX, arenas)
-        libc.mallopt(_M_MMAP_MAX, 0)
-        libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREE_BYTES)
+        if malloc_tuning_enabled():
+            libc.mallopt(_M_MMAP_MAX, 0)
+            libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREE_BYTES)
 
 
 def release_free_memory() -> None:

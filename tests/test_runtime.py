@@ -4,6 +4,7 @@ call, and `tune_malloc` makes a freed large buffer reusable without faulting its
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,9 +53,9 @@ print(json.dumps({"faults": faults() - before}))
 PAGES = 4 * 16_000_000 // 4096
 
 
-def _faults(mode: str) -> int:
+def _faults(mode: str, env: dict[str, str] | None = None) -> int:
     out = subprocess.run(
-        [sys.executable, "-c", _REUSE, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _REUSE, mode], capture_output=True, text=True, check=True, env=env
     )
     return int(json.loads(out.stdout)["faults"])
 
@@ -66,13 +67,15 @@ def test_tune_malloc_reuses_freed_buffers_instead_of_faulting_them_in_again() ->
     # Measured here: 9,152 faults with glibc's defaults (mmap/unmap or trim every round), 665 tuned.
     assert tuned < PAGES // 10, (tuned, default)
     assert default > 4 * tuned, (tuned, default)
+    opted_out = _faults("tuned", {**os.environ, runtime.OPT_OUT_VAR: "0"})
+    assert opted_out > 4 * tuned, (opted_out, tuned)
 
 
 def test_ray_workers_get_the_same_heap_settings_through_their_environment() -> None:
     from jaxtrader.executors import worker_env
 
     env = worker_env({})
-    for key, value in runtime.MALLOC_ENV.items():
+    for key, value in runtime.malloc_env().items():
         assert env[key] == value
     # The env form must mean what tune_malloc does: glibc reads it at process start.
     out = subprocess.run(
