@@ -39,6 +39,8 @@ import numpy as np
 from jaxtrader import runtime
 if sys.argv[1] == "tuned":
     runtime.tune_malloc()
+elif sys.argv[1] == "arena-cap-only":
+    runtime.tune_malloc(reuse_freed=False)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def step():
@@ -69,20 +71,23 @@ def test_tune_malloc_reuses_freed_buffers_instead_of_faulting_them_in_again() ->
     assert default > 4 * tuned, (tuned, default)
     opted_out = _faults("tuned", {**os.environ, runtime.OPT_OUT_VAR: "0"})
     assert opted_out > 4 * tuned, (opted_out, tuned)
+    seed_stacking = _faults("arena-cap-only")
+    assert seed_stacking > 4 * tuned, (seed_stacking, tuned)
 
 
-def test_ray_workers_get_the_same_heap_settings_through_their_environment() -> None:
+def test_ray_fold_workers_get_the_walkforward_heap_settings_through_their_environment() -> None:
     from jaxtrader.executors import worker_env
 
+    # Fold tasks stack K seeds: only the arena cap, as `walkforward` and `study` in this process.
     env = worker_env({})
-    for key, value in runtime.malloc_env().items():
-        assert env[key] == value
-    # The env form must mean what tune_malloc does: glibc reads it at process start.
+    assert runtime.malloc_env(reuse_freed=False) == {"MALLOC_ARENA_MAX": "2"}
+    assert env["MALLOC_ARENA_MAX"] == "2" and "MALLOC_MMAP_MAX_" not in env
+    # The env form of the full tuning must mean what tune_malloc does: glibc reads it at start.
     out = subprocess.run(
         [sys.executable, "-c", _REUSE, "default"],
         capture_output=True,
         text=True,
         check=True,
-        env={**env, "PATH": "/usr/bin:/bin"},
+        env={**runtime.malloc_env(), "PATH": "/usr/bin:/bin"},
     )
     assert int(json.loads(out.stdout)["faults"]) < PAGES // 10

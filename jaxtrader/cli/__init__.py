@@ -15,6 +15,9 @@ import click
 from jaxtrader.cli.common import CliState, train_knob_options, train_knob_overrides
 from jaxtrader.errors import JaxTraderError
 
+# Commands that train K seeds in one step: glibc keeps its mmap defaults there (runtime.tune_malloc).
+SEED_STACKING_COMMANDS = frozenset({"walkforward", "study"})
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -41,8 +44,9 @@ def cli(
     from jaxtrader.logs import setup_logging
     from jaxtrader.runtime import tune_malloc
 
-    # Before any command allocates or starts JAX: XLA's per-step buffers reuse the heap.
-    tune_malloc()
+    # Before any command allocates or starts JAX: XLA's per-step buffers reuse the heap, except
+    # where K seeds share a step (the heap would fragment; see tune_malloc).
+    tune_malloc(reuse_freed=ctx.invoked_subcommand not in SEED_STACKING_COMMANDS)
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)  # type: ignore[arg-type]
     ctx.obj = CliState(config_path=config_path, log_format=log_format, debug=debug)
 
