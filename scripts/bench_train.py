@@ -40,7 +40,9 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     from jaxtrader.runtime import enable_compilation_cache, tune_malloc
 
-    tune_malloc()  # as every jaxtrader command does, before JAX allocates
+    # As the CLI does, before JAX allocates: full tuning for one model, the arena cap only where K
+    # seeds share a step (walkforward, study).
+    tune_malloc(reuse_freed=args.seeds == 1)
 
     if args.cache_dir:
         enable_compilation_cache(args.cache_dir)
