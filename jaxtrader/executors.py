@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from jaxtrader.errors import ConfigError, DeepLearningError
 from jaxtrader.logs import get_logger, log_event, progress_bar
-from jaxtrader.runtime import malloc_env
+from jaxtrader.runtime import ONE_XLA_THREAD, malloc_env
 from jaxtrader.walkforward import Executor, local_executor
 
 if TYPE_CHECKING:
@@ -56,7 +56,6 @@ RAY_INSTALL_HINT = "pip install 'jaxtrader[ray]'"
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2  # a local Ray's object store (market arrays + results)
 # Flags that keep one XLA:CPU thread per task (PERF_NOTES: `--intra_op_parallelism_threads`
 # aborts; this flag is the one that works), so a node runs as many folds as it has Ray CPUs.
-ONE_XLA_THREAD = "--xla_cpu_multi_thread_eigen=false"
 _PASS_THROUGH = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
 
 FoldFn = Callable[["FoldTask"], "FoldResult"]

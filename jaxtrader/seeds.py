@@ -11,6 +11,11 @@ dropout key). Each seed therefore draws its own initial parameters, dropout mask
 and seed s trained here equals a `train.fit` run of the same model started from
 `create_train_state(..., init_key_s)` with `fit_key_s` (tests/test_seeds.py checks it).
 
+When the process has several host devices (`runtime.use_seed_devices`, which `walkforward` and
+`study` call), the seed axis of the state, the batches and the keys is sharded over them
+(`seed_sharding`): the seeds never communicate, so each device runs its share of the same program
+on its own core. A seed's numbers do not depend on the split (tests/test_seeds.py).
+
 Early stopping is per seed: each keeps its own best parameters by its own validation loss and stops
 after `patience` epochs without improvement; a stopped seed's updates are masked (its slot still
 computes, its state no longer changes) until every seed has stopped or the epochs run out.
@@ -61,6 +66,22 @@ def unstack_tree(tree: Any, s: int) -> Any:
     return jax.tree.map(lambda x: x[s], tree)
 
 
+def seed_sharding(k: int) -> jax.sharding.Sharding | None:
+    """The seed axis split over this process's devices (the largest count that divides K), or
+    None with one device."""
+    devices = jax.local_devices()
+    n = max(d for d in range(1, len(devices) + 1) if k % d == 0)
+    if n == 1:
+        return None
+    mesh = jax.sharding.Mesh(np.array(devices[:n]), ("seeds",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
+
+
+def place_seeds(tree: Any, k: int) -> Any:
+    """`tree` on the devices, its leading seed axis (size K) split by `seed_sharding(k)`."""
+    return jax.device_put(tree, seed_sharding(k))
+
+
 def num_seeds(state: train.TrainState) -> int:
     return int(jnp.shape(state.step)[0])
 
@@ -72,16 +93,17 @@ def create_seed_states(
     sample_batch: train.Batch,
     steps_total: int,
 ) -> train.TrainState:
-    """K train states (one per init key) stacked on a leading seed axis.
+    """K train states (one per init key) stacked on a leading seed axis (`place_seeds`).
 
     Each is built by `train.create_train_state`, so seed s starts exactly where a single run with
     the same init key starts.
     """
     if not init_keys:
         raise DeepLearningError("need at least one seed; use --seeds 1 or more")
-    return stack_trees(
+    states = stack_trees(
         [train.create_train_state(model, cfg, k, sample_batch, steps_total) for k in init_keys]
     )
+    return place_seeds(states, len(init_keys))
 
 
 def _leading_mask(mask_K: jax.Array, x: jax.Array) -> jax.Array:
@@ -129,9 +151,11 @@ def evaluate_seeds(
 
 
 def _stacked_batches(dataset: train.BatchSource, batch_size: int, keys: Sequence[jax.Array]) -> Any:
-    """Per step, the K seeds' own next training batches stacked into one f32[K, B, ...] dict."""
+    """Per step, the K seeds' own next training batches stacked into one f32[K, B, ...] dict,
+    placed as the seeds are (`place_seeds`)."""
     for per_seed in zip(*(dataset.batches("train", batch_size, k) for k in keys), strict=True):
-        yield {name: np.stack([b[name] for b in per_seed]) for name in per_seed[0]}
+        stacked = {name: np.stack([b[name] for b in per_seed]) for name in per_seed[0]}
+        yield place_seeds(stacked, len(keys))
 
 
 @dataclass
@@ -194,16 +218,17 @@ def fit_seeds(
 
     split_keys = [jax.random.split(key) for key in fit_keys]
     shuffle_keys = [sk[0] for sk in split_keys]
-    dropout_K = jnp.stack([sk[1] for sk in split_keys])
+    dropout_K = place_seeds(jnp.stack([sk[1] for sk in split_keys]), k)
     counts = train.label_counts(dataset, "train")
     if cfg.class_weights:
-        weights = jnp.asarray(train.class_weights_from_counts(counts))
-        states = states.replace(class_weights=jnp.broadcast_to(weights, (k, 2)))
+        weights = np.asarray(train.class_weights_from_counts(counts))
+        states = states.replace(class_weights=place_seeds(np.tile(weights, (k, 1)), k))
     n_steps = train.steps_per_epoch(dataset, cfg.batch_size)
     log_event(
         logger,
         "fit_seeds_start",
         seeds=k,
+        devices=len(getattr(seed_sharding(k), "device_set", [None])),
         train_windows=int(counts.sum()),
         steps_per_epoch=n_steps,
         epochs=cfg.epochs,
@@ -238,7 +263,7 @@ def fit_seeds(
 
     for epoch in range(1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
-        active_dev = jnp.asarray(active)
+        active_dev = place_seeds(active, k)
         epoch_keys = [jax.random.fold_in(sk, epoch) for sk in shuffle_keys]
         pending: tuple[int, train.Metrics] | None = None
         losses: list[float] = []
@@ -302,7 +327,7 @@ def fit_seeds(
             break
 
     if best_params is not None:
-        states = states.replace(params=jax.device_put(best_params))
+        states = states.replace(params=place_seeds(best_params, k))
     seconds = time.perf_counter() - t_fit
     log_event(
         logger,

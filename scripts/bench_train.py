@@ -6,16 +6,17 @@ alternated across rounds because the machine is shared, and medians are printed.
     python scripts/bench_train.py                       # both archs, batch 64 and 128, 3 rounds
     python scripts/bench_train.py --arch lstm --variants --batch 64 --rounds 3
     python scripts/bench_train.py --seeds 1 4 --batch 64   # K seeds in one step (jaxtrader.seeds)
-    python scripts/bench_train.py --seeds 1 4 --seed-devices 2   # seed axis over 2 host devices
+    python scripts/bench_train.py --seeds 1 4 --seed-devices 1   # K seeds on one device
     python scripts/bench_train.py --seeds 1 4 --separate 4   # also 4 K=1 processes at once
 
 With --seeds, K > 1 runs `seeds.seeds_train_step` (a vmap of the train step over K stacked states,
-each seed its own batch); samples/s is summed over the seeds, and the table adds the ratio to K = 1
-of the same arch and batch. `--seed-devices N` gives the K > 1 processes N host devices
-(`jax_num_cpu_devices`) and shards the seed axis over them (the seeds never communicate, so each
-device runs K/N seeds on its own); K = 1 runs as usual. `--separate N` adds the alternative to
-seeds in one step: N single-model processes started together, each timing its own steps while the
-others run; their samples/s are summed (one row per arch and batch, ratio to K = 1).
+each seed its own batch) as `jaxtrader walkforward` runs it: the seed axis split over host devices
+with one XLA thread each (`runtime.use_seed_devices`; by default as many devices as walkforward
+would use, `--seed-devices 1` keeps one device with XLA's thread pool). Samples/s is summed over
+the seeds, and the table adds the ratio to K = 1 of the same arch and batch. K = 1 runs as
+`jaxtrader train` does. `--separate N` adds the alternative to seeds in one step: N single-model
+processes started together, each timing its own steps while the others run; their samples/s are
+summed (one row per arch and batch, ratio to K = 1).
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ def child(args: argparse.Namespace) -> None:
     import resource
 
     t0 = time.perf_counter()
-    from jaxtrader.runtime import enable_compilation_cache, tune_malloc
+    from jaxtrader.runtime import enable_compilation_cache, tune_malloc, use_seed_devices
 
     # As the CLI does, before JAX allocates: full tuning for one model, the arena cap only where K
-    # seeds share a step (walkforward, study).
+    # seeds share a step (walkforward, study), whose seeds are split over host devices.
     tune_malloc(reuse_freed=args.seeds == 1)
+    devices = 1
+    if args.seeds > 1:
+        devices = use_seed_devices(args.seeds, devices=args.seed_devices or None)
 
     if args.cache_dir:
         enable_compilation_cache(args.cache_dir)
@@ -50,9 +54,6 @@ def child(args: argparse.Namespace) -> None:
 
     import jax
     import numpy as np
-
-    if args.seed_devices > 1 and args.seeds > 1:
-        jax.config.update("jax_num_cpu_devices", args.seed_devices)
 
     from jaxtrader.config import TrainConfig
     from jaxtrader.models import build_model, with_defaults
@@ -90,15 +91,11 @@ def child(args: argparse.Namespace) -> None:
             {k: np.stack([batches[(i + s) % 4][k] for s in range(args.seeds)]) for k in batches[0]}
             for i in range(4)
         ]
-        active = jnp.ones((args.seeds,), bool)
-        keys = jnp.stack([jax.random.key(100 + s) for s in range(args.seeds)])
-        if args.seed_devices > 1:
-            from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-            mesh = Mesh(np.array(jax.devices()[: args.seed_devices]), ("seeds",))
-            by_seed = NamedSharding(mesh, PartitionSpec("seeds"))
-            state, keys, active = jax.device_put((state, keys, active), by_seed)
-            batches = [jax.device_put(b, by_seed) for b in batches]
+        active = seeds.place_seeds(jnp.ones((args.seeds,), bool), args.seeds)
+        keys = seeds.place_seeds(
+            jnp.stack([jax.random.key(100 + s) for s in range(args.seeds)]), args.seeds
+        )
+        batches = [seeds.place_seeds(b, args.seeds) for b in batches]
 
         def step_fn(st: Any, batch: Any, _key: Any) -> Any:
             return seeds.seeds_train_step(st, batch, keys, active)
@@ -132,7 +129,7 @@ def child(args: argparse.Namespace) -> None:
                 "variant": args.variant,
                 "batch": args.batch,
                 "seeds": args.seeds,
-                "seed_devices": args.seed_devices if args.seeds > 1 else 1,
+                "seed_devices": devices,
                 "ms_per_step": step_s * 1000,
                 # CPU time of all threads per step: less sensitive to other processes' load.
                 "cpu_ms_per_step": statistics.median(cpu_windows) * 1000,
@@ -213,8 +210,9 @@ def main() -> None:
     p.add_argument(
         "--seed-devices",
         type=int,
-        default=1,
-        help="host devices the seed axis is sharded over when K > 1 (K must divide evenly)",
+        default=0,
+        help="host devices the seed axis is split over when K > 1 (K must divide evenly); "
+        "0 (default): as jaxtrader walkforward does; 1: one device, XLA's thread pool",
     )
     p.add_argument(
         "--separate",
@@ -259,10 +257,10 @@ def main() -> None:
         f"input (B, {SEQ_LEN}, 5) + (B, 86); jax {_jax_version()}"
     )
     print(
-        "| arch | variant | batch | seeds | ms/step | CPU ms/step | samples/s (sum) | vs K=1 "
+        "| arch | variant | batch | seeds | devices | ms/step | CPU ms/step | samples/s (sum) | vs K=1 "
         "| first step cold | first step cached | init cached | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def med(key: str, rows: list[Any]) -> float:
         return statistics.median(x[key] for x in rows)
@@ -273,7 +271,8 @@ def main() -> None:
         single = results.get((arch, variant, batch, 1))
         ratio = f"{med('samples_per_s', rs) / med('samples_per_s', single):.2f}x" if single else "-"
         print(
-            f"| {arch} | {variant} | {batch} | {k} | {med('ms_per_step', rs):.1f} "
+            f"| {arch} | {variant} | {batch} | {k} | {rs[0]['seed_devices']} "
+            f"| {med('ms_per_step', rs):.1f} "
             f"| {med('cpu_ms_per_step', rs):.1f} "
             f"| {med('samples_per_s', rs):.0f} | {ratio} | {med('first_step_s', cold):.2f} s "
             f"| {med('first_step_s', warm):.2f} s | {med('init_s', warm):.2f} s "
@@ -285,7 +284,7 @@ def main() -> None:
         sps = statistics.median(r["samples_per_s"] for r in rows)
         ratio = f"{sps / med('samples_per_s', single):.2f}x" if single else "-"
         print(
-            f"| {arch} | {a.separate} processes at once | {batch} | 1 each "
+            f"| {arch} | {a.separate} processes at once | {batch} | 1 each | 1 each "
             f"| {statistics.median(r['ms_per_step'] for r in rows):.1f} | - | {sps:.0f} | {ratio} "
             f"| - | - | - | {max(r['peak_rss_mb'] for r in rows):.0f} (sum) |"
         )

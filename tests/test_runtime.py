@@ -1,5 +1,6 @@
-"""Process-level helpers: the compilation cache directory, and the glibc heap controls: safe to
-call, and `tune_malloc` makes a freed large buffer reusable without faulting its pages in again."""
+"""Process-level helpers: the compilation cache directory; the glibc heap controls (safe to call,
+and `tune_malloc` makes a freed large buffer reusable without faulting its pages in again); the
+host devices seeds are split over (`use_seed_devices`: same numbers on 2 devices as on 1)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from jaxtrader import runtime
@@ -91,3 +93,82 @@ def test_ray_fold_workers_get_the_walkforward_heap_settings_through_their_enviro
         env={**runtime.malloc_env(), "PATH": "/usr/bin:/bin"},
     )
     assert int(json.loads(out.stdout)["faults"]) < PAGES // 10
+
+
+@pytest.mark.parametrize(
+    ("k", "cores", "cap", "expected"),
+    [(4, 2, "", 2), (3, 2, "", 1), (6, 4, "", 3), (4, 8, "", 4), (1, 2, "", 1), (4, 2, "1", 1)],
+)
+def test_seed_device_count_is_the_largest_divisor_of_k_within_the_cores(
+    monkeypatch: pytest.MonkeyPatch, k: int, cores: int, cap: str, expected: int
+) -> None:
+    monkeypatch.setenv(runtime.SEED_DEVICES_VAR, cap)
+    assert runtime.seed_device_count(k, cores=cores) == expected
+
+
+def test_a_malformed_seed_device_cap_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jaxtrader.errors import ConfigError
+
+    monkeypatch.setenv(runtime.SEED_DEVICES_VAR, "two")
+    with pytest.raises(ConfigError, match="JAXTRADER_SEED_DEVICES='two'"):
+        runtime.seed_device_count(4, cores=2)
+
+
+# Trains K = 2 tiny LSTM seeds for 2 epochs after `use_seed_devices(2, devices=N)` and saves the
+# parameters, the devices they live on and the XLA flags the process ran with.
+_SEED_FIT = """
+import sys
+import numpy as np
+from jaxtrader.runtime import use_seed_devices
+n = use_seed_devices(2, devices=int(sys.argv[1]))
+import os
+import jax
+from jaxtrader import seeds
+from jaxtrader.config import DatasetConfig, TrainConfig
+from jaxtrader.data import synth_candles
+from jaxtrader.dataset import build_dataset
+from jaxtrader.models import build_model, with_defaults
+
+data = build_dataset(synth_candles(rows=1_400, seed=5), DatasetConfig(seq_len=50, horizon=2))
+cfg = TrainConfig(epochs=2, batch_size=32, learning_rate=3e-3, warmup_steps=0, patience=5)
+init_keys, fit_keys = seeds.seed_init_fit_keys(jax.random.key(0), 2)
+model = build_model(with_defaults("lstm", hidden=8, num_layers=2, dropout=0.2))
+sample = next(data.eval_batches("train", cfg.batch_size))
+states = seeds.create_seed_states(model, cfg, init_keys, sample, 200)
+fit = seeds.fit_seeds(states, data, cfg, fit_keys)
+leaves = jax.tree.leaves(fit.state.params)
+np.savez(
+    sys.argv[2],
+    *[np.asarray(x) for x in leaves],
+    devices=np.asarray([len(x.sharding.device_set) for x in leaves]),
+    n=np.asarray(n),
+    flags=np.asarray(os.environ.get("XLA_FLAGS", "")),
+)
+"""
+
+
+def test_seeds_split_over_two_devices_train_exactly_as_on_one(tmp_path: Path) -> None:
+    def fit(devices: int) -> dict:
+        out = tmp_path / f"fit{devices}.npz"
+        env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+        subprocess.run(
+            [sys.executable, "-c", _SEED_FIT, str(devices), str(out)],
+            check=True,
+            env={**env, runtime.SEED_DEVICES_VAR: ""},
+            timeout=300,
+        )
+        with np.load(out) as z:
+            return {k: z[k] for k in z.files}
+
+    one, two = fit(1), fit(2)
+    assert int(one["n"]) == 1 and set(one["devices"]) == {1}
+    assert "xla_cpu_multi_thread_eigen" not in str(one["flags"])
+    # Each seed's parameters live on their own device, and XLA ran one thread per device...
+    assert int(two["n"]) == 2 and set(two["devices"]) == {2}
+    assert runtime.ONE_XLA_THREAD in str(two["flags"])
+    # ...and the two seeds were trained exactly as on one device (only float rounding differs).
+    arrays = sorted(k for k in one if k.startswith("arr_"))
+    assert len(arrays) > 4
+    for name in arrays:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    assert not np.allclose(one[arrays[0]][0], one[arrays[0]][1])  # the seeds differ

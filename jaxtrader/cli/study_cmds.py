@@ -128,6 +128,10 @@ def study(
             err=True,
         )
 
+    if executor == "local":  # Ray fold workers run one XLA thread each (executors.worker_env)
+        from jaxtrader.runtime import use_seed_devices
+
+        use_seed_devices(wf.seeds)  # before JAX starts: the seeds split over the cores
     runner = start_executor(executor, ray_address)  # before our handlers: ray.init sets SIGTERM's
     signals = _StopAfterFold()
     try:

@@ -217,6 +217,11 @@ def walkforward(
         click.echo(format_plan(plan), err=as_json)
         click.echo(f"run directory: {out_dir}", err=as_json)
 
+    if executor == "local":  # Ray fold workers run one XLA thread each (executors.worker_env)
+        from jaxtrader.runtime import use_seed_devices
+
+        use_seed_devices(wf.seeds)  # before JAX starts: the seeds split over the cores
+
     from jaxtrader.executors import close_executor, describe, start_executor
 
     # Started before our signal handlers are installed: ray.init replaces the SIGTERM handler.
