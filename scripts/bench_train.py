@@ -43,7 +43,7 @@ def child(args: argparse.Namespace) -> None:
 
     # As the CLI does, before JAX allocates: full tuning for one model, the arena cap only where K
     # seeds share a step (walkforward, study), whose seeds are split over host devices.
-    tune_malloc(reuse_freed=args.seeds == 1)
+    tune_malloc(reuse_freed=args.seeds == 1 or args.seed_malloc == "full")
     devices = 1
     if args.seeds > 1:
         devices = use_seed_devices(args.seeds, devices=args.seed_devices or None)
@@ -166,6 +166,8 @@ def run_child(
         str(seeds),
         "--seed-devices",
         str(a.seed_devices),
+        "--seed-malloc",
+        a.seed_malloc,
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -213,6 +215,13 @@ def main() -> None:
         default=0,
         help="host devices the seed axis is split over when K > 1 (K must divide evenly); "
         "0 (default): as jaxtrader walkforward does; 1: one device, XLA's thread pool",
+    )
+    p.add_argument(
+        "--seed-malloc",
+        choices=["cap", "full"],
+        default="cap",
+        help="glibc heap settings of the K > 1 processes: the arena cap only, as walkforward "
+        "(default), or the full runtime.tune_malloc of one model",
     )
     p.add_argument(
         "--separate",
