@@ -23,6 +23,7 @@ computes, its state no longer changes) until every seed has stopped or the epoch
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from jaxtrader import train
 from jaxtrader.config import TrainConfig
 from jaxtrader.errors import DeepLearningError
 from jaxtrader.logs import get_logger, log_event
+from jaxtrader.runtime import reuse_in_train_loop
 from jaxtrader.timeouts import Deadline
 
 logger = get_logger(__name__)
@@ -268,18 +270,24 @@ def fit_seeds(
         pending: tuple[int, train.Metrics] | None = None
         losses: list[float] = []
         done = 0
-        for batch_K in _stacked_batches(dataset, cfg.batch_size, epoch_keys):
-            step += 1
-            done += 1
-            states, metrics = seeds_train_step(states, batch_K, dropout_K, active_dev)
+        with contextlib.ExitStack() as heap:
+            for batch_K in _stacked_batches(dataset, cfg.batch_size, epoch_keys):
+                step += 1
+                done += 1
+                states, metrics = seeds_train_step(states, batch_K, dropout_K, active_dev)
+                if done == 1:
+                    # From the second step on, the steps' buffers stay in the heap (runtime). Not
+                    # the first: compiling it would leave the compiler's memory there (+0.35 GB
+                    # peak RSS on BTC 1h, LSTM).
+                    heap.enter_context(reuse_in_train_loop())
+                if pending is not None:
+                    losses.append(take(*pending, active))
+                pending = (step, metrics)
+                if (reason := stop_reason()) is not None:
+                    stopped = reason
+                    break
             if pending is not None:
                 losses.append(take(*pending, active))
-            pending = (step, metrics)
-            if (reason := stop_reason()) is not None:
-                stopped = reason
-                break
-        if pending is not None:
-            losses.append(take(*pending, active))
         samples += done * cfg.batch_size * int(active.sum())
         train_seconds += time.perf_counter() - t_epoch
         val = evaluate_seeds(states, dataset, "val", cfg.eval_batch_size)

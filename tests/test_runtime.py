@@ -95,6 +95,52 @@ def test_ray_fold_workers_get_the_walkforward_heap_settings_through_their_enviro
     assert int(json.loads(out.stdout)["faults"]) < PAGES // 10
 
 
+# Allocates, writes and frees a 64 MB buffer 4 times inside `reuse_in_train_loop`, then 4 times
+# after it; prints the page faults of each phase. 64 MB is above glibc's largest automatic mmap
+# threshold (32 MB), so with mmap on every round maps and faults the buffer in again.
+_TRAIN_LOOP = """
+import json, resource, sys
+import numpy as np
+from jaxtrader import runtime
+runtime.tune_malloc_for_seed_commands()  # what the CLI does for walkforward and study
+if sys.argv[1] == "seed-training":
+    assert runtime.prepare_seed_training(2) == 2  # 2 seeds split over 2 devices
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def rounds():
+    before = faults()
+    for _ in range(4):
+        buf = np.ones(8_000_000)
+        del buf
+    return faults() - before
+with runtime.reuse_in_train_loop():
+    np.ones(8_000_000)  # the first round faults the heap in
+    inside = rounds()
+after = rounds()
+print(json.dumps({"inside": inside, "after": after}))
+"""
+
+
+def test_seed_training_reuses_the_heap_inside_train_loops_only() -> None:
+    if runtime._glibc() is None:
+        pytest.skip("not glibc: a no-op here")
+    if runtime.seed_device_count(2) < 2:
+        pytest.skip("one core (or JAXTRADER_SEED_DEVICES=1): the seeds are not split here")
+
+    def run(mode: str) -> dict[str, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", _TRAIN_LOOP, mode], capture_output=True, text=True, check=True
+        )
+        return dict(json.loads(out.stdout))
+
+    pages = 4 * 64_000_000 // 4096
+    seed = run("seed-training")
+    assert seed["inside"] < pages // 10, seed  # reused, not faulted in again
+    assert seed["after"] > pages // 2, seed  # mmap is back: big blocks are returned on free
+    plain = run("plain")  # with one device (no split) the loop changes nothing
+    assert plain["inside"] > pages // 2, plain
+
+
 @pytest.mark.parametrize(
     ("k", "cores", "cap", "expected"),
     [(4, 2, "", 2), (3, 2, "", 1), (6, 4, "", 3), (4, 8, "", 4), (1, 2, "", 1), (4, 2, "1", 1)],

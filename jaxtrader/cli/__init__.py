@@ -15,7 +15,8 @@ import click
 from jaxtrader.cli.common import CliState, train_knob_options, train_knob_overrides
 from jaxtrader.errors import JaxTraderError
 
-# Commands that train K seeds in one step: glibc keeps its mmap defaults there (runtime.tune_malloc).
+# Commands that train K seeds in one step: glibc keeps mmap outside their train loops
+# (runtime.prepare_seed_training).
 SEED_STACKING_COMMANDS = frozenset({"walkforward", "study"})
 
 
@@ -42,11 +43,14 @@ def cli(
     import logging
 
     from jaxtrader.logs import setup_logging
-    from jaxtrader.runtime import tune_malloc
+    from jaxtrader.runtime import tune_malloc, tune_malloc_for_seed_commands
 
-    # Before any command allocates or starts JAX: XLA's per-step buffers reuse the heap, except
-    # where K seeds share a step (the heap would fragment; see tune_malloc).
-    tune_malloc(reuse_freed=ctx.invoked_subcommand not in SEED_STACKING_COMMANDS)
+    # Before any command allocates or starts a thread: XLA's per-step buffers reuse the heap;
+    # where K seeds share a step, only inside train loops (runtime.prepare_seed_training).
+    if ctx.invoked_subcommand in SEED_STACKING_COMMANDS:
+        tune_malloc_for_seed_commands()
+    else:
+        tune_malloc()
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)  # type: ignore[arg-type]
     ctx.obj = CliState(config_path=config_path, log_format=log_format, debug=debug)
 

@@ -129,9 +129,9 @@ def study(
         )
 
     if executor == "local":  # Ray fold workers run one XLA thread each (executors.worker_env)
-        from jaxtrader.runtime import use_seed_devices
+        from jaxtrader.runtime import prepare_seed_training
 
-        use_seed_devices(wf.seeds)  # before JAX starts: the seeds split over the cores
+        prepare_seed_training(wf.seeds)  # before JAX starts: the seeds split over the cores
     runner = start_executor(executor, ray_address)  # before our handlers: ray.init sets SIGTERM's
     signals = _StopAfterFold()
     try:

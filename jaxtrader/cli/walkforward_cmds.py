@@ -218,9 +218,9 @@ def walkforward(
         click.echo(f"run directory: {out_dir}", err=as_json)
 
     if executor == "local":  # Ray fold workers run one XLA thread each (executors.worker_env)
-        from jaxtrader.runtime import use_seed_devices
+        from jaxtrader.runtime import prepare_seed_training
 
-        use_seed_devices(wf.seeds)  # before JAX starts: the seeds split over the cores
+        prepare_seed_training(wf.seeds)  # before JAX starts: the seeds split over the cores
 
     from jaxtrader.executors import close_executor, describe, start_executor
 
