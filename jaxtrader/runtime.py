@@ -99,12 +99,11 @@ def tune_malloc(reuse_freed: bool = True) -> None:
       cores, batch 64, one arena against two: LSTM step 51-54 vs 59 ms, Transformer 32-34 vs
       45-67 ms (against 78-81 and 74 ms with glibc's defaults and 2 arenas).
 
-    `reuse_freed=False` (walk-forward and study) sets only the arena cap of 2, as
-    `JAXTRADER_TUNE_MALLOC=0` does everywhere: with K seeds stacked in one step, the heap
-    fragments without mmap and peak RSS roughly doubles (K = 4, batch 64: LSTM 0.78 -> 1.54 GB,
-    Transformer 0.82 -> 1.59-2.14 GB, measured), which the 2 GB training limit cannot afford.
-    Keeping only blocks above 32 MB mmapped keeps the RSS but loses the speed (LSTM K = 1: 78 vs
-    51 ms), so that is not a middle way either.
+    `reuse_freed=False` sets only the arena cap of 2, as `JAXTRADER_TUNE_MALLOC=0` does
+    everywhere; Ray fold workers run with it (`malloc_env`). `walkforward` and `study` use
+    `tune_malloc_for_seed_commands` instead: with K seeds stacked in one step, reusing the heap
+    for everything roughly doubles peak RSS (K = 4, batch 64: LSTM 0.78 -> 1.54 GB, Transformer
+    0.82 -> 1.59-2.14 GB in `bench_train`; 2.57 GB on the BTC 1h walk-forward).
 
     No effect on any result; a no-op off glibc (macOS, musl).
     """
@@ -148,11 +147,11 @@ def use_seed_devices(k: int, devices: int | None = None) -> int:
 
     With n > 1 devices (`seed_device_count`, or `devices`), JAX gets n CPU devices and XLA one
     thread per device, and `seeds` shards the seed axis over them: each core then runs its own
-    seeds' ops end to end. One model's small ops keep only ~1.6 of 2 cores busy, through XLA's
-    intra-op thread pool (whose hand-offs cost CPU too); K = 4 seeds stacked on one device did
-    not change that (0.88x / 0.81x the samples/s of one model, LSTM / Transformer), split over 2
-    single-threaded devices they reached 1.3x (README, Performance). Must run before JAX creates
-    its CPU backend (the CLI calls it before importing the workflow); a no-op for n = 1.
+    seeds' ops end to end. One model's small ops keep only ~1.6 of 2 cores busy through XLA's
+    intra-op thread pool, whose hand-offs cost CPU too; K = 4 on 2 devices reached 1.23x (LSTM)
+    and 0.99x (Transformer) the samples/s of one model, where 4 separate processes reached 1.36x
+    and 1.09x (`scripts/bench_train.py`, README Performance). Must run before JAX creates its
+    CPU backend (the CLI calls it before importing the workflow); a no-op for n = 1.
     """
     n = seed_device_count(k) if devices is None else devices
     if n <= 1:
@@ -206,6 +205,12 @@ def reuse_in_train_loop() -> Iterator[None]:
     finally:
         libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
         libc.malloc_trim(0)
+
+
+def trim_in_train_loop() -> None:
+    """Returns the heap's free pages from inside a `reuse_in_train_loop` (a no-op elsewhere)."""
+    if _reuse_in_train_loops:
+        release_free_memory()
 
 
 def prepare_seed_training(k: int) -> int:

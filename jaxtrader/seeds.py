@@ -39,12 +39,14 @@ from jaxtrader import train
 from jaxtrader.config import TrainConfig
 from jaxtrader.errors import DeepLearningError
 from jaxtrader.logs import get_logger, log_event
-from jaxtrader.runtime import reuse_in_train_loop
+from jaxtrader.runtime import reuse_in_train_loop, trim_in_train_loop
 from jaxtrader.timeouts import Deadline
 
 logger = get_logger(__name__)
 
 Batch = dict[str, np.ndarray]
+# Steps between returns of the heap's free pages inside a train loop (runtime.reuse_in_train_loop).
+TRIM_EVERY_STEPS = 50
 
 
 def seed_key(run_key: jax.Array, seed: int) -> jax.Array:
@@ -280,6 +282,10 @@ def fit_seeds(
                     # the first: compiling it would leave the compiler's memory there (+0.35 GB
                     # peak RSS on BTC 1h, LSTM).
                     heap.enter_context(reuse_in_train_loop())
+                elif done % TRIM_EVERY_STEPS == 0:
+                    # The host's small allocations split the freed step buffers and the heap grows
+                    # around them; returning the free pages now and then caps that.
+                    trim_in_train_loop()
                 if pending is not None:
                     losses.append(take(*pending, active))
                 pending = (step, metrics)

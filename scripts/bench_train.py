@@ -41,8 +41,8 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     from jaxtrader.runtime import enable_compilation_cache, tune_malloc, use_seed_devices
 
-    # As the CLI does, before JAX allocates: full tuning for one model, the arena cap only where K
-    # seeds share a step (walkforward, study), whose seeds are split over host devices.
+    # As the CLI does, before JAX allocates: the heap reused for one model's steps and, as inside
+    # walkforward's train loops, for K seeds split over host devices (--seed-malloc cap: not).
     tune_malloc(reuse_freed=args.seeds == 1 or args.seed_malloc == "full")
     devices = 1
     if args.seeds > 1:
@@ -219,9 +219,10 @@ def main() -> None:
     p.add_argument(
         "--seed-malloc",
         choices=["cap", "full"],
-        default="cap",
-        help="glibc heap settings of the K > 1 processes: the arena cap only, as walkforward "
-        "(default), or the full runtime.tune_malloc of one model",
+        default="full",
+        help="glibc heap settings of the K > 1 processes: full (default): one arena, no mmap, "
+        "as walkforward's train loops run (runtime.reuse_in_train_loop); cap: the 2-arena cap "
+        "walkforward used before",
     )
     p.add_argument(
         "--separate",
