@@ -103,7 +103,7 @@ def tune_malloc(reuse_freed: bool = True) -> None:
     everywhere; Ray fold workers run with it (`malloc_env`). `walkforward` and `study` use
     `tune_malloc_for_seed_commands` instead: with K seeds stacked in one step, reusing the heap
     for everything roughly doubles peak RSS (K = 4, batch 64: LSTM 0.78 -> 1.54 GB, Transformer
-    0.82 -> 1.59-2.14 GB in `bench_train`; 2.57 GB on the BTC 1h walk-forward).
+    0.82 -> 1.59-2.14 GB in `bench_train`; 2.63 GB on the BTC 1h walk-forward).
 
     No effect on any result; a no-op off glibc (macOS, musl).
     """
@@ -176,7 +176,7 @@ def tune_malloc_for_seed_commands() -> None:
     then turns mmap off inside train loops when the seeds are split over devices.
 
     Why not the full `tune_malloc`: on the BTC 1h walk-forward (LSTM, K = 4 on 2 devices) it ran
-    9 min 22 s but peaked at 2.57 GB RSS, the heap keeping what dataset building, compiling,
+    9 min 22 s but peaked at 2.63 GB RSS, the heap keeping what dataset building, compiling,
     predicting and saving freed between folds. Why one arena: XLA's device threads otherwise
     land in a second arena, whose heaps (64 MB at most) cannot hold a step's buffers (~190 MB),
     so glibc maps and unmaps them on every step even with mmap off (145 million page faults, 258

@@ -95,9 +95,9 @@ def test_ray_fold_workers_get_the_walkforward_heap_settings_through_their_enviro
     assert int(json.loads(out.stdout)["faults"]) < PAGES // 10
 
 
-# Allocates, writes and frees a 64 MB buffer 4 times inside `reuse_in_train_loop`, then 4 times
-# after it; prints the page faults of each phase. 64 MB is above glibc's largest automatic mmap
-# threshold (32 MB), so with mmap on every round maps and faults the buffer in again.
+# Allocates, writes and frees a 64 MB buffer 4 times inside `reuse_in_train_loop` and prints the
+# page faults of those rounds, the RSS at the end of the loop and the RSS after it. 64 MB is above
+# glibc's mmap threshold, so with mmap on every buffer is mapped and unmapped again.
 _TRAIN_LOOP = """
 import json, resource, sys
 import numpy as np
@@ -107,17 +107,18 @@ if sys.argv[1] == "seed-training":
     assert runtime.prepare_seed_training(2) == 2  # 2 seeds split over 2 devices
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-def rounds():
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 1e6
+with runtime.reuse_in_train_loop():
+    np.ones(8_000_000)  # the first round faults the heap in
     before = faults()
     for _ in range(4):
         buf = np.ones(8_000_000)
         del buf
-    return faults() - before
-with runtime.reuse_in_train_loop():
-    np.ones(8_000_000)  # the first round faults the heap in
-    inside = rounds()
-after = rounds()
-print(json.dumps({"inside": inside, "after": after}))
+    inside = faults() - before
+    kept = rss_mb()
+print(json.dumps({"inside": inside, "kept": kept, "returned": rss_mb()}))
 """
 
 
@@ -127,7 +128,7 @@ def test_seed_training_reuses_the_heap_inside_train_loops_only() -> None:
     if runtime.seed_device_count(2) < 2:
         pytest.skip("one core (or JAXTRADER_SEED_DEVICES=1): the seeds are not split here")
 
-    def run(mode: str) -> dict[str, int]:
+    def run(mode: str) -> dict[str, float]:
         out = subprocess.run(
             [sys.executable, "-c", _TRAIN_LOOP, mode], capture_output=True, text=True, check=True
         )
@@ -136,9 +137,11 @@ def test_seed_training_reuses_the_heap_inside_train_loops_only() -> None:
     pages = 4 * 64_000_000 // 4096
     seed = run("seed-training")
     assert seed["inside"] < pages // 10, seed  # reused, not faulted in again
-    assert seed["after"] > pages // 2, seed  # mmap is back: big blocks are returned on free
-    plain = run("plain")  # with one device (no split) the loop changes nothing
-    assert plain["inside"] > pages // 2, plain
+    assert seed["kept"] - seed["returned"] > 50, seed  # the loop's free 64 MB returned at its end
+    # With one device (no split) the loop changes nothing: each buffer is mapped and returned at
+    # free. (Its page faults are no measure: the kernel may back a 64 MB map with huge pages.)
+    plain = run("plain")
+    assert plain["kept"] < seed["kept"] - 50, (plain, seed)
 
 
 @pytest.mark.parametrize(
