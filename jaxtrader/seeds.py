@@ -14,7 +14,8 @@ and seed s trained here equals a `train.fit` run of the same model started from
 When the process has several host devices (`runtime.use_seed_devices`, which `walkforward` and
 `study` call), the seed axis of the state, the batches and the keys is sharded over them
 (`seed_sharding`): the seeds never communicate, so each device runs its share of the same program
-on its own core. A seed's numbers do not depend on the split (tests/test_seeds.py).
+on its own core, and trains the same numbers as on one device to float rounding
+(tests/test_runtime.py).
 
 Early stopping is per seed: each keeps its own best parameters by its own validation loss and stops
 after `patience` epochs without improvement; a stopped seed's updates are masked (its slot still
@@ -35,11 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxtrader import train
+from jaxtrader import runtime, train
 from jaxtrader.config import TrainConfig
 from jaxtrader.errors import DeepLearningError
 from jaxtrader.logs import get_logger, log_event
-from jaxtrader.runtime import reuse_in_train_loop, trim_in_train_loop
 from jaxtrader.timeouts import Deadline
 
 logger = get_logger(__name__)
@@ -70,14 +70,17 @@ def unstack_tree(tree: Any, s: int) -> Any:
     return jax.tree.map(lambda x: x[s], tree)
 
 
+def seed_device_count(k: int) -> int:
+    """How many of this process's devices K seeds are split over (`runtime.seed_device_count`)."""
+    return runtime.seed_device_count(k, cores=len(jax.local_devices()))
+
+
 def seed_sharding(k: int) -> jax.sharding.Sharding | None:
-    """The seed axis split over this process's devices (the largest count that divides K), or
-    None with one device."""
-    devices = jax.local_devices()
-    n = max(d for d in range(1, len(devices) + 1) if k % d == 0)
+    """The seed axis split over `seed_device_count(k)` devices, or None for one device."""
+    n = seed_device_count(k)
     if n == 1:
         return None
-    mesh = jax.sharding.Mesh(np.array(devices[:n]), ("seeds",))
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:n]), ("seeds",))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
 
 
@@ -232,7 +235,7 @@ def fit_seeds(
         logger,
         "fit_seeds_start",
         seeds=k,
-        devices=len(getattr(seed_sharding(k), "device_set", [None])),
+        devices=seed_device_count(k),
         train_windows=int(counts.sum()),
         steps_per_epoch=n_steps,
         epochs=cfg.epochs,
@@ -281,11 +284,11 @@ def fit_seeds(
                     # From the second step on, the steps' buffers stay in the heap (runtime). Not
                     # the first: compiling it would leave the compiler's memory there (+0.35 GB
                     # peak RSS on BTC 1h, LSTM).
-                    heap.enter_context(reuse_in_train_loop())
+                    heap.enter_context(runtime.reuse_in_train_loop())
                 elif done % TRIM_EVERY_STEPS == 0:
                     # The host's small allocations split the freed step buffers and the heap grows
                     # around them; returning the free pages now and then caps that.
-                    trim_in_train_loop()
+                    runtime.trim_in_train_loop()
                 if pending is not None:
                     losses.append(take(*pending, active))
                 pending = (step, metrics)
