@@ -98,7 +98,7 @@ def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
-        **malloc_env(reuse_freed=False),  # fold tasks stack K seeds: runtime.tune_malloc
+        **malloc_env(reuse_freed=False),  # K seeds stacked on one device: runtime.tune_malloc
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     out.update({k: env[k] for k in _PASS_THROUGH if k in env})

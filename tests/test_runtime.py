@@ -80,7 +80,8 @@ def test_tune_malloc_reuses_freed_buffers_instead_of_faulting_them_in_again() ->
 def test_ray_fold_workers_get_the_walkforward_heap_settings_through_their_environment() -> None:
     from jaxtrader.executors import worker_env
 
-    # Fold tasks stack K seeds: only the arena cap, as `walkforward` and `study` in this process.
+    # Fold tasks stack K seeds on one single-threaded device: only the arena cap (the local
+    # executor splits the seeds over devices instead: runtime.prepare_seed_training).
     env = worker_env({})
     assert runtime.malloc_env(reuse_freed=False) == {"MALLOC_ARENA_MAX": "2"}
     assert env["MALLOC_ARENA_MAX"] == "2" and "MALLOC_MMAP_MAX_" not in env
