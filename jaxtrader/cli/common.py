@@ -254,6 +254,16 @@ def executor_options(fn: F) -> F:
     return fn
 
 
+def prepare_executor(executor: str, seeds: int) -> None:
+    """Before JAX starts: with the local executor, the K seeds split over the cores and their heap
+    settings (`runtime.prepare_seed_training`); Ray fold workers run one XLA thread each
+    (`executors.worker_env`)."""
+    if executor == "local":
+        from jaxtrader.runtime import prepare_seed_training
+
+        prepare_seed_training(seeds)
+
+
 def policy_options(fn: F) -> F:
     """--policy auto|plain|FILE.toml and --enter/--exit/--min-hold: how P(up) becomes a position."""
     options = [

@@ -11,7 +11,12 @@ from typing import Any
 
 import click
 
-from jaxtrader.cli.common import CliState, executor_options, train_knob_overrides
+from jaxtrader.cli.common import (
+    CliState,
+    executor_options,
+    prepare_executor,
+    train_knob_overrides,
+)
 from jaxtrader.cli.walkforward_cmds import INTERRUPTED_EXIT, walkforward
 
 
@@ -128,10 +133,7 @@ def study(
             err=True,
         )
 
-    if executor == "local":  # Ray fold workers run one XLA thread each (executors.worker_env)
-        from jaxtrader.runtime import prepare_seed_training
-
-        prepare_seed_training(wf.seeds)  # before JAX starts: the seeds split over the cores
+    prepare_executor(executor, wf.seeds)  # before JAX starts
     runner = start_executor(executor, ray_address)  # before our handlers: ray.init sets SIGTERM's
     signals = _StopAfterFold()
     try:

@@ -26,6 +26,7 @@ from jaxtrader.cli.common import (
     data_options,
     data_overrides,
     executor_options,
+    prepare_executor,
     train_knob_options,
     train_knob_overrides,
 )
@@ -217,10 +218,7 @@ def walkforward(
         click.echo(format_plan(plan), err=as_json)
         click.echo(f"run directory: {out_dir}", err=as_json)
 
-    if executor == "local":  # Ray fold workers run one XLA thread each (executors.worker_env)
-        from jaxtrader.runtime import prepare_seed_training
-
-        prepare_seed_training(wf.seeds)  # before JAX starts: the seeds split over the cores
+    prepare_executor(executor, wf.seeds)  # before JAX starts
 
     from jaxtrader.executors import close_executor, describe, start_executor
 
