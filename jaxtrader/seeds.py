@@ -45,8 +45,6 @@ from jaxtrader.timeouts import Deadline
 logger = get_logger(__name__)
 
 Batch = dict[str, np.ndarray]
-# Steps between returns of the heap's free pages inside a train loop (runtime.reuse_in_train_loop).
-TRIM_EVERY_STEPS = 50
 
 
 def seed_key(run_key: jax.Array, seed: int) -> jax.Array:
@@ -275,20 +273,19 @@ def fit_seeds(
         pending: tuple[int, train.Metrics] | None = None
         losses: list[float] = []
         done = 0
-        with contextlib.ExitStack() as heap:
+        with contextlib.ExitStack() as stack:
+            heap: runtime.LoopHeap | None = None
             for batch_K in _stacked_batches(dataset, cfg.batch_size, epoch_keys):
                 step += 1
                 done += 1
                 states, metrics = seeds_train_step(states, batch_K, dropout_K, active_dev)
-                if done == 1:
+                if heap is None:
                     # From the second step on, the steps' buffers stay in the heap (runtime). Not
                     # the first: compiling it would leave the compiler's memory there (+0.35 GB
                     # peak RSS on BTC 1h, LSTM).
-                    heap.enter_context(runtime.reuse_in_train_loop())
-                elif done % TRIM_EVERY_STEPS == 0:
-                    # The host's small allocations split the freed step buffers and the heap grows
-                    # around them; returning the free pages now and then caps that.
-                    runtime.trim_in_train_loop()
+                    heap = stack.enter_context(runtime.reuse_in_train_loop())
+                else:
+                    heap.after_step()
                 if pending is not None:
                     losses.append(take(*pending, active))
                 pending = (step, metrics)

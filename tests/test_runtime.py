@@ -145,6 +145,29 @@ def test_seed_training_reuses_the_heap_inside_train_loops_only() -> None:
     assert plain["kept"] < seed["kept"] - 50, (plain, seed)
 
 
+def test_loop_heap_trims_only_after_the_resident_size_grew_past_its_allowance() -> None:
+    if runtime.resident_bytes() == 0:
+        pytest.skip("no /proc/self/statm here")
+    heap = runtime.LoopHeap(active=True, growth=64 << 20)
+    start = heap.floor
+    heap.after_step()
+    assert heap.trims == 0  # nothing grew
+    small = np.ones(2_000_000)  # 16 MB, within the allowance
+    heap.after_step()
+    assert heap.trims == 0
+    big = np.ones(16_000_000)  # 128 MB more, resident: past it
+    heap.after_step()
+    assert heap.trims == 1
+    assert heap.floor > start + 128_000_000  # the floor moved up to the size after the trim...
+    heap.after_step()
+    assert heap.trims == 1  # ...so memory still in use does not trim again at every step
+    del small, big
+    idle = runtime.LoopHeap(active=False)
+    np.ones(32_000_000)
+    idle.after_step()
+    assert (idle.trims, idle.floor) == (0, 0)
+
+
 @pytest.mark.parametrize(
     ("k", "cores", "cap", "expected"),
     [(4, 2, "", 2), (3, 2, "", 1), (6, 4, "", 3), (4, 8, "", 4), (1, 2, "", 1), (4, 2, "1", 1)],
