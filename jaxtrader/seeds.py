@@ -279,6 +279,9 @@ def fit_seeds(
                 step += 1
                 done += 1
                 states, metrics = seeds_train_step(states, batch_K, dropout_K, active_dev)
+                if pending is not None:
+                    losses.append(take(*pending, active))
+                pending = (step, metrics)
                 if heap is None:
                     # From the second step on, the steps' buffers stay in the heap (runtime). Not
                     # the first: compiling it would leave the compiler's memory there (+0.35 GB
@@ -286,9 +289,6 @@ def fit_seeds(
                     heap = stack.enter_context(runtime.reuse_in_train_loop())
                 else:
                     heap.after_step()
-                if pending is not None:
-                    losses.append(take(*pending, active))
-                pending = (step, metrics)
                 if (reason := stop_reason()) is not None:
                     stopped = reason
                     break
