@@ -191,9 +191,13 @@ def tune_malloc_for_seed_commands() -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREE_BYTES)
 
 
-# Inside a train loop the resident heap may grow this far past its size after the last trim
-# before it is trimmed again (`LoopHeap.after_step`).
-TRIM_AFTER_GROWTH_BYTES = 256 << 20
+# Inside a train loop the resident heap may grow this far past its settled size before it is
+# trimmed (`LoopHeap`): less than one step's block (~180-190 MB per device on BTC 1h), so one block
+# the heap had to add around a hole is returned at the next step, more than the step-to-step noise.
+TRIM_AFTER_GROWTH_BYTES = 128 << 20
+# Steps after a trim over which the settled size is taken (their largest RSS): both devices'
+# blocks must be back in before growth is measured from it.
+SETTLE_STEPS = 2
 
 
 def resident_bytes() -> int:
@@ -209,31 +213,37 @@ def resident_bytes() -> int:
 class LoopHeap:
     """The heap inside one train loop (`reuse_in_train_loop`). Call `after_step()` once per step,
     after the previous step's results arrived: it returns the heap's free pages once the resident
-    size has grown `growth` bytes past its settled size, the size one step after the last return.
+    size has grown `growth` bytes past its settled size, the largest size over the `SETTLE_STEPS`
+    steps after the last return (or the loop's start).
 
     Why: XLA frees and re-allocates each step's temporary block (~180 MB per device), and small
-    host allocations land in the freed block, so the next one no longer fits and the heap grows
-    around it; on BTC 1h (Transformer, K = 4 on 2 devices) RSS climbed ~500 MB within 20 steps.
-    A fixed trim every 50 steps let one run peak at 2.01 GB and the next at 1.79 GB. Why settled:
-    a trim also returns the step blocks' pages, which the next step faults in again (~380 MB on 2
+    host allocations can land in the freed block, so the next one no longer fits and the heap
+    grows by a block around it (seen on BTC 1h: +190 MB steps, 1.16 -> 1.74 GB within a fold). A
+    fixed trim every 50 steps let one run peak at 2.01 GB and the next at 1.79 GB. Why settled:
+    a trim also returns the step blocks' pages, which the next steps fault in again (~380 MB on 2
     devices); measured from right after the trim, that regrowth alone triggered a trim at nearly
     every step (ETH 1h LSTM: 117 M page faults, 206 s of system time)."""
 
     active: bool
     growth: int = TRIM_AFTER_GROWTH_BYTES
-    floor: int | None = None  # None: settle at the next step
+    floor: int | None = None  # the settled size; None while settling
     trims: int = 0
+    _settling: int = SETTLE_STEPS
+    _largest: int = 0
 
     def after_step(self) -> None:
         if not self.active:
             return
         rss = resident_bytes()
         if self.floor is None:
-            self.floor = rss
+            self._largest = max(self._largest, rss)
+            self._settling -= 1
+            if self._settling <= 0:
+                self.floor = self._largest
         elif rss > self.floor + self.growth:
             release_free_memory()
             self.trims += 1
-            self.floor = None
+            self.floor, self._settling, self._largest = None, SETTLE_STEPS, 0
 
 
 @contextlib.contextmanager

@@ -248,7 +248,7 @@ def fit_seeds(
     history: list[dict[str, Any]] = []
     stopped: train.StopReason = "max_epochs"
     majority = math.nan
-    step, samples = 0, 0
+    step, samples, heap_trims = 0, 0, 0
     t_fit = time.perf_counter()
     train_seconds = 0.0
 
@@ -294,6 +294,7 @@ def fit_seeds(
                     break
             if pending is not None:
                 losses.append(take(*pending, active))
+            heap_trims += 0 if heap is None else heap.trims
         samples += done * cfg.batch_size * int(active.sum())
         train_seconds += time.perf_counter() - t_epoch
         val = evaluate_seeds(states, dataset, "val", cfg.eval_batch_size)
@@ -351,6 +352,7 @@ def fit_seeds(
         best_val_losses=best_loss.tolist(),
         epochs_run=len(history),
         seconds=round(seconds, 2),
+        heap_trims=heap_trims,
     )
     return SeedsFitResult(
         state=states,
