@@ -192,12 +192,9 @@ def tune_malloc_for_seed_commands() -> None:
 
 
 # Inside a train loop the resident heap may grow this far past its settled size before it is
-# trimmed (`LoopHeap`): less than one step's block (~180-190 MB per device on BTC 1h), so one block
-# the heap had to add around a hole is returned at the next step, more than the step-to-step noise.
-TRIM_AFTER_GROWTH_BYTES = 128 << 20
-# Steps after a trim over which the settled size is taken (their largest RSS): both devices'
-# blocks must be back in before growth is measured from it.
-SETTLE_STEPS = 2
+# trimmed (`LoopHeap`). 128 MB with the size settled over 2 steps measured the same peaks and more
+# trims (docs/decisions.md).
+TRIM_AFTER_GROWTH_BYTES = 256 << 20
 
 
 def resident_bytes() -> int:
@@ -213,37 +210,34 @@ def resident_bytes() -> int:
 class LoopHeap:
     """The heap inside one train loop (`reuse_in_train_loop`). Call `after_step()` once per step,
     after the previous step's results arrived: it returns the heap's free pages once the resident
-    size has grown `growth` bytes past its settled size, the largest size over the `SETTLE_STEPS`
-    steps after the last return (or the loop's start).
+    size has grown `growth` bytes past its settled size, the size one step after the last return
+    (or the loop's start).
 
     Why: XLA frees and re-allocates each step's temporary block (~180 MB per device), and small
-    host allocations can land in the freed block, so the next one no longer fits and the heap
-    grows by a block around it (seen on BTC 1h: +190 MB steps, 1.16 -> 1.74 GB within a fold). A
-    fixed trim every 50 steps let one run peak at 2.01 GB and the next at 1.79 GB. Why settled:
-    a trim also returns the step blocks' pages, which the next steps fault in again (~380 MB on 2
-    devices); measured from right after the trim, that regrowth alone triggered a trim at nearly
-    every step (ETH 1h LSTM: 117 M page faults, 206 s of system time)."""
+    host allocations can land in a freed block, so the next one no longer fits and the heap grows
+    by a block around it (ETH 1h, LSTM: +190 MB at a time, 1.16 -> 1.74 GB within a fold). Why
+    settled: a trim also returns the step blocks' pages, which the next step faults in again
+    (~380 MB on 2 devices); measured from right after the trim, that regrowth alone triggered a
+    trim at nearly every step (ETH 1h LSTM: 117 M page faults, 206 s of system time). It does not
+    bound the peak: the heap can grow by 2-3 blocks between two checks (peaks 1.25-1.88 GB on the
+    four BTC and ETH 1h walk-forwards; 1.79-2.01 GB for the BTC Transformer with a trim every 50
+    steps)."""
 
     active: bool
     growth: int = TRIM_AFTER_GROWTH_BYTES
-    floor: int | None = None  # the settled size; None while settling
+    floor: int | None = None  # the settled size; None: settle at the next step
     trims: int = 0
-    _settling: int = SETTLE_STEPS
-    _largest: int = 0
 
     def after_step(self) -> None:
         if not self.active:
             return
         rss = resident_bytes()
         if self.floor is None:
-            self._largest = max(self._largest, rss)
-            self._settling -= 1
-            if self._settling <= 0:
-                self.floor = self._largest
+            self.floor = rss
         elif rss > self.floor + self.growth:
             release_free_memory()
             self.trims += 1
-            self.floor, self._settling, self._largest = None, SETTLE_STEPS, 0
+            self.floor = None
 
 
 @contextlib.contextmanager

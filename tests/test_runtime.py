@@ -149,8 +149,7 @@ def test_loop_heap_trims_only_after_the_resident_size_grew_past_its_allowance() 
     if runtime.resident_bytes() == 0:
         pytest.skip("no /proc/self/statm here")
     heap = runtime.LoopHeap(active=True, growth=64 << 20)
-    for _ in range(runtime.SETTLE_STEPS):  # the first steps settle the size
-        heap.after_step()
+    heap.after_step()  # the first step settles the size
     start = heap.floor
     assert start is not None and heap.trims == 0
     small = np.ones(2_000_000)  # 16 MB, within the allowance
@@ -159,21 +158,11 @@ def test_loop_heap_trims_only_after_the_resident_size_grew_past_its_allowance() 
     big = np.ones(16_000_000)  # 128 MB more, resident: past it
     heap.after_step()
     assert (heap.trims, heap.floor) == (1, None)
-    for _ in range(runtime.SETTLE_STEPS):  # the steps after a trim settle the size again: the
-        heap.after_step()  # memory still in use...
+    heap.after_step()  # the step after a trim settles the size again: the memory still in use...
     assert heap.trims == 1 and heap.floor is not None and heap.floor > start + 128_000_000
     heap.after_step()
     assert heap.trims == 1  # ...does not trim again at every step
     del small, big
-    # Settling takes the largest size of its steps: a block that came back during them is in.
-    late = runtime.LoopHeap(active=True, growth=64 << 20)
-    late.after_step()
-    block = np.ones(12_000_000)  # 96 MB, faulted in on the second settling step
-    for _ in range(runtime.SETTLE_STEPS - 1):
-        late.after_step()
-    late.after_step()
-    assert late.trims == 0
-    del block
     idle = runtime.LoopHeap(active=False)
     np.ones(32_000_000)
     idle.after_step()
