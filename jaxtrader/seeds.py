@@ -248,7 +248,7 @@ def fit_seeds(
     history: list[dict[str, Any]] = []
     stopped: train.StopReason = "max_epochs"
     majority = math.nan
-    step, samples, heap_trims = 0, 0, 0
+    step, samples, heap_trims, huge_pages = 0, 0, 0, False
     t_fit = time.perf_counter()
     train_seconds = 0.0
 
@@ -294,7 +294,9 @@ def fit_seeds(
                     break
             if pending is not None:
                 losses.append(take(*pending, active))
-            heap_trims += 0 if heap is None else heap.trims
+            if heap is not None:
+                heap_trims += heap.trims
+                huge_pages = heap.huge_pages
         samples += done * cfg.batch_size * int(active.sum())
         train_seconds += time.perf_counter() - t_epoch
         val = evaluate_seeds(states, dataset, "val", cfg.eval_batch_size)
@@ -353,6 +355,7 @@ def fit_seeds(
         epochs_run=len(history),
         seconds=round(seconds, 2),
         heap_trims=heap_trims,
+        huge_page_blocks=huge_pages,
     )
     return SeedsFitResult(
         state=states,

@@ -71,3 +71,29 @@ def test_wrong_flag_exits_2_without_traceback() -> None:
     assert result.returncode == 2
     assert "No such option" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (
+            [
+                "--log-format",
+                "json",
+                "--config",
+                "walkforward.toml",
+                "walkforward",
+                "--arch",
+                "lstm",
+            ],
+            "walkforward",
+        ),
+        (["--debug", "-v", "study", "--seeds", "2"], "study"),
+        (["--config=x.toml", "train"], "train"),
+        (["--log-format", "json"], None),
+    ],
+)
+def test_the_command_name_is_found_before_click_parses(args: list[str], name: str | None) -> None:
+    from jaxtrader.cli import _command_name
+
+    assert _command_name(args) == name

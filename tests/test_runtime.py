@@ -145,6 +145,80 @@ def test_seed_training_reuses_the_heap_inside_train_loops_only() -> None:
     assert plain["kept"] < seed["kept"] - 50, (plain, seed)
 
 
+# Inside `reuse_in_train_loop` of a process started with the huge-page tunable and 2 seed devices:
+# a 128 MB block from malloc (as XLA's buffers come; numpy would ask for huge pages itself),
+# written and freed 4 times, prints its page faults, the huge pages backing it, and the RSS with
+# it alive and after it is freed.
+_HUGE_LOOP = """
+import ctypes, json, resource
+from jaxtrader import runtime
+runtime.tune_malloc_for_seed_commands()
+assert runtime.prepare_seed_training(2) == 2
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+SIZE = 128_000_000
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def huge_mb():
+    with open("/proc/self/smaps_rollup") as f:
+        return sum(int(l.split()[1]) for l in f if l.startswith("AnonHugePages")) / 1e3
+with runtime.reuse_in_train_loop() as heap:
+    before = faults()
+    for _ in range(4):
+        block = libc.malloc(SIZE)
+        ctypes.memset(block, 1, SIZE)
+        live_huge, live = huge_mb(), runtime.resident_bytes() / 1e6
+        libc.free(block)
+    freed = runtime.resident_bytes() / 1e6
+    print(json.dumps({"huge_blocks": heap.huge_pages, "faults": faults() - before,
+                      "live_huge": live_huge, "live": live, "freed": freed}))
+"""
+
+
+def test_huge_page_start_maps_the_big_loop_blocks_on_huge_pages_and_returns_them() -> None:
+    env = runtime.huge_page_environment()
+    if env is None or runtime._glibc() is None:
+        pytest.skip("no transparent huge pages or glibc < 2.35 here (or the tuning is opted out)")
+    if runtime.seed_device_count(2) < 2:
+        pytest.skip("one core (or JAXTRADER_SEED_DEVICES=1): the seeds are not split here")
+    out = subprocess.run(
+        [sys.executable, "-c", _HUGE_LOOP], capture_output=True, text=True, check=True, env=env
+    )
+    got = json.loads(out.stdout)
+    assert got["huge_blocks"] is True, got
+    # 4 x 128 MB on 4 KB pages would fault 125,000 times; on 2 MB pages a few hundred.
+    assert got["faults"] < 4 * 128_000_000 // 4096 // 20, got
+    assert got["live_huge"] >= 100, got
+    assert got["live"] - got["freed"] > 100, got  # freed blocks are unmapped, not kept
+
+
+def test_huge_page_environment_adds_the_tunable_once_and_only_where_it_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime, "transparent_huge_pages", lambda: True)
+    monkeypatch.setattr(runtime, "glibc_version", lambda: (2, 36))
+    tunable = runtime.HUGE_PAGE_TUNABLE
+    assert runtime.huge_page_environment({"PATH": "/bin"}) == {
+        "PATH": "/bin",
+        "GLIBC_TUNABLES": tunable,
+    }
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    assert runtime.huge_page_environment(mine) == {
+        "GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{tunable}"
+    }
+    assert runtime.huge_page_environment({"GLIBC_TUNABLES": tunable}) is None  # no restart loop
+    assert runtime.huge_page_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+    assert runtime.huge_page_environment({runtime.OPT_OUT_VAR: "0"}) is None
+    monkeypatch.setattr(runtime, "glibc_version", lambda: (2, 34))
+    assert runtime.huge_page_environment({}) is None
+    monkeypatch.setattr(runtime, "glibc_version", lambda: None)
+    assert runtime.huge_page_environment({}) is None
+    monkeypatch.setattr(runtime, "glibc_version", lambda: (2, 36))
+    monkeypatch.setattr(runtime, "transparent_huge_pages", lambda: False)
+    assert runtime.huge_page_environment({}) is None
+
+
 def test_loop_heap_trims_only_after_the_resident_size_grew_past_its_allowance() -> None:
     if runtime.resident_bytes() == 0:
         pytest.skip("no /proc/self/statm here")

@@ -103,6 +103,8 @@ def cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
             sys.executable,
             "-m",
             "jaxtrader",
+            "--log-format",
+            "json",
             "--config",
             str(config),
             "walkforward",
@@ -120,6 +122,7 @@ def cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fold  train" in proc.stderr  # the plan is printed (to stderr with --json)
+    (tmp / "stderr.log").write_text(proc.stderr, encoding="utf-8")
     return out, json.loads(proc.stdout)
 
 
@@ -433,3 +436,27 @@ def test_fold_directories_hold_tensorboard_events_per_seed(cli_run: tuple[Path, 
             assert scalars[f"loss/val/seed{seed}"] == {
                 r["epoch"]: pytest.approx(r["val_loss"][seed]) for r in records
             }
+
+
+def test_cli_trains_the_seeds_with_huge_page_step_blocks_where_the_machine_has_them(
+    cli_run: tuple[Path, dict],
+) -> None:
+    from jaxtrader import runtime
+
+    out, _ = cli_run
+    records = [
+        json.loads(line)
+        for line in (out.parent / "stderr.log").read_text(encoding="utf-8").splitlines()
+        if line.startswith("{")
+    ]
+    fits = [r for r in records if r.get("event") == "fit_seeds_end"]
+    assert len(fits) == 2  # one per fold
+    # The CLI restarted itself with glibc's huge-page tunable (cli.main) iff this machine can
+    # honour it, and the train loops then mapped their big blocks on huge pages when the 2 seeds
+    # were split over 2 devices (runtime.reuse_in_train_loop).
+    expected = (
+        runtime.huge_page_environment() is not None
+        and runtime.seed_device_count(2) == 2
+        and runtime.malloc_tuning_enabled()
+    )
+    assert [r["huge_page_blocks"] for r in fits] == [expected, expected], fits

@@ -7,6 +7,7 @@ command imports JAX, pandas and friends inside its own function. Any `JaxTraderE
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -18,6 +19,8 @@ from jaxtrader.errors import JaxTraderError
 # Commands that train K seeds in one step: glibc keeps mmap outside their train loops
 # (runtime.prepare_seed_training).
 SEED_STACKING_COMMANDS = frozenset({"walkforward", "study"})
+# The group's options that take a value, to find the command name in argv before click parses it.
+_GROUP_VALUE_OPTIONS = frozenset({"--log-format", "--config"})
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,9 +100,43 @@ def _register() -> None:
 _register()
 
 
+def _command_name(args: list[str]) -> str | None:
+    """The subcommand named in `args` (after the group's own options), None if there is none."""
+    value_next = False
+    for arg in args:
+        if value_next:
+            value_next = False
+        elif arg in _GROUP_VALUE_OPTIONS:
+            value_next = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _restart_with_huge_pages(args: list[str]) -> None:
+    """Restarts this process for `walkforward` and `study` with glibc's huge-page tunable, which
+    glibc reads only at start (`runtime.huge_page_environment`); returns when there is nothing to
+    change. Only from `main` (a real process, argv from the command line): never from the click
+    group, which tests also invoke inside their own process."""
+    if _command_name(args) not in SEED_STACKING_COMMANDS or {"-h", "--help"} & set(args):
+        return
+    from jaxtrader.runtime import huge_page_environment
+
+    env = huge_page_environment()
+    if env is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execve(sys.executable, sys.orig_argv, env)
+        except OSError:  # the command still runs, its train loops on the plain heap
+            return
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point with one-line errors and stable exit codes."""
     args = sys.argv[1:] if argv is None else argv
+    if argv is None:
+        _restart_with_huge_pages(args)
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="jaxtrader", standalone_mode=False)
