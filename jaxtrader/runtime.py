@@ -198,9 +198,16 @@ def tune_malloc_for_seed_commands() -> None:
 # glibc (2.35 on) asks the kernel for transparent huge pages for what malloc maps
 # (madvise(MADV_HUGEPAGE)); it reads the tunable only at process start.
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
-# With huge pages on, train-loop blocks this large are mapped fresh at every step: a K = 4 step's
-# temporary block is ~180 MB per device, everything else a step allocates is far smaller.
+# Once a train loop maps its big blocks (`LoopHeap`), blocks this large are mapped fresh at every
+# step: a K = 4 step's temporary block is ~180 MB per device, everything else it allocates is far
+# smaller.
 LOOP_MMAP_THRESHOLD = 64 << 20
+# A train loop keeps its step blocks in the heap (fast) until its resident size passes this, then
+# maps them fresh (bounded, slower): the heap can still grow by ~0.55 GB between two checks, so
+# 1.3 GB keeps the peak under the 2 GB limit. JAXTRADER_LOOP_RSS_MB overrides it (0: map from
+# the loop's start).
+LOOP_RSS_BUDGET_BYTES = 1_300_000_000
+LOOP_RSS_BUDGET_VAR = "JAXTRADER_LOOP_RSS_MB"
 
 
 def transparent_huge_pages() -> bool:
@@ -235,11 +242,10 @@ def huge_page_environment(environ: dict[str, str] | None = None) -> dict[str, st
     hugetlb value) is already set, the tuning is opted out of, THP is off, or glibc is older
     than 2.35 or absent.
 
-    Why: inside train loops `reuse_in_train_loop` then maps each step's ~180 MB temporary block
-    fresh on huge pages instead of keeping it in the heap, where small allocations landing in a
-    freed block made the heap grow by whole blocks (peak RSS 1.25-2.12 GB on the BTC and ETH 1h
-    walk-forwards). A fresh 4 KB-page map faults ~95,000 times per step (1.5-1.6x slower steps);
-    on 2 MB pages the step ran within 1-10% of the reused heap (docs/decisions.md)."""
+    Why: a train loop that passes its memory budget maps each step's ~180 MB temporary block
+    fresh (`LoopHeap`). On 4 KB pages that faults ~95,000 times per step (1.5-1.6x slower
+    steps); on 2 MB pages a K = 4 step measured 1-10% slower than with the blocks kept in the
+    heap (docs/decisions.md)."""
     env = dict(os.environ if environ is None else environ)
     tunables = env.get("GLIBC_TUNABLES", "")
     version = glibc_version()
@@ -270,70 +276,107 @@ def resident_bytes() -> int:
         return 0
 
 
+def loop_rss_budget() -> int:
+    """`LOOP_RSS_BUDGET_BYTES`, or $JAXTRADER_LOOP_RSS_MB megabytes."""
+    raw = os.environ.get(LOOP_RSS_BUDGET_VAR, "").strip()
+    if not raw:
+        return LOOP_RSS_BUDGET_BYTES
+    try:
+        mb = int(raw)
+        if mb < 0:
+            raise ValueError
+    except ValueError:
+        from jaxtrader.errors import ConfigError
+
+        raise ConfigError(
+            f"{LOOP_RSS_BUDGET_VAR}={raw!r} is not a whole number of megabytes >= 0; e.g. 1300, "
+            "or 0 to map the step blocks from the start, or unset it"
+        ) from None
+    return mb * 1_000_000
+
+
+def _map_big_blocks(libc: Any) -> None:
+    libc.mallopt(_M_MMAP_THRESHOLD, LOOP_MMAP_THRESHOLD)
+    libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
+
+
 @dataclass
 class LoopHeap:
     """The heap inside one train loop (`reuse_in_train_loop`). Call `after_step()` once per step,
-    after the previous step's results arrived: it returns the heap's free pages once the resident
-    size has grown `growth` bytes past its settled size, the size one step after the last return
-    (or the loop's start).
+    after the previous step's results arrived. Two jobs:
 
-    Why: XLA frees and re-allocates each step's temporary block (~180 MB per device), and small
-    host allocations can land in a freed block, so the next one no longer fits and the heap grows
-    by a block around it (ETH 1h, LSTM: +190 MB at a time, 1.16 -> 1.74 GB within a fold). Why
-    settled: a trim also returns the step blocks' pages, which the next step faults in again
-    (~380 MB on 2 devices); measured from right after the trim, that regrowth alone triggered a
-    trim at nearly every step (ETH 1h LSTM: 117 M page faults, 206 s of system time). It does not
-    bound the peak: the heap can grow by 2-3 blocks between two checks (peaks 1.25-1.88 GB on the
-    four BTC and ETH 1h walk-forwards; 1.79-2.01 GB for the BTC Transformer with a trim every 50
-    steps)."""
+    - Bound the peak: the step blocks stay in the heap (no page faults) until the resident size
+      passes `budget`; from then on the loop maps blocks of `LOOP_MMAP_THRESHOLD` and more fresh
+      at every step (on huge pages when the process started with them, `huge_page_environment`)
+      and returns the heap's free pages. Why: XLA frees and re-allocates each step's temporary
+      block (~180 MB per device), and small host allocations can land in a freed block, so the
+      next one no longer fits and the heap grows by a block around it, 2-3 blocks between two
+      checks at worst (peaks 1.25-2.12 GB on the BTC and ETH 1h walk-forwards). Mapped blocks
+      never sit in the heap, but each step's fresh pages cost kernel time (zeroing ~360 MB a
+      step: 13-27% longer walk-forwards on BTC 1h when mapped throughout, docs/decisions.md).
+    - Keep it small meanwhile: return the heap's free pages once the resident size has grown
+      `growth` bytes past its settled size, the size one step after the last return (or the
+      loop's start). Why settled: a trim also returns the step blocks' pages, which the next step
+      faults in again (~380 MB on 2 devices); measured from right after the trim, that regrowth
+      alone triggered a trim at nearly every step (ETH 1h LSTM: 117 M page faults)."""
 
     active: bool
-    huge_pages: bool = False  # blocks of LOOP_MMAP_THRESHOLD and more mapped on huge pages
+    budget: int | None = None  # None: never map the big blocks
+    huge_pages: bool = False  # the process asks for huge pages for what malloc maps
     growth: int = TRIM_AFTER_GROWTH_BYTES
     floor: int | None = None  # the settled size; None: settle at the next step
     trims: int = 0
+    mapped: bool = False  # big blocks are mapped fresh at every step
+    _libc: Any = None
+
+    def map_big_blocks(self) -> None:
+        if self._libc is not None and not self.mapped:
+            _map_big_blocks(self._libc)
+            self.mapped = True
 
     def after_step(self) -> None:
         if not self.active:
             return
         rss = resident_bytes()
-        if self.floor is None:
+        if not self.mapped and self.budget is not None and rss > self.budget:
+            self.map_big_blocks()
+            self._trim()
+        elif self.floor is None:
             self.floor = rss
         elif rss > self.floor + self.growth:
-            release_free_memory()
-            self.trims += 1
-            self.floor = None
+            self._trim()
+
+    def _trim(self) -> None:
+        release_free_memory()
+        self.trims += 1
+        self.floor = None
 
 
 @contextlib.contextmanager
 def reuse_in_train_loop() -> Iterator[LoopHeap]:
-    """Inside: freed blocks stay in the heap for the next step, trimmed on growth by the yielded
-    `LoopHeap`; on exit: glibc's mmap settings back and the heap's free pages returned. Blocks of
-    every size stay (mmap off) unless the process started with huge pages
-    (`huge_page_environment`): then blocks of `LOOP_MMAP_THRESHOLD` and more are mapped fresh on
-    huge pages at every step and never sit in the heap. A no-op (an inactive `LoopHeap`) unless
-    `prepare_seed_training` split the seeds over devices (every other command keeps mmap off
-    throughout)."""
+    """Inside: freed blocks stay in the heap for the next step (mmap off), trimmed on growth,
+    until the resident size passes `loop_rss_budget()`; then big blocks are mapped fresh at every
+    step (`LoopHeap`). On exit: glibc's mmap settings back and the heap's free pages returned. A
+    no-op (an inactive `LoopHeap`) unless `prepare_seed_training` split the seeds over devices
+    (every other command keeps mmap off throughout)."""
     libc = _glibc() if _reuse_in_train_loops else None
     if libc is None:
         yield LoopHeap(active=False)
         return
-    huge = huge_pages_requested()
-    if huge:
-        libc.mallopt(_M_MMAP_THRESHOLD, LOOP_MMAP_THRESHOLD)
-    else:
-        libc.mallopt(_M_MMAP_MAX, 0)
+    budget = loop_rss_budget()
+    heap = LoopHeap(active=True, budget=budget, huge_pages=huge_pages_requested(), _libc=libc)
+    libc.mallopt(_M_MMAP_MAX, 0)
+    if budget == 0:
+        heap.map_big_blocks()
     try:
-        yield LoopHeap(active=True, huge_pages=huge)
+        yield heap
     finally:
-        if huge:
-            libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD)
-        else:
-            libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
+        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD)
+        libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
         libc.malloc_trim(0)
 
 
-def prepare_seed_training(k: int) -> int:
+def prepare_seed_training(k: int, devices: int | None = None) -> int:
     """What `walkforward` and `study` (local executor) do before JAX starts: K seeds split over
     host devices (`use_seed_devices`) and, when they are, the heap reused inside train loops
     (`reuse_in_train_loop`). Returns the device count.
@@ -341,7 +384,8 @@ def prepare_seed_training(k: int) -> int:
     With one device the loops keep mmap: K = 4 stacked on one device with the heap reused
     measured 1.5-2.1 GB peak RSS in `bench_train` (README, Performance)."""
     global _reuse_in_train_loops
-    n = use_seed_devices(k)
+    loop_rss_budget()  # a malformed override fails here, before any work
+    n = use_seed_devices(k, devices)
     _reuse_in_train_loops = n > 1 and malloc_tuning_enabled()
     return n
 

@@ -248,7 +248,7 @@ def fit_seeds(
     history: list[dict[str, Any]] = []
     stopped: train.StopReason = "max_epochs"
     majority = math.nan
-    step, samples, heap_trims, huge_pages = 0, 0, 0, False
+    step, samples, heap_trims, mapped_loops = 0, 0, 0, 0
     t_fit = time.perf_counter()
     train_seconds = 0.0
 
@@ -296,7 +296,7 @@ def fit_seeds(
                 losses.append(take(*pending, active))
             if heap is not None:
                 heap_trims += heap.trims
-                huge_pages = heap.huge_pages
+                mapped_loops += heap.mapped
         samples += done * cfg.batch_size * int(active.sum())
         train_seconds += time.perf_counter() - t_epoch
         val = evaluate_seeds(states, dataset, "val", cfg.eval_batch_size)
@@ -355,7 +355,7 @@ def fit_seeds(
         epochs_run=len(history),
         seconds=round(seconds, 2),
         heap_trims=heap_trims,
-        huge_page_blocks=huge_pages,
+        loops_mapping_step_blocks=mapped_loops,  # runtime.LoopHeap: past its memory budget
     )
     return SeedsFitResult(
         state=states,

@@ -43,7 +43,7 @@ import pandas as pd
 from jaxtrader.config import AppConfig
 from jaxtrader.errors import CheckpointError, ConfigError
 from jaxtrader.logs import get_logger, log_event, progress_bar
-from jaxtrader.runtime import release_free_memory
+from jaxtrader.runtime import huge_pages_requested, release_free_memory
 from jaxtrader.splits import SPLIT_NAMES, Splits
 
 if TYPE_CHECKING:
@@ -675,7 +675,14 @@ def run_walkforward(
             log_event(logger, "fold_skipped", fold=i, reason="complete")
         else:
             todo.append(FoldTask(i, splits, prepared.market, fold_cfg, wf.seeds, wf.folds))
-    log_event(logger, "walkforward_start", out=str(out_dir), folds=wf.folds, to_train=len(todo))
+    log_event(
+        logger,
+        "walkforward_start",
+        out=str(out_dir),
+        folds=wf.folds,
+        to_train=len(todo),
+        huge_pages=huge_pages_requested(),  # cli.main's restart (runtime.huge_page_environment)
+    )
     noticed: list[bool] = []
 
     def poll() -> bool:

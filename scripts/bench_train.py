@@ -39,17 +39,26 @@ def child(args: argparse.Namespace) -> None:
     import resource
 
     t0 = time.perf_counter()
-    from jaxtrader.runtime import enable_compilation_cache, tune_malloc, use_seed_devices
+    from jaxtrader import runtime
 
-    # As the CLI does, before JAX allocates: the heap reused for one model's steps and, as inside
-    # walkforward's train loops, for K seeds split over host devices (--seed-malloc cap: not).
-    tune_malloc(reuse_freed=args.seeds == 1 or args.seed_malloc == "full")
+    # As the CLI does, before JAX allocates: the heap reused for one model's steps; for K seeds
+    # (--seed-malloc walkforward) the settings of walkforward, whose train loops enter
+    # runtime.reuse_in_train_loop from their second step (this process was started with the
+    # huge-page tunable where walkforward would be: run_child).
+    as_walkforward = args.seeds > 1 and args.seed_malloc == "walkforward"
+    if as_walkforward:
+        runtime.tune_malloc_for_seed_commands()
+    else:
+        runtime.tune_malloc(reuse_freed=args.seeds == 1 or args.seed_malloc == "full")
     devices = 1
-    if args.seeds > 1:
-        devices = use_seed_devices(args.seeds, devices=args.seed_devices or None)
+    if as_walkforward:
+        devices = runtime.prepare_seed_training(args.seeds, args.seed_devices or None)
+    elif args.seeds > 1:  # the heap settings above stay for the whole run
+        devices = runtime.use_seed_devices(args.seeds, args.seed_devices or None)
 
     if args.cache_dir:
-        enable_compilation_cache(args.cache_dir)
+        runtime.enable_compilation_cache(args.cache_dir)
+    import contextlib
     import dataclasses
 
     import jax
@@ -110,17 +119,22 @@ def child(args: argparse.Namespace) -> None:
     state, metrics = step_fn(state, batches[0], key)
     jax.block_until_ready(metrics)
     first_s = time.perf_counter() - t_first
-    for i in range(3):  # warm-up
-        state, metrics = step_fn(state, batches[i % 4], key)
-    jax.block_until_ready(metrics)
     windows, cpu_windows = [], []
-    for _ in range(args.windows):
-        t, c = time.perf_counter(), time.process_time()
-        for i in range(args.steps):
+    with contextlib.ExitStack() as stack:
+        # From the second step on, as seeds.fit_seeds (a no-op unless as_walkforward).
+        heap = stack.enter_context(runtime.reuse_in_train_loop())
+        for i in range(3):  # warm-up
             state, metrics = step_fn(state, batches[i % 4], key)
+            heap.after_step()
         jax.block_until_ready(metrics)
-        windows.append((time.perf_counter() - t) / args.steps)
-        cpu_windows.append((time.process_time() - c) / args.steps)
+        for _ in range(args.windows):
+            t, c = time.perf_counter(), time.process_time()
+            for i in range(args.steps):
+                state, metrics = step_fn(state, batches[i % 4], key)
+                heap.after_step()
+            jax.block_until_ready(metrics)
+            windows.append((time.perf_counter() - t) / args.steps)
+            cpu_windows.append((time.process_time() - c) / args.steps)
     step_s = statistics.median(windows)
     print(
         json.dumps(
@@ -130,6 +144,8 @@ def child(args: argparse.Namespace) -> None:
                 "batch": args.batch,
                 "seeds": args.seeds,
                 "seed_devices": devices,
+                "huge_pages": heap.huge_pages,
+                "mapped_blocks": heap.mapped,
                 "ms_per_step": step_s * 1000,
                 # CPU time of all threads per step: less sensitive to other processes' load.
                 "cpu_ms_per_step": statistics.median(cpu_windows) * 1000,
@@ -169,7 +185,12 @@ def run_child(
         "--seed-malloc",
         a.seed_malloc,
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
+    env = os.environ.copy()
+    if seeds > 1 and a.seed_malloc == "walkforward":
+        from jaxtrader.runtime import huge_page_environment
+
+        env = huge_page_environment() or env  # as jaxtrader walkforward restarts itself
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -218,11 +239,12 @@ def main() -> None:
     )
     p.add_argument(
         "--seed-malloc",
-        choices=["cap", "full"],
-        default="full",
-        help="glibc heap settings of the K > 1 processes: full (default): one arena, no mmap, "
-        "as walkforward's train loops run (runtime.reuse_in_train_loop); cap: the 2-arena cap "
-        "walkforward used before",
+        choices=["walkforward", "full", "cap"],
+        default="walkforward",
+        help="glibc heap settings of the K > 1 processes: walkforward (default): as jaxtrader "
+        "walkforward sets them (huge pages for the step blocks where the machine has them, "
+        "runtime.reuse_in_train_loop); full: one arena and no mmap for the whole run; cap: the "
+        "2-arena cap walkforward used before",
     )
     p.add_argument(
         "--separate",
@@ -264,7 +286,9 @@ def main() -> None:
                 separate.setdefault((arch, batch), []).append(run_separate(arch, batch, cache, a))
     print(
         f"medians over {a.rounds} processes x {a.windows} windows of {a.steps} steps; "
-        f"input (B, {SEQ_LEN}, 5) + (B, 86); jax {_jax_version()}"
+        f"input (B, {SEQ_LEN}, 5) + (B, 86); jax {_jax_version()}; K > 1 heap: {a.seed_malloc} "
+        "(devices marked +mapped: step blocks mapped fresh past the loop's RSS budget, "
+        "+huge: on huge pages)"
     )
     print(
         "| arch | variant | batch | seeds | devices | ms/step | CPU ms/step | samples/s (sum) | vs K=1 "
@@ -281,7 +305,8 @@ def main() -> None:
         single = results.get((arch, variant, batch, 1))
         ratio = f"{med('samples_per_s', rs) / med('samples_per_s', single):.2f}x" if single else "-"
         print(
-            f"| {arch} | {variant} | {batch} | {k} | {rs[0]['seed_devices']} "
+            f"| {arch} | {variant} | {batch} | {k} "
+            f"| {rs[0]['seed_devices']}{_heap_mark(rs[0])} "
             f"| {med('ms_per_step', rs):.1f} "
             f"| {med('cpu_ms_per_step', rs):.1f} "
             f"| {med('samples_per_s', rs):.0f} | {ratio} | {med('first_step_s', cold):.2f} s "
@@ -298,6 +323,12 @@ def main() -> None:
             f"| {statistics.median(r['ms_per_step'] for r in rows):.1f} | - | {sps:.0f} | {ratio} "
             f"| - | - | - | {max(r['peak_rss_mb'] for r in rows):.0f} (sum) |"
         )
+
+
+def _heap_mark(row: dict[str, Any]) -> str:
+    if not row.get("mapped_blocks"):
+        return ""
+    return "+mapped+huge" if row.get("huge_pages") else "+mapped"
 
 
 def _jax_version() -> str:

@@ -145,11 +145,11 @@ def test_seed_training_reuses_the_heap_inside_train_loops_only() -> None:
     assert plain["kept"] < seed["kept"] - 50, (plain, seed)
 
 
-# Inside `reuse_in_train_loop` of a process started with the huge-page tunable and 2 seed devices:
-# a 128 MB block from malloc (as XLA's buffers come; numpy would ask for huge pages itself),
-# written and freed 4 times, prints its page faults, the huge pages backing it, and the RSS with
-# it alive and after it is freed.
-_HUGE_LOOP = """
+# Inside `reuse_in_train_loop` with 2 seed devices: a 128 MB block from malloc (as XLA's buffers
+# come; numpy would ask for huge pages itself), written and freed 4 times with `after_step()` after
+# each, prints whether the loop mapped its big blocks, its trims, the page faults, the huge pages
+# backing the block, and the RSS with the last block alive and after it is freed.
+_BUDGET_LOOP = """
 import ctypes, json, resource
 from jaxtrader import runtime
 runtime.tune_malloc_for_seed_commands()
@@ -164,33 +164,67 @@ def huge_mb():
     with open("/proc/self/smaps_rollup") as f:
         return sum(int(l.split()[1]) for l in f if l.startswith("AnonHugePages")) / 1e3
 with runtime.reuse_in_train_loop() as heap:
+    mapped_at_start = heap.mapped
     before = faults()
     for _ in range(4):
         block = libc.malloc(SIZE)
         ctypes.memset(block, 1, SIZE)
         live_huge, live = huge_mb(), runtime.resident_bytes() / 1e6
         libc.free(block)
+        heap.after_step()
     freed = runtime.resident_bytes() / 1e6
-    print(json.dumps({"huge_blocks": heap.huge_pages, "faults": faults() - before,
-                      "live_huge": live_huge, "live": live, "freed": freed}))
+    print(json.dumps({"mapped_at_start": mapped_at_start, "mapped": heap.mapped,
+                      "huge_pages": heap.huge_pages, "trims": heap.trims,
+                      "faults": faults() - before, "live_huge": live_huge, "live": live,
+                      "freed": freed}))
 """
+
+
+def _budget_loop(env: dict[str, str], budget_mb: str | None) -> dict[str, float]:
+    if runtime._glibc() is None:
+        pytest.skip("not glibc: a no-op here")
+    if runtime.seed_device_count(2) < 2:
+        pytest.skip("one core (or JAXTRADER_SEED_DEVICES=1): the seeds are not split here")
+    env = {k: v for k, v in env.items() if k != runtime.LOOP_RSS_BUDGET_VAR}
+    if budget_mb is not None:
+        env[runtime.LOOP_RSS_BUDGET_VAR] = budget_mb
+    out = subprocess.run(
+        [sys.executable, "-c", _BUDGET_LOOP], capture_output=True, text=True, check=True, env=env
+    )
+    return dict(json.loads(out.stdout))
+
+
+def test_a_train_loop_keeps_its_blocks_in_the_heap_until_its_rss_budget() -> None:
+    under = _budget_loop(dict(os.environ), None)  # the default budget, 1.3 GB: far away
+    assert not under["mapped"] and under["trims"] == 0, under
+    assert under["freed"] > under["live"] - 10, under  # the freed block stays for the next step
+    # A 100 MB budget: the first 128 MB block passes it, and from then on blocks are mapped fresh
+    # and returned at free (4 KB or huge pages, whichever the process has).
+    over = _budget_loop(dict(os.environ), "100")
+    assert not over["mapped_at_start"] and over["mapped"] and over["trims"] >= 1, over
+    assert over["freed"] < over["live"] - 100, over
 
 
 def test_huge_page_start_maps_the_big_loop_blocks_on_huge_pages_and_returns_them() -> None:
     env = runtime.huge_page_environment()
-    if env is None or runtime._glibc() is None:
+    if env is None:
         pytest.skip("no transparent huge pages or glibc < 2.35 here (or the tuning is opted out)")
-    if runtime.seed_device_count(2) < 2:
-        pytest.skip("one core (or JAXTRADER_SEED_DEVICES=1): the seeds are not split here")
-    out = subprocess.run(
-        [sys.executable, "-c", _HUGE_LOOP], capture_output=True, text=True, check=True, env=env
-    )
-    got = json.loads(out.stdout)
-    assert got["huge_blocks"] is True, got
-    # 4 x 128 MB on 4 KB pages would fault 125,000 times; on 2 MB pages a few hundred.
+    got = _budget_loop(env, "0")  # 0: mapped from the loop's start
+    assert got["mapped_at_start"] and got["huge_pages"], got
+    # 4 x 128 MB on 4 KB pages would fault 125,000 times; on 2 MB pages a few thousand at most.
     assert got["faults"] < 4 * 128_000_000 // 4096 // 20, got
     assert got["live_huge"] >= 100, got
     assert got["live"] - got["freed"] > 100, got  # freed blocks are unmapped, not kept
+
+
+def test_a_malformed_loop_rss_budget_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jaxtrader.errors import ConfigError
+
+    monkeypatch.setenv(runtime.LOOP_RSS_BUDGET_VAR, "1.5GB")
+    with pytest.raises(ConfigError, match=r"JAXTRADER_LOOP_RSS_MB='1\.5GB' is not a whole number"):
+        runtime.prepare_seed_training(2)
+    monkeypatch.setenv(runtime.LOOP_RSS_BUDGET_VAR, "900")
+    assert runtime.loop_rss_budget() == 900_000_000
 
 
 def test_huge_page_environment_adds_the_tunable_once_and_only_where_it_works(
