@@ -242,9 +242,10 @@ def main() -> None:
         choices=["walkforward", "full", "cap"],
         default="walkforward",
         help="glibc heap settings of the K > 1 processes: walkforward (default): as jaxtrader "
-        "walkforward sets them (huge pages for the step blocks where the machine has them, "
-        "runtime.reuse_in_train_loop); full: one arena and no mmap for the whole run; cap: the "
-        "2-arena cap walkforward used before",
+        "walkforward sets them (runtime.reuse_in_train_loop: step blocks mapped fresh on huge "
+        "pages where the machine has them, else kept in the heap up to a 1.3 GB budget; "
+        "JAXTRADER_LOOP_RSS_MB applies); full: one arena and no mmap for the whole run; cap: "
+        "the 2-arena cap walkforward used before",
     )
     p.add_argument(
         "--separate",

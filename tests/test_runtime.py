@@ -186,6 +186,8 @@ def _budget_loop(env: dict[str, str], budget_mb: str | None) -> dict[str, float]
     if runtime.seed_device_count(2) < 2:
         pytest.skip("one core (or JAXTRADER_SEED_DEVICES=1): the seeds are not split here")
     env = {k: v for k, v in env.items() if k != runtime.LOOP_RSS_BUDGET_VAR}
+    if env.get("GLIBC_TUNABLES") != runtime.HUGE_PAGE_TUNABLE:
+        env.pop("GLIBC_TUNABLES", None)  # no huge pages, unless the caller asked for them
     if budget_mb is not None:
         env[runtime.LOOP_RSS_BUDGET_VAR] = budget_mb
     out = subprocess.run(
@@ -195,7 +197,8 @@ def _budget_loop(env: dict[str, str], budget_mb: str | None) -> dict[str, float]
 
 
 def test_a_train_loop_keeps_its_blocks_in_the_heap_until_its_rss_budget() -> None:
-    under = _budget_loop(dict(os.environ), None)  # the default budget, 1.3 GB: far away
+    # Without huge pages the default budget is 1.3 GB: far away.
+    under = _budget_loop(dict(os.environ), None)
     assert not under["mapped"] and under["trims"] == 0, under
     assert under["freed"] > under["live"] - 10, under  # the freed block stays for the next step
     # A 100 MB budget: the first 128 MB block passes it, and from then on blocks are mapped fresh
@@ -205,11 +208,12 @@ def test_a_train_loop_keeps_its_blocks_in_the_heap_until_its_rss_budget() -> Non
     assert over["freed"] < over["live"] - 100, over
 
 
-def test_huge_page_start_maps_the_big_loop_blocks_on_huge_pages_and_returns_them() -> None:
+def test_with_huge_pages_a_train_loop_maps_its_big_blocks_from_the_start() -> None:
     env = runtime.huge_page_environment()
     if env is None:
         pytest.skip("no transparent huge pages or glibc < 2.35 here (or the tuning is opted out)")
-    got = _budget_loop(env, "0")  # 0: mapped from the loop's start
+    env["GLIBC_TUNABLES"] = runtime.HUGE_PAGE_TUNABLE
+    got = _budget_loop(env, None)  # with huge pages the default: mapped from the loop's start
     assert got["mapped_at_start"] and got["huge_pages"], got
     # 4 x 128 MB on 4 KB pages would fault 125,000 times; on 2 MB pages a few thousand at most.
     assert got["faults"] < 4 * 128_000_000 // 4096 // 20, got
