@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from jaxtrader.errors import ConfigError, DeepLearningError
 from jaxtrader.logs import get_logger, log_event, progress_bar
-from jaxtrader.runtime import ONE_XLA_THREAD, malloc_env
+from jaxtrader.runtime import HUGE_PAGE_TUNABLE, ONE_XLA_THREAD, malloc_env
 from jaxtrader.walkforward import Executor, local_executor
 
 if TYPE_CHECKING:
@@ -102,6 +102,12 @@ def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     out.update({k: env[k] for k in _PASS_THROUGH if k in env})
+    if "GLIBC_TUNABLES" in env:
+        # The driver may have restarted with huge pages for its own train loops (cli.main); Ray's
+        # daemons inherit that, but fold workers keep their heap (runtime.huge_page_environment).
+        out["GLIBC_TUNABLES"] = ":".join(
+            t for t in env["GLIBC_TUNABLES"].split(":") if t and t != HUGE_PAGE_TUNABLE
+        )
     return out
 
 

@@ -85,6 +85,11 @@ def test_ray_fold_workers_get_the_walkforward_heap_settings_through_their_enviro
     env = worker_env({})
     assert runtime.malloc_env(reuse_freed=False) == {"MALLOC_ARENA_MAX": "2"}
     assert env["MALLOC_ARENA_MAX"] == "2" and "MALLOC_MMAP_MAX_" not in env
+    assert "GLIBC_TUNABLES" not in env
+    # A driver restarted with huge pages (cli.main) does not pass them on; other tunables pass.
+    tunables = f"glibc.malloc.arena_max=2:{runtime.HUGE_PAGE_TUNABLE}"
+    assert worker_env({"GLIBC_TUNABLES": tunables})["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+    assert worker_env({"GLIBC_TUNABLES": runtime.HUGE_PAGE_TUNABLE})["GLIBC_TUNABLES"] == ""
     # The env form of the full tuning must mean what tune_malloc does: glibc reads it at start.
     out = subprocess.run(
         [sys.executable, "-c", _REUSE, "default"],
