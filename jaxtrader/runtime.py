@@ -253,8 +253,8 @@ def huge_page_environment(environ: dict[str, str] | None = None) -> dict[str, st
 
     Why: a train loop that passes its memory budget maps each step's ~180 MB temporary block
     fresh (`LoopHeap`). On 4 KB pages that faults ~95,000 times per step (1.5-1.6x slower
-    steps); on 2 MB pages a K = 4 step measured 1-10% slower than with the blocks kept in the
-    heap (docs/decisions.md)."""
+    steps); on 2 MB pages the BTC and ETH 1h walk-forwards took 11-28% more wall time than with
+    the blocks kept in the heap, the kernel zeroing each fresh block (docs/decisions.md)."""
     env = dict(os.environ if environ is None else environ)
     tunables = env.get("GLIBC_TUNABLES", "")
     version = glibc_version()
@@ -291,7 +291,7 @@ def loop_rss_budget() -> int:
     pages, else `LOOP_RSS_BUDGET_BYTES`.
 
     Why 0 with huge pages: on the BTC and ETH 1h walk-forwards (K = 4, 2 devices) blocks mapped
-    throughout peaked at 1.25-1.41 GB, against 1.25-2.12 GB with them in the heap, for 13-27%
+    throughout peaked at 1.25-1.41 GB, against 1.25-2.12 GB with them in the heap, for 11-28%
     more wall time; with a 1.3 GB budget the ETH LSTM passed it in every fold anyway and peaked
     higher than mapped throughout (docs/decisions.md)."""
     raw = os.environ.get(LOOP_RSS_BUDGET_VAR, "").strip()
@@ -329,7 +329,7 @@ class LoopHeap:
       next one no longer fits and the heap grows by a block around it, 2-3 blocks between two
       checks at worst (peaks 1.25-2.12 GB on the BTC and ETH 1h walk-forwards). Mapped blocks
       never sit in the heap, but each step's fresh pages cost kernel time (zeroing ~360 MB a
-      step: 13-27% longer walk-forwards on BTC 1h when mapped throughout, docs/decisions.md).
+      step: 11-28% longer BTC and ETH 1h walk-forwards mapped throughout, docs/decisions.md).
     - Keep it small meanwhile: return the heap's free pages once the resident size has grown
       `growth` bytes past its settled size, the size one step after the last return (or the
       loop's start). Why settled: a trim also returns the step blocks' pages, which the next step
