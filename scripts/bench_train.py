@@ -58,7 +58,6 @@ def child(args: argparse.Namespace) -> None:
 
     if args.cache_dir:
         runtime.enable_compilation_cache(args.cache_dir)
-    import contextlib
     import dataclasses
 
     import jax
@@ -120,9 +119,8 @@ def child(args: argparse.Namespace) -> None:
     jax.block_until_ready(metrics)
     first_s = time.perf_counter() - t_first
     windows, cpu_windows = [], []
-    with contextlib.ExitStack() as stack:
-        # From the second step on, as seeds.fit_seeds (a no-op unless as_walkforward).
-        heap = stack.enter_context(runtime.reuse_in_train_loop())
+    # From the second step on, as seeds.fit_seeds (a no-op unless as_walkforward).
+    with runtime.reuse_in_train_loop() as heap:
         for i in range(3):  # warm-up
             state, metrics = step_fn(state, batches[i % 4], key)
             heap.after_step()

@@ -17,7 +17,7 @@ from jaxtrader.cli.common import CliState, train_knob_options, train_knob_overri
 from jaxtrader.errors import JaxTraderError
 
 # Commands that train K seeds in one step: glibc keeps mmap outside their train loops
-# (runtime.prepare_seed_training).
+# (runtime.prepare_seed_training), and `main` restarts them with huge pages where available.
 SEED_STACKING_COMMANDS = frozenset({"walkforward", "study"})
 # The group's options that take a value, to find the command name in argv before click parses it.
 _GROUP_VALUE_OPTIONS = frozenset({"--log-format", "--config"})
