@@ -54,7 +54,7 @@ class TimeoutRunner:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        _start_worker(self._jobs)
+        self._workers = [_start_worker(self._jobs)]  # the current one last; earlier ones abandoned
 
     def call(self, fn: Callable[[], T], timeout_s: float, what: str = "call") -> T:
         job = _Job(fn)
@@ -62,7 +62,7 @@ class TimeoutRunner:
         if not job.done.acquire(timeout=max(timeout_s, 0.0)):
             self._jobs.put(None)  # the stuck worker exits once its call returns, if ever
             self._jobs = queue.SimpleQueue()
-            _start_worker(self._jobs)
+            self._workers.append(_start_worker(self._jobs))
             raise DeadlineExceeded(
                 f"{what} did not finish within {timeout_s * 1000:.0f} ms; "
                 "raise the timeout or use a smaller model"
@@ -71,8 +71,18 @@ class TimeoutRunner:
             raise job.error
         return job.result  # type: ignore[no-any-return]
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 5.0) -> None:
+        """Stops the worker and waits up to `wait_s` in all for it and any abandoned one to exit.
+
+        Why wait: a daemon thread still alive when the interpreter finalizes is stopped where it
+        next takes the GIL; inside a C++ call (the model on XLA) that unwinds C++ frames and can
+        abort the process ("terminate called without an active exception", exit -6), seen
+        intermittently at the end of `jaxtrader trade` under load."""
         self._jobs.put(None)
+        deadline = time.monotonic() + max(wait_s, 0.0)
+        for worker in self._workers:
+            if worker is not threading.current_thread():
+                worker.join(timeout=max(deadline - time.monotonic(), 0.0))
 
 
 class _Job:
@@ -88,8 +98,10 @@ class _Job:
         self.done.acquire()
 
 
-def _start_worker(jobs: queue.SimpleQueue[_Job | None]) -> None:
-    threading.Thread(target=_work, args=(jobs,), name="jaxtrader-timeout", daemon=True).start()
+def _start_worker(jobs: queue.SimpleQueue[_Job | None]) -> threading.Thread:
+    worker = threading.Thread(target=_work, args=(jobs,), name="jaxtrader-timeout", daemon=True)
+    worker.start()
+    return worker
 
 
 def _work(jobs: queue.SimpleQueue[_Job | None]) -> None:

@@ -77,3 +77,27 @@ def test_call_with_timeout_one_off() -> None:
     assert call_with_timeout(lambda: "ok", 1.0) == "ok"
     with pytest.raises(DeadlineExceeded, match="sleep did not finish within 20 ms"):
         call_with_timeout(lambda: time.sleep(0.5), 0.02, "sleep")
+
+
+def test_close_returns_once_the_workers_exited_or_its_wait_is_over() -> None:
+    runner = TimeoutRunner()
+    runner.call(lambda: None, 1.0)
+    assert all(t.is_alive() for t in runner._workers)
+    runner.close()
+    assert not any(t.is_alive() for t in runner._workers)
+    # An abandoned worker still in its call is waited for, up to the wait given.
+    runner = TimeoutRunner()
+    with pytest.raises(DeadlineExceeded):
+        runner.call(lambda: time.sleep(0.3), 0.01)
+    start = time.perf_counter()
+    runner.close(wait_s=2.0)
+    assert 0.1 < time.perf_counter() - start < 1.5
+    assert not any(t.is_alive() for t in runner._workers)
+    stuck = TimeoutRunner()
+    release = threading.Event()
+    with pytest.raises(DeadlineExceeded):
+        stuck.call(release.wait, 0.01)
+    start = time.perf_counter()
+    stuck.close(wait_s=0.2)  # a call stuck for good does not hold the close longer
+    assert time.perf_counter() - start < 1.0
+    release.set()
