@@ -232,17 +232,17 @@ def glibc_version() -> tuple[int, int] | None:
         return None
 
 
+def _huge_pages_offered() -> bool:
+    """Whether glibc (2.35 on) and the kernel (THP) would honour `HUGE_PAGE_TUNABLE`."""
+    version = glibc_version()
+    return version is not None and version >= (2, 35) and transparent_huge_pages()
+
+
 def huge_pages_requested() -> bool:
     """Whether this process started with glibc's huge-page tunable, and glibc and the kernel
     honour it."""
     tunables = os.environ.get("GLIBC_TUNABLES", "").split(":")
-    version = glibc_version()
-    return (
-        HUGE_PAGE_TUNABLE in tunables
-        and version is not None
-        and version >= (2, 35)
-        and transparent_huge_pages()
-    )
+    return HUGE_PAGE_TUNABLE in tunables and _huge_pages_offered()
 
 
 def huge_page_environment(environ: dict[str, str] | None = None) -> dict[str, str] | None:
@@ -257,13 +257,10 @@ def huge_page_environment(environ: dict[str, str] | None = None) -> dict[str, st
     the blocks kept in the heap, the kernel zeroing each fresh block (docs/decisions.md)."""
     env = dict(os.environ if environ is None else environ)
     tunables = env.get("GLIBC_TUNABLES", "")
-    version = glibc_version()
     if (
         "glibc.malloc.hugetlb" in tunables
         or env.get(OPT_OUT_VAR, "1") == "0"
-        or not transparent_huge_pages()
-        or version is None
-        or version < (2, 35)
+        or not _huge_pages_offered()
     ):
         return None
     env["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, HUGE_PAGE_TUNABLE) if t)
@@ -311,11 +308,6 @@ def loop_rss_budget() -> int:
     return mb * 1_000_000
 
 
-def _map_big_blocks(libc: Any) -> None:
-    libc.mallopt(_M_MMAP_THRESHOLD, LOOP_MMAP_THRESHOLD)
-    libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
-
-
 @dataclass
 class LoopHeap:
     """The heap inside one train loop (`reuse_in_train_loop`). Call `after_step()` once per step,
@@ -347,7 +339,8 @@ class LoopHeap:
 
     def map_big_blocks(self) -> None:
         if self._libc is not None and not self.mapped:
-            _map_big_blocks(self._libc)
+            self._libc.mallopt(_M_MMAP_THRESHOLD, LOOP_MMAP_THRESHOLD)
+            self._libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
             self.mapped = True
 
     def after_step(self) -> None:
