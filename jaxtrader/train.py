@@ -56,46 +56,85 @@ class BatchSource(Protocol):
     def num_batches(self, split: str, batch_size: int) -> int: ...
 
 
+LRSchedule = Callable[[Any, jax.Array], jax.Array]  # (step, steps_total) -> learning rate
+
+
 class TrainState(train_state.TrainState):  # type: ignore[misc]
-    """Flax TrainState plus the loss's class weights and the learning-rate schedule (for logs)."""
+    """Flax TrainState plus the loss's class weights and the learning-rate schedule.
+
+    The schedule's horizon `steps_total` is an array in the state, not a constant of the optimizer:
+    runs of different lengths (every walk-forward fold has more training windows than the last)
+    then share ONE compiled train step. As a constant, each fold traced, compiled and kept its own
+    train and eval programs (the BTC 1h walk-forward's heap grew ~60 MB per fold, docs/decisions.md).
+    """
 
     class_weights: (
         jax.Array
     )  # f32[2], multiplies each example's cross-entropy by its label's weight
-    lr_schedule: optax.Schedule = struct.field(pytree_node=False)
+    steps_total: jax.Array  # i32[], the length of the warmup + cosine schedule
+    lr_schedule: LRSchedule = struct.field(pytree_node=False)
+
+    def learning_rate(self) -> jax.Array:
+        """The learning rate of the next update."""
+        return self.lr_schedule(self.step, self.steps_total)
+
+    def apply_gradients(self, *, grads: Any, **kwargs: Any) -> TrainState:
+        """`optax.adamw`'s update, its last stage (times -learning rate) done here, where the
+        horizon is in reach: `tx` is the clipping, Adam's scaling and the decoupled weight decay."""
+        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        step_size = -1 * self.learning_rate()
+        updates = jax.tree.map(lambda g: jnp.array(step_size, dtype=g.dtype) * g, updates)
+        return self.replace(  # type: ignore[no-any-return]
+            step=self.step + 1,
+            params=optax.apply_updates(self.params, updates),
+            opt_state=opt_state,
+            **kwargs,
+        )
 
 
-def make_optimizer(cfg: TrainConfig, steps_total: int) -> tuple[optax.GradientTransformation, Any]:
-    """Global-norm clipping + AdamW (no decay on biases and LayerNorm), warmup + cosine schedule."""
-    return _optimizer(
-        cfg.learning_rate, cfg.weight_decay, cfg.warmup_steps, cfg.grad_clip, int(steps_total)
+def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, LRSchedule]:
+    """Global-norm clipping + AdamW (no decay on biases and LayerNorm) without the learning rate,
+    and the warmup + cosine schedule that `TrainState.apply_gradients` scales the update by."""
+    return (
+        _optimizer(cfg.weight_decay, cfg.grad_clip),
+        _lr_schedule(cfg.learning_rate, cfg.warmup_steps),
+    )
+
+
+# Both cached on the values that matter: they are static parts of the train state, so equal
+# settings must give the same objects for a second state to reuse the compiled step.
+@functools.lru_cache(maxsize=16)
+def _optimizer(weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
+    # optax.adamw's stages but its last, scale_by_learning_rate.
+    return optax.chain(
+        optax.clip_by_global_norm(grad_clip),
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(
+            weight_decay, mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+        ),
     )
 
 
 @functools.lru_cache(maxsize=16)
-def _optimizer(
-    lr: float, weight_decay: float, warmup_steps: int, grad_clip: float, steps_total: int
-) -> tuple[optax.GradientTransformation, Any]:
-    # Cached on the values that matter: the optimizer is a static part of the train state, so
-    # equal settings must give the same object for a second state to reuse the compiled step.
-    steps_total = max(steps_total, 2)
-    warmup = min(warmup_steps, steps_total // 2)
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=lr,
-        warmup_steps=warmup,
-        decay_steps=steps_total,
-        end_value=lr * 0.05,
-    )
-    tx = optax.chain(
-        optax.clip_by_global_norm(grad_clip),
-        optax.adamw(
-            schedule,
-            weight_decay=weight_decay,
-            mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
-        ),
-    )
-    return tx, schedule
+def _lr_schedule(lr: float, warmup_steps: int) -> LRSchedule:
+    end_value, exponent = lr * 0.05, 1.0
+    alpha = 0.0 if lr == 0.0 else end_value / lr
+
+    def schedule(step: Any, steps_total: jax.Array) -> jax.Array:
+        # optax.warmup_cosine_decay_schedule(0, lr, warmup, total, lr * 0.05) op for op as XLA
+        # compiles it (a division by a constant becomes a product with its reciprocal), so the
+        # floats are the same (tests/test_train.py), with the horizon an array.
+        total = jnp.maximum(steps_total, 2)
+        warmup = jnp.minimum(warmup_steps, total // 2)
+        frac = 1 - jnp.clip(step, 0, warmup) / jnp.maximum(warmup, 1)
+        warm = (0.0 - lr) * (frac**1) + lr
+        decay_steps = (total - warmup).astype(jnp.float32)
+        count = jnp.minimum(step - warmup, decay_steps)
+        cosine_decay = 0.5 * (1 + jnp.cos(jnp.pi * count * (1.0 / decay_steps)))
+        decayed = lr * ((1 - alpha) * cosine_decay**exponent + alpha)
+        return jnp.where(step < warmup, warm, decayed)
+
+    return schedule
 
 
 @functools.lru_cache(maxsize=16)
@@ -118,12 +157,13 @@ def create_train_state(
     seq = jnp.asarray(sample_batch["seq"][:1])
     feats = jnp.asarray(sample_batch["feats"][:1])
     variables = _jitted_init(model)(key, seq, feats)
-    tx, schedule = make_optimizer(cfg, steps_total)
+    tx, schedule = make_optimizer(cfg)
     return TrainState.create(  # type: ignore[no-any-return]
         apply_fn=_apply_fn(model),
         params=variables["params"],
         tx=tx,
         class_weights=jnp.ones((2,), jnp.float32),
+        steps_total=jnp.asarray(int(steps_total), jnp.int32),
         lr_schedule=schedule,
     )
 
@@ -167,7 +207,7 @@ def _train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainS
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits_Bx2, -1) == labels_B),
-        "lr": jnp.asarray(state.lr_schedule(state.step), jnp.float32),
+        "lr": jnp.asarray(state.learning_rate(), jnp.float32),
     }
     return state.apply_gradients(grads=grads), metrics
 
@@ -354,7 +394,7 @@ def fit(
             meter = _EpochMeter(
                 epoch, n_steps, progress_bar(n_steps, f"epoch {epoch}/{cfg.epochs}")
             )
-            meter.lr = float(state.lr_schedule(state.step))
+            meter.lr = float(state.learning_rate())
             pending: tuple[int, Metrics] | None = None
 
             epoch_key = jax.random.fold_in(shuffle_key, epoch)

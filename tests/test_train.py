@@ -2,7 +2,8 @@
 
 The data is synthetic in memory (a planted rule), served through the same batch contract as
 jaxtrader.dataset.Dataset; tiny models keep the compile time small. All fits share one TrainConfig
-optimizer setting and `STEPS_TOTAL` so they reuse one compiled train step per architecture.
+optimizer setting so they reuse one compiled train step per architecture (the schedule's length is
+an array in the state, so it may differ).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxtrader import train
@@ -293,7 +296,79 @@ def test_same_seed_same_metrics_other_seed_differs() -> None:
 
 def test_lr_schedule_warms_up_then_decays() -> None:
     cfg = dataclasses.replace(CFG, warmup_steps=10, learning_rate=1e-3)
-    _, schedule = train.make_optimizer(cfg, 100)
-    lrs = np.array([float(schedule(jnp.asarray(s))) for s in (0, 5, 10, 50, 100)])
+    _, schedule = train.make_optimizer(cfg)
+    lrs = np.array([float(schedule(jnp.asarray(s), jnp.asarray(100))) for s in (0, 5, 10, 50, 100)])
     assert lrs[0] == 0.0 and lrs[1] == pytest.approx(5e-4) and lrs[2] == pytest.approx(1e-3)
     assert lrs[2] > lrs[3] > lrs[4] == pytest.approx(5e-5)
+
+
+@pytest.mark.parametrize(("warmup", "total"), [(0, 1), (10, 7), (10, 100), (500, 1234), (3, 54321)])
+def test_lr_schedule_is_optax_warmup_cosine_to_the_bit(warmup: int, total: int) -> None:
+    # The horizon is an array here; optax's schedule (which the optimizer used before) takes it as
+    # a constant. Both jitted, as the train step runs them.
+    _, schedule = train.make_optimizer(dataclasses.replace(CFG, warmup_steps=warmup))
+    t = max(total, 2)
+    w = min(warmup, t // 2)
+    reference = optax.warmup_cosine_decay_schedule(
+        0.0, CFG.learning_rate, w, t, CFG.learning_rate * 0.05
+    )
+    steps = jnp.arange(t + 3, dtype=jnp.int32)
+    ours = jax.jit(jax.vmap(schedule, in_axes=(0, None)))(steps, jnp.asarray(total, jnp.int32))
+    chex.assert_trees_all_equal(ours, jax.jit(jax.vmap(reference))(steps))
+
+
+def test_update_is_optax_adamw_to_the_bit() -> None:
+    cfg = dataclasses.replace(CFG, warmup_steps=2, grad_clip=0.5)
+    state = train.create_train_state(
+        build_model(TINY["lstm"]), cfg, jax.random.key(0), planted(2, 0), 20
+    )
+    tx = optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip),
+        optax.adamw(
+            optax.warmup_cosine_decay_schedule(
+                0.0, cfg.learning_rate, 2, 20, cfg.learning_rate * 0.05
+            ),
+            weight_decay=cfg.weight_decay,
+            mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
+        ),
+    )
+
+    @jax.jit
+    def reference(params: Any, opt_state: Any, grads: Any) -> tuple[Any, Any]:
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    ours = jax.jit(lambda s, g: s.apply_gradients(grads=g))
+    params, opt_state = state.params, tx.init(state.params)
+    keys = jax.random.split(jax.random.key(1), 4)
+    for key in keys:  # warmup, peak, decay
+        leaves, treedef = jax.tree.flatten(params)
+        grads = jax.tree.unflatten(
+            treedef,
+            [
+                jax.random.normal(k, x.shape)
+                for k, x in zip(jax.random.split(key, len(leaves)), leaves, strict=True)
+            ],
+        )
+        params, opt_state = reference(params, opt_state, grads)
+        state = ours(state, grads)
+    chex.assert_trees_all_equal(state.params, params)
+    assert int(state.step) == len(keys)
+
+
+def test_runs_of_any_length_share_one_compiled_step() -> None:
+    # A walk-forward fold has more training windows than the last: before the horizon was an array,
+    # each fold traced and compiled (and kept) its own step.
+    step = jax.jit(chex.assert_max_traces(train._train_step, n=1))
+    cfg = dataclasses.replace(CFG, warmup_steps=1)
+    batch = planted(BATCH, 3)
+    lrs = []
+    for steps_total in (4, 400, 5000):
+        state = train.create_train_state(
+            build_model(TINY["transformer"]), cfg, jax.random.key(0), batch, steps_total
+        )
+        for _ in range(3):
+            state, metrics = step(state, batch, jax.random.key(1))
+        lrs.append(float(metrics["lr"]))
+    # The third step's rate is further down the cosine the shorter the run.
+    assert lrs[0] < lrs[1] < lrs[2] < cfg.learning_rate
