@@ -322,9 +322,9 @@ class LoopHeap:
       checks at worst (peaks 1.25-2.12 GB on the BTC and ETH 1h walk-forwards). Mapped blocks
       never sit in the heap, but each step's fresh pages cost kernel time (zeroing ~360 MB a
       step: 11-28% longer BTC and ETH 1h walk-forwards mapped throughout, docs/decisions.md).
-    - Keep it small meanwhile: return the heap's free pages once the resident size has grown
-      `growth` bytes past its settled size, the size one step after the last return (or the
-      loop's start). Why settled: a trim also returns the step blocks' pages, which the next step
+    - Keep it small meanwhile: return the heap's free pages after the first step, and once the
+      resident size has grown `growth` bytes past its settled size, the size one step after the
+      last return. Why settled: a trim also returns the step blocks' pages, which the next step
       faults in again (~380 MB on 2 devices); measured from right after the trim, that regrowth
       alone triggered a trim at nearly every step (ETH 1h LSTM: 117 M page faults)."""
 
@@ -333,8 +333,9 @@ class LoopHeap:
     huge_pages: bool = False  # the process asks for huge pages for what malloc maps
     growth: int = TRIM_AFTER_GROWTH_BYTES
     floor: int | None = None  # the settled size; None: settle at the next step
-    trims: int = 0
+    trims: int = 0  # returns after growth or past the budget
     mapped: bool = False  # big blocks are mapped fresh at every step
+    started: bool = False  # after_step was called
     _libc: Any = None
 
     def map_big_blocks(self) -> None:
@@ -350,10 +351,16 @@ class LoopHeap:
         if not self.mapped and self.budget is not None and rss > self.budget:
             self.map_big_blocks()
             self._trim()
+        elif not self.started:
+            # The loop's first step is done: return the heap's free pages from before the loop
+            # (the compiler's memory when the step was compiled, the last fold's evaluation and
+            # predictions): ~300 MB resident through the BTC 1h Transformer walk-forward otherwise.
+            release_free_memory()
         elif self.floor is None:
             self.floor = rss
         elif rss > self.floor + self.growth:
             self._trim()
+        self.started = True
 
     def _trim(self) -> None:
         release_free_memory()
