@@ -322,9 +322,9 @@ class LoopHeap:
       checks at worst (peaks 1.25-2.12 GB on the BTC and ETH 1h walk-forwards). Mapped blocks
       never sit in the heap, but each step's fresh pages cost kernel time (zeroing ~360 MB a
       step: 11-28% longer BTC and ETH 1h walk-forwards mapped throughout, docs/decisions.md).
-    - Keep it small meanwhile: return the heap's free pages after the first step, and once the
-      resident size has grown `growth` bytes past its settled size, the size one step after the
-      last return. Why settled: a trim also returns the step blocks' pages, which the next step
+    - Keep it small meanwhile: return the heap's free pages once the resident size has grown
+      `growth` bytes past its settled size, the size one step after the last return (or the
+      loop's start). Why settled: a trim also returns the step blocks' pages, which the next step
       faults in again (~380 MB on 2 devices); measured from right after the trim, that regrowth
       alone triggered a trim at nearly every step (ETH 1h LSTM: 117 M page faults)."""
 
@@ -335,7 +335,6 @@ class LoopHeap:
     floor: int | None = None  # the settled size; None: settle at the next step
     trims: int = 0  # returns after growth or past the budget
     mapped: bool = False  # big blocks are mapped fresh at every step
-    started: bool = False  # after_step was called
     _libc: Any = None
 
     def map_big_blocks(self) -> None:
@@ -351,16 +350,10 @@ class LoopHeap:
         if not self.mapped and self.budget is not None and rss > self.budget:
             self.map_big_blocks()
             self._trim()
-        elif not self.started:
-            # The loop's first step is done: return the heap's free pages from before the loop
-            # (the compiler's memory when the step was compiled, the last fold's evaluation and
-            # predictions): ~300 MB resident through the BTC 1h Transformer walk-forward otherwise.
-            release_free_memory()
         elif self.floor is None:
             self.floor = rss
         elif rss > self.floor + self.growth:
             self._trim()
-        self.started = True
 
     def _trim(self) -> None:
         release_free_memory()
@@ -372,9 +365,14 @@ class LoopHeap:
 def reuse_in_train_loop() -> Iterator[LoopHeap]:
     """Inside: freed blocks stay in the heap for the next step (mmap off), trimmed on growth,
     until the resident size passes `loop_rss_budget()`; then big blocks are mapped fresh at every
-    step (`LoopHeap`). On exit: glibc's mmap settings back and the heap's free pages returned. A
-    no-op (an inactive `LoopHeap`) unless `prepare_seed_training` split the seeds over devices
-    (every other command keeps mmap off throughout)."""
+    step (`LoopHeap`). On entry the heap's free pages are returned: entered once the first step's
+    call returns (its compile is done), that gives back the compiler's freed memory and the last
+    fold's evaluation's before the second step is dispatched, not in a race with that step's
+    blocks (returned after its dispatch instead, one cold ETH 1h LSTM walk-forward sampled
+    1,215 MiB there for a second, 982 MiB after; docs/decisions.md). On exit: glibc's mmap
+    settings back and the heap's free pages returned. A no-op (an inactive `LoopHeap`) unless
+    `prepare_seed_training` split the seeds over devices (every other command keeps mmap off
+    throughout)."""
     libc = _glibc() if _reuse_in_train_loops else None
     if libc is None:
         yield LoopHeap(active=False)
@@ -384,6 +382,7 @@ def reuse_in_train_loop() -> Iterator[LoopHeap]:
     libc.mallopt(_M_MMAP_MAX, 0)
     if budget == 0:
         heap.map_big_blocks()
+    libc.malloc_trim(0)
     try:
         yield heap
     finally:

@@ -227,8 +227,8 @@ def test_with_huge_pages_a_train_loop_maps_its_big_blocks_from_the_start() -> No
 
 
 # Before a train loop: a 128 MB block in the heap (mmap off, as the seed commands' 1 GiB trim
-# threshold keeps it), written and freed, a small block above it. Prints the RSS then, and after
-# the loop's first `after_step()`.
+# threshold keeps it), written and freed, a small block above it. Prints the RSS then, and on
+# entering the loop (seeds.fit_seeds enters it once the first step is compiled and dispatched).
 _FREE_BEFORE_LOOP = """
 import ctypes, json
 from jaxtrader import runtime
@@ -244,13 +244,12 @@ pin = libc.malloc(1000)
 libc.free(block)
 before = runtime.resident_bytes() / 1e6
 with runtime.reuse_in_train_loop() as heap:
-    heap.after_step()
-    print(json.dumps({"before": before, "after_first_step": runtime.resident_bytes() / 1e6,
+    print(json.dumps({"before": before, "on_entry": runtime.resident_bytes() / 1e6,
                       "trims": heap.trims}))
 """
 
 
-def test_a_train_loop_returns_the_free_heap_left_from_before_it_after_its_first_step() -> None:
+def test_a_train_loop_returns_the_free_heap_left_from_before_it_on_entry() -> None:
     if runtime._glibc() is None:
         pytest.skip("not glibc: a no-op here")
     if runtime.seed_device_count(2) < 2:
@@ -259,7 +258,7 @@ def test_a_train_loop_returns_the_free_heap_left_from_before_it_after_its_first_
         [sys.executable, "-c", _FREE_BEFORE_LOOP], capture_output=True, text=True, check=True
     )
     got = json.loads(out.stdout)
-    assert got["before"] - got["after_first_step"] > 100, got
+    assert got["before"] - got["on_entry"] > 100, got
     assert got["trims"] == 0, got  # not counted as a trim on growth
 
 
@@ -303,9 +302,7 @@ def test_loop_heap_trims_only_after_the_resident_size_grew_past_its_allowance() 
     if runtime.resident_bytes() == 0:
         pytest.skip("no /proc/self/statm here")
     heap = runtime.LoopHeap(active=True, growth=64 << 20)
-    heap.after_step()  # the first step returns the free pages from before the loop
-    assert heap.started and heap.floor is None and heap.trims == 0
-    heap.after_step()  # the next one settles the size
+    heap.after_step()  # the first step settles the size
     start = heap.floor
     assert start is not None and heap.trims == 0
     small = np.ones(2_000_000)  # 16 MB, within the allowance

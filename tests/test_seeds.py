@@ -29,7 +29,7 @@ CFG = TrainConfig(
     patience=1,
     seed=0,
 )
-STEPS_TOTAL = 400  # one optimizer schedule for every fit here, so they share one compiled step
+STEPS_TOTAL = 400  # the schedule's horizon; any horizon shares one compiled step (train.TrainState)
 MODEL = with_defaults("lstm", hidden=8, num_layers=1, dropout=0.2)
 
 # Every multi-seed step in this module goes through this counted jit: it may trace once.
