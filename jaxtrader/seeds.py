@@ -283,10 +283,11 @@ def fit_seeds(
                     losses.append(take(*pending, active))
                 pending = (step, metrics)
                 if heap is None:
-                    # Entered once the first step is compiled and dispatched: entering returns
-                    # the compiler's freed memory while that step runs; from the second step on
-                    # the loop's heap rules apply (runtime.LoopHeap). Entered before the compile,
-                    # mmap off would keep the compiler's memory (+0.35 GB peak RSS, BTC 1h LSTM).
+                    # Entered once the first step's call has returned (compiled): entering
+                    # returns the compiler's freed memory before the second step is dispatched,
+                    # and the loop's heap rules apply from there (runtime.LoopHeap). Entered
+                    # before the compile, mmap off would keep the compiler's memory (+0.35 GB
+                    # peak RSS, BTC 1h LSTM).
                     heap = stack.enter_context(runtime.reuse_in_train_loop())
                 else:
                     heap.after_step()
