@@ -150,11 +150,8 @@ def test_seed_training_reuses_the_heap_inside_train_loops_only() -> None:
     assert plain["kept"] < seed["kept"] - 50, (plain, seed)
 
 
-# Inside `reuse_in_train_loop` with 2 seed devices: a 128 MB block from malloc (as XLA's buffers
-# come; numpy would ask for huge pages itself), written and freed 4 times with `after_step()` after
-# each, prints whether the loop mapped its big blocks, its trims, the page faults, the huge pages
-# backing the block, and the RSS with the last block alive and after it is freed.
-_BUDGET_LOOP = """
+# What both subprocess scripts below start with: a seed command's heap, libc's malloc and free.
+_SEED_COMMAND_HEAP = """
 import ctypes, json, resource
 from jaxtrader import runtime
 runtime.tune_malloc_for_seed_commands()
@@ -162,6 +159,15 @@ assert runtime.prepare_seed_training(2) == 2
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
+"""
+
+# Inside `reuse_in_train_loop` with 2 seed devices: a 128 MB block from malloc (as XLA's buffers
+# come; numpy would ask for huge pages itself), written and freed 4 times with `after_step()` after
+# each, prints whether the loop mapped its big blocks, its trims, the page faults, the huge pages
+# backing the block, and the RSS with the last block alive and after it is freed.
+_BUDGET_LOOP = (
+    _SEED_COMMAND_HEAP
+    + """
 SIZE = 128_000_000
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -183,6 +189,7 @@ with runtime.reuse_in_train_loop() as heap:
                       "faults": faults() - before, "live_huge": live_huge, "live": live,
                       "freed": freed}))
 """
+)
 
 
 def _budget_loop(env: dict[str, str], budget_mb: str | None) -> dict[str, float]:
@@ -228,15 +235,10 @@ def test_with_huge_pages_a_train_loop_maps_its_big_blocks_from_the_start() -> No
 
 # Before a train loop: a 128 MB block in the heap (mmap off, as the seed commands' 1 GiB trim
 # threshold keeps it), written and freed, a small block above it. Prints the RSS then, and on
-# entering the loop (seeds.fit_seeds enters it once the first step is compiled and dispatched).
-_FREE_BEFORE_LOOP = """
-import ctypes, json
-from jaxtrader import runtime
-runtime.tune_malloc_for_seed_commands()
-assert runtime.prepare_seed_training(2) == 2
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
+# entering the loop (seeds.fit_seeds enters it once the first step's call has returned).
+_FREE_BEFORE_LOOP = (
+    _SEED_COMMAND_HEAP
+    + """
 libc.mallopt(-4, 0)  # M_MMAP_MAX: no maps, so the block comes from the heap
 block = libc.malloc(128_000_000)
 ctypes.memset(block, 1, 128_000_000)
@@ -247,6 +249,7 @@ with runtime.reuse_in_train_loop() as heap:
     print(json.dumps({"before": before, "on_entry": runtime.resident_bytes() / 1e6,
                       "trims": heap.trims}))
 """
+)
 
 
 def test_a_train_loop_returns_the_free_heap_left_from_before_it_on_entry() -> None:
