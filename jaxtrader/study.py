@@ -257,8 +257,10 @@ def run_study(
             failed.append({**asdict(cell), "error": str(e), "run": str(run_dir)})
             log_event(logger, "cell_failed", cell=i, run=str(run_dir), error=str(e))
             continue
-        seconds = time.perf_counter() - started
-        record: dict[str, Any] = {"seconds": round(seconds, 3), "cell": asdict(cell)}
+        # Rounded once, here: the row must be what a resumed study rebuilds from cell.json
+        # (rounding the raw figure and the stored one apart can differ in the last digit).
+        seconds = round(time.perf_counter() - started, 3)
+        record: dict[str, Any] = {"seconds": seconds, "cell": asdict(cell)}
         if isinstance(executor, RayExecutor):
             record["ray_folds"] = executor.stats[stats_before:]
         (run_dir / CELL_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
