@@ -8,6 +8,7 @@ alternated across rounds because the machine is shared, and medians are printed.
     python scripts/bench_train.py --seeds 1 4 --batch 64   # K seeds in one step (jaxtrader.seeds)
     python scripts/bench_train.py --seeds 1 4 --seed-devices 1   # K seeds on one device
     python scripts/bench_train.py --seeds 1 4 --separate 4   # also 4 K=1 processes at once
+    python scripts/bench_train.py --seeds 1 4 --batch 64 --torch-python ../tvenv/bin/python
 
 With --seeds, K > 1 runs `seeds.seeds_train_step` (a vmap of the train step over K stacked states,
 each seed its own batch) as `jaxtrader walkforward` runs it: the seed axis split over host devices
@@ -16,7 +17,10 @@ would use, `--seed-devices 1` keeps one device with XLA's thread pool). Samples/
 the seeds, and the table adds the ratio to K = 1 of the same arch and batch. K = 1 runs as
 `jaxtrader train` does. `--separate N` adds the alternative to seeds in one step: N single-model
 processes started together, each timing its own steps while the others run; their samples/s are
-summed (one row per arch and batch, ratio to K = 1).
+summed (one row per arch and batch, ratio to K = 1). `--torch-python PY` adds, alternated in the
+same rounds, the stock PyTorch twin (../shared/bench/bench_torch.py, one model, batch 64, 2 threads)
+and each row's samples/s as a multiple of PyTorch's: the "per sample" comparison of seeds in one
+step against one PyTorch model, measured in the same run.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from typing import Any
 
 SEQ_LEN = 100
+TORCH_BATCH = 64  # the PyTorch twin's fixed batch
 
 
 def child(args: argparse.Namespace) -> None:
@@ -210,6 +215,18 @@ def run_separate(arch: str, batch: int, cache_dir: str, a: argparse.Namespace) -
     }
 
 
+def run_torch(arch: str, a: argparse.Namespace) -> dict[str, float]:
+    """One PyTorch twin process (one model, batch 64): its median step, as the side-by-side driver."""
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    cmd = [a.torch_python, a.torch_bench, "--model", arch, "--threads", "2"]
+    # At least 20 timed steps for a steady median; the twin insists on timing some inference too.
+    steps = max(20, a.steps * a.windows)
+    cmd += ["--steps", str(steps), "--warmup", "5", "--infer-calls", "20"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    step_s = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])["step_median_s"]
+    return {"ms_per_step": step_s * 1000, "samples_per_s": TORCH_BATCH / step_s}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -251,7 +268,21 @@ def main() -> None:
         default=0,
         help="also run N single-model processes at once and sum their samples/s",
     )
+    p.add_argument(
+        "--torch-python",
+        default="",
+        help="python of a venv with torch: also run the PyTorch twin (batch 64) in every round",
+    )
+    p.add_argument(
+        "--torch-bench",
+        default=os.path.join("..", "shared", "bench", "bench_torch.py"),
+        help="the PyTorch twin script (default: ../shared/bench/bench_torch.py)",
+    )
     a = p.parse_args()
+    if a.torch_python and TORCH_BATCH not in a.batch:
+        p.error(f"--torch-python compares at batch {TORCH_BATCH}: add it to --batch")
+    if a.torch_python and not os.path.isfile(a.torch_bench):
+        p.error(f"--torch-bench {a.torch_bench} is not a file: point it at bench_torch.py")
     if a.child:
         a.batch = a.batch[0]
         a.seeds = a.seeds[0]
@@ -266,6 +297,7 @@ def main() -> None:
         configs += [(arch, v, b, k) for v in variants for b in a.batch for k in a.seeds]
     results: dict[tuple[str, str, int, int], list[Any]] = {c: [] for c in configs}
     separate: dict[tuple[str, int], list[dict[str, float]]] = {}
+    torch: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
             for arch, variant, batch, k in configs:  # alternated: the machine is shared
@@ -283,17 +315,34 @@ def main() -> None:
                 # The same compilation cache as the K = 1 runs of this arch and batch.
                 cache = os.path.join(tmp, f"{arch}-default-{batch}-1")
                 separate.setdefault((arch, batch), []).append(run_separate(arch, batch, cache, a))
+            for arch in archs if a.torch_python else []:
+                res = run_torch(arch, a)
+                torch.setdefault(arch, []).append(res)
+                print(
+                    f"# round {r} {arch}/pytorch/b{TORCH_BATCH}: {res['ms_per_step']:.1f} ms/step",
+                    file=sys.stderr,
+                    flush=True,
+                )
     print(
         f"medians over {a.rounds} processes x {a.windows} windows of {a.steps} steps; "
         f"input (B, {SEQ_LEN}, 5) + (B, 86); jax {_jax_version()}; K > 1 heap: {a.seed_malloc} "
         "(devices marked +mapped: step blocks mapped fresh past the loop's RSS budget, "
         "+huge: on huge pages)"
     )
+    vs_torch = " vs PyTorch |" if torch else ""
     print(
         "| arch | variant | batch | seeds | devices | ms/step | CPU ms/step | samples/s (sum) | vs K=1 "
-        "| first step cold | first step cached | init cached | peak RSS MB |"
+        f"|{vs_torch} first step cold | first step cached | init cached | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if torch else ""))
+    torch_sps = {
+        arch: statistics.median(r["samples_per_s"] for r in rows) for arch, rows in torch.items()
+    }
+
+    def torch_ratio(arch: str, sps: float) -> str:
+        if not torch:
+            return ""
+        return f" {sps / torch_sps[arch]:.2f}x |" if arch in torch_sps else " - |"
 
     def med(key: str, rows: list[Any]) -> float:
         return statistics.median(x[key] for x in rows)
@@ -308,7 +357,8 @@ def main() -> None:
             f"| {rs[0]['seed_devices']}{_heap_mark(rs[0])} "
             f"| {med('ms_per_step', rs):.1f} "
             f"| {med('cpu_ms_per_step', rs):.1f} "
-            f"| {med('samples_per_s', rs):.0f} | {ratio} | {med('first_step_s', cold):.2f} s "
+            f"| {med('samples_per_s', rs):.0f} | {ratio} |"
+            f"{torch_ratio(arch, med('samples_per_s', rs))} {med('first_step_s', cold):.2f} s "
             f"| {med('first_step_s', warm):.2f} s | {med('init_s', warm):.2f} s "
             f"| {max(x['peak_rss_mb'] for x in rs):.0f} |"
         )
@@ -319,8 +369,18 @@ def main() -> None:
         ratio = f"{sps / med('samples_per_s', single):.2f}x" if single else "-"
         print(
             f"| {arch} | {a.separate} processes at once | {batch} | 1 each | 1 each "
+            f"| {statistics.median(r['ms_per_step'] for r in rows):.1f} | - | {sps:.0f} | {ratio} |"
+            f"{torch_ratio(arch, sps)} - | - | - | {max(r['peak_rss_mb'] for r in rows):.0f} (sum) |"
+        )
+
+    for arch, rows in torch.items():
+        single = results.get((arch, "default", TORCH_BATCH, 1))
+        sps = torch_sps[arch]
+        ratio = f"{sps / med('samples_per_s', single):.2f}x" if single else "-"
+        print(
+            f"| {arch} | PyTorch twin (one model) | {TORCH_BATCH} | 1 | - "
             f"| {statistics.median(r['ms_per_step'] for r in rows):.1f} | - | {sps:.0f} | {ratio} "
-            f"| - | - | - | {max(r['peak_rss_mb'] for r in rows):.0f} (sum) |"
+            "| 1.00x | - | - | - | - |"
         )
 
 
