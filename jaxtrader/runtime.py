@@ -155,7 +155,8 @@ def use_seed_devices(k: int, devices: int | None = None) -> int:
     seeds' ops end to end. One model's small ops keep only ~1.6 of 2 cores busy through XLA's
     intra-op thread pool, whose hand-offs cost CPU too; K = 4 on 2 devices reached 1.23x (LSTM)
     and 0.99x (Transformer) the samples/s of one model, where 4 separate processes reached 1.36x
-    and 1.09x (`scripts/bench_train.py`, README Performance). Must run before JAX creates its
+    and 1.09x (AVX-512; on an AVX2 machine, where one LSTM keeps fewer cores busy, 1.54-1.73x
+    and 1.05-1.45x: `scripts/bench_train.py`, README Performance). Must run before JAX creates its
     CPU backend (the CLI calls it before importing the workflow); a no-op for n = 1.
     """
     n = seed_device_count(k) if devices is None else devices
