@@ -269,9 +269,10 @@ def huge_page_environment(environ: dict[str, str] | None = None) -> dict[str, st
 
 
 # Inside a train loop the resident heap may grow this far past its settled size before it is
-# trimmed (`LoopHeap`). 128 MB with the size settled over 2 steps measured the same peaks and more
-# trims (docs/decisions.md).
-TRIM_AFTER_GROWTH_BYTES = 256 << 20
+# trimmed (`LoopHeap`). The heap's free pages creep up ~1.2 MiB/s in the LSTM's loops, so this sets
+# the ceiling: with 256 MiB the ETH 1h LSTM walk-forward peaked at 1.31 GB, with 128 MiB at 1.19 GB
+# (31 trims instead of 5, the same wall time; one run each, docs/decisions.md).
+TRIM_AFTER_GROWTH_BYTES = 128 << 20
 
 
 def resident_bytes() -> int:
