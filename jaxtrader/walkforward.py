@@ -43,7 +43,7 @@ import pandas as pd
 from jaxtrader.config import AppConfig
 from jaxtrader.errors import CheckpointError, ConfigError
 from jaxtrader.logs import get_logger, log_event, progress_bar
-from jaxtrader.runtime import huge_pages_requested, release_free_memory
+from jaxtrader.runtime import huge_pages_requested, release_free_memory, tcmalloc_active
 from jaxtrader.splits import SPLIT_NAMES, Splits
 
 if TYPE_CHECKING:
@@ -681,7 +681,9 @@ def run_walkforward(
         out=str(out_dir),
         folds=wf.folds,
         to_train=len(todo),
-        huge_pages=huge_pages_requested(),  # cli.main's restart (runtime.huge_page_environment)
+        # cli.main's restart (runtime.restart_environment)
+        allocator="tcmalloc" if tcmalloc_active() else "glibc",
+        huge_pages=huge_pages_requested(),
     )
     noticed: list[bool] = []
 

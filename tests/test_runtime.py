@@ -402,3 +402,86 @@ def test_seeds_split_over_two_devices_train_exactly_as_on_one(tmp_path: Path) ->
     for name in arrays:
         np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name)
     assert not np.allclose(one[arrays[0]][0], one[arrays[0]][1])  # the seeds differ
+
+
+def test_restart_environment_preloads_tcmalloc_where_installed_else_asks_for_huge_pages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime, "tcmalloc_library", lambda: "libtcmalloc_minimal.so.4")
+    monkeypatch.setattr(runtime, "huge_page_environment", lambda env: {**env, "HUGE": "1"})
+    assert runtime.restart_environment({"PATH": "/bin"}) == {
+        "PATH": "/bin",
+        "LD_PRELOAD": "libtcmalloc_minimal.so.4",
+    }
+    assert runtime.restart_environment({"LD_PRELOAD": "libmine.so"}) == {
+        "LD_PRELOAD": "libmine.so:libtcmalloc_minimal.so.4"
+    }
+    # Already on it (restarted, or the user preloads it): no restart loop.
+    assert runtime.restart_environment({"LD_PRELOAD": "/x/libtcmalloc.so.4"}) is None
+    # Opted out: glibc, as before this allocator existed.
+    glibc = {runtime.MALLOC_VAR: "glibc"}
+    assert runtime.restart_environment(glibc) == {**glibc, "HUGE": "1"}
+    # A wrong value restarts nothing; the command itself stops with one line.
+    assert runtime.restart_environment({runtime.MALLOC_VAR: "jemalloc"}) is None
+    monkeypatch.setattr(runtime, "tcmalloc_library", lambda: None)
+    assert runtime.restart_environment({}) == {"HUGE": "1"}
+
+
+def test_a_wrong_or_unmet_allocator_choice_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jaxtrader.errors import ConfigError
+
+    monkeypatch.setenv(runtime.MALLOC_VAR, "jemalloc")
+    with pytest.raises(ConfigError, match=r"JAXTRADER_MALLOC='jemalloc' is not one of auto, "):
+        runtime.prepare_seed_training(2)
+    monkeypatch.setenv(runtime.MALLOC_VAR, "tcmalloc")
+    monkeypatch.setattr(runtime, "tcmalloc_library", lambda: None)
+    monkeypatch.setattr(runtime, "tcmalloc_active", lambda: False)
+    with pytest.raises(ConfigError, match="tcmalloc is not installed: install it"):
+        runtime.malloc_choice()
+    monkeypatch.setenv(runtime.MALLOC_VAR, "GLIBC")
+    assert runtime.malloc_choice() == "glibc"
+
+
+# 256 MB allocated through whatever malloc the process has, written, freed, then the free memory
+# returned (runtime.release_free_memory): the RSS at each point, and what the process runs on.
+_RELEASE = """
+import ctypes, json
+from jaxtrader import runtime
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+base = runtime.resident_bytes() / 1e6
+block = libc.malloc(256_000_000)
+ctypes.memset(block, 1, 256_000_000)
+live = runtime.resident_bytes() / 1e6
+libc.free(block)
+freed = runtime.resident_bytes() / 1e6
+runtime.release_free_memory()
+print(json.dumps({"tcmalloc": runtime.tcmalloc_active(), "tuned": runtime.malloc_tuning_enabled(),
+                  "base": base, "live": live, "freed": freed,
+                  "released": runtime.resident_bytes() / 1e6}))
+"""
+
+
+def test_on_tcmalloc_glibc_is_left_alone_and_free_memory_still_goes_back() -> None:
+    library = runtime.tcmalloc_library()
+    if library is None:
+        pytest.skip("tcmalloc is not installed here (Debian/Ubuntu: libtcmalloc-minimal4)")
+    env = {k: v for k, v in os.environ.items() if k not in (runtime.OPT_OUT_VAR, "LD_PRELOAD")}
+    run = subprocess.run(
+        [sys.executable, "-c", _RELEASE],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**env, "LD_PRELOAD": library},
+    )
+    got = json.loads(run.stdout)
+    assert got["tcmalloc"] and not got["tuned"], got
+    assert got["live"] - got["base"] > 200, got
+    assert got["released"] < got["live"] - 200, got  # ReleaseFreeMemory, not glibc's trim
+    plain = subprocess.run(
+        [sys.executable, "-c", _RELEASE], capture_output=True, text=True, check=True, env=env
+    )
+    assert not json.loads(plain.stdout)["tcmalloc"]

@@ -438,7 +438,7 @@ def test_fold_directories_hold_tensorboard_events_per_seed(cli_run: tuple[Path, 
             }
 
 
-def test_cli_restarts_with_huge_pages_where_the_machine_has_them(
+def test_cli_restarts_on_tcmalloc_or_with_huge_pages_where_the_machine_has_them(
     cli_run: tuple[Path, dict],
 ) -> None:
     from jaxtrader import runtime
@@ -451,13 +451,18 @@ def test_cli_restarts_with_huge_pages_where_the_machine_has_them(
     ]
     fits = [r for r in records if r.get("event") == "fit_seeds_end"]
     assert len(fits) == 2  # one per fold
-    # cli.main restarted the process with glibc's huge-page tunable iff this machine honours it.
-    huge = runtime.huge_page_environment() is not None
+    # cli.main restarted the process on tcmalloc where it is installed, else with glibc's
+    # huge-page tunable iff this machine honours it.
+    restart = runtime.restart_environment() or {}
+    on_tcmalloc = "libtcmalloc" in restart.get("LD_PRELOAD", "")
+    huge = not on_tcmalloc and runtime.huge_page_environment() is not None
     starts = [r for r in records if r.get("event") == "walkforward_start"]
     assert len(starts) == 1, records[:5]
+    assert starts[0]["allocator"] == ("tcmalloc" if on_tcmalloc else "glibc"), starts
     assert starts[0]["huge_pages"] == huge, starts
     # With huge pages every train loop (one per epoch) maps its step blocks from the start;
-    # without, the tiny config stays far under the 1.3 GB budget and keeps them in the heap.
+    # without, the tiny config stays far under the 1.3 GB budget and keeps them in the heap; on
+    # tcmalloc glibc's heap is not used at all.
     mapping = huge and runtime.seed_device_count(2) == 2
     assert all(r["epochs_run"] >= 1 for r in fits), fits
     expected = [r["epochs_run"] if mapping else 0 for r in fits]

@@ -16,8 +16,8 @@ import click
 from jaxtrader.cli.common import CliState, train_knob_options, train_knob_overrides
 from jaxtrader.errors import JaxTraderError
 
-# Commands that train K seeds in one step: glibc keeps mmap outside their train loops
-# (runtime.prepare_seed_training), and `main` restarts them with huge pages where available.
+# Commands that train K seeds in one step: `main` restarts them on tcmalloc where it is installed,
+# else with huge pages; on glibc, mmap stays on outside their train loops (prepare_seed_training).
 SEED_STACKING_COMMANDS = frozenset({"walkforward", "study"})
 # The group's options that take a value, to find the command name in argv before click parses it.
 _GROUP_VALUE_OPTIONS = frozenset({"--log-format", "--config"})
@@ -113,22 +113,23 @@ def _command_name(args: list[str]) -> str | None:
     return None
 
 
-def _restart_with_huge_pages(args: list[str]) -> None:
-    """Restarts this process for `walkforward` and `study` with glibc's huge-page tunable, which
-    glibc reads only at start (`runtime.huge_page_environment`); returns when there is nothing to
-    change. Only from `main` (a real process, argv from the command line): never from the click
-    group, which tests also invoke inside their own process."""
+def _restart_for_seed_commands(args: list[str]) -> None:
+    """Restarts this process for `walkforward` and `study` with tcmalloc preloaded where it is
+    installed, else with glibc's huge-page tunable; both are read only at process start
+    (`runtime.restart_environment`). Returns when there is nothing to change. Only from `main`
+    (a real process, argv from the command line): never from the click group, which tests also
+    invoke inside their own process."""
     if _command_name(args) not in SEED_STACKING_COMMANDS or {"-h", "--help"} & set(args):
         return
-    from jaxtrader.runtime import huge_page_environment
+    from jaxtrader.runtime import restart_environment
 
-    env = huge_page_environment()
+    env = restart_environment()
     if env is not None:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
             os.execve(sys.executable, sys.orig_argv, env)
-        except OSError:  # the command still runs, its train loops on the plain heap
+        except OSError:  # the command still runs, on glibc's heap
             return
 
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point with one-line errors and stable exit codes."""
     args = sys.argv[1:] if argv is None else argv
     if argv is None:
-        _restart_with_huge_pages(args)
+        _restart_for_seed_commands(args)
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="jaxtrader", standalone_mode=False)
