@@ -453,31 +453,35 @@ def reuse_in_train_loop() -> Iterator[LoopHeap]:
     fold's evaluation's before the second step is dispatched, not in a race with that step's
     blocks (returned after its dispatch instead, one cold ETH 1h LSTM walk-forward sampled
     1,215 MiB there for a second, 982 MiB after; docs/decisions.md). On exit: glibc's mmap
-    settings back and the heap's free pages returned. A no-op (an inactive `LoopHeap`) unless
-    `prepare_seed_training` split the seeds over devices (every other command keeps mmap off
-    throughout)."""
-    libc = _glibc() if _reuse_in_train_loops else None
-    if libc is None:
+    settings back and the heap's free pages returned. On tcmalloc only the returns happen (on
+    entry, on growth, on exit): it reuses freed blocks without glibc's settings. A no-op (an
+    inactive `LoopHeap`) unless `prepare_seed_training` split the seeds over devices (every other
+    command keeps mmap off throughout)."""
+    if not _reuse_in_train_loops:
         yield LoopHeap(active=False)
         return
-    budget = loop_rss_budget()
+    libc = _glibc() if malloc_tuning_enabled() else None  # None on tcmalloc
+    budget = loop_rss_budget() if libc is not None else None
     heap = LoopHeap(active=True, budget=budget, huge_pages=huge_pages_requested(), _libc=libc)
-    libc.mallopt(_M_MMAP_MAX, 0)
-    if budget == 0:
-        heap.map_big_blocks()
-    libc.malloc_trim(0)
+    if libc is not None:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        if budget == 0:
+            heap.map_big_blocks()
+    release_free_memory()
     try:
         yield heap
     finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD)
-        libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
-        libc.malloc_trim(0)
+        if libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD)
+            libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
+        release_free_memory()
 
 
 def prepare_seed_training(k: int, devices: int | None = None) -> int:
     """What `walkforward` and `study` (local executor) do before JAX starts: K seeds split over
-    host devices (`use_seed_devices`) and, when they are and glibc allocates (not tcmalloc), the
-    heap reused inside train loops (`reuse_in_train_loop`). Returns the device count.
+    host devices (`use_seed_devices`) and, when they are, the heap managed inside train loops
+    (`reuse_in_train_loop`: glibc's settings and returns, or on tcmalloc the returns only).
+    Returns the device count.
 
     With one device the loops keep mmap: K = 4 stacked on one device with the heap reused
     measured 1.5-2.1 GB peak RSS in `bench_train` (README, Performance)."""
@@ -485,7 +489,7 @@ def prepare_seed_training(k: int, devices: int | None = None) -> int:
     loop_rss_budget()  # a malformed override fails here, before any work
     malloc_choice()
     n = use_seed_devices(k, devices)
-    _reuse_in_train_loops = n > 1 and malloc_tuning_enabled()
+    _reuse_in_train_loops = n > 1 and (malloc_tuning_enabled() or tcmalloc_active())
     return n
 
 

@@ -465,11 +465,17 @@ print(json.dumps({"tcmalloc": runtime.tcmalloc_active(), "tuned": runtime.malloc
 """
 
 
-def test_on_tcmalloc_glibc_is_left_alone_and_free_memory_still_goes_back() -> None:
+def _tcmalloc_env() -> tuple[dict[str, str], str]:
+    """This environment without a preload or an opt-out, and the tcmalloc library to preload."""
     library = runtime.tcmalloc_library()
     if library is None:
         pytest.skip("tcmalloc is not installed here (Debian/Ubuntu: libtcmalloc-minimal4)")
     env = {k: v for k, v in os.environ.items() if k not in (runtime.OPT_OUT_VAR, "LD_PRELOAD")}
+    return env, library
+
+
+def test_on_tcmalloc_glibc_is_left_alone_and_free_memory_still_goes_back() -> None:
+    env, library = _tcmalloc_env()
     run = subprocess.run(
         [sys.executable, "-c", _RELEASE],
         capture_output=True,
@@ -485,3 +491,19 @@ def test_on_tcmalloc_glibc_is_left_alone_and_free_memory_still_goes_back() -> No
         [sys.executable, "-c", _RELEASE], capture_output=True, text=True, check=True, env=env
     )
     assert not json.loads(plain.stdout)["tcmalloc"]
+
+
+def test_on_tcmalloc_a_train_loop_still_returns_the_free_memory_left_from_before_it() -> None:
+    if runtime.seed_device_count(2) < 2:
+        pytest.skip("one core (or JAXTRADER_SEED_DEVICES=1): the seeds are not split here")
+    env, library = _tcmalloc_env()
+    out = subprocess.run(
+        [sys.executable, "-c", _FREE_BEFORE_LOOP],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**env, "LD_PRELOAD": library},
+    )
+    got = json.loads(out.stdout)
+    assert got["before"] - got["on_entry"] > 100, got  # tcmalloc had kept the freed block
+    assert got["trims"] == 0, got
