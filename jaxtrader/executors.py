@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from jaxtrader.errors import ConfigError, DeepLearningError
 from jaxtrader.logs import get_logger, log_event, progress_bar
-from jaxtrader.runtime import HUGE_PAGE_TUNABLE, ONE_XLA_THREAD, malloc_env
+from jaxtrader.runtime import HUGE_PAGE_TUNABLE, ONE_XLA_THREAD, malloc_env, without_tcmalloc
 from jaxtrader.walkforward import Executor, local_executor
 
 if TYPE_CHECKING:
@@ -108,6 +108,8 @@ def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
         out["GLIBC_TUNABLES"] = ":".join(
             t for t in env["GLIBC_TUNABLES"].split(":") if t and t != HUGE_PAGE_TUNABLE
         )
+    if "LD_PRELOAD" in env:  # likewise tcmalloc (runtime.restart_environment): not measured there
+        out["LD_PRELOAD"] = without_tcmalloc(env["LD_PRELOAD"])
     return out
 
 
@@ -180,6 +182,10 @@ class RayExecutor:
         }
         if self.address is None:
             kwargs.update(num_cpus=self.num_cpus, object_store_memory=self.object_store_memory)
+        # Ray's daemons start from this environment: without the driver's tcmalloc, as before it.
+        preload = os.environ.get("LD_PRELOAD")
+        if preload is not None:
+            os.environ["LD_PRELOAD"] = without_tcmalloc(preload)
         try:
             # "local": a private Ray even when RAY_ADDRESS or a `ray start` on this machine exists
             # (address=None would join that cluster instead).
@@ -189,6 +195,9 @@ class RayExecutor:
                 f"--ray-address {self.address}: cannot connect to a Ray cluster ({e}); start one "
                 "with `ray start --head` or leave --ray-address out to run Ray on this machine"
             ) from None
+        finally:
+            if preload is not None:
+                os.environ["LD_PRELOAD"] = preload
         self._started_here = True
         resources = ray.cluster_resources()
         log_event(

@@ -97,6 +97,11 @@ def tcmalloc_active() -> bool:
         return False
 
 
+def without_tcmalloc(preload: str) -> str:
+    """An LD_PRELOAD value with tcmalloc taken out (for Ray's processes, which keep glibc)."""
+    return ":".join(p for p in preload.split(":") if p and "libtcmalloc" not in p)
+
+
 def restart_environment(environ: dict[str, str] | None = None) -> dict[str, str] | None:
     """The environment `walkforward` and `study` restart themselves with (`cli.main`), None when
     there is nothing to change: tcmalloc preloaded where it is installed ($JAXTRADER_MALLOC

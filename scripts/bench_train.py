@@ -149,6 +149,7 @@ def child(args: argparse.Namespace) -> None:
                 "seed_devices": devices,
                 "huge_pages": heap.huge_pages,
                 "mapped_blocks": heap.mapped,
+                "tcmalloc": runtime.tcmalloc_active(),
                 "ms_per_step": step_s * 1000,
                 # CPU time of all threads per step: less sensitive to other processes' load.
                 "cpu_ms_per_step": statistics.median(cpu_windows) * 1000,
@@ -190,9 +191,9 @@ def run_child(
     ]
     env = os.environ.copy()
     if seeds > 1 and a.seed_malloc == "walkforward":
-        from jaxtrader.runtime import huge_page_environment
+        from jaxtrader.runtime import restart_environment
 
-        env = huge_page_environment() or env  # as jaxtrader walkforward restarts itself
+        env = restart_environment() or env  # as jaxtrader walkforward restarts itself
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -256,11 +257,12 @@ def main() -> None:
         "--seed-malloc",
         choices=["walkforward", "full", "cap"],
         default="walkforward",
-        help="glibc heap settings of the K > 1 processes: walkforward (default): as jaxtrader "
-        "walkforward sets them (runtime.reuse_in_train_loop: step blocks mapped fresh on huge "
-        "pages where the machine has them, else kept in the heap up to a 1.3 GB budget; "
-        "JAXTRADER_LOOP_RSS_MB applies); full: one arena and no mmap for the whole run; cap: "
-        "the 2-arena cap walkforward used before",
+        help="heap of the K > 1 processes: walkforward (default): as jaxtrader walkforward "
+        "runs (runtime.restart_environment: on tcmalloc where it is installed, JAXTRADER_MALLOC "
+        "applies; else glibc with step blocks mapped fresh on huge pages where the machine has "
+        "them, or kept in the heap up to a 1.3 GB budget, JAXTRADER_LOOP_RSS_MB applies); full: "
+        "glibc, one arena and no mmap for the whole run; cap: the 2-arena cap walkforward used "
+        "before",
     )
     p.add_argument(
         "--separate",
@@ -326,8 +328,8 @@ def main() -> None:
     print(
         f"medians over {a.rounds} processes x {a.windows} windows of {a.steps} steps; "
         f"input (B, {SEQ_LEN}, 5) + (B, 86); jax {_jax_version()}; K > 1 heap: {a.seed_malloc} "
-        "(devices marked +mapped: step blocks mapped fresh past the loop's RSS budget, "
-        "+huge: on huge pages)"
+        "(devices marked +tcmalloc: on tcmalloc; +mapped: step blocks mapped fresh past the "
+        "loop's RSS budget, +huge: on huge pages)"
     )
     vs_torch = " vs PyTorch |" if torch else ""
     print(
@@ -385,6 +387,8 @@ def main() -> None:
 
 
 def _heap_mark(row: dict[str, Any]) -> str:
+    if row.get("tcmalloc"):
+        return "+tcmalloc"
     if not row.get("mapped_blocks"):
         return ""
     return "+mapped+huge" if row.get("huge_pages") else "+mapped"

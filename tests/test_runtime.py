@@ -90,6 +90,10 @@ def test_ray_fold_workers_get_the_walkforward_heap_settings_through_their_enviro
     tunables = f"glibc.malloc.arena_max=2:{runtime.HUGE_PAGE_TUNABLE}"
     assert worker_env({"GLIBC_TUNABLES": tunables})["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
     assert worker_env({"GLIBC_TUNABLES": runtime.HUGE_PAGE_TUNABLE})["GLIBC_TUNABLES"] == ""
+    # Nor tcmalloc (cli.main's restart on it); the user's own preloads pass.
+    preload = "/x/libmine.so:libtcmalloc_minimal.so.4"
+    assert worker_env({"LD_PRELOAD": preload})["LD_PRELOAD"] == "/x/libmine.so"
+    assert "LD_PRELOAD" not in env
     # The env form of the full tuning must mean what tune_malloc does: glibc reads it at start.
     out = subprocess.run(
         [sys.executable, "-c", _REUSE, "default"],
