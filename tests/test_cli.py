@@ -97,3 +97,20 @@ def test_the_command_name_is_found_before_click_parses(args: list[str], name: st
     from jaxtrader.cli import _command_name
 
     assert _command_name(args) == name
+
+
+def test_a_wrong_allocator_choice_is_one_line_before_any_work(tmp_path: Path) -> None:
+    import os
+
+    for command in (["walkforward"], ["study", "--executor", "ray"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "jaxtrader", *command, "--out", str(tmp_path / "x")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "JAXTRADER_MALLOC": "jemalloc"},
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip().count("\n") == 0, result.stderr[-2000:]
+        assert "JAXTRADER_MALLOC='jemalloc' is not one of auto, tcmalloc, glibc" in result.stderr
+        assert not (tmp_path / "x").exists()

@@ -257,10 +257,11 @@ def executor_options(fn: F) -> F:
 def prepare_executor(executor: str, seeds: int) -> None:
     """Before JAX starts: with the local executor, the K seeds split over the cores and their heap
     settings (`runtime.prepare_seed_training`); Ray fold workers run one XLA thread each
-    (`executors.worker_env`)."""
-    if executor == "local":
-        from jaxtrader.runtime import prepare_seed_training
+    (`executors.worker_env`). A malformed $JAXTRADER_MALLOC stops either here, as one line."""
+    from jaxtrader.runtime import malloc_choice, prepare_seed_training
 
+    malloc_choice()
+    if executor == "local":
         prepare_seed_training(seeds)
 
 
