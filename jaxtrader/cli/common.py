@@ -260,9 +260,10 @@ def prepare_executor(executor: str, seeds: int) -> None:
     (`executors.worker_env`). A malformed $JAXTRADER_MALLOC stops either here, as one line."""
     from jaxtrader.runtime import malloc_choice, prepare_seed_training
 
-    malloc_choice()
     if executor == "local":
-        prepare_seed_training(seeds)
+        prepare_seed_training(seeds)  # checks $JAXTRADER_MALLOC too
+    else:
+        malloc_choice()
 
 
 def policy_options(fn: F) -> F:
