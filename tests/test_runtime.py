@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -469,45 +470,33 @@ print(json.dumps({"tcmalloc": runtime.tcmalloc_active(), "tuned": runtime.malloc
 """
 
 
-def _tcmalloc_env() -> tuple[dict[str, str], str]:
-    """This environment without a preload or an opt-out, and the tcmalloc library to preload."""
-    library = runtime.tcmalloc_library()
-    if library is None:
-        pytest.skip("tcmalloc is not installed here (Debian/Ubuntu: libtcmalloc-minimal4)")
+def _run_json(script: str, *, tcmalloc: bool) -> dict[str, Any]:
+    """`script` in a fresh Python, with tcmalloc preloaded or not (this environment's preload and
+    opt-out left out); its JSON line."""
     env = {k: v for k, v in os.environ.items() if k not in (runtime.OPT_OUT_VAR, "LD_PRELOAD")}
-    return env, library
+    if tcmalloc:
+        library = runtime.tcmalloc_library()
+        if library is None:
+            pytest.skip("tcmalloc is not installed here (Debian/Ubuntu: libtcmalloc-minimal4)")
+        env["LD_PRELOAD"] = library
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    )
+    got: dict[str, Any] = json.loads(out.stdout)
+    return got
 
 
 def test_on_tcmalloc_glibc_is_left_alone_and_free_memory_still_goes_back() -> None:
-    env, library = _tcmalloc_env()
-    run = subprocess.run(
-        [sys.executable, "-c", _RELEASE],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**env, "LD_PRELOAD": library},
-    )
-    got = json.loads(run.stdout)
+    got = _run_json(_RELEASE, tcmalloc=True)
     assert got["tcmalloc"] and not got["tuned"], got
     assert got["live"] - got["base"] > 200, got
     assert got["released"] < got["live"] - 200, got  # ReleaseFreeMemory, not glibc's trim
-    plain = subprocess.run(
-        [sys.executable, "-c", _RELEASE], capture_output=True, text=True, check=True, env=env
-    )
-    assert not json.loads(plain.stdout)["tcmalloc"]
+    assert not _run_json(_RELEASE, tcmalloc=False)["tcmalloc"]
 
 
 def test_on_tcmalloc_a_train_loop_still_returns_the_free_memory_left_from_before_it() -> None:
     if runtime.seed_device_count(2) < 2:
         pytest.skip("one core (or JAXTRADER_SEED_DEVICES=1): the seeds are not split here")
-    env, library = _tcmalloc_env()
-    out = subprocess.run(
-        [sys.executable, "-c", _FREE_BEFORE_LOOP],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**env, "LD_PRELOAD": library},
-    )
-    got = json.loads(out.stdout)
+    got = _run_json(_FREE_BEFORE_LOOP, tcmalloc=True)
     assert got["before"] - got["on_entry"] > 100, got  # tcmalloc had kept the freed block
     assert got["trims"] == 0, got
