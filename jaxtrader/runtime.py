@@ -46,6 +46,8 @@ MALLOC_CHOICES = ("auto", "tcmalloc", "glibc")
 # gperftools' tcmalloc as Debian/Ubuntu (libtcmalloc-minimal4) and Homebrew name it; the minimal
 # build has no heap profiler, which nothing here needs.
 TCMALLOC_NAMES = ("tcmalloc_minimal", "tcmalloc")
+# What every tcmalloc library's file name contains: how a preload or a mapping is recognised.
+_TCMALLOC_MARK = "libtcmalloc"
 
 
 def malloc_tuning_enabled() -> bool:
@@ -55,18 +57,16 @@ def malloc_tuning_enabled() -> bool:
 
 def malloc_choice(environ: dict[str, str] | None = None) -> str:
     """$JAXTRADER_MALLOC (default auto), checked: a wrong value is a ConfigError."""
+    from jaxtrader.errors import ConfigError
+
     env = os.environ if environ is None else environ
     choice = env.get(MALLOC_VAR, "auto").strip().lower() or "auto"
     if choice not in MALLOC_CHOICES:
-        from jaxtrader.errors import ConfigError
-
         raise ConfigError(
             f"{MALLOC_VAR}={env[MALLOC_VAR]!r} is not one of {', '.join(MALLOC_CHOICES)}; "
             "unset it to use tcmalloc where it is installed"
         )
     if choice == "tcmalloc" and tcmalloc_library() is None and not tcmalloc_active():
-        from jaxtrader.errors import ConfigError
-
         raise ConfigError(
             f"{MALLOC_VAR}=tcmalloc but tcmalloc is not installed: install it (Debian/Ubuntu: "
             "apt install libtcmalloc-minimal4) or unset the variable"
@@ -92,14 +92,14 @@ def tcmalloc_active() -> bool:
     """Whether tcmalloc is loaded in this process (preloaded: `restart_environment`)."""
     try:
         with open("/proc/self/maps") as f:
-            return "libtcmalloc" in f.read()
+            return _TCMALLOC_MARK in f.read()
     except OSError:
         return False
 
 
 def without_tcmalloc(preload: str) -> str:
     """An LD_PRELOAD value with tcmalloc taken out (for Ray's processes, which keep glibc)."""
-    return ":".join(p for p in preload.split(":") if p and "libtcmalloc" not in p)
+    return ":".join(p for p in preload.split(":") if p and _TCMALLOC_MARK not in p)
 
 
 def restart_environment(environ: dict[str, str] | None = None) -> dict[str, str] | None:
@@ -115,7 +115,7 @@ def restart_environment(environ: dict[str, str] | None = None) -> dict[str, str]
     predictions to the bit (docs/decisions.md)."""
     env = dict(os.environ if environ is None else environ)
     preload = env.get("LD_PRELOAD", "")
-    if "libtcmalloc" in preload:
+    if _TCMALLOC_MARK in preload:
         return None  # already restarted (or the user preloads it)
     from jaxtrader.errors import ConfigError
 
@@ -501,15 +501,13 @@ def prepare_seed_training(k: int, devices: int | None = None) -> int:
 def release_free_memory() -> None:
     """Returns the heap's free pages to the OS: tcmalloc's `ReleaseFreeMemory` when it allocates,
     else glibc's `malloc_trim`; a no-op elsewhere."""
-    import ctypes
+    if tcmalloc_active():
+        import ctypes
 
-    try:
-        process = ctypes.CDLL(None)
-    except OSError:
-        return
-    if tcmalloc_active() and hasattr(process, "MallocExtension_ReleaseFreeMemory"):
-        process.MallocExtension_ReleaseFreeMemory()
-        return
+        release = getattr(ctypes.CDLL(None), "MallocExtension_ReleaseFreeMemory", None)
+        if release is not None:
+            release()
+            return
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
