@@ -432,6 +432,24 @@ def test_restart_environment_preloads_tcmalloc_where_installed_else_asks_for_hug
     assert runtime.restart_environment({}) == {"HUGE": "1"}
 
 
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="tcmalloc is preloaded on Linux only"
+)
+def test_the_tcmalloc_advice_is_given_only_where_it_is_missing_and_not_declined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime, "tcmalloc_active", lambda: False)
+    monkeypatch.setattr(runtime, "tcmalloc_library", lambda: None)
+    advice = runtime.tcmalloc_advice({})
+    assert advice is not None and "apt install libtcmalloc-minimal4" in advice
+    assert runtime.tcmalloc_advice({runtime.MALLOC_VAR: "glibc"}) is None  # declined
+    monkeypatch.setattr(runtime, "tcmalloc_library", lambda: "libtcmalloc_minimal.so.4")
+    assert runtime.tcmalloc_advice({}) is None  # installed: the restart uses it
+    monkeypatch.setattr(runtime, "tcmalloc_library", lambda: None)
+    monkeypatch.setattr(runtime, "tcmalloc_active", lambda: True)
+    assert runtime.tcmalloc_advice({}) is None  # preloaded by the user
+
+
 def test_a_wrong_or_unmet_allocator_choice_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -460,6 +460,10 @@ def test_cli_restarts_on_tcmalloc_or_with_huge_pages_where_the_machine_has_them(
     assert len(starts) == 1, records[:5]
     assert starts[0]["allocator"] == ("tcmalloc" if on_tcmalloc else "glibc"), starts
     assert starts[0]["huge_pages"] == huge, starts
+    # On glibc only for want of tcmalloc: the user is told how to get it, once.
+    advice = runtime.tcmalloc_advice()
+    stderr = (out.parent / "stderr.log").read_text(encoding="utf-8")
+    assert stderr.count("note: tcmalloc is not installed") == (advice is not None), stderr[:500]
     # With huge pages every train loop (one per epoch) maps its step blocks from the start;
     # without, the tiny config stays far under the 1.3 GB budget and keeps them in the heap; on
     # tcmalloc glibc's heap is not used at all.

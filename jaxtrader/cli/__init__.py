@@ -13,7 +13,12 @@ from typing import Any
 
 import click
 
-from jaxtrader.cli.common import CliState, train_knob_options, train_knob_overrides
+from jaxtrader.cli.common import (
+    INTERRUPTED_EXIT,
+    CliState,
+    train_knob_options,
+    train_knob_overrides,
+)
 from jaxtrader.errors import JaxTraderError
 
 # Commands that train K seeds in one step: `main` restarts them on tcmalloc where it is installed,
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(INTERRUPTED_EXIT)
     except Exception as e:
         if debug:
             raise

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The exit code of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+INTERRUPTED_EXIT = 130
+
 
 def _stacked(fn: F, options: list[Callable[[Any], Any]]) -> F:
     """Applies click options so they list in `options` order in --help."""
@@ -257,11 +260,14 @@ def executor_options(fn: F) -> F:
 def prepare_executor(executor: str, seeds: int) -> None:
     """Before JAX starts: with the local executor, the K seeds split over the cores and their heap
     settings (`runtime.prepare_seed_training`); Ray fold workers run one XLA thread each
-    (`executors.worker_env`). A malformed $JAXTRADER_MALLOC stops either here, as one line."""
-    from jaxtrader.runtime import malloc_choice, prepare_seed_training
+    (`executors.worker_env`). A malformed $JAXTRADER_MALLOC stops either here, as one line. A
+    local run that stays on glibc because tcmalloc is missing says so, once, on stderr."""
+    from jaxtrader.runtime import malloc_choice, prepare_seed_training, tcmalloc_advice
 
     if executor == "local":
         prepare_seed_training(seeds)  # checks $JAXTRADER_MALLOC too
+        if (advice := tcmalloc_advice()) is not None:
+            click.echo(advice, err=True)
     else:
         malloc_choice()
 

@@ -12,12 +12,13 @@ from typing import Any
 import click
 
 from jaxtrader.cli.common import (
+    INTERRUPTED_EXIT,
     CliState,
     executor_options,
     prepare_executor,
     train_knob_overrides,
 )
-from jaxtrader.cli.walkforward_cmds import INTERRUPTED_EXIT, walkforward
+from jaxtrader.cli.walkforward_cmds import walkforward
 
 
 @click.command("study")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from jaxtrader.cli.common import (
+    INTERRUPTED_EXIT,
     CliState,
     batch_window_options,
     check_arch,
@@ -22,8 +23,6 @@ from jaxtrader.models.archs import ARCH_NAMES
 
 if TYPE_CHECKING:
     from jaxtrader.checkpoint import VersionInfo
-
-INTERRUPTED_EXIT = 130
 
 
 def _mb(n_bytes: int) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from jaxtrader.cli.common import (
+    INTERRUPTED_EXIT,
     CliState,
     batch_window_options,
     check_arch,
@@ -30,8 +31,6 @@ from jaxtrader.cli.common import (
     train_knob_options,
     train_knob_overrides,
 )
-
-INTERRUPTED_EXIT = 130
 
 # Walk-forward trains folds x seeds models: fewer epochs than `train` keeps the default run
 # (6 folds x 4 seeds on the embedded market) inside 10 minutes on 2 cores (README: measured).
