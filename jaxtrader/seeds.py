@@ -25,7 +25,6 @@ computes, its state no longer changes) until every seed has stopped or the epoch
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -139,9 +138,11 @@ def evaluate_seeds(
     states: train.TrainState, dataset: train.BatchSource, split: str, batch_size: int
 ) -> dict[str, np.ndarray]:
     """Per seed: masked loss, accuracy (float64[K]) and the split's majority rate and count."""
-    totals = train.metric_sums(
-        functools.partial(seeds_eval_step, states), dataset.eval_batches(split, batch_size)
-    )
+    pending = [seeds_eval_step(states, batch) for batch in dataset.eval_batches(split, batch_size)]
+    totals: dict[str, np.ndarray] = {}
+    for m in jax.device_get(pending):
+        for k, v in m.items():
+            totals[k] = totals.get(k, 0.0) + np.asarray(v, dtype=np.float64)
     count = float(totals["count"][0]) if totals else 0.0
     if count == 0:
         raise DeepLearningError(f"the {split} split has no labeled windows; use more data")

@@ -16,8 +16,7 @@ import json
 import math
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -236,40 +235,17 @@ train_step = jax.jit(_train_step, donate_argnums=0)
 eval_step = jax.jit(_eval_step)
 
 
-# Eval steps dispatched ahead of the host at most: enough to keep the devices busy while the host
-# builds the next batch, few enough that their buffers stay small.
-EVAL_IN_FLIGHT = 4
-
-
-def metric_sums(
-    step: Callable[[Batch], Metrics], batches: Iterable[Batch]
-) -> dict[str, np.ndarray]:
-    """Per metric, the float64 sum of `step(batch)` over `batches`, added in batch order, with at
-    most `EVAL_IN_FLIGHT` steps dispatched and not yet fetched. Why bounded: every dispatched step
-    holds its buffers until its result is fetched; dispatching a whole split first raised the RSS
-    by ~400 MiB while a K = 4 Transformer walk-forward validated an ETH 1h fold (docs/decisions.md)."""
-    totals: dict[str, np.ndarray] = {}
-    pending: deque[Metrics] = deque()
-
-    def add(metrics: Metrics) -> None:
-        for k, v in jax.device_get(metrics).items():
-            totals[k] = totals.get(k, 0.0) + np.asarray(v, dtype=np.float64)
-
-    for batch in batches:
-        pending.append(step(batch))
-        if len(pending) > EVAL_IN_FLIGHT:
-            add(pending.popleft())
-    while pending:
-        add(pending.popleft())
-    return totals
-
-
 def evaluate(
     state: TrainState, dataset: BatchSource, split: str, batch_size: int
 ) -> dict[str, float]:
     """Masked loss, accuracy and majority-class rate of `split` (padding rows never count)."""
-    sums = metric_sums(functools.partial(eval_step, state), dataset.eval_batches(split, batch_size))
-    totals = {k: float(v) for k, v in sums.items()}
+    totals: dict[str, float] = {}
+    pending: list[Metrics] = []
+    for batch in dataset.eval_batches(split, batch_size):
+        pending.append(eval_step(state, batch))
+    for m in jax.device_get(pending):
+        for k, v in m.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
     count = totals.get("count", 0.0)
     if count == 0:
         raise DeepLearningError(f"the {split} split has no labeled windows; use more data")

@@ -372,33 +372,3 @@ def test_runs_of_any_length_share_one_compiled_step() -> None:
         lrs.append(float(metrics["lr"]))
     # The third step's rate is further down the cosine the shorter the run.
     assert lrs[0] < lrs[1] < lrs[2] < cfg.learning_rate
-
-
-def test_metric_sums_adds_in_order_with_a_bounded_number_of_steps_in_flight(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from jaxtrader import train as train_mod
-
-    dispatched, fetched, in_flight = [0], [0], []
-    real_get = jax.device_get
-
-    def step(batch: dict[str, Any]) -> dict[str, Any]:
-        dispatched[0] += 1
-        in_flight.append(dispatched[0] - fetched[0])
-        return {"x": jnp.asarray(batch["x"], jnp.float32), "n": jnp.ones((2,), jnp.float32)}
-
-    def counting_get(tree: Any) -> Any:
-        fetched[0] += 1
-        return real_get(tree)
-
-    monkeypatch.setattr(train_mod.jax, "device_get", counting_get)
-    values = [0.1 * i for i in range(20)]
-    sums = train_mod.metric_sums(step, ({"x": v} for v in values))
-    assert dispatched[0] == fetched[0] == 20
-    assert max(in_flight) == train_mod.EVAL_IN_FLIGHT + 1  # bounded, yet pipelined
-    expected = 0.0
-    for v in values:  # float64 sums of the f32 results, in batch order
-        expected += float(np.float32(v))
-    assert float(sums["x"]) == expected
-    np.testing.assert_array_equal(sums["n"], [20.0, 20.0])
-    assert sums["n"].dtype == np.float64
