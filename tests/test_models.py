@@ -216,30 +216,35 @@ def test_sinusoidal_positions_are_distinct_and_bounded() -> None:
     assert len({row.tobytes() for row in table}) == 50
 
 
-def test_leading_batch_attention_equals_flax_attention_with_and_without_a_seed_vmap() -> None:
-    # The Transformer's attention core must equal flax's dot_product_attention (values and
-    # gradients), also under the seeds' jax.vmap, which is what it is faster for.
+def test_attention_core_equals_flax_attention_in_values_and_gradients() -> None:
+    # The Transformer's attention core (a hand-written backward pass) must equal flax's
+    # dot_product_attention in values and gradients: causal, arbitrary and no mask, with and
+    # without the seeds' jax.vmap, and for the last block's one query against T keys.
     from flax import linen as nn
 
-    from jaxtrader.models.transformer import leading_batch_attention
+    from jaxtrader.models.transformer import attention_core
 
     rng = np.random.default_rng(7)
     q, k, v = (jnp.asarray(rng.normal(size=(3, 2, B, W, 2, 4)), jnp.float32) for _ in range(3))
-    mask = nn.make_causal_mask(jnp.ones((B, W)))
+    causal = nn.make_causal_mask(jnp.ones((B, W)))
+    arbitrary = rng.random((B, 1, W, W)) < 0.6
+    arbitrary[..., 0] = True  # no row fully masked
 
-    def loss(fn: Any, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-        return jnp.sum(jnp.sin(fn(q, k, v, mask=mask)))
+    def loss(fn: Any, m: Any, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.sin(fn(q, k, v, mask=m)))
 
-    for qi, ki, vi in ((q[0], k[0], v[0]), (q[0, 0], k[0, 0], v[0, 0])):
-        ours, ref = (
-            jax.vmap(jax.value_and_grad(functools.partial(loss, f), argnums=(0, 1, 2)))(qi, ki, vi)
-            if qi.ndim == 5
-            else jax.value_and_grad(functools.partial(loss, f), argnums=(0, 1, 2))(qi, ki, vi)
-            for f in (leading_batch_attention, nn.dot_product_attention)
-        )
-        np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-5)
-        chex.assert_trees_all_close(ours[1], ref[1], rtol=1e-4, atol=1e-5)
-    # The last-query-only shape the last block uses (Q = 1 against T keys).
-    last = leading_batch_attention(q[0, 0][:, -1:], k[0, 0], v[0, 0], mask=mask[..., -1:, :])
-    full = nn.dot_product_attention(q[0, 0], k[0, 0], v[0, 0], mask=mask)
+    cases = ((q[0], k[0], v[0]), (q[0, 0], k[0, 0], v[0, 0]), (q[0, 0][:, -1:], k[0, 0], v[0, 0]))
+    for mask in (causal, jnp.asarray(arbitrary), None):
+        for qi, ki, vi in cases:
+            m = None if mask is None else mask[..., -qi.shape[-3] :, :]
+            results = []
+            for f in (attention_core, nn.dot_product_attention):
+                grad = jax.value_and_grad(functools.partial(loss, f, m), argnums=(0, 1, 2))
+                results.append((jax.vmap(grad) if qi.ndim == 5 else grad)(qi, ki, vi))
+            (ours, ours_grads), (ref, ref_grads) = results
+            np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+            chex.assert_trees_all_close(ours_grads, ref_grads, rtol=1e-4, atol=1e-5)
+    # The last query alone equals the last row of the full attention.
+    last = attention_core(q[0, 0][:, -1:], k[0, 0], v[0, 0], mask=causal[..., -1:, :])
+    full = nn.dot_product_attention(q[0, 0], k[0, 0], v[0, 0], mask=causal)
     np.testing.assert_allclose(last, full[:, -1:], rtol=1e-5, atol=1e-6)
