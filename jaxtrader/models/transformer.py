@@ -13,6 +13,9 @@ the whole window. The result is identical to running every position (a test chec
 `logits_per_position`) and the last block costs ~1/T of its attention and feed-forward work: this
 is what puts the train step ahead of the PyTorch reference, which computes all T outputs.
 
+The attention itself (`attention_core`) has a hand-written backward pass: the autodiff one of the
+masked softmax was the most expensive part of a train step on XLA CPU.
+
 Attention weights are sown into the `intermediates` collection only when `sow_attention=True`
 (see `attention_weights`), so the training path never materialises them.
 """
