@@ -91,12 +91,6 @@ def attention_core(
     return _attention_forward(query, key, value, mask)[0]
 
 
-def _attention_fwd(
-    query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None
-) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    return _attention_forward(query, key, value, mask)
-
-
 def _attention_bwd(
     residuals: tuple[jax.Array, ...], d_out: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array, None]:
@@ -113,7 +107,7 @@ def _attention_bwd(
     return _heads_first(dq_HxQxd), _heads_first(dk_HxTxd), _heads_first(dv_HxTxd), None
 
 
-attention_core.defvjp(_attention_fwd, _attention_bwd)
+attention_core.defvjp(_attention_forward, _attention_bwd)
 
 
 class EncoderBlock(nn.Module):
