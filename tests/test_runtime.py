@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -518,3 +519,85 @@ def test_on_tcmalloc_a_train_loop_still_returns_the_free_memory_left_from_before
     got = _run_json(_FREE_BEFORE_LOOP, tcmalloc=True)
     assert got["before"] - got["on_entry"] > 100, got  # tcmalloc had kept the freed block
     assert got["trims"] == 0, got
+
+
+class _FakeClock:
+    """A clock that advances only when slept on: `await_freed_blocks` without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _awaited(readings: Callable[[float], int | None]) -> float:
+    clock = _FakeClock()
+    return runtime.await_freed_blocks(
+        lambda: readings(clock.now), quiet_s=0.02, limit_s=0.25, clock=clock, sleep=clock.sleep
+    )
+
+
+def test_await_freed_blocks_waits_for_a_late_free_then_a_quiet_spell_and_no_longer() -> None:
+    mib = 1 << 20
+    assert _awaited(lambda t: 500 * mib) == pytest.approx(0.02, abs=0.002)  # nothing pending
+    # A block freed 9 ms late: waited past the fall, then the quiet spell after it.
+    assert _awaited(lambda t: (500 if t < 0.009 else 320) * mib) == pytest.approx(0.029, abs=0.003)
+    # Two blocks, one per device, 15 ms apart: both awaited.
+    two = _awaited(lambda t: (500 if t < 0.009 else 410 if t < 0.024 else 320) * mib)
+    assert two == pytest.approx(0.044, abs=0.003)
+    # Small allocations come and go meanwhile: they are not freed blocks.
+    assert _awaited(lambda t: 500 * mib - int(t * 1e6) % 4096) == pytest.approx(0.02, abs=0.002)
+    # Something keeps freeing: the limit ends the wait.
+    assert _awaited(lambda t: int((1 - t) * 1000) * mib) == pytest.approx(0.25, abs=0.002)
+    assert _awaited(lambda t: None) == 0.0  # no allocator count: no wait
+
+
+# A 256 MB block freed by another thread 10 ms after this one "has its result", as XLA's worker
+# frees a train step's temporary block after the step's outputs are ready; the free memory is
+# returned at once or after `await_freed_blocks`. RSS at each point (MB) and the allocated counts.
+_LATE_FREE = """
+import ctypes, json, sys, threading, time
+from jaxtrader import runtime
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+out = {"tcmalloc": runtime.tcmalloc_active()}
+for name, wait in (("at_once", False), ("awaited", True)):
+    before = runtime.allocated_bytes()
+    block = libc.malloc(256_000_000)
+    ctypes.memset(block, 1, 256_000_000)
+    held = runtime.allocated_bytes()
+    worker = threading.Timer(0.01, libc.free, args=(block,))
+    worker.start()
+    waited = runtime.await_freed_blocks() if wait else 0.0
+    runtime.release_free_memory()
+    worker.join()
+    time.sleep(0.05)
+    out[name] = {"rss": runtime.resident_bytes() / 1e6, "waited": waited,
+                 "held": (held - before) / 1e6, "after": (runtime.allocated_bytes() - before) / 1e6}
+    runtime.release_free_memory()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tcmalloc is preloaded on Linux")
+def test_on_tcmalloc_a_block_freed_late_is_returned_only_when_awaited() -> None:
+    got = _run_json(_LATE_FREE, tcmalloc=True)
+    assert got["tcmalloc"], got
+    at_once, awaited = got["at_once"], got["awaited"]
+    assert at_once["held"] > 250 and abs(at_once["after"]) < 20, got  # the count sees the block
+    # Returned before the free: the block's pages stay resident as tcmalloc's free pages.
+    assert awaited["rss"] < at_once["rss"] - 200, got
+    assert 0.01 <= awaited["waited"] < 0.1, got
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallinfo2 is Linux's")
+def test_on_glibc_the_allocated_count_sees_a_block_come_and_go() -> None:
+    got = _run_json(_LATE_FREE, tcmalloc=False)
+    assert not got["tcmalloc"], got
+    assert got["awaited"]["held"] > 250 and abs(got["awaited"]["after"]) < 20, got
+    assert 0.01 <= got["awaited"]["waited"] < 0.1, got
