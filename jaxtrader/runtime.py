@@ -10,6 +10,7 @@ keeps. JAX is imported only by `enable_compilation_cache`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import sys
@@ -522,6 +523,13 @@ def prepare_seed_training(k: int, devices: int | None = None) -> int:
 def allocated_bytes() -> int | None:
     """Bytes the program holds from malloc now: tcmalloc's count where it allocates, else glibc's
     (`mallinfo2`: in the heap plus mapped); None where neither answers."""
+    reader = _allocated_reader()
+    return None if reader is None else reader()
+
+
+@functools.cache
+def _allocated_reader() -> Callable[[], int] | None:
+    # Looked up once: `await_freed_blocks` polls every millisecond.
     import ctypes
 
     try:
@@ -530,12 +538,16 @@ def allocated_bytes() -> int | None:
         return None
     if tcmalloc_active():
         prop = getattr(libc, "MallocExtension_GetNumericProperty", None)
-        if prop is not None:
-            prop.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_size_t)]
-            value = ctypes.c_size_t(0)
-            if prop(b"generic.current_allocated_bytes", ctypes.byref(value)):
-                return int(value.value)
-        return None
+        if prop is None:
+            return None
+        prop.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_size_t)]
+        value = ctypes.c_size_t(0)
+
+        def tcmalloc_count() -> int:
+            prop(b"generic.current_allocated_bytes", ctypes.byref(value))
+            return int(value.value)
+
+        return tcmalloc_count
     mallinfo2 = getattr(libc, "mallinfo2", None)  # glibc >= 2.33
     if mallinfo2 is None:
         return None
@@ -546,8 +558,12 @@ def allocated_bytes() -> int | None:
             "fordblks", "keepcost")]  # fmt: skip
 
     mallinfo2.restype = _Mallinfo2
-    info = mallinfo2()
-    return int(info.uordblks + info.hblkhd)
+
+    def glibc_count() -> int:
+        info = mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    return glibc_count
 
 
 # `await_freed_blocks`: a fall of this many bytes counts as a block freed.
