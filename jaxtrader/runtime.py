@@ -479,10 +479,10 @@ def reuse_in_train_loop() -> Iterator[LoopHeap]:
     blocks (returned after its dispatch instead, one cold ETH 1h LSTM walk-forward sampled
     1,215 MiB there for a second, 982 MiB after; docs/decisions.md). On exit: glibc's mmap
     settings back, the last step's blocks awaited (`await_freed_blocks`: XLA frees them a few ms
-    after the result arrives) and the heap's free pages returned. On tcmalloc only the returns happen (on
-    entry, on growth, on exit): it reuses freed blocks without glibc's settings. A no-op (an
-    inactive `LoopHeap`) unless `prepare_seed_training` split the seeds over devices (every other
-    command keeps mmap off throughout)."""
+    after the result arrives) and the heap's free pages returned. On tcmalloc only the returns
+    happen (on entry, on growth, on exit): it reuses freed blocks without glibc's settings. A
+    no-op (an inactive `LoopHeap`) unless `prepare_seed_training` split the seeds over devices
+    (every other command keeps mmap off throughout)."""
     if not _reuse_in_train_loops:
         yield LoopHeap(active=False)
         return
