@@ -113,8 +113,8 @@ def restart_environment(environ: dict[str, str] | None = None) -> dict[str, str]
     glibc either maps it fresh at every step, the kernel zeroing every page, or keeps it in a heap
     that small allocations fragment until the resident size climbs (`LoopHeap`); tcmalloc keeps
     freed spans for reuse without either. On the AVX2 machine, embedded market, LSTM walk-forward
-    with the defaults: 7 min 40 s against 10 min 42 s, system time 17 s against 156 s, the same
-    predictions to the bit (docs/decisions.md)."""
+    with the defaults: 7 min 40-56 s against 9 min 41 s to 10 min 42 s (three runs), system time
+    17-20 s against 117-156 s, the same predictions to the bit (docs/decisions.md)."""
     env = dict(os.environ if environ is None else environ)
     preload = env.get("LD_PRELOAD", "")
     if _TCMALLOC_MARK in preload:
@@ -136,8 +136,8 @@ def tcmalloc_advice(environ: dict[str, str] | None = None) -> str | None:
     """One line for a user of `walkforward` or `study` whose run stays on glibc only because
     tcmalloc is not installed; None when it runs on tcmalloc, glibc was chosen
     ($JAXTRADER_MALLOC=glibc), or this is not Linux. Why say it: on the AVX2 machine the same
-    walk-forwards took 15-27% less wall time on tcmalloc (docs/decisions.md), and the embedded LSTM
-    run met its 10-minute promise only there."""
+    walk-forwards took 15-27% less wall time on tcmalloc (docs/decisions.md), and on glibc the
+    embedded LSTM run kept its 10-minute promise by 18 s in two runs and missed it in a third."""
     env = os.environ if environ is None else environ
     if not sys.platform.startswith("linux") or tcmalloc_active():
         return None
