@@ -52,6 +52,11 @@ def proba_up(model: Any, params: Any, seq_BxWx5: Any, feats_BxF: Any) -> jax.Arr
     Predictor of the same architecture and shapes reuses one compiled program.
     """
     logits_Bx2 = model.apply({"params": params}, seq_BxWx5, feats_BxF, deterministic=True)
+    return up_probability(logits_Bx2)
+
+
+def up_probability(logits_Bx2: jax.Array) -> jax.Array:
+    """P(up)[B] from a classifier's (down, up) logits."""
     return jax.nn.softmax(logits_Bx2.astype(jnp.float32), axis=-1)[:, 1]
 
 

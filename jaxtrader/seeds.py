@@ -39,6 +39,7 @@ from flax import linen as nn
 from jaxtrader import runtime, train
 from jaxtrader.config import TrainConfig
 from jaxtrader.errors import DeepLearningError
+from jaxtrader.inference import up_probability
 from jaxtrader.logs import get_logger, log_event
 from jaxtrader.timeouts import Deadline
 
@@ -124,9 +125,17 @@ def _seeds_train_step(
     return kept, metrics
 
 
-def _seeds_eval_step(states: train.TrainState, batch: train.Batch) -> train.Metrics:
-    """`train._eval_step` of every seed on one shared batch: each sum becomes f32[K]."""
-    return jax.vmap(train._eval_step, in_axes=(0, None))(states, batch)
+def _seeds_eval_step(
+    states: train.TrainState, batch: train.Batch
+) -> tuple[train.Metrics, jax.Array]:
+    """`train._eval_step` of every seed on one shared batch (each sum becomes f32[K]), and every
+    seed's P(up) of every row of the batch, f32[K, B]."""
+
+    def one(state: train.TrainState, batch: train.Batch) -> tuple[train.Metrics, jax.Array]:
+        sums, logits_Bx2 = train.eval_with_logits(state, batch)
+        return sums, up_probability(logits_Bx2)
+
+    return jax.vmap(one, in_axes=(0, None))(states, batch)
 
 
 # Jitted once at module level like train.train_step: equal models/optimizers reuse one program.
@@ -137,12 +146,18 @@ seeds_eval_step = jax.jit(_seeds_eval_step)
 def evaluate_seeds(
     states: train.TrainState, dataset: train.BatchSource, split: str, batch_size: int
 ) -> dict[str, np.ndarray]:
-    """Per seed: masked loss, accuracy (float64[K]) and the split's majority rate and count."""
-    pending = [seeds_eval_step(states, batch) for batch in dataset.eval_batches(split, batch_size)]
+    """Per seed: masked loss, accuracy (float64[K]), the split's majority rate and count, and
+    `prob_up` (float32[K, N]: each seed's P(up) of the split's N rows, in row order)."""
+    pending, masks = [], []
+    for batch in dataset.eval_batches(split, batch_size):
+        pending.append(seeds_eval_step(states, batch))
+        masks.append(np.asarray(batch["mask"], bool))
     totals: dict[str, np.ndarray] = {}
-    for m in jax.device_get(pending):
+    probs: list[np.ndarray] = []
+    for mask_B, (m, p_KxB) in zip(masks, jax.device_get(pending), strict=True):
         for k, v in m.items():
             totals[k] = totals.get(k, 0.0) + np.asarray(v, dtype=np.float64)
+        probs.append(np.asarray(p_KxB, np.float32)[:, mask_B])
     count = float(totals["count"][0]) if totals else 0.0
     if count == 0:
         raise DeepLearningError(f"the {split} split has no labeled windows; use more data")
@@ -152,6 +167,7 @@ def evaluate_seeds(
         "accuracy": totals["correct"] / count,
         "majority_rate": np.asarray(max(up_rate, 1.0 - up_rate)),
         "count": np.asarray(count),
+        "prob_up": np.concatenate(probs, axis=1),
     }
 
 
@@ -172,6 +188,9 @@ class SeedsFitResult:
     best_val_losses: list[float]
     best_val_accs: list[float]
     val_majority_rate: float
+    # Each seed's P(up) of the val rows under the returned params, from the validation pass that
+    # chose them (so no second forward pass over val is needed), float32[K, N].
+    val_prob_up_KxN: np.ndarray
     stopped_reason: train.StopReason
     seed_stopped_epochs: list[int]
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -245,6 +264,8 @@ def fit_seeds(
     stopped_epoch = np.zeros(k, dtype=np.int64)
     bad_epochs = np.zeros(k, dtype=np.int64)
     best_params: Any = None
+    best_val_prob: np.ndarray | None = None
+    last_val_prob = np.zeros((k, 0), np.float32)
     history: list[dict[str, Any]] = []
     stopped: train.StopReason = "max_epochs"
     majority = math.nan
@@ -303,16 +324,17 @@ def fit_seeds(
         train_seconds += time.perf_counter() - t_epoch
         val = evaluate_seeds(states, dataset, "val", cfg.eval_batch_size)
         majority = float(val["majority_rate"])
+        last_val_prob = val["prob_up"]
         improved = active & (val["loss"] < best_loss)
         if improved.any():
             current = _host_copy(states.params)
             if best_params is None:
-                best_params = current
+                best_params, best_val_prob = current, val["prob_up"]
             else:
-                best_params = jax.tree.map(
+                best_params, best_val_prob = jax.tree.map(
                     lambda b, c, m=improved: np.where(_leading_mask(m, c), c, b),
-                    best_params,
-                    current,
+                    (best_params, best_val_prob),
+                    (current, val["prob_up"]),
                 )
         best_loss = np.where(improved, val["loss"], best_loss)
         best_acc = np.where(improved, val["accuracy"], best_acc)
@@ -365,6 +387,8 @@ def fit_seeds(
         best_val_losses=[float(x) for x in best_loss],
         best_val_accs=[float(x) for x in best_acc],
         val_majority_rate=majority,
+        # Without any improvement the last params stay, and so do the last pass's predictions.
+        val_prob_up_KxN=last_val_prob if best_val_prob is None else best_val_prob,
         stopped_reason=stopped,
         seed_stopped_epochs=[int(e) for e in stopped_epoch],
         history=history,

@@ -213,6 +213,12 @@ def _train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainS
 
 
 def _eval_step(state: TrainState, batch: Batch) -> Metrics:
+    return eval_with_logits(state, batch)[0]
+
+
+def eval_with_logits(state: TrainState, batch: Batch) -> tuple[Metrics, jax.Array]:
+    """`_eval_step`'s masked sums and the logits (Bx2) they came from, so that a caller that also
+    needs the predictions (`seeds.evaluate_seeds`) runs the forward pass once."""
     labels_B = batch["label"].astype(jnp.int32)
     mask_B = batch["mask"] if "mask" in batch else jnp.ones(labels_B.shape, bool)
     logits_Bx2 = state.apply_fn({"params": state.params}, batch["seq"], batch["feats"])
@@ -220,13 +226,14 @@ def _eval_step(state: TrainState, batch: Batch) -> Metrics:
     safe_labels_B = jnp.clip(labels_B, 0, 1)
     wce_B, w_B = _weighted_ce(logits_Bx2, safe_labels_B, state.class_weights)
     m = mask_B.astype(jnp.float32)
-    return {
+    sums = {
         "loss_sum": jnp.sum(wce_B * m),
         "weight_sum": jnp.sum(w_B * m),
         "correct": jnp.sum((jnp.argmax(logits_Bx2, -1) == labels_B) * m),
         "count": jnp.sum(m),
         "up": jnp.sum((labels_B == 1) * m),
     }
+    return sums, logits_Bx2
 
 
 # Jitted once here: every call with the same model/optimizer and batch shapes reuses one program.

@@ -16,6 +16,7 @@ from jaxtrader import seeds, train
 from jaxtrader.config import DatasetConfig, TrainConfig
 from jaxtrader.data import synth_candles
 from jaxtrader.dataset import Dataset, build_dataset
+from jaxtrader.inference import seed_proba_up
 from jaxtrader.models import build_model, with_defaults
 
 K = 3
@@ -94,3 +95,19 @@ def test_per_seed_early_stopping_keeps_each_seeds_best_epoch(data: Dataset) -> N
     again = seeds.evaluate_seeds(result.state, data, "val", cfg.eval_batch_size)
     np.testing.assert_allclose(again["loss"], result.best_val_losses, rtol=1e-5)
     assert result.samples > 0 and result.samples_per_s > 0
+    # The val predictions kept from each seed's best epoch (earlier than its last for the seeds
+    # that stopped early) are what its restored params predict: walkforward selects its policy
+    # on them instead of predicting val again.
+    model = build_model(MODEL)
+    predicted = np.concatenate(
+        [
+            np.asarray(seed_proba_up(model, result.state.params, b["seq"], b["feats"]))[
+                :, b["mask"]
+            ]
+            for b in data.eval_batches("val", cfg.eval_batch_size)
+        ],
+        axis=1,
+    )
+    chex.assert_shape(result.val_prob_up_KxN, (K, data.size("val")))
+    np.testing.assert_allclose(result.val_prob_up_KxN, predicted, atol=1e-6)
+    np.testing.assert_allclose(again["prob_up"], predicted, atol=1e-6)
