@@ -137,7 +137,8 @@ def tcmalloc_advice(environ: dict[str, str] | None = None) -> str | None:
     tcmalloc is not installed; None when it runs on tcmalloc, glibc was chosen
     ($JAXTRADER_MALLOC=glibc), or this is not Linux. Why say it: on the AVX2 machine the same
     walk-forwards took 15-27% less wall time on tcmalloc (docs/decisions.md), and on glibc the
-    embedded LSTM run kept its 10-minute promise by 18 s in two runs and missed it in a third."""
+    embedded LSTM run kept its 10-minute promise with 18-86 s to spare in three runs and missed it
+    by 42 s in a fourth."""
     env = os.environ if environ is None else environ
     if not sys.platform.startswith("linux") or tcmalloc_active():
         return None
