@@ -19,6 +19,7 @@ from jaxtrader.errors import ConfigError
 from jaxtrader.models.archs import DEFAULT_ARCH, LSTMConfig, TransformerConfig
 
 GapPolicy = Literal["fill", "drop", "error"]
+SEQ_LEN_RANGE = (50, 200)  # window lengths in candles that `dataset.seq_len` may take
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from jaxtrader.config import SEQ_LEN_RANGE
 from jaxtrader.errors import ConfigError, DataError
 
 RAW_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
@@ -24,7 +25,6 @@ NUM_RAW = len(RAW_COLUMNS)
 CLOSE = 3
 VOLUME = 4
 VOLUME_EPS = 1e-6
-SEQ_LEN_RANGE = (50, 200)
 
 
 def check_seq_len(seq_len: int) -> None:

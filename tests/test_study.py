@@ -104,3 +104,33 @@ def test_a_failing_cell_is_reported_and_the_others_complete(
     assert [r["market"] for r in board["rows"]] == ["AAA/USD"]
     assert [f["market"] for f in board["failed"]] == ["ccc_usd_1h"] and board["failed"][0]["error"]
     assert "ccc_usd_1h/lstm/h2" in (tmp_path / "study" / "leaderboard.md").read_text()
+
+
+def test_a_setting_every_cell_shares_fails_once_before_any_cell(tmp_path: Path) -> None:
+    """A config file's out-of-range seq_len is one ConfigError before the study directory exists,
+    not a failed cell per market behind a "rerun with --resume" that cannot help."""
+    import dataclasses
+
+    from test_walkforward import CFG, WF
+
+    from jaxtrader.errors import ConfigError
+    from jaxtrader.study import StudyIncomplete, run_study, study_cells
+
+    bad = dataclasses.replace(CFG, dataset=dataclasses.replace(CFG.dataset, seq_len=16))
+    cells = study_cells([None], ["lstm", "transformer"], [2])
+    with pytest.raises(ConfigError, match="seq_len=16") as caught:
+        run_study(bad, WF, cells, out=tmp_path / "study")
+    assert not isinstance(caught.value, StudyIncomplete)
+    assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "walkforward", "study"])
+def test_seq_len_flag_out_of_range_is_refused_by_the_parser(command: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxtrader", command, "--seq-len", "16"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "'--seq-len': 16 is not in the range 50<=x<=200" in proc.stderr

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from jaxtrader.config import SEQ_LEN_RANGE
 from jaxtrader.models.archs import ARCH_NAMES
 
 if TYPE_CHECKING:
@@ -309,7 +310,7 @@ def batch_window_options(fn: F) -> F:
             "--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size."
         ),
         click.option(
-            "--seq-len", type=click.IntRange(min=2), default=None, help="Window length W."
+            "--seq-len", type=click.IntRange(*SEQ_LEN_RANGE), default=None, help="Window length W."
         ),
         click.option(
             "--horizon", type=click.IntRange(min=1), default=None, help="Label horizon in candles."
