@@ -104,17 +104,23 @@ def without_tcmalloc(preload: str) -> str:
     return ":".join(p for p in preload.split(":") if p and _TCMALLOC_MARK not in p)
 
 
-def restart_environment(environ: dict[str, str] | None = None) -> dict[str, str] | None:
-    """The environment `walkforward` and `study` restart themselves with (`cli.main`), None when
-    there is nothing to change: tcmalloc preloaded where it is installed ($JAXTRADER_MALLOC
-    auto or tcmalloc), else glibc's huge-page tunable (`huge_page_environment`).
+def restart_environment(
+    environ: dict[str, str] | None = None, *, huge_pages: bool = True
+) -> dict[str, str] | None:
+    """The environment `walkforward`, `study` and `train` restart themselves with (`cli.main`),
+    None when there is nothing to change: tcmalloc preloaded where it is installed
+    ($JAXTRADER_MALLOC auto or tcmalloc), else (with `huge_pages`) glibc's huge-page tunable
+    (`huge_page_environment`), which only the seed commands' train loops use.
 
     Why tcmalloc: XLA frees and re-allocates each step's ~180 MB temporary block per device.
     glibc either maps it fresh at every step, the kernel zeroing every page, or keeps it in a heap
     that small allocations fragment until the resident size climbs (`LoopHeap`); tcmalloc keeps
     freed spans for reuse without either. On the AVX2 machine, embedded market, LSTM walk-forward
     with the defaults: 7 min 40-56 s against 9 min 41 s to 10 min 42 s (three runs), system time
-    17-20 s against 117-156 s, the same predictions to the bit (docs/decisions.md)."""
+    17-20 s against 117-156 s, the same predictions to the bit (docs/decisions.md). `train`, one
+    model on the fully tuned glibc heap, on BTC/USDT 1h with a 5-minute limit on the Intel Xeon:
+    Transformer peak RSS 846 MB against 1,116 MB, 145 s of training against 165-184 s, the same
+    losses to the bit."""
     env = dict(os.environ if environ is None else environ)
     preload = env.get("LD_PRELOAD", "")
     if _TCMALLOC_MARK in preload:
@@ -127,7 +133,7 @@ def restart_environment(environ: dict[str, str] | None = None) -> dict[str, str]
         return None
     library = tcmalloc_library() if choice != "glibc" else None
     if library is None:
-        return huge_page_environment(env)
+        return huge_page_environment(env) if huge_pages else None
     env["LD_PRELOAD"] = ":".join(p for p in (preload, library) if p)
     return env
 

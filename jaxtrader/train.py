@@ -352,6 +352,7 @@ def fit(
     on_epoch: Callable[[int, TrainState, dict[str, float]], None] | None = None,
     metrics_path: str | os.PathLike[str] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    after_first_step: Callable[[], None] | None = None,
 ) -> FitResult:
     """Trains `state` on `dataset` per `cfg`; deterministic given `key` (shuffles and dropout).
 
@@ -359,7 +360,8 @@ def fit(
     the current one, not the best). `should_stop()` is polled after every step and after each
     epoch, like the wall-clock limit: once it returns True the current (possibly partial) epoch is
     validated and passed to `on_epoch`, and fit returns with stopped_reason "interrupted".
-    Raises DeepLearningError on a non-finite loss.
+    `after_first_step()` runs once, when the first step's result has arrived (the train step is
+    compiled by then). Raises DeepLearningError on a non-finite loss.
     """
     deadline = Deadline(None if cfg.max_minutes is None else cfg.max_minutes * 60.0)
 
@@ -393,6 +395,7 @@ def fit(
     best: dict[str, Any] = {"loss": math.inf, "epoch": 0, "acc": math.nan, "params": None}
     stopped: StopReason = "max_epochs"
     bad_epochs, step = 0, int(state.step)
+    first_step_done = False
     majority = math.nan
     t_fit = time.perf_counter()
     try:
@@ -412,6 +415,9 @@ def fit(
                 # batch while the device still computes this one; the NaN check stays exact.
                 if pending is not None:
                     meter.add(*pending)
+                    if after_first_step is not None and not first_step_done:
+                        after_first_step()
+                    first_step_done = True
                 pending = (step, metrics)
                 if (reason := stop_reason()) is not None:
                     stopped = reason

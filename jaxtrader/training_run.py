@@ -140,7 +140,7 @@ def run_training(
     from jaxtrader.dataset import build_dataset
     from jaxtrader.logs import get_logger, log_event
     from jaxtrader.models import build_model
-    from jaxtrader.runtime import enable_compilation_cache, release_free_memory
+    from jaxtrader.runtime import enable_compilation_cache, release_free_memory, tcmalloc_active
     from jaxtrader.tensorboard_log import EpochWriter
     from jaxtrader.train import create_train_state, fit, steps_per_epoch
 
@@ -157,7 +157,14 @@ def run_training(
     state = create_train_state(model, cfg.train, init_key, sample, epoch_steps * cfg.train.epochs)
 
     version, vdir = ckpt.new_version_dir(cfg.train.ckpt_dir, candles.symbol, cfg.model.arch)
-    log_event(logger, "train_start", path=str(vdir), arch=cfg.model.arch, symbol=candles.symbol)
+    log_event(
+        logger,
+        "train_start",
+        path=str(vdir),
+        arch=cfg.model.arch,
+        symbol=candles.symbol,
+        allocator="tcmalloc" if tcmalloc_active() else "glibc",  # cli.main's restart
+    )
     manager = ckpt.make_manager(vdir, max_to_keep=cfg.train.max_to_keep)
     history: list[dict[str, Any]] = []
     tensorboard = EpochWriter(vdir)  # event files beside the steps: `tensorboard --logdir ckpt`
@@ -190,6 +197,10 @@ def run_training(
                 saved,
                 metrics_path=vdir / ckpt.METRICS_FILE,
                 should_stop=stop,
+                # The compiler's freed memory would otherwise sit in the heap all through epoch 1
+                # (tune_malloc keeps freed memory): peak RSS 1,077-1,169 -> 971 MB cold and
+                # 899 -> 808 MB with the compile cache warm (Transformer, embedded market).
+                after_first_step=release_free_memory,
             )
             best_epoch, stopped = result.best_epoch, str(result.stopped_reason)
         except KeyboardInterrupt:

@@ -429,8 +429,14 @@ def test_restart_environment_preloads_tcmalloc_where_installed_else_asks_for_hug
     assert runtime.restart_environment(glibc) == {**glibc, "HUGE": "1"}
     # A wrong value restarts nothing; the command itself stops with one line.
     assert runtime.restart_environment({runtime.MALLOC_VAR: "jemalloc"}) is None
+    # `train` (huge_pages=False) restarts only onto tcmalloc: its one model keeps the tuned heap.
+    assert runtime.restart_environment({}, huge_pages=False) == {
+        "LD_PRELOAD": "libtcmalloc_minimal.so.4"
+    }
+    assert runtime.restart_environment(glibc, huge_pages=False) is None
     monkeypatch.setattr(runtime, "tcmalloc_library", lambda: None)
     assert runtime.restart_environment({}) == {"HUGE": "1"}
+    assert runtime.restart_environment({}, huge_pages=False) is None
 
 
 @pytest.mark.skipif(

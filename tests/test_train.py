@@ -261,6 +261,33 @@ def test_should_stop_between_epochs_keeps_the_whole_epoch(planted_data: ArrayDat
     assert [h["steps"] for h in result.history] == [n, n] and result.steps == 2 * n
 
 
+def test_after_first_step_runs_once_when_the_first_result_is_in(
+    planted_data: ArrayDataset,
+) -> None:
+    """The train CLI returns the compiler's freed memory there (training_run); once per fit."""
+    polls: list[int] = []
+    calls: list[tuple[int, int]] = []  # (stop polls so far, epochs done so far)
+    epochs_done: list[int] = []
+
+    def poll() -> bool:  # polled once after every step is dispatched
+        polls.append(1)
+        return False
+
+    result = train.fit(
+        _state("lstm"),
+        planted_data,
+        dataclasses.replace(CFG, epochs=2, patience=5),
+        jax.random.key(0),
+        lambda e, s, m: epochs_done.append(e),
+        None,
+        poll,
+        after_first_step=lambda: calls.append((len(polls), len(epochs_done))),
+    )
+    assert result.epochs_run == 2 and result.steps > 2
+    # Step 1's metrics are fetched after step 2 is dispatched, i.e. after the first poll.
+    assert calls == [(1, 0)]
+
+
 class PoisonedDataset(ArrayDataset):
     """Training batch number `bad` (1-based) carries a NaN."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -101,7 +102,15 @@ def test_train_twice_then_list(workdir: Path) -> None:
         text=True,
     )
     # Epoch 2's event means epoch 1's checkpoint was already queued.
-    read_events(proc, "epoch", epoch=2)
+    events = read_events(proc, "epoch", epoch=2)
+    # cli.main restarted `train` on tcmalloc where it is installed (else it stays on glibc).
+    from jaxtrader import runtime
+
+    preload = (runtime.restart_environment(huge_pages=False) or dict(os.environ)).get(
+        "LD_PRELOAD", ""
+    )
+    start = next(e for e in events if e["event"] == "train_start")
+    assert start["allocator"] == ("tcmalloc" if "libtcmalloc" in preload else "glibc"), start
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
@@ -257,6 +266,16 @@ def test_bad_flags_exit_2(workdir: Path, flags: list[str], message: str) -> None
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_wrong_allocator_choice_is_one_line(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("JAXTRADER_MALLOC", "jemalloc")
+    assert main_exit(["train", "--arch", "lstm"], workdir, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: JAXTRADER_MALLOC='jemalloc' is not one")
+    assert not (workdir / "ckpt").exists()
 
 
 def test_bad_config_value_is_one_line(

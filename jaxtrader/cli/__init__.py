@@ -24,6 +24,8 @@ from jaxtrader.errors import JaxTraderError
 # Commands that train K seeds in one step: `main` restarts them on tcmalloc where it is installed,
 # else with huge pages; on glibc, mmap stays on outside their train loops (prepare_seed_training).
 SEED_STACKING_COMMANDS = frozenset({"walkforward", "study"})
+# Commands `main` restarts on tcmalloc where it is installed (runtime.restart_environment).
+TCMALLOC_COMMANDS = SEED_STACKING_COMMANDS | {"train"}
 # The group's options that take a value, to find the command name in argv before click parses it.
 _GROUP_VALUE_OPTIONS = frozenset({"--log-format", "--config"})
 
@@ -118,17 +120,18 @@ def _command_name(args: list[str]) -> str | None:
     return None
 
 
-def _restart_for_seed_commands(args: list[str]) -> None:
-    """Restarts this process for `walkforward` and `study` with tcmalloc preloaded where it is
-    installed, else with glibc's huge-page tunable; both are read only at process start
-    (`runtime.restart_environment`). Returns when there is nothing to change. Only from `main`
-    (a real process, argv from the command line): never from the click group, which tests also
-    invoke inside their own process."""
-    if _command_name(args) not in SEED_STACKING_COMMANDS or {"-h", "--help"} & set(args):
+def _restart_on_tcmalloc(args: list[str]) -> None:
+    """Restarts this process for `walkforward`, `study` and `train` with tcmalloc preloaded where
+    it is installed; else the seed commands restart with glibc's huge-page tunable. Both are read
+    only at process start (`runtime.restart_environment`). Returns when there is nothing to
+    change. Only from `main` (a real process, argv from the command line): never from the click
+    group, which tests also invoke inside their own process."""
+    command = _command_name(args)
+    if command not in TCMALLOC_COMMANDS or {"-h", "--help"} & set(args):
         return
     from jaxtrader.runtime import restart_environment
 
-    env = restart_environment()
+    env = restart_environment(huge_pages=command in SEED_STACKING_COMMANDS)
     if env is not None:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point with one-line errors and stable exit codes."""
     args = sys.argv[1:] if argv is None else argv
     if argv is None:
-        _restart_for_seed_commands(args)
+        _restart_on_tcmalloc(args)
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="jaxtrader", standalone_mode=False)

@@ -122,9 +122,11 @@ def train(
             **data_overrides(**data_flags),
         }
     )
+    from jaxtrader.runtime import malloc_choice
     from jaxtrader.training_run import TrainingInterrupted, run_training
 
     check_arch(cfg.model.arch)
+    malloc_choice()  # a wrong $JAXTRADER_MALLOC (main's restart skipped it) is one line here
     try:
         summary = run_training(cfg).summary
     except TrainingInterrupted as e:
