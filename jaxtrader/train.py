@@ -415,9 +415,10 @@ def fit(
                 # batch while the device still computes this one; the NaN check stays exact.
                 if pending is not None:
                     meter.add(*pending)
-                    if after_first_step is not None and not first_step_done:
-                        after_first_step()
-                    first_step_done = True
+                    if not first_step_done:
+                        first_step_done = True
+                        if after_first_step is not None:
+                            after_first_step()
                 pending = (step, metrics)
                 if (reason := stop_reason()) is not None:
                     stopped = reason
