@@ -119,8 +119,8 @@ def restart_environment(
     with the defaults: 7 min 40-56 s against 9 min 41 s to 10 min 42 s (three runs), system time
     17-20 s against 117-156 s, the same predictions to the bit (docs/decisions.md). `train`, one
     model on the fully tuned glibc heap, on BTC/USDT 1h with a 5-minute limit on the Intel Xeon:
-    Transformer peak RSS 846 MB against 1,116 MB, 145 s of training against 165-184 s, the same
-    losses to the bit."""
+    Transformer peak RSS 846 MB against 1,116-1,270 MB, 145 s of training against 165-184 s, the
+    same losses to the bit."""
     env = dict(os.environ if environ is None else environ)
     preload = env.get("LD_PRELOAD", "")
     if _TCMALLOC_MARK in preload:
