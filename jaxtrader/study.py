@@ -229,10 +229,9 @@ def run_study(
     cells = list(cells)
     if out is None and resume:
         raise ConfigError("--resume needs the study directory: --resume DIR")
-    for cell in cells:
-        # A setting every cell shares (e.g. a config file's seq_len) fails once, before any cell
-        # runs, instead of failing each cell in turn behind a "rerun with --resume" that cannot help.
-        check_seq_len(cell_config(base, cell).dataset.seq_len)
+    # Every cell shares the window length (cell_config sets only arch and horizon): a bad one
+    # fails once, here, not in each cell in turn behind a "rerun with --resume" that cannot help.
+    check_seq_len(base.dataset.seq_len)
     out_dir = Path(out) if out is not None else new_study_dir()
     _open_study(out_dir, _study_doc(cells, wf, base), resume)
     rows: list[dict[str, Any]] = []
