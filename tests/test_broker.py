@@ -15,7 +15,7 @@ TS = pd.Timestamp("2024-01-01T01:00:00Z")
 def test_full_long_entry_spends_all_cash_including_fee() -> None:
     broker = PaperBroker(TradeRules(fee_bps=10.0, slippage_bps=5.0))
     pf = Portfolio(cash=10_000.0)
-    fill = broker.fill(pf, Order(1, TS - pd.Timedelta("1h"), 1.0, "signal"), TS, 200.0)
+    fill = broker.fill(pf, Order(1, TS - pd.Timedelta(1, unit="h"), 1.0, "signal"), TS, 200.0)
     assert fill is not None
     price = 200.0 * 1.0005
     units = 10_000.0 / (price * 1.001)

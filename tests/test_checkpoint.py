@@ -328,6 +328,21 @@ def test_build_manifest_is_complete(tmp_path: Path) -> None:
         np.asarray(d["scaler"]["median"]), np.asarray(ds.scaler.to_dict()["median"])
     )
     assert d["splits"] == json.loads(json.dumps(ds.splits.to_dict()))
+    assert ckpt.Manifest.from_dict(d).candle_interval() == candles.interval
+
+
+@pytest.mark.parametrize(
+    ("text", "hours"), [("0 days 01:00:00", 1.0), ("0 days 00:05:00", 5 / 60), ("7 days", 168.0)]
+)
+def test_candle_interval_reads_the_stored_text(text: str, hours: float) -> None:
+    m = _manifest(1, 0.5, data={"interval": text})
+    assert m.candle_interval().total_seconds() == pytest.approx(hours * 3600)
+
+
+@pytest.mark.parametrize("text", ["an hour", "", "-1 days +23:00:00", "0 days"])
+def test_candle_interval_that_is_not_a_positive_span_is_a_checkpoint_error(text: str) -> None:
+    with pytest.raises(CheckpointError, match=r"data\.interval .* retrain"):
+        _manifest(1, 0.5, data={"interval": text}).candle_interval()
 
 
 def test_check_data_compares_file_hashes_or_the_synthetic_source(tmp_path: Path) -> None:

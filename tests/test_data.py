@@ -63,7 +63,7 @@ def assert_expected(candles: Candles) -> None:
     assert f["filled"].dtype == bool and not f["filled"].any()
     assert list(f.index.strftime("%Y-%m-%dT%H:%M:%SZ")) == [r[0] for r in ROWS]
     chex.assert_trees_all_close(f.iloc[:, :5].to_numpy(), np.array([r[1:] for r in ROWS]))
-    assert candles.interval == pd.Timedelta("1h")
+    assert candles.interval == pd.Timedelta(1, unit="h")
 
 
 @pytest.fixture
@@ -217,10 +217,10 @@ def test_symbol_flag_wins(tmp_path: Path) -> None:
 
 
 def test_small_helpers(tmp_path: Path) -> None:
-    assert parse_interval("1h") == pd.Timedelta(hours=1)
-    assert parse_interval("15min") == parse_interval("15m") == pd.Timedelta(minutes=15)
-    assert parse_interval("1d") == pd.Timedelta(days=1)
-    assert parse_interval("1w") == pd.Timedelta(days=7)
+    assert parse_interval("1h") == pd.Timedelta(1, unit="h")
+    assert parse_interval("15min") == parse_interval("15m") == pd.Timedelta(15, unit="min")
+    assert parse_interval("1d") == pd.Timedelta(1, unit="D")
+    assert parse_interval("1w") == pd.Timedelta(7, unit="D")
     for bad in ("1M", "h", "0h", "1 fortnight"):
         with pytest.raises(DataError, match=r"invalid interval .*e\.g\. 1h"):
             parse_interval(bad)
@@ -367,7 +367,7 @@ def test_duplicates_error_or_dedupe_keeps_last(
 
 def test_interval_given_must_agree(tmp_path: Path) -> None:
     path = write(tmp_path / "i.csv", canonical())
-    assert load_candles(path, interval="1h").interval == pd.Timedelta("1h")
+    assert load_candles(path, interval="1h").interval == pd.Timedelta(1, unit="h")
     with pytest.raises(
         DataError, match=r"interval 30m disagrees with the data, whose candles are mostly 1h apart"
     ):
@@ -414,7 +414,7 @@ def test_gaps_fill_marks_rows(tmp_path: Path) -> None:
         row = f.loc[f"2024-01-01T{ts}:00Z"]
         assert row[["open", "high", "low", "close"]].tolist() == [prev_close] * 4
         assert row["volume"] == 0.0
-    assert f.index.to_series().diff().dropna().eq(pd.Timedelta("1h")).all()
+    assert f.index.to_series().diff().dropna().eq(pd.Timedelta(1, unit="h")).all()
 
 
 def test_gaps_drop_and_error(tmp_path: Path) -> None:
@@ -470,7 +470,7 @@ def test_shared_eth_1h_and_btc_5m(eth_1h: Path, btc_5m: Path) -> None:
         6,
     )
     btc = load_candles(btc_5m)
-    assert (len(btc), btc.interval, btc.gaps.count) == (61_999, pd.Timedelta("5m"), 0)
+    assert (len(btc), btc.interval, btc.gaps.count) == (61_999, pd.Timedelta(5, unit="min"), 0)
 
 
 def test_load_market_synthetic_and_file(tmp_path: Path) -> None:

@@ -157,7 +157,7 @@ def test_every_json_number_recomputes_from_the_predictions_csv(evaluated: dict[s
     series = bt.simulate(pos, df["asset_return"].to_numpy(), *cost)
     assert np.allclose(series.equity, df["equity"].to_numpy(), rtol=1e-12)
     ts = pd.to_datetime(df["timestamp"], utc=True)
-    span = (ts.iloc[-1] - ts.iloc[0]) / pd.Timedelta(seconds=st["interval_seconds"]) + 1
+    span = (ts.iloc[-1] - ts.iloc[0]) / pd.Timedelta(st["interval_seconds"], unit="s") + 1
     perf = bt.performance(series, st["periods_per_year"], span)
     hold = bt.performance(
         bt.simulate(np.ones(len(df)), df["asset_return"].to_numpy(), *cost),

@@ -17,7 +17,7 @@ from jaxtrader.errors import DataError
 from jaxtrader.trading import feeds
 from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
 
-H = pd.Timedelta("1h")
+H = pd.Timedelta(1, unit="h")
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from jaxtrader.trading.feeds import SIM_CLOCK_ENV, SimClock
 
 pytest.importorskip("ccxt", reason="the live path needs ccxt: pip install -e '.[dev]'")
 
-H = pd.Timedelta("1h")
+H = pd.Timedelta(1, unit="h")
 FIRST_LIVE = 651  # index in the candle file of the first traded candle (503 candles of warm-up)
 N_LIVE = 48  # candles traded
 RETRY_AFTER_S = 4 * 3600  # a 429's Retry-After: the answer after it catches up four candles

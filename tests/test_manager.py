@@ -137,7 +137,7 @@ def test_accounting_matches_a_hand_calculation(tmp_path: Path, market: pd.DataFr
     orders = {r["order_id"]: r for r in m.store.rows("orders", "s")}
     for f in fills:
         decided = pd.Timestamp(orders[f["order_id"]]["decided_ts"])
-        assert pd.Timestamp(f["ts"]) == decided + pd.Timedelta("1h")
+        assert pd.Timestamp(f["ts"]) == decided + pd.Timedelta(1, unit="h")
         assert orders[f["order_id"]]["status"] == "filled"
 
 
@@ -190,7 +190,9 @@ def test_bad_candles_are_skipped_and_gaps_filled(tmp_path: Path, market: pd.Data
     assert m.process(good[0]) is None  # duplicate
     assert m.process(good[1]) is not None
     assert m.process(good[0]) is None  # out of order
-    assert m.process(dataclasses.replace(good[2], ts=good[2].ts + pd.Timedelta("7min"))) is None
+    assert (
+        m.process(dataclasses.replace(good[2], ts=good[2].ts + pd.Timedelta(7, unit="min"))) is None
+    )
     gapped = m.process(good[5])  # good[2..4] missing
     assert gapped is not None and gapped.fallback is not None and gapped.fallback.startswith("gap")
     after = m.process(good[6])
@@ -345,7 +347,7 @@ def test_live_ccxt_path_with_a_fake_exchange(tmp_path: Path, market: pd.DataFram
             stop.set()
         return stop.is_set()
 
-    feed = CcxtFeed("fake", "SYNTH/USD", pd.Timedelta("1h"), exchange=Exchange(),
+    feed = CcxtFeed("fake", "SYNTH/USD", pd.Timedelta(1, unit="h"), exchange=Exchange(),
                     clock=lambda: clock[0], sleep=sleep, stop=stop)  # fmt: skip
     m = make(tmp_path, input_model)
     summary = m.run(feed, stop=stop)

@@ -39,7 +39,7 @@ def test_daily_drawdown_halts_until_next_utc_day() -> None:
     assert (d.target, d.action, d.reason) == (0.0, "exit", "daily_drawdown")
     assert state.halted and events[0].kind == "daily_drawdown"
     # Same day: recovering equity does not lift the halt; entries are blocked.
-    state, _ = risk.start_candle(state, DAY1 + pd.Timedelta("5h"), 990.0)
+    state, _ = risk.start_candle(state, DAY1 + pd.Timedelta(5, unit="h"), 990.0)
     d, state, _ = _decide(cfg, state, equity=990.0)
     assert (d.target, d.action) == (0.0, "block")
     # Next UTC day: the anchor is the equity before the day's first candle.

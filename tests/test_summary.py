@@ -122,7 +122,7 @@ def test_every_number_recomputes_from_the_csv(tmp_path: Path, long_short: bool) 
         series.strategy_return, df["strategy_return"].to_numpy(), rtol=1e-12, atol=1e-15
     )
     ts = pd.to_datetime(df["timestamp"], utc=True)
-    span = (ts.iloc[-1] - ts.iloc[0]) / pd.Timedelta(seconds=cfg["interval_seconds"]) + 1
+    span = (ts.iloc[-1] - ts.iloc[0]) / pd.Timedelta(cfg["interval_seconds"], unit="s") + 1
     perf = bt.performance(series, cfg["periods_per_year"], span)
     for key, value in doc["backtest"].items():
         assert perf[key] == pytest.approx(value, rel=1e-10), key

@@ -37,7 +37,7 @@ def test_same_seed_same_data_different_seed_different_data() -> None:
 def test_shape_index_and_ohlc_consistency(market: pd.DataFrame) -> None:
     assert len(market) == 20_000
     assert market.index[0] == pd.Timestamp("2023-01-01T00:00:00Z")
-    assert market.index.to_series().diff().dropna().eq(pd.Timedelta("1h")).all()
+    assert market.index.to_series().diff().dropna().eq(pd.Timedelta(1, unit="h")).all()
     o, h, lo, c, v = (market[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
     assert (h >= np.maximum(o, c)).all() and (lo <= np.minimum(o, c)).all()
     assert (lo > 0).all() and (v > 0).all() and not market["filled"].any()
@@ -78,8 +78,8 @@ def test_fat_tails_seasonality_and_volume(market: pd.DataFrame) -> None:
 
 def test_other_intervals_and_bad_rows() -> None:
     five = synth_candles(rows=2_000, seed=1, interval="5m")
-    assert five.interval == pd.Timedelta("5m")
-    assert five.frame.index[1] - five.frame.index[0] == pd.Timedelta("5m")
+    assert five.interval == pd.Timedelta(5, unit="min")
+    assert five.frame.index[1] - five.frame.index[0] == pd.Timedelta(5, unit="min")
     daily = synth_candles(rows=500, seed=1, interval="1d", symbol="TEST/EUR")
     assert daily.symbol == "TEST/EUR"
     rd = log_returns(daily.frame)

@@ -94,7 +94,7 @@ def test_replay_of_the_test_split_matches_hand_accounting(
     assert fills, "the tiny model never traded; the test would prove nothing"
     for f in fills:
         ts = pd.Timestamp(f["ts"])
-        assert ts == pd.Timestamp(orders[f["order_id"]]["decided_ts"]) + pd.Timedelta("1h")
+        assert ts == pd.Timestamp(orders[f["order_id"]]["decided_ts"]) + pd.Timedelta(1, unit="h")
         side = 1.0 if f["units"] > 0 else -1.0
         assert f["price"] == pytest.approx(frame.loc[ts, "open"] * (1 + side * 5e-4))
         assert f["fee"] == pytest.approx(abs(f["units"]) * f["price"] * 1e-3)
@@ -135,7 +135,7 @@ def test_replay_without_risk_limits_agrees_with_the_evaluate_backtest(
     # (one exit fee); do the same by hand from the state file.
     store = Store(db)
     last = store.rows("positions", "n")[-1]
-    nxt = load_candles(setup["csv"]).frame.loc[pd.Timestamp(last["ts"]) + pd.Timedelta("1h")]
+    nxt = load_candles(setup["csv"]).frame.loc[pd.Timestamp(last["ts"]) + pd.Timedelta(1, unit="h")]
     units, close = last["units"], float(nxt["close"])
     liquidated = last["cash"] + units * close - abs(units) * close * 1e-3
     # One fee rule (decisions.order_fill) on both sides: they agree to float precision.
@@ -293,7 +293,7 @@ def test_two_strategies_side_by_side_kill_resume_and_sigterm(
     end = pd.Timestamp(
         json.loads((setup["ckpt"] / "manifest.json").read_text())["splits"]["test"]["end"]
     )
-    span = ["--start", (end - pd.Timedelta(hours=299)).isoformat(), "--end", end.isoformat()]
+    span = ["--start", (end - pd.Timedelta(299, unit="h")).isoformat(), "--end", end.isoformat()]
     ref = setup["root"] / "ref300.db"
     assert run_cli(trade_args(setup, ref, "ref", *span), capsys)[0] == 0
     n = len(final(ref, "ref")[1])
@@ -303,7 +303,7 @@ def test_two_strategies_side_by_side_kill_resume_and_sigterm(
     # when it is interrupted at 150, even when this polling process is starved on a busy machine
     # (the trading hot path does 300 candles of the tiny model in about a second).
     n_b_all = 650
-    span_b = ["--start", (end - pd.Timedelta(hours=n_b_all - 1)).isoformat(), "--end", span[3]]
+    span_b = ["--start", (end - pd.Timedelta(n_b_all - 1, unit="h")).isoformat(), "--end", span[3]]
     b_flags = [*span_b, "--daily-drawdown", "0.0005", "--max-position", "0.5"]
     a = spawn(trade_args(setup, db, "A", *span))
     b = spawn(trade_args(setup, db, "B", *b_flags))

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from jaxtrader.errors import CheckpointError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from jaxtrader.config import AppConfig
     from jaxtrader.data import Candles
     from jaxtrader.scaling import Scaler
@@ -104,6 +106,25 @@ class Manifest:
         if d["policy"] is None:
             del d["policy"]  # manifests without a policy stay byte-identical to older ones
         return d
+
+    def candle_interval(self) -> pd.Timedelta:
+        """The interval of the candles the model was trained on (stored as str(Timedelta))."""
+        import pandas as pd
+
+        text = str(self.data.get("interval", ""))
+        try:
+            # Not pd.Timedelta(text): on pandas 2 with NumPy >= 2.5 it warns that it will fail
+            # (NumPy's 'generic' timedelta unit); to_timedelta's array parser does not.
+            interval = pd.to_timedelta([text])[0]
+        except ValueError:
+            raise CheckpointError(
+                f"the manifest's data.interval {text!r} is not a time span; {RETRAIN_HINT}"
+            ) from None
+        if not interval > pd.Timedelta(0):
+            raise CheckpointError(
+                f"the manifest's data.interval {text!r} is not positive; {RETRAIN_HINT}"
+            )
+        return pd.Timedelta(interval)
 
     def model_dict(self) -> dict[str, Any]:
         """What identifies the trained model: everything but the (re-choosable) policy."""

@@ -70,7 +70,7 @@ def paper_trades(store: Store, sid: str) -> list[PaperTrade]:
     info = store.strategy(sid)
     if info is None:
         return []
-    interval = pd.Timedelta(seconds=float(info["config"]["interval_s"]))
+    interval = pd.Timedelta(float(info["config"]["interval_s"]), unit="s")
     pf = Portfolio(cash=float(info["config"]["capital"]))
     trades: list[PaperTrade] = []
     opened: dict[str, Any] | None = None

@@ -84,8 +84,6 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     The first signal finishes the current candle and stops; a second acts at once (the default
     handler), which is safe too since each candle commits atomically.
     """
-    import pandas as pd
-
     from jaxtrader.checkpoint import checkpoint_root
     from jaxtrader.data import format_interval, infer_symbol, parse_interval
     from jaxtrader.features import min_history
@@ -121,7 +119,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         fallback_symbol=infer_symbol(target) if kind == "replay" else None,
     )
     manifest = predictor.manifest
-    trained_interval = pd.Timedelta(manifest.data["interval"])  # stored as str(Timedelta)
+    trained_interval = manifest.candle_interval()
     interval = trained_interval if job.timeframe is None else parse_interval(job.timeframe)
     if interval != trained_interval:
         raise ConfigError(
