@@ -25,7 +25,7 @@ import os
 import resource
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "RayExecutor",
     "close_executor",
     "describe",
+    "describe_summary",
     "local_executor",
     "start_executor",
     "worker_env",
@@ -316,6 +317,7 @@ class RayExecutor:
             "folds": len(self.stats),
             "workers": len({(s["host"], s["pid"]) for s in self.stats}),
             "overhead_seconds_median": statistics.median(overhead),
+            "overhead_seconds_max": max(overhead),
             "fold_seconds_median": statistics.median(fold_s),
             "overhead_share": sum(overhead) / max(sum(fold_s), 1e-9),
             "worker_peak_rss_mb_max": max(s["worker_peak_rss_mb"] for s in self.stats),
@@ -345,11 +347,16 @@ def close_executor(executor: Executor) -> None:
 def describe(executor: Executor) -> str | None:
     """One line on Ray's cost for the CLI (None for the local executor or before any fold)."""
     s = executor.summary() if isinstance(executor, RayExecutor) else {}
-    if not s:
-        return None
+    return describe_summary(s) if s else None
+
+
+def describe_summary(s: Mapping[str, Any]) -> str:
+    """`RayExecutor.summary()` as one line. The median says what a typical fold paid; the share is
+    of the totals, where one slow task (a worker's first) can weigh more than all the others."""
+    worst = f", max {s['overhead_seconds_max']:.2f} s" if "overhead_seconds_max" in s else ""
     return (
-        f"ray: {s['folds']} folds on {s['workers']} worker process(es); overhead per fold median "
-        f"{s['overhead_seconds_median']:.2f} s vs fold median {s['fold_seconds_median']:.1f} s "
-        f"({100 * s['overhead_share']:.1f}% of fold time); worker peak RSS "
-        f"{s['worker_peak_rss_mb_max']:.0f} MB"
+        f"Ray: {s['folds']} fold tasks on {s['workers']} worker process(es); Ray's overhead per "
+        f"fold median {s['overhead_seconds_median']:.2f} s{worst} (fold median "
+        f"{s['fold_seconds_median']:.1f} s), in all {100 * s['overhead_share']:.1f}% of the "
+        f"folds' time; worker peak RSS {s['worker_peak_rss_mb_max']:.0f} MB"
     )

@@ -379,14 +379,9 @@ def render_markdown(board: dict[str, Any]) -> str:
             f"- {f['market']}/{f['arch']}/h{f['horizon']}: {f['error']}" for f in board["failed"]
         ]
     if board.get("ray"):
-        r = board["ray"]
-        lines += [
-            "",
-            f"Ray: {r['folds']} fold tasks on {r['workers']} worker processes, overhead per fold "
-            f"median {r['overhead_seconds_median']:.2f} s vs fold median "
-            f"{r['fold_seconds_median']:.1f} s ({100 * r['overhead_share']:.1f}%), worker peak "
-            f"RSS {r['worker_peak_rss_mb_max']:.0f} MB.",
-        ]
+        from jaxtrader.executors import describe_summary
+
+        lines += ["", describe_summary(board["ray"]) + "."]
     lines += [
         "",
         "Runs:",

@@ -80,7 +80,7 @@ def test_ray_gives_the_same_walkforward_as_local(
     for fold in (0, 1):  # the driver wrote every fold's checkpoint
         assert (out / f"fold_{fold:02d}" / "manifest.json").is_file()
     assert sorted(s["fold"] for s in executor.stats) == [0, 1]
-    assert (describe(executor) or "").startswith("ray: 2 folds")
+    assert (describe(executor) or "").startswith("Ray: 2 fold tasks on ")
 
 
 @pytest.mark.ray
@@ -171,3 +171,24 @@ def test_local_default_never_imports_ray_and_missing_ray_is_one_line(tmp_path: P
         "error: --executor ray needs Ray, which is not installed: pip install 'jaxtrader[ray]'"
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_ray_summary_line_gives_the_median_the_worst_and_the_share_of_totals() -> None:
+    from jaxtrader.executors import describe_summary
+
+    s = {
+        "folds": 6,
+        "workers": 2,
+        "overhead_seconds_median": 0.008,
+        "overhead_seconds_max": 2.04,
+        "fold_seconds_median": 9.46,
+        "overhead_share": 0.0182,
+        "worker_peak_rss_mb_max": 1011.2,
+    }
+    assert describe_summary(s) == (
+        "Ray: 6 fold tasks on 2 worker process(es); Ray's overhead per fold median 0.01 s, max "
+        "2.04 s (fold median 9.5 s), in all 1.8% of the folds' time; worker peak RSS 1011 MB"
+    )
+    # A study board written before the max was recorded still reads.
+    older = {k: v for k, v in s.items() if k != "overhead_seconds_max"}
+    assert ", max" not in describe_summary(older)
