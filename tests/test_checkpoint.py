@@ -339,7 +339,9 @@ def test_candle_interval_reads_the_stored_text(text: str, hours: float) -> None:
     assert m.candle_interval().total_seconds() == pytest.approx(hours * 3600)
 
 
-@pytest.mark.parametrize("text", ["an hour", "", "-1 days +23:00:00", "0 days"])
+@pytest.mark.parametrize(
+    "text", ["an hour", "", "-1 days +23:00:00", "0 days", "999999999999 days"]
+)
 def test_candle_interval_that_is_not_a_positive_span_is_a_checkpoint_error(text: str) -> None:
     with pytest.raises(CheckpointError, match=r"data\.interval .* retrain"):
         _manifest(1, 0.5, data={"interval": text}).candle_interval()

@@ -116,7 +116,7 @@ class Manifest:
             # Not pd.Timedelta(text): on pandas 2 with NumPy >= 2.5 it warns that it will fail
             # (NumPy's 'generic' timedelta unit); to_timedelta's array parser does not.
             interval = pd.to_timedelta([text])[0]
-        except ValueError:
+        except (ValueError, OverflowError):
             raise CheckpointError(
                 f"the manifest's data.interval {text!r} is not a time span; {RETRAIN_HINT}"
             ) from None
