@@ -513,3 +513,33 @@ def test_policy_selection_cannot_see_the_test_split(
     assert a == b
     assert table_a == table_b
     assert not np.array_equal(labels_a, labels_b)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_parameters_are_one_line_on_stderr(
+    trained: dict[str, Path], tmp_path: Path, damage: str
+) -> None:
+    """Arrays damaged inside a checkpoint that is otherwise whole: the restore fails on the first
+    bad chunk while TensorStore finishes the other reads; those must not print tracebacks around
+    the error (they did, 24-26 of them), and the error must not quote TensorStore's method repr."""
+    import shutil
+
+    vdir = shutil.copytree(trained["version_dir"], tmp_path / "v1")
+    chunks = [p for p in vdir.glob("*/params/**/d/*") if p.is_file()]
+    assert chunks
+    for p in chunks:
+        data = p.read_bytes()
+        if damage == "truncate":
+            p.write_bytes(data[: len(data) // 2])
+        else:
+            p.write_bytes(data[:64] + bytes(b ^ 0xFF for b in data[64:]))
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxtrader", "evaluate", "--checkpoint", str(vdir),
+         "--split", "test", "--policy", "plain", "--no-record-policy"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"error: checkpoint step {vdir}/"), lines[0]
+    assert "partial or corrupt" in lines[0] and "bound method" not in lines[0]

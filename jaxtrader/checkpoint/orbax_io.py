@@ -13,6 +13,7 @@ abstract target so optax state keeps its types. Saves are asynchronous: call
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,9 +171,50 @@ def _check_params_layout(version_dir: Path, step: int, target: Any) -> None:
     )
 
 
+def _failure_summary(e: BaseException) -> str:
+    """The first line of a restore error, without TensorStore's pointer to details that the
+    message cannot show (it prints a bound method's repr)."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    first = first.split(" See full TensorStore details")[0]
+    return f"{type(e).__name__}: {first[:200]}"
+
+
+def _late_read(u: Any) -> bool:
+    if not (isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed"):
+        return False
+    tb = u.exc_traceback
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _drop_late_reads_of_a_failed_restore() -> None:
+    """After a failed restore Orbax closes its private event loop while TensorStore still finishes
+    the other reads; each late completion calls `call_soon_threadsafe` on the closed loop from a
+    TensorStore thread, and Python prints that traceback, dozens of times, around the one-line
+    error. Nobody awaits those reads and nothing is written: drop exactly that shape for the rest
+    of the process and pass every other unraisable exception on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_late_reads", False):
+        return
+
+    def hook(u: Any) -> None:
+        if not _late_read(u):
+            previous(u)
+
+    hook.drops_late_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def _restore(version_dir: Path, step: int | None, items: dict[str, Any]) -> tuple[Any, int]:
     import orbax.checkpoint as ocp
 
+    # Before any read: Orbax closes its loop before it raises, and the layout check's metadata
+    # read can meet the damaged files first.
+    _drop_late_reads_of_a_failed_restore()
     manager, steps = _open_steps(version_dir)
     try:
         chosen = _pick_step(version_dir, steps, step)
@@ -186,10 +228,9 @@ def _restore(version_dir: Path, step: int | None, items: dict[str, Any]) -> tupl
                 ),
             )
         except Exception as e:  # Orbax/tensorstore raise many types for damaged files
-            first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise CheckpointError(
                 f"checkpoint step {version_dir / str(chosen)} is partial or corrupt "
-                f"({type(e).__name__}: {first_line}); {RETRAIN_HINT}"
+                f"({_failure_summary(e)}); {RETRAIN_HINT}"
             ) from e
     finally:
         manager.close()
