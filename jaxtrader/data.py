@@ -614,7 +614,9 @@ def load_candles(
         if not dedupe:
             raise DataError(
                 f"{p}: {_where(raw, i)}: duplicate timestamp {_stamp(ts, i)} "
-                f"({int(dup.sum())} duplicate row(s) in total); pass --dedupe to keep the last of each"
+                f"({int(dup.sum())} duplicate row(s) in total); remove them from the file, or keep "
+                "the last of each with --dedupe (data, features, train, walkforward) or "
+                "`dedupe = true` under [data] in a --config file (study)"
             )
 
     order = np.argsort(ts, kind="stable")

@@ -355,7 +355,8 @@ def test_duplicates_error_or_dedupe_keeps_last(
     with pytest.raises(
         DataError,
         match=r"d\.csv: line 5: duplicate timestamp 2024-01-01T02:00:00Z \(1 duplicate row\(s\) in "
-        r"total\); pass --dedupe",
+        r"total\); remove them from the file, or keep the last of each with --dedupe \(data, "
+        r"features, train, walkforward\) or `dedupe = true` under \[data\] in a --config file",
     ):
         load_candles(path)
     candles = load_candles(path, dedupe=True)
