@@ -543,3 +543,29 @@ def test_damaged_parameters_are_one_line_on_stderr(
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith(f"error: checkpoint step {vdir}/"), lines[0]
     assert "partial or corrupt" in lines[0] and "bound method" not in lines[0]
+
+
+def test_unusable_output_paths_are_one_line_errors(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory where a file goes is refused by the parser, before the evaluation (it used to
+    fail as an internal error after it); a path the OS refuses later is one line, exit 2."""
+    from jaxtrader.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as exc:
+            main(["evaluate", "--checkpoint", str(trained["version_dir"]), "--policy", "plain",
+                  "--no-record-policy", *args])  # fmt: skip
+        return int(exc.value.code or 0), capsys.readouterr().err.strip().splitlines()[-1]
+
+    a_dir, a_file = tmp_path / "d", tmp_path / "f.csv"
+    a_dir.mkdir()
+    a_file.write_text("x")
+    assert run("--predictions", str(a_dir)) == (
+        2,
+        f"Error: Invalid value for '--predictions': File '{a_dir}' is a directory.",
+    )
+    assert run("--trades", str(a_dir))[1].endswith(f"File '{a_dir}' is a directory.")
+    assert run("--report-dir", str(a_file))[1].endswith(f"Directory '{a_file}' is a file.")
+    code, line = run("--trades", str(a_file / "t.csv"))  # under a file: only the OS can tell
+    assert code == 2 and line.startswith(f"error: cannot use {a_file}") and "internal" not in line

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -165,12 +165,23 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(INTERRUPTED_EXIT)
+    except OSError as e:
+        # A path the user named that cannot be used (a directory where a file goes, a file in
+        # the way of a folder, no permission): theirs to fix, not a bug to report.
+        if e.filename is None or debug:
+            _internal_error(e, debug)
+        click.echo(f"error: cannot use {e.filename}: {e.strerror or e}; check the path", err=True)
+        sys.exit(2)
     except Exception as e:
-        if debug:
-            raise
-        click.echo(
-            f"error: internal error ({type(e).__name__}: {e}); rerun with --debug for the "
-            "traceback and please report it",
-            err=True,
-        )
-        sys.exit(1)
+        _internal_error(e, debug)
+
+
+def _internal_error(e: Exception, debug: bool) -> NoReturn:
+    if debug:
+        raise e
+    click.echo(
+        f"error: internal error ({type(e).__name__}: {e}); rerun with --debug for the "
+        "traceback and please report it",
+        err=True,
+    )
+    sys.exit(1)

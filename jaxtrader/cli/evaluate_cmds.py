@@ -61,20 +61,24 @@ from jaxtrader.cli.common import (
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 @click.option(
     "--predictions",
-    type=str,
+    # A directory is refused here, before the evaluation, not when the file is written.
+    type=click.Path(dir_okay=False),
     default=None,
     help="Write one CSV row per evaluated candle (recomputes every reported number).",
 )
 @click.option(
     "--trades",
     "trades_path",
-    type=str,
+    type=click.Path(dir_okay=False),
     default=None,
     help="Write the backtest's trades as CSV: entry/exit time and price, side, size, holding "
     "candles, fees, PnL gross and net (in units of the starting equity).",
 )
 @click.option(
-    "--report-dir", type=str, default=None, help="Write report.json, report.md and PNG plots here."
+    "--report-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write report.json, report.md and PNG plots here.",
 )
 @click.option(
     "--seed",
