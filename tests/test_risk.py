@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from jaxtrader.config import RiskConfig
+from jaxtrader.errors import ConfigError
 from jaxtrader.trading import risk
 from jaxtrader.trading.risk import RiskState
 
@@ -114,3 +117,34 @@ def test_neutral_holds_current_position() -> None:
 def test_state_round_trips() -> None:
     s = dataclasses.replace(RiskState(), day="2024-01-01", halted=True, cooldown_left=3)
     assert RiskState.from_dict(s.to_dict()) == s
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"max_position": -1.0}, "--max-position must be in (0, 1] (a fraction of equity; no "
+         "leverage), got -1.0"),
+        ({"max_position": 5.0}, "--max-position must be in (0, 1]"),
+        ({"max_position": math.nan}, "--max-position must be in (0, 1]"),
+        ({"daily_drawdown": 2.0}, "--daily-drawdown must be in (0, 1]"),
+        ({"daily_drawdown": -0.1}, "--daily-drawdown must be in (0, 1]"),
+        ({"breaker_failures": 0}, "--breaker-failures must be at least 1, got 0"),
+        ({"breaker_losses": -3}, "--breaker-losses must be at least 1, got -3"),
+        ({"cooldown": -1}, "--cooldown must be 0 or more candles, got -1"),
+        ({"stop_loss": -0.1}, "--stop-loss must be a positive fraction"),
+        ({"take_profit": math.nan}, "--take-profit must be a positive fraction"),
+        ({"max_trades_per_day": 0}, "--max-trades-per-day must be at least 1"),
+        ({"model_timeout_ms": 0.0}, "--model-timeout-ms must be a positive number"),
+        ({"model_timeout_ms": math.inf}, "--model-timeout-ms must be a positive number"),
+    ],
+)  # fmt: skip
+def test_check_limits_refuses_nonsense(limits: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        risk.check_limits(RiskConfig(**limits))
+    assert str(e.value).startswith(message)
+
+
+def test_check_limits_accepts_the_edges() -> None:
+    risk.check_limits(RiskConfig())
+    risk.check_limits(RiskConfig(max_position=1.0, daily_drawdown=1.0, cooldown=0,
+                                 stop_loss=0.5, take_profit=2.0, max_trades_per_day=1))  # fmt: skip

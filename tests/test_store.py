@@ -255,3 +255,69 @@ def test_state_json_keeps_the_layout_of_existing_state_files(tmp_path: Path) -> 
     loaded = store.load_state("a")
     assert loaded is not None and loaded[1].pending is not None and loaded[1].pending.order_id == 3
     assert loaded[1].to_dict() == old
+
+
+def test_a_resume_on_another_market_names_both(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    started = {**MODEL, "feed": "replay:synth.csv"}
+    store.register("a", {"symbol": "SYN/USD", "fee_bps": 10}, started)
+    with pytest.raises(StateError) as e:
+        store.register(
+            "a", {"symbol": "ETH/USDT", "fee_bps": 10}, {**MODEL, "feed": "replay:eth.csv"}
+        )
+    assert str(e.value) == (
+        f"strategy 'a' in {tmp_path / 's.db'} trades SYN/USD (started on replay:synth.csv), not "
+        "ETH/USDT (replay:eth.csv); its history and open position are of that market: pass "
+        "--new-strategy to start it afresh on the new one, or use a different --strategy-id"
+    )
+    assert store.register("a", {"symbol": "SYN/USD", "fee_bps": 10}, MODEL) is False
+
+
+def test_damaged_pages_are_a_state_error_on_every_access(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store(path)
+    store.register("a", {}, MODEL)
+    store.commit_candle("a", _commit("2024-01-01T00:00:00+00:00", 100.0))
+    store.close()
+    data = bytearray(path.read_bytes())
+    for i in range(4096, len(data)):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    store = Store(path)  # page 1 (the schema) is intact: opening works, reading does not
+    for call in (lambda: store.claim("a"), store.strategy_ids, lambda: store.rows("equity", "a")):
+        with pytest.raises(StateError, match=r"not a usable SQLite database \(database disk image "
+                           r"is malformed\); pass --state a new file name"):  # fmt: skip
+            call()
+
+
+def test_a_lock_held_past_the_busy_timeout_is_busy_not_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jaxtrader.trading.store as store_module
+
+    path = tmp_path / "s.db"
+    Store(path).register("a", {}, MODEL)
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.1)
+    reader = Store(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        for call in (lambda: Store(path), lambda: reader.claim("a")):
+            with pytest.raises(StateError) as e:
+                call()
+            msg = str(e.value)
+            assert msg.startswith(f"state file {path} is busy: another process has held it locked")
+            assert "retry when that process is done" in msg and "restore" not in msg
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    reader.claim("a")  # nothing was wrong with the file
+
+
+def test_constraint_violations_stay_sqlite_errors(tmp_path: Path) -> None:
+    # A duplicate candle is our bug, not the user's file: it must not read as a damaged file.
+    store = Store(tmp_path / "s.db")
+    store.register("a", {}, MODEL)
+    store.commit_candle("a", _commit("2024-01-01T00:00:00+00:00", 1.0))
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit_candle("a", _commit("2024-01-01T00:00:00+00:00", 1.0))

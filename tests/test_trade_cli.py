@@ -53,6 +53,13 @@ def trade_args(s: dict[str, Path], db: Path, sid: str, *extra: str) -> list[str]
             "--slippage-bps", "5", "--model-timeout-ms", "5000", *extra]  # fmt: skip
 
 
+def with_feed(args: list[str], spec: str) -> list[str]:
+    """`trade_args` with another --feed."""
+    out = list(args)
+    out[out.index("--feed") + 1] = spec
+    return out
+
+
 def one_line_error(code: int, err: str) -> str:
     """The `error: ...` line of a failed command (info records may precede it), checked."""
     assert code == 2 and "Traceback" not in err, err
@@ -293,7 +300,9 @@ def test_two_strategies_side_by_side_kill_resume_and_sigterm(
     end = pd.Timestamp(
         json.loads((setup["ckpt"] / "manifest.json").read_text())["splits"]["test"]["end"]
     )
-    span = ["--start", (end - pd.Timedelta(299, unit="h")).isoformat(), "--end", end.isoformat()]
+    # Both spans reach into the tiny fixture's training span: this tests the mechanics only.
+    span = ["--start", (end - pd.Timedelta(299, unit="h")).isoformat(), "--end", end.isoformat(),
+            "--in-sample"]  # fmt: skip
     ref = setup["root"] / "ref300.db"
     assert run_cli(trade_args(setup, ref, "ref", *span), capsys)[0] == 0
     n = len(final(ref, "ref")[1])
@@ -303,7 +312,7 @@ def test_two_strategies_side_by_side_kill_resume_and_sigterm(
     # when it is interrupted at 150, even when this polling process is starved on a busy machine
     # (the trading hot path does 300 candles of the tiny model in about a second).
     n_b_all = 650
-    span_b = ["--start", (end - pd.Timedelta(n_b_all - 1, unit="h")).isoformat(), "--end", span[3]]
+    span_b = ["--start", (end - pd.Timedelta(n_b_all - 1, unit="h")).isoformat(), *span[2:]]
     b_flags = [*span_b, "--daily-drawdown", "0.0005", "--max-position", "0.5"]
     a = spawn(trade_args(setup, db, "A", *span))
     b = spawn(trade_args(setup, db, "B", *b_flags))
@@ -426,3 +435,188 @@ def test_pnl_is_named_gross_and_net_and_clamps_are_not_risk_events(
     assert mine["risk_events"] == len(real) and "clamp" not in mine["risk_event_kinds"]
     assert mine["fees"] == pytest.approx(sum(f["fee"] for f in fills))
     assert mine["pnl_gross_realized"] == pytest.approx(sum(f["realized"] for f in fills))
+
+
+# -- refusals found by the audit: market, limits, damaged or locked state, in-sample, interval ---
+
+
+def test_another_market_is_refused_for_the_model_and_for_a_stored_strategy(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SYNTH/USD model on a file named as ETH/USDT (its prices a tenth): refused unless
+    --other-market; a SYNTH/USD strategy resumed on it is refused even then, its state intact."""
+    frame = load_candles(setup["csv"]).frame
+    eth = tmp_path / "binance_ethusdt_1h.csv"
+    scaled = frame.drop(columns="filled", errors="ignore").copy()
+    scaled[["open", "high", "low", "close"]] /= 10.0
+    write_candles(scaled, eth)
+    db = tmp_path / "m.db"
+    test = json.loads((setup["ckpt"] / "manifest.json").read_text())["splits"]["test"]
+    first_end = (pd.Timestamp(test["start"]) + pd.Timedelta(5, unit="h")).isoformat()
+    args = trade_args(setup, db, "m", "--end", first_end)
+    assert run_cli(args, capsys)[0] == 0
+    before = final(db, "m")
+    on_eth = with_feed(trade_args(setup, db, "m"), f"replay:{eth}")
+    err = one_line_error(*run_cli(on_eth, capsys)[::2])
+    assert f"the model was trained on SYNTH/USD but {eth} holds ETH/USDT" in err
+    assert "pass --other-market" in err
+    err = one_line_error(*run_cli([*on_eth, "--other-market"], capsys)[::2])
+    assert f"strategy 'm' in {db} trades SYNTH/USD (started on replay:{setup['csv']})" in err
+    assert f"not ETH/USDT (replay:{eth})" in err
+    assert "--new-strategy" in err and "--strategy-id" in err
+    assert final(db, "m") == before  # nothing valued at the other market's prices
+    # The same market through the same file resumes; a fresh id may trade ETH out of market.
+    code, _, err = run_cli(trade_args(setup, db, "m"), capsys)
+    assert code == 0, err
+    assert len(final(db, "m")[1]) > len(before[1]) == 6
+    args = with_feed(trade_args(setup, db, "e"), f"replay:{eth}")
+    code, _, err = run_cli([*args, "--other-market"], capsys)
+    assert code == 0, err
+    store = Store(db)
+    assert store.strategy("e")["config"]["symbol"] == "ETH/USDT"  # type: ignore[index]
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-position", "-1"], "max"),
+        (["--max-position", "5"], "--max-position must be in (0, 1]"),
+        (["--max-position", "nan"], "max"),
+        (["--slippage-bps", "-50"], "slippage"),
+        (["--fee-bps", "-10"], "fee"),
+        (["--stop-loss", "-0.1"], "stop"),
+        (["--take-profit", "-0.1"], "take"),
+        (["--daily-drawdown", "-0.1"], "drawdown"),
+        (["--daily-drawdown", "2"], "drawdown"),
+        (["--cooldown", "-1"], "cooldown"),
+        (["--breaker-failures", "0"], "breaker"),
+        (["--breaker-losses", "-3"], "breaker"),
+        (["--model-timeout-ms", "0"], "timeout"),
+        (["--capital", "nan"], "--capital must be a positive amount, got nan"),
+        (["--capital", "inf"], "--capital must be a positive amount, got inf"),
+    ],
+)
+def test_nonsense_limits_and_costs_are_refused_before_the_state_file_is_touched(
+    setup: dict[str, Path],
+    tmp_path: Path,
+    flags: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "limits.db"
+    err = one_line_error(*run_cli(trade_args(setup, db, "x", *flags), capsys)[::2])
+    # The message names the flag (or its config key, as the config layer spells it).
+    assert message in err.replace("_", "-"), err
+    assert not db.exists()
+
+
+def test_portfolio_shows_the_readable_strategies_and_names_a_broken_one(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A strategy stored with a negative fee by an older jaxtrader made every `portfolio` run an
+    internal error; now the others are shown and the broken one is named, exit 2."""
+    db = tmp_path / "p.db"
+    test = json.loads((setup["ckpt"] / "manifest.json").read_text())["splits"]["test"]
+    end = (pd.Timestamp(test["start"]) + pd.Timedelta(30, unit="h")).isoformat()
+    for sid in ("good", "bad"):
+        assert run_cli(trade_args(setup, db, sid, "--end", end), capsys)[0] == 0
+    with sqlite3.connect(db) as con:
+        cfg = json.loads(con.execute("SELECT config_json FROM strategies WHERE strategy_id = "
+                                     "'bad'").fetchone()[0])  # fmt: skip
+        con.execute("UPDATE strategies SET config_json = ? WHERE strategy_id = 'bad'",
+                    (json.dumps({**cfg, "fee_bps": -10.0}),))  # fmt: skip
+    code, out, err = run_cli(["portfolio", "--state", str(db), "--json"], capsys)
+    assert [r["strategy_id"] for r in json.loads(out)] == ["good"]
+    err = one_line_error(code, err)
+    assert f"left out 1 strategy of {db}" in err and "'bad' (ValueError: invalid fill" in err
+    assert "--new-strategy" in err
+
+
+def _state_file(setup: dict[str, Path], db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    test = json.loads((setup["ckpt"] / "manifest.json").read_text())["splits"]["test"]
+    end = (pd.Timestamp(test["start"]) + pd.Timedelta(20, unit="h")).isoformat()
+    assert run_cli(trade_args(setup, db, "s", "--end", end), capsys)[0] == 0
+    # Everything into the main file, so damaging it below damages the state itself.
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    wal = db.with_name(db.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_damaged_state_file_is_one_line_for_trade_and_portfolio(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "damaged.db"
+    _state_file(setup, db, capsys)
+    data = bytearray(db.read_bytes())
+    assert len(data) > 8192
+    for i in range(4096, len(data)):  # page 1 (header, schema) intact; every table page damaged
+        data[i] ^= 0x5A
+    db.write_bytes(bytes(data))
+    for args in (trade_args(setup, db, "s"), ["portfolio", "--state", str(db)]):
+        err = one_line_error(*run_cli(args, capsys)[::2])
+        assert f"state file {db} is not a usable SQLite database" in err
+        assert "malformed" in err and "restore this file from a backup" in err
+
+
+def test_locked_state_file_says_busy_and_retry_not_restore(
+    setup: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import jaxtrader.trading.store as store_module
+
+    db = tmp_path / "locked.db"
+    _state_file(setup, db, capsys)
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        for args in (trade_args(setup, db, "s"), ["portfolio", "--state", str(db)]):
+            err = one_line_error(*run_cli(args, capsys)[::2])
+            assert f"state file {db} is busy" in err and "locked" in err
+            assert "retry when that process is done" in err
+            assert "restore" not in err and "new file name" not in err
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    code, _, err = run_cli(trade_args(setup, db, "s"), capsys)  # the file was fine all along
+    assert code == 0, err
+
+
+def test_replay_start_inside_the_training_span_needs_in_sample(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = json.loads((setup["ckpt"] / "manifest.json").read_text())
+    train_end = pd.Timestamp(manifest["splits"]["train"]["end"])
+    allowed = train_end + pd.Timedelta(manifest["horizon"] + manifest["seq_len"], unit="h")
+    assert allowed == pd.Timestamp(manifest["splits"]["val"]["start"])  # the split's own purge
+    db = tmp_path / "ins.db"
+    inside = ["--start", train_end.isoformat(), "--end", allowed.isoformat()]
+    err = one_line_error(*run_cli(trade_args(setup, db, "i", *inside), capsys)[::2])
+    assert f"--start {train_end.isoformat()} overlaps the training span" in err
+    assert f"use --start {allowed.isoformat()} or later, or pass --in-sample" in err
+    assert not db.exists()
+    last = (allowed - pd.Timedelta(1, unit="h")).isoformat()
+    args = trade_args(setup, db, "i", "--start", last, "--end", allowed.isoformat())
+    assert "overlaps the training span" in one_line_error(*run_cli(args, capsys)[::2])
+    code, _, err = run_cli(trade_args(setup, db, "o", "--start", allowed.isoformat(), "--end",
+                                      allowed.isoformat()), capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(trade_args(setup, db, "i", *inside, "--in-sample"), capsys)
+    assert code == 0, err
+    assert len(Store(db).rows("signals", "i")) == manifest["horizon"] + manifest["seq_len"] + 1
+
+
+def test_feed_of_another_interval_names_the_models(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    five = write_candles(synth_candles(rows=2_000, seed=2, interval="5m").frame,
+                         tmp_path / "synth5m.csv")  # fmt: skip
+    err = one_line_error(*run_cli(trade_args(setup, tmp_path / "iv.db", "v", "--feed",
+                                             f"replay:{five}"), capsys)[::2])  # fmt: skip
+    assert f"{five} holds 5m candles but the model was trained on 1h candles" in err
+    assert "replay 1h candles of the market, or use a model trained on 5m candles" in err
+    assert "--interval" not in err

@@ -65,6 +65,17 @@ def _strategy_options(fn: Any) -> Any:
 )
 @click.option("--end", type=str, default=None, help="Replay end, UTC (default: the test split's).")
 @click.option(
+    "--in-sample",
+    is_flag=True,
+    help="Allow a replay --start inside the checkpoint's training span and purge gap (checks the "
+    "mechanics only: the model has seen those candles).",
+)
+@click.option(
+    "--other-market",
+    is_flag=True,
+    help="Allow a feed of another market than the model's (an out-of-market test).",
+)
+@click.option(
     "--policy",
     "policy_spec",
     type=str,
@@ -95,6 +106,8 @@ def trade(
     speed: str,
     start: str | None,
     end: str | None,
+    in_sample: bool,
+    other_market: bool,
     new_strategy: bool,
     policy_spec: str,
     **flags: Any,
@@ -126,6 +139,8 @@ def trade(
         end=parse_utc(end, "--end"),
         new_strategy=new_strategy,
         policy=policy_spec,
+        other_market=other_market,
+        in_sample=in_sample,
     )
     summary = run_trade(cfg, job)
     if state.log_format == "json":
@@ -227,15 +242,23 @@ def portfolio(
                 f"no strategy '{strategy_id}' in {state_path}; it has: {', '.join(ids) or 'none'}"
             )
         ids = [strategy_id]
-    rows = []
+    rows, trades, broken = [], [], []
     for sid in ids:
-        row = name_pnl_and_risk(summarize(store, sid))
-        bh = buy_and_hold(store, sid)
-        row["buy_and_hold"] = bh
-        row.update({f"bh_{k}": (bh or {}).get(k) for k in ("return", "sharpe", "max_drawdown")})
+        # One strategy's bad stored data (written by an older jaxtrader, or edited by hand) must
+        # not hide the others: it is left out and named in the error at the end.
+        try:
+            row = name_pnl_and_risk(summarize(store, sid))
+            bh = buy_and_hold(store, sid)
+            row["buy_and_hold"] = bh
+            row.update({f"bh_{k}": (bh or {}).get(k) for k in ("return", "sharpe", "max_drawdown")})
+            if trades_path:
+                trades += paper_trades(store, sid)
+        except (ValueError, KeyError, TypeError) as e:
+            broken.append(f"'{sid}' ({type(e).__name__}: {e})")
+            continue
         rows.append(row)
     if trades_path:
-        write_paper_trades_csv([t for sid in ids for t in paper_trades(store, sid)], trades_path)
+        write_paper_trades_csv(trades, trades_path)
     store.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
@@ -245,6 +268,12 @@ def portfolio(
             if r.get("risk_event_kinds"):
                 kinds = ", ".join(f"{k}={n}" for k, n in sorted(r["risk_event_kinds"].items()))
                 click.echo(f"{r['strategy_id']} risk events: {kinds}")
+    if broken:
+        raise StateError(
+            f"left out {len(broken)} strateg{'y' if len(broken) == 1 else 'ies'} of {state_path} "
+            f"whose stored data cannot be read: {'; '.join(broken)}; start "
+            f"{'it' if len(broken) == 1 else 'them'} afresh with `jaxtrader trade --new-strategy`"
+        )
 
 
 COMMANDS: list[click.Command] = [trade, portfolio]

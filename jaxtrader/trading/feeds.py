@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from jaxtrader.data import candle_problem, format_interval, load_candles
+from jaxtrader.data import candle_problem, format_interval, load_candles, parse_interval
 from jaxtrader.errors import ConfigError, DataError
 from jaxtrader.fetch import fetch_page, make_exchange
 from jaxtrader.logs import get_logger, log_event
@@ -76,7 +76,15 @@ class ReplayFeed:
         speed: str = "max",
         stop: threading.Event | None = None,
     ) -> None:
-        candles = load_candles(path, interval=interval, gaps="drop", symbol=symbol)
+        # Read at the file's own interval: the data layer's mismatch message advises --interval,
+        # which trade does not have; `interval` is the model's, the one thing that must change.
+        candles = load_candles(path, gaps="drop", symbol=symbol)
+        if interval is not None and candles.interval != parse_interval(interval):
+            want, got = format_interval(parse_interval(interval)), format_interval(candles.interval)
+            raise DataError(
+                f"{path} holds {got} candles but the model was trained on {want} candles; replay "
+                f"{want} candles of the market, or use a model trained on {got} candles"
+            )
         self.frame = candles.frame
         self.interval = candles.interval
         self.symbol = candles.symbol

@@ -20,12 +20,43 @@ Policies (documented in the README):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from jaxtrader.config import RiskConfig
+from jaxtrader.errors import ConfigError
+
+
+def check_limits(cfg: RiskConfig) -> None:
+    """ConfigError naming the flag for a limit that makes no sense, checked before a strategy
+    touches its state file: a negative max position would trade the opposite side, a limit of 0
+    or NaN would never (or always) act. NaN fails every range test here, so it is refused too."""
+
+    def refuse(flag: str, rule: str, value: object) -> None:
+        raise ConfigError(f"{flag} must be {rule}, got {value}")
+
+    if not 0.0 < cfg.max_position <= 1.0:
+        refuse("--max-position", "in (0, 1] (a fraction of equity; no leverage)", cfg.max_position)
+    if not 0.0 < cfg.daily_drawdown <= 1.0:
+        refuse("--daily-drawdown", "in (0, 1] (a fraction of the day's equity)", cfg.daily_drawdown)
+    for flag, count in (
+        ("--breaker-failures", cfg.breaker_failures),
+        ("--breaker-losses", cfg.breaker_losses),
+    ):
+        if count < 1:
+            refuse(flag, "at least 1", count)
+    if cfg.cooldown < 0:
+        refuse("--cooldown", "0 or more candles", cfg.cooldown)
+    for flag, limit in (("--stop-loss", cfg.stop_loss), ("--take-profit", cfg.take_profit)):
+        if limit is not None and not (math.isfinite(limit) and limit > 0.0):
+            refuse(flag, "a positive fraction of the entry price (leave it out for off)", limit)
+    if cfg.max_trades_per_day is not None and cfg.max_trades_per_day < 1:
+        refuse("--max-trades-per-day", "at least 1 (leave it out for off)", cfg.max_trades_per_day)
+    if not (math.isfinite(cfg.model_timeout_ms) and cfg.model_timeout_ms > 0.0):
+        refuse("--model-timeout-ms", "a positive number of milliseconds", cfg.model_timeout_ms)
 
 
 @dataclass(frozen=True)

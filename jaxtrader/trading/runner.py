@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import signal
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jaxtrader.decisions import Policy
-from jaxtrader.errors import ConfigError
+from jaxtrader.decisions import Policy, check_settings
+from jaxtrader.errors import ConfigError, DataError
 from jaxtrader.models.archs import ARCH_NAMES
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ class TradeJob:
     end: pd.Timestamp | None = None
     new_strategy: bool = False
     policy: str = "checkpoint"  # checkpoint (the manifest's, else plain) | plain | a TOML file
+    other_market: bool = False  # allow candles of another market than the model's
+    in_sample: bool = False  # allow a replay --start inside the training span
 
 
 def trade_policy(spec: str, manifest: Any, rules: Any) -> Policy | None:
@@ -78,6 +81,44 @@ def trade_policy(spec: str, manifest: Any, rules: Any) -> Policy | None:
     return dataclasses.replace(policy, long_short=rules.long_short)
 
 
+def market_of(job: TradeJob, kind: str, target: str, trained: str | None) -> str:
+    """The market the feed delivers: a replayed file's own BASE/QUOTE name when it has one (as
+    `evaluate --data` reads it), else --symbol, else the model's. DataError for a market other
+    than the model's unless `job.other_market`."""
+    from jaxtrader.data import infer_symbol
+
+    named = infer_symbol(target) if kind == "replay" else ""
+    # Names without BASE/QUOTE (e.g. "candles.csv") say nothing of the market.
+    fallback = named if kind == "replay" else "BTC/USDT"
+    market = named if "/" in named else (job.symbol or trained or fallback)
+    if trained and "/" in trained and "/" in market and market != trained and not job.other_market:
+        source = f"{target} holds" if kind == "replay" else "--symbol asks for"
+        raise DataError(
+            f"the model was trained on {trained} but {source} {market}; pass --other-market to "
+            f"trade it out of market, or a {trained} feed"
+        )
+    return market
+
+
+def check_in_sample(manifest: Any, interval: pd.Timedelta, start: pd.Timestamp) -> None:
+    """DataError when a replay starting at `start` reaches back into the training span: its first
+    candle must be purged from the last training point as evaluate's --start is (t - t_train >=
+    horizon + seq_len, `splits.purge_gap`)."""
+    from jaxtrader.splits import purge_gap
+
+    train_end = parse_utc(manifest.splits["train"]["end"], "the manifest's training end")
+    assert train_end is not None
+    allowed = train_end + (purge_gap(manifest.horizon, manifest.seq_len) + 1) * interval
+    if start < allowed:
+        raise DataError(
+            f"--start {start.isoformat()} overlaps the training span (training labels reach "
+            f"{(train_end + manifest.horizon * interval).isoformat()}, purged to "
+            f"{allowed.isoformat()}); use --start {allowed.isoformat()} or later, or pass "
+            "--in-sample to replay candles the model was trained on (the results are not "
+            "out-of-sample)"
+        )
+
+
 def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     """Paper-trades `job` until the feed ends or SIGINT/SIGTERM; returns the strategy summary.
 
@@ -93,6 +134,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
     from jaxtrader.trading.manager import StrategyConfig, TradingManager, model_inputs_fn
     from jaxtrader.trading.paper_report import name_pnl_and_risk
+    from jaxtrader.trading.risk import check_limits
     from jaxtrader.trading.store import Store, stable_hash
 
     if job.checkpoint is None and job.arch is None:
@@ -103,8 +145,16 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
             f"--feed {job.feed!r} is not replay:PATH or ccxt:EXCHANGE (e.g. ccxt:binance)"
         )
     log = get_logger("trade")
-    if job.capital <= 0:
-        raise ConfigError(f"--capital must be positive, got {job.capital}")
+    # Everything a user can get wrong is checked before the model loads and the state file opens.
+    if not (math.isfinite(job.capital) and job.capital > 0):
+        raise ConfigError(f"--capital must be a positive amount, got {job.capital}")
+    check_settings(
+        threshold=cfg.backtest.threshold,
+        long_short=cfg.backtest.long_short,
+        fee_bps=cfg.backtest.fee_bps,
+        slippage_bps=cfg.backtest.slippage_bps,
+    )
+    check_limits(cfg.risk)
     if job.policy not in ("checkpoint", "plain"):
         Policy.from_toml(job.policy)  # a bad policy file fails before the model loads
     enable_compilation_cache()  # a restarted strategy reuses the compiled model programs
@@ -127,7 +177,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
             f"{format_interval(trained_interval)} candles ({predictor.version_dir}); the model "
             "only understands the interval it was trained on"
         )
-    market = job.symbol or manifest.data.get("symbol") or "BTC/USDT"
+    market = market_of(job, kind, target, manifest.data.get("symbol"))
     stop = threading.Event()
     feed: Feed
     if kind == "replay":
@@ -135,10 +185,13 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         test = manifest.splits["test"]
         start_ts = job.start if job.start is not None else parse_utc(test["start"], "test start")
         end_ts = job.end if job.end is not None else parse_utc(test["end"], "test end")
+        assert start_ts is not None
+        if not job.in_sample:
+            check_in_sample(manifest, interval, start_ts)
         feed = ReplayFeed(
             target,
             interval=format_interval(interval),
-            symbol=job.symbol or manifest.data.get("symbol"),
+            symbol=market,
             start=start_ts,
             end=end_ts,
             speed=job.speed,
@@ -161,6 +214,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         "arch": manifest.arch,
         "version": manifest.version,
         "step": predictor.step,
+        "feed": f"{kind}:{target}",  # named when a resume is refused for another market
     }
     store = Store(job.state_path)
     manager = TradingManager(

@@ -12,15 +12,16 @@ instead of silently gaining our tables.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from jaxtrader.errors import StateError
 
@@ -80,6 +81,30 @@ _LEGACY_TABLE_SETS = (
     frozenset({*TABLES, "risk_events", "runners"}),
     frozenset({*TABLES, "risk_events"}),
 )
+
+
+# How long a write waits for another process's transaction before giving up (tests shorten it).
+BUSY_TIMEOUT_S = 30.0
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """Turns SQLite's errors about the file (damaged pages, a lock held past the busy timeout)
+    into a StateError naming it. Constraint violations stay sqlite3 errors: they are our bugs."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as e:
+            raise self._unusable(e) from None
+
+    return wrapper
 
 
 def stable_hash(obj: Any) -> str:
@@ -142,11 +167,13 @@ class Store:
         if self.path.parent and not self.path.parent.exists():
             raise StateError(f"state file directory {self.path.parent} does not exist; create it")
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            self.conn = sqlite3.connect(
+                str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None
+            )
         except sqlite3.DatabaseError as e:
             raise self._unusable(e) from None
         try:
-            self.conn.execute("PRAGMA busy_timeout = 30000")
+            self.conn.execute(f"PRAGMA busy_timeout = {round(BUSY_TIMEOUT_S * 1000)}")
             # Identify the file before writing anything: journal_mode=WAL alone would already
             # change another application's database.
             self._check_owner(self.conn)
@@ -170,6 +197,14 @@ class Store:
             raise self._unusable(e) from None
 
     def _unusable(self, e: sqlite3.DatabaseError) -> StateError:
+        # A lock is not damage: "use a new file or restore a backup" would throw away good state.
+        code = getattr(e, "sqlite_errorcode", None)
+        if code in _BUSY_CODES or "locked" in str(e) or "busy" in str(e):
+            return StateError(
+                f"state file {self.path} is busy: another process has held it locked for more "
+                f"than {BUSY_TIMEOUT_S:g} s ({e}); retry when that process is done (the file is "
+                "fine; check for a stuck process or an open SQLite shell on it)"
+            )
         return StateError(
             f"state file {self.path} is not a usable SQLite database ({e}); pass --state a new "
             "file name, or restore this file from a backup if it was a jaxtrader state file"
@@ -212,12 +247,16 @@ class Store:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may already have rolled back (a damaged page, a full disk); a second
+            # ROLLBACK would fail and hide the error that matters.
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 
     # -- strategies ---------------------------------------------------------------------------
 
+    @_guarded
     def register(
         self, sid: str, config: dict[str, Any], model: dict[str, Any], *, fresh: bool = False
     ) -> bool:
@@ -248,6 +287,19 @@ class Store:
                     ),
                 )
                 return True
+        old_cfg = json.loads(row[2])
+        if old_cfg.get("symbol", config.get("symbol")) != config.get("symbol"):
+            # Checked first: a strategy's candles, positions and equity are of one market, and
+            # prices of another would revalue its position silently.
+            started = json.loads(row[3]).get("feed")
+            was = f" (started on {started})" if started else ""
+            now = f" ({model['feed']})" if model.get("feed") else ""
+            raise StateError(
+                f"strategy '{sid}' in {self.path} trades {old_cfg['symbol']}{was}, not "
+                f"{config.get('symbol')}{now}; its history and open position are of that market: "
+                "pass --new-strategy to start it afresh on the new one, or use a different "
+                "--strategy-id"
+            )
         if row[1] != model_hash:
             old = json.loads(row[3])
             raise StateError(
@@ -257,7 +309,6 @@ class Store:
                 "start it afresh or use a different --strategy-id"
             )
         if row[0] != config_hash:
-            old_cfg = json.loads(row[2])
             diff = sorted(k for k in set(old_cfg) | set(config) if old_cfg.get(k) != config.get(k))
             raise StateError(
                 f"strategy '{sid}' in {self.path} was started with a different config "
@@ -272,6 +323,7 @@ class Store:
 
     # -- one runner per strategy id ------------------------------------------------------------
 
+    @_guarded
     def claim(self, sid: str) -> None:
         """Marks this process as the strategy's runner; refuses while another live process on
         this host holds it (two runners of one id would interleave its candles). A claim left by
@@ -293,16 +345,19 @@ class Store:
                 "INSERT OR REPLACE INTO runners VALUES (?, ?, ?, ?)", (sid, host, pid, _now())
             )
 
+    @_guarded
     def release(self, sid: str) -> None:
         import os
 
         with self.transaction() as c:
             c.execute("DELETE FROM runners WHERE strategy_id = ? AND pid = ?", (sid, os.getpid()))
 
+    @_guarded
     def strategy_ids(self) -> list[str]:
         rows = self.conn.execute("SELECT strategy_id FROM strategies ORDER BY strategy_id")
         return [r[0] for r in rows]
 
+    @_guarded
     def strategy(self, sid: str) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT config_json, model_json, created_at FROM strategies WHERE strategy_id = ?",
@@ -314,6 +369,7 @@ class Store:
 
     # -- resumable state ----------------------------------------------------------------------
 
+    @_guarded
     def load_state(self, sid: str) -> tuple[str | None, StrategyState] | None:
         from jaxtrader.trading.records import StrategyState
 
@@ -322,6 +378,7 @@ class Store:
         ).fetchone()
         return None if row is None else (row[0], StrategyState.from_dict(json.loads(row[1])))
 
+    @_guarded
     def history(self, sid: str, n: int) -> list[CandleRow]:
         """The last `n` candles of the strategy's rolling buffer (warm-up and processed)."""
         rows = self.conn.execute(
@@ -331,12 +388,14 @@ class Store:
         ).fetchall()
         return [CandleRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in reversed(rows)]
 
+    @_guarded
     def commit_warmup(self, sid: str, state: StrategyState, candles: Sequence[CandleRow]) -> None:
         """Stores the warm-up history (never traded) and the initial state in one transaction."""
         with self.transaction() as c:
             self._insert_candles(c, sid, candles, processed=False)
             self._put_state(c, sid, None, state)
 
+    @_guarded
     def commit_candle(self, sid: str, cc: CandleCommit) -> None:
         with self.transaction() as c:
             self._insert_candles(c, sid, cc.candles[:-1], processed=False)
@@ -383,6 +442,7 @@ class Store:
             )
             self._put_state(c, sid, cc.ts, cc.state)
 
+    @_guarded
     def add_event(self, sid: str, ts: str, category: str, kind: str, reason: str) -> None:
         with self.transaction() as c:
             c.execute(
@@ -414,6 +474,7 @@ class Store:
 
     # -- reads for reports and tests ----------------------------------------------------------
 
+    @_guarded
     def rows(self, table: str, sid: str) -> list[dict[str, Any]]:
         """All rows of one table for one strategy, in time order, as dicts."""
         if table not in (*TABLES, "risk_events"):
@@ -425,6 +486,7 @@ class Store:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
+    @_guarded
     def event_counts(self, sid: str) -> dict[str, int]:
         rows = self.conn.execute(
             "SELECT kind, COUNT(*) FROM risk_events WHERE strategy_id = ? GROUP BY kind", (sid,)
