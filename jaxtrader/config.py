@@ -7,6 +7,7 @@ into checkpoint manifests. Precedence: defaults < `--config FILE` < command-line
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -16,10 +17,89 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jaxtrader.errors import ConfigError
-from jaxtrader.models.archs import DEFAULT_ARCH, LSTMConfig, TransformerConfig
+from jaxtrader.models.archs import ARCH_NAMES, DEFAULT_ARCH, LSTMConfig, TransformerConfig
 
 GapPolicy = Literal["fill", "drop", "error"]
 SEQ_LEN_RANGE = (50, 200)  # window lengths in candles that `dataset.seq_len` may take
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values one numeric config key may take. `RANGES` is the one table both the config
+    file's check (`check_values`) and the flags' click types (`cli.common.ranged`) read, so a
+    value a flag refuses is refused in a config file too."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is excluded
+    hi_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):  # TOML's nan and inf pass every comparison below or break it
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
+
+    def describe(self, integer: bool) -> str:
+        kind = "an integer" if integer else "a number"
+        if self.lo is not None and self.hi is not None:
+            if integer and not (self.lo_open or self.hi_open):
+                return f"{kind} in {self.lo:g}..{self.hi:g}"
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            return f"{kind} in {left}{self.lo:g}, {self.hi:g}{right}"
+        if self.lo is not None:
+            return f"{kind} {'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"{kind} {'<' if self.hi_open else '<='} {self.hi:g}"
+        return kind
+
+
+_POSITIVE = Range(lo=0, lo_open=True)
+_NON_NEGATIVE = Range(lo=0)
+_AT_LEAST_ONE = Range(lo=1)
+_FRACTION = Range(lo=0, hi=1, lo_open=True, hi_open=True)  # strictly between 0 and 1
+_RATE = Range(lo=0, hi=1, hi_open=True)  # 0 allowed, 1 not (dropout, label threshold)
+_BPS = Range(lo=0, hi=10_000, hi_open=True)  # decisions.check_settings' fee/slippage bounds
+
+# Dotted key -> allowed values. Optional keys (None = off) are checked only when set.
+RANGES: dict[str, Range] = {
+    "data.synth_rows": _AT_LEAST_ONE,
+    "dataset.seq_len": Range(lo=SEQ_LEN_RANGE[0], hi=SEQ_LEN_RANGE[1]),
+    "dataset.horizon": _AT_LEAST_ONE,
+    "dataset.threshold": _RATE,
+    "dataset.train_frac": _FRACTION,
+    "dataset.val_frac": _FRACTION,
+    "dataset.scaler_clip": _POSITIVE,
+    "model.dropout": _RATE,
+    "model.num_layers": _AT_LEAST_ONE,
+    "model.hidden": _AT_LEAST_ONE,
+    "model.d_model": Range(lo=2),  # even, for the sin/cos positions (checked with num_heads)
+    "model.num_heads": _AT_LEAST_ONE,
+    "model.ff_dim": _AT_LEAST_ONE,
+    "train.epochs": _AT_LEAST_ONE,
+    "train.batch_size": _AT_LEAST_ONE,
+    "train.eval_batch_size": _AT_LEAST_ONE,
+    "train.learning_rate": _POSITIVE,
+    "train.weight_decay": _NON_NEGATIVE,
+    "train.warmup_steps": _NON_NEGATIVE,
+    "train.grad_clip": _POSITIVE,
+    "train.patience": _AT_LEAST_ONE,
+    "train.max_minutes": _POSITIVE,
+    "train.max_to_keep": _AT_LEAST_ONE,
+    "backtest.fee_bps": _BPS,
+    "backtest.slippage_bps": _BPS,
+    "backtest.threshold": _FRACTION,
+    "risk.max_position": Range(lo=0, hi=1, lo_open=True),  # a fraction of equity: no leverage
+    "risk.daily_drawdown": Range(lo=0, hi=1, lo_open=True),
+    "risk.breaker_failures": _AT_LEAST_ONE,
+    "risk.breaker_losses": _AT_LEAST_ONE,
+    "risk.cooldown": _NON_NEGATIVE,
+    "risk.stop_loss": _POSITIVE,
+    "risk.take_profit": _POSITIVE,
+    "risk.max_trades_per_day": _AT_LEAST_ONE,
+    "risk.model_timeout_ms": _POSITIVE,
+}
 
 
 @dataclass(frozen=True)
@@ -136,6 +216,52 @@ class AppConfig:
     risk: RiskConfig = field(default_factory=RiskConfig)
 
 
+def is_integer_key(dotted: str) -> bool:
+    """Whether config key `dotted` (e.g. "train.epochs") holds an integer rather than a float."""
+    section, _, key = dotted.partition(".")
+    hint = typing.get_type_hints(typing.get_type_hints(AppConfig)[section])[key]
+    return hint is int or int in typing.get_args(hint)
+
+
+def _check_range(dotted: str, value: Any, source: str | None) -> None:
+    allowed = RANGES.get(dotted)
+    if allowed is None or value is None or value in allowed:
+        return
+    where, fix = (f" in config file {source}", "; change it in that file") if source else ("", "")
+    raise ConfigError(
+        f"{dotted}={value!r}{where} is out of range: it must be "
+        f"{allowed.describe(is_integer_key(dotted))}{fix}"
+    )
+
+
+def check_values(cfg: AppConfig, source: str | None = None) -> None:
+    """ConfigError for the first value outside `RANGES`, or values that contradict each other, so
+    a bad config stops before anything is loaded or written. `source` names the config file."""
+    for section in fields(cfg):
+        table = getattr(cfg, section.name)
+        for f in fields(table):
+            _check_range(f"{section.name}.{f.name}", getattr(table, f.name), source)
+    where = f" (config file {source})" if source else ""
+    d, m = cfg.dataset, cfg.model
+    if m.arch not in ARCH_NAMES:
+        raise ConfigError(
+            f"model.arch={m.arch!r}{where} is not a registered architecture; choose one of "
+            f"{', '.join(sorted(ARCH_NAMES))}"
+        )
+    if d.train_frac + d.val_frac >= 1.0:
+        raise ConfigError(
+            f"dataset.train_frac + dataset.val_frac = {d.train_frac + d.val_frac:g} leaves no "
+            f"test data{where}; keep the sum below 1"
+        )
+    # The Transformer's values, checked whatever model.arch is: a study or a later --arch flag
+    # may build a Transformer from the same file.
+    if m.d_model % m.num_heads or m.d_model % 2:
+        raise ConfigError(
+            f"model.d_model={m.d_model} must be even and divisible by model.num_heads="
+            f"{m.num_heads}{where}; pick an even d_model and a head count that divides it"
+        )
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Checks (and mildly coerces) a TOML value against a dataclass field annotation."""
     hints = annotation
@@ -177,30 +303,39 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
+def _build(cls: type, table: Mapping[str, Any], where: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     for key in table:
         if key not in known:
             raise ConfigError(
-                f"unknown key '{where}.{key}' in config; known keys: {', '.join(sorted(known))}"
+                f"unknown key '{where}.{key}' in {source}; known keys: {', '.join(sorted(known))}"
             )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in table.items()}
     return cls(**kwargs)
 
 
-def from_dict(raw: Mapping[str, Any]) -> AppConfig:
-    """Builds an AppConfig from nested tables, rejecting unknown tables and keys by name."""
+def from_dict(raw: Mapping[str, Any], source: str = "config") -> AppConfig:
+    """Builds an AppConfig from nested tables, rejecting unknown tables and keys by name (values
+    are not range-checked: manifests of older runs are read with this too; see `check_values`).
+    `source` names where the tables came from in messages."""
     hints = typing.get_type_hints(AppConfig)
-    sections = {f.name for f in fields(AppConfig)}
+    sections = sorted(f.name for f in fields(AppConfig))
     for key, value in raw.items():
+        if key in sections and not isinstance(value, Mapping):
+            raise ConfigError(f"'{key}' in {source} must be a table like [{key}]")
+        if not isinstance(value, Mapping):
+            owners = [s for s in sections if key in {f.name for f in fields(hints[s])}]
+            hint = f"put it under [{owners[0]}]" if owners else "put it under its table"
+            raise ConfigError(
+                f"'{key}' in {source} is a key outside any table; {hint} (tables: "
+                f"{', '.join(f'[{s}]' for s in sections)})"
+            )
         if key not in sections:
             raise ConfigError(
-                f"unknown table '[{key}]' in config; known tables: {', '.join(sorted(sections))}"
+                f"unknown table '[{key}]' in {source}; known tables: {', '.join(sections)}"
             )
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"'{key}' in config must be a table like [{key}]")
-    return AppConfig(**{k: _build(hints[k], v, k) for k, v in raw.items()})
+    return AppConfig(**{k: _build(hints[k], v, k, source) for k, v in raw.items()})
 
 
 def load_config(path: str | Path | None) -> AppConfig:
@@ -216,7 +351,9 @@ def load_config(path: str | Path | None) -> AppConfig:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {p}: {e}") from None
-    return from_dict(raw)
+    cfg = from_dict(raw, f"config file {p}")
+    check_values(cfg, str(p))
+    return cfg
 
 
 def with_overrides(cfg: AppConfig, overrides: Mapping[str, Any]) -> AppConfig:

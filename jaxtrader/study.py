@@ -29,13 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from jaxtrader.config import AppConfig, with_overrides
-from jaxtrader.errors import ConfigError, JaxTraderError
+from jaxtrader.errors import CheckpointError, ConfigError, JaxTraderError
 from jaxtrader.logs import get_logger, log_event
 from jaxtrader.walkforward import (
     PLAN_FILE,
     Executor,
     WalkForwardSettings,
+    config_changes,
     local_executor,
+    read_run_json,
+    resume_record,
     run_walkforward,
 )
 from jaxtrader.windows import check_seq_len
@@ -186,14 +189,14 @@ def _study_doc(cells: list[StudyCell], wf: WalkForwardSettings, base: AppConfig)
 def _open_study(out: Path, doc: dict[str, Any], resume: bool) -> None:
     path = out / STUDY_FILE
     if resume:
-        if not path.is_file():
-            raise ConfigError(f"--resume {out}: {STUDY_FILE} is missing; it is not a study")
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        _, stored = resume_record(out, STUDY_FILE, "study")
         diff = [k for k in doc if stored.get(k) != json.loads(json.dumps(doc[k]))]
         if diff:
+            changed = config_changes(stored.get("config"), json.loads(json.dumps(doc["config"])))
+            detail = f" ({'; '.join(changed)})" if "config" in diff and changed else ""
             raise ConfigError(
-                f"--resume {out}: the study was started with different {', '.join(diff)}; rerun "
-                "the original command with --resume, or start a new study"
+                f"--resume {out}: the study was started with different {', '.join(diff)}{detail}; "
+                "rerun the original command with --resume, or start a new study"
             )
         return
     if path.exists():
@@ -203,6 +206,16 @@ def _open_study(out: Path, doc: dict[str, Any], resume: bool) -> None:
         )
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+def check_markets(base: AppConfig, cells: Sequence[StudyCell]) -> None:
+    """Loads each market file once with the data layer, so a missing, unreadable or invalid file
+    is its own one-line DataError before the study directory exists, not a failed cell per arch
+    and horizon whose reason is only in leaderboard.json."""
+    from jaxtrader.data import load_market
+
+    for cell in {c.data: c for c in cells if c.data is not None}.values():
+        load_market(cell_config(base, cell).data)
 
 
 def run_study(
@@ -232,6 +245,9 @@ def run_study(
     # Every cell shares the window length (cell_config sets only arch and horizon): a bad one
     # fails once, here, not in each cell in turn behind a "rerun with --resume" that cannot help.
     check_seq_len(base.dataset.seq_len)
+    if resume:  # a wrong --resume DIR fails before any market is loaded
+        resume_record(out, STUDY_FILE, "study")
+    check_markets(base, cells)
     out_dir = Path(out) if out is not None else new_study_dir()
     _open_study(out_dir, _study_doc(cells, wf, base), resume)
     rows: list[dict[str, Any]] = []
@@ -241,8 +257,11 @@ def run_study(
         if on_cell is not None:
             on_cell(i, cell, run_dir)
         if resume and (run_dir / REPORT_FILE).is_file() and (run_dir / CELL_FILE).is_file():
-            report = json.loads((run_dir / REPORT_FILE).read_text(encoding="utf-8"))
-            seconds = json.loads((run_dir / CELL_FILE).read_text(encoding="utf-8"))["seconds"]
+            fix = f"delete it and rerun with --resume {out_dir} (the cell's folds are kept)"
+            report = read_run_json(run_dir / REPORT_FILE, "walk-forward report", fix)
+            seconds = read_run_json(run_dir / CELL_FILE, "study cell record", fix).get("seconds")
+            if not isinstance(seconds, int | float):
+                raise CheckpointError(f"{run_dir / CELL_FILE} has no seconds; {fix}")
             log_event(logger, "cell_skipped", cell=i, run=str(run_dir), reason="complete")
             rows.append(leaderboard_row(cell, report, seconds, run_dir, alpha))
             continue
@@ -293,8 +312,9 @@ def run_study(
     if failed:
         names = ", ".join(f"{f['market']}/{f['arch']}/h{f['horizon']}" for f in failed)
         raise StudyIncomplete(
-            f"{len(failed)} of {len(cells)} cells failed ({names}; errors in "
-            f"{out_dir / 'leaderboard.json'}); fix the cause and rerun with --resume {out_dir}"
+            f"{len(failed)} of {len(cells)} cells failed ({names}; the first: "
+            f"{failed[0]['error']}; all errors in {out_dir / 'leaderboard.json'}); fix the cause "
+            f"and rerun with --resume {out_dir}"
         )
     return StudyRun(out=out_dir, leaderboard=board, seconds=time.perf_counter() - t0)
 

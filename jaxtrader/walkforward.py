@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -522,6 +523,9 @@ def save_fold(out: Path, prepared: Prepared, cfg: AppConfig, result: FoldResult)
 
     started = time.perf_counter()
     directory = fold_dir(out, result.fold)
+    # A fold is only saved when it is not complete: what is there is an interrupted save or a
+    # fold whose weights were damaged, and Orbax will not write over an existing step.
+    shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     step = max(result.epochs_run, 1)
     manager = ckpt.make_manager(directory, max_to_keep=1)
@@ -581,6 +585,22 @@ def load_fold(out: Path, fold: int) -> FoldResult | None:
     return FoldResult(**rec, **arrays)
 
 
+def _weights_damage(out: Path, fold: int, cfg: AppConfig, prepared: Prepared) -> str | None:
+    """Why the saved weights of a complete fold cannot be restored (None when they can): the
+    restore evaluate and trade do (`checkpoint.restore_params`, shapes only, nothing compiled)."""
+    from jaxtrader import checkpoint as ckpt
+    from jaxtrader.inference import abstract_params, stacked_abstract
+    from jaxtrader.models import build_model
+
+    model = build_model(cfg.model)
+    target = abstract_params(model, cfg.dataset.seq_len, len(prepared.market.feature_names))
+    try:
+        ckpt.restore_params(fold_dir(out, fold), stacked_abstract(target, prepared.plan["seeds"]))
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # The driver.
 
@@ -604,11 +624,58 @@ class WalkForwardRun:
     seconds: float
 
 
-def _check_plan(out: Path, plan: dict[str, Any]) -> None:
-    path = out / PLAN_FILE
+def read_run_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A run directory's JSON record (`plan.json`, `study.json`, ...) as a dict; a damaged file is
+    one CheckpointError naming it and `fix`, not a JSONDecodeError."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is unreadable ({e}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{path} is not a {what} (not a JSON object); {fix}")
+    return doc
+
+
+def resume_record(out: str | Path | None, name: str, what: str) -> tuple[Path, dict[str, Any]]:
+    """The --resume directory `out` and its record `name`, read before any data is loaded: a
+    missing directory or record, or a damaged one, is one ConfigError/CheckpointError."""
+    if out is None:
+        raise ConfigError("--resume needs the run directory: --resume DIR")
+    out = Path(out)
+    if not out.exists():
+        raise ConfigError(
+            f"--resume {out}: the directory does not exist; pass the directory a previous run "
+            "printed, or start a new run without --resume"
+        )
+    if not out.is_dir():
+        raise ConfigError(f"--resume {out}: not a directory; pass the {what}'s directory")
+    path = out / name
     if not path.is_file():
-        raise ConfigError(f"--resume {out}: {PLAN_FILE} is missing; it is not a walk-forward run")
-    stored = json.loads(path.read_text(encoding="utf-8"))
+        raise ConfigError(f"--resume {out}: {name} is missing; it is not a {what}")
+    return out, read_run_json(
+        path,
+        what,
+        f"restore it from a backup, or start a new {what} with another --out ({out} cannot "
+        "be resumed without it)",
+    )
+
+
+def config_changes(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """`key old -> new` for every leaf where two nested config dicts differ (dotted keys)."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        return [
+            change
+            for k in sorted(set(stored) | set(current), key=str)
+            for change in config_changes(
+                stored.get(k), current.get(k), f"{prefix}.{k}" if prefix else str(k)
+            )
+        ]
+    if stored == current:
+        return []
+    return [f"{prefix} {json.dumps(stored)} -> {json.dumps(current)}"]
+
+
+def _check_plan(out: Path, stored: dict[str, Any], plan: dict[str, Any]) -> None:
     keys = ("symbol", "arch", "folds", "seeds", "window", "train_candles", "seed", "fold_plan")
     diff = [k for k in keys if stored.get(k) != plan.get(k)]
     if diff:
@@ -616,11 +683,14 @@ def _check_plan(out: Path, plan: dict[str, Any]) -> None:
             f"--resume {out}: the run was planned with different {', '.join(diff)}; rerun with "
             "the same data and flags as the original command, or start a new run without --resume"
         )
-    if stored.get("config") is not None and stored["config"] != plan.get("config"):
-        raise ConfigError(
-            f"--resume {out}: the run was planned with a different configuration; rerun the "
-            "original command (same --config and flags) with --resume"
-        )
+    if stored.get("config") is not None:
+        changed = config_changes(stored["config"], json.loads(json.dumps(plan.get("config"))))
+        if changed:
+            raise ConfigError(
+                f"--resume {out}: the run was planned with a different configuration "
+                f"({'; '.join(changed)}); rerun the original command (same --config and flags) "
+                "with --resume, or start a new run without --resume"
+            )
 
 
 def run_walkforward(
@@ -645,14 +715,14 @@ def run_walkforward(
     from jaxtrader.walkforward_report import write_outputs
 
     t0 = time.perf_counter()
+    # Before the candles are loaded: a wrong --resume DIR fails at once.
+    resumed = resume_record(out, PLAN_FILE, "walk-forward run") if resume else None
     enable_compilation_cache()
     prepared = prepared or prepare(cfg, wf)
     plan = {**prepared.plan, "config": config_mod.to_dict(cfg)}
-    if resume:
-        if out is None:
-            raise ConfigError("--resume needs the run directory: --resume DIR")
-        out_dir = Path(out)
-        _check_plan(out_dir, plan)
+    if resumed is not None:
+        out_dir, stored = resumed
+        _check_plan(out_dir, stored, plan)
     else:
         if out is None:
             out_dir = new_run_dir(runs_root, prepared.market.symbol, cfg.model.arch)
@@ -672,6 +742,10 @@ def run_walkforward(
     todo: list[FoldTask] = []
     for i, splits in enumerate(prepared.folds):
         done = load_fold(out_dir, i) if resume else None
+        if done is not None and (damage := _weights_damage(out_dir, i, cfg, prepared)):
+            # Only the manifest said complete: evaluate and trade would fail on these weights.
+            log_event(logger, "fold_redo", fold=i, reason=damage)
+            done = None
         if done is not None:
             results[i] = done
             log_event(logger, "fold_skipped", fold=i, reason="complete")

@@ -452,3 +452,32 @@ def test_missing_checkpoint_folder_is_named(tmp_path: Path) -> None:
         assert str(exc.value).startswith(
             f"checkpoint folder {tmp_path / 'does-not-exist'} not found; pass --ckpt-dir"
         )
+
+
+def test_models_list_refuses_a_named_folder_that_does_not_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jaxtrader.cli import main
+
+    def run(args: list[str]) -> tuple[int, str]:
+        try:
+            main(args)
+        except SystemExit as e:
+            code = int(e.code or 0)
+        else:
+            code = 0
+        out = capsys.readouterr()
+        return code, (out.out + out.err).strip()
+
+    missing = tmp_path / "does-not-exist"
+    assert run(["models", "list", "--ckpt-dir", str(missing)]) == (
+        2,
+        f"error: checkpoint folder {missing} not found; pass --ckpt-dir with the folder "
+        "`jaxtrader train` wrote to (default: ckpt), or train a model first with `jaxtrader train`",
+    )
+    # Without --ckpt-dir the default folder (ckpt) may not exist yet: a first run is not an error.
+    monkeypatch.chdir(tmp_path)
+    assert run(["models", "list"]) == (
+        0,
+        "no model versions under ckpt; train one with `jaxtrader train`",
+    )

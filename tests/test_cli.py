@@ -114,3 +114,27 @@ def test_a_wrong_allocator_choice_is_one_line_before_any_work(tmp_path: Path) ->
         assert result.stderr.strip().count("\n") == 0, result.stderr[-2000:]
         assert "JAXTRADER_MALLOC='jemalloc' is not one of auto, tcmalloc, glibc" in result.stderr
         assert not (tmp_path / "x").exists()
+
+
+def test_config_show_refuses_an_out_of_range_value(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\ndropout = 1.5\n")
+    result = run("--config", str(bad), "config", "show")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (
+        f"error: model.dropout=1.5 in config file {bad} is out of range: it must be a number in "
+        "[0, 1); change it in that file\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["train", "walkforward", "study"])
+def test_a_global_option_after_the_command_says_where_it_goes(command: str) -> None:
+    result = run(command, "--config", "x.toml")
+    assert result.returncode == 2
+    assert (
+        "No such option '--config'. Global options such as --config go before the command: "
+        f"jaxtrader --config ... {command} ..."
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+    # An option no level has keeps click's own message.
+    assert "go before" not in run(command, "--nope").stderr

@@ -56,3 +56,96 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "round.toml"
     path.write_text(to_toml(cfg))
     assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[train]\nepochs = -3\n", "train.epochs=-3 in config file {path} is out of range: "
+         "it must be an integer >= 1; change it in that file"),
+        ("[train]\nepochs = 0\n", "train.epochs=0 in config file {path} is out of range: "
+         "it must be an integer >= 1"),
+        ("[train]\nbatch_size = 0\n", "train.batch_size=0 in config file {path} is out of range: "
+         "it must be an integer >= 1"),
+        ("[dataset]\nscaler_clip = -1\n", "dataset.scaler_clip=-1.0 in config file {path} is out "
+         "of range: it must be a number > 0"),
+        ("[model]\ndropout = 1.5\n", "model.dropout=1.5 in config file {path} is out of range: "
+         "it must be a number in [0, 1)"),
+        ("[train]\nlearning_rate = -1\n", "train.learning_rate=-1.0 in config file {path} is out "
+         "of range: it must be a number > 0"),
+        ("[train]\nlearning_rate = nan\n", "train.learning_rate=nan in config file {path}"),
+        ("[train]\nmax_minutes = 0\n", "train.max_minutes=0.0 in config file {path} is out of "
+         "range: it must be a number > 0"),
+        ("[train]\npatience = 0\n", "train.patience=0 in config file {path}"),
+        ("[train]\nweight_decay = -0.1\n", "train.weight_decay=-0.1 in config file {path} is out "
+         "of range: it must be a number >= 0"),
+        ("[train]\nmax_to_keep = 0\n", "train.max_to_keep=0 in config file {path}"),
+        ("[dataset]\nseq_len = 10\n", "dataset.seq_len=10 in config file {path} is out of range: "
+         "it must be an integer in 50..200"),
+        ("[dataset]\nhorizon = 0\n", "dataset.horizon=0 in config file {path}"),
+        ("[risk]\ncooldown = -5\n", "risk.cooldown=-5 in config file {path}"),
+        ("[backtest]\nfee_bps = -10\n", "backtest.fee_bps=-10.0 in config file {path} is out of "
+         "range: it must be a number in [0, 10000)"),
+        ("[dataset]\ntrain_frac = 0.9\nval_frac = 0.3\n", "dataset.train_frac + dataset.val_frac "
+         "= 1.2 leaves no test data (config file {path}); keep the sum below 1"),
+        ("[model]\nd_model = 63\nnum_heads = 4\n", "model.d_model=63 must be even and divisible "
+         "by model.num_heads=4 (config file {path})"),
+        ('[model]\narch = "gru"\n', "model.arch='gru' (config file {path}) is not a registered "
+         "architecture; choose one of lstm, transformer"),
+    ],
+)  # fmt: skip
+def test_out_of_range_file_values_name_file_key_value_and_range(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    """A config file cannot set what the flags refuse: the same table of ranges checks both."""
+    path = tmp_path / "c.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert message.format(path=path) in str(caught.value)
+
+
+def test_every_ranged_flag_agrees_with_the_config_table() -> None:
+    """The click ranges of train/walkforward/study flags are built from `RANGES`, so a value a
+    flag refuses is refused in a config file, and the other way round."""
+    import click
+
+    from jaxtrader.cli.study_cmds import study
+    from jaxtrader.cli.train_cmds import train
+    from jaxtrader.cli.walkforward_cmds import walkforward
+    from jaxtrader.config import RANGES
+
+    keys = {
+        "epochs": "train.epochs",
+        "batch_size": "train.batch_size",
+        "seq_len": "dataset.seq_len",
+        "horizon": "dataset.horizon",
+        "horizons": "dataset.horizon",
+        "max_minutes": "train.max_minutes",
+        "lr": "train.learning_rate",
+        "weight_decay": "train.weight_decay",
+        "patience": "train.patience",
+        "dropout": "model.dropout",
+        "threshold": "dataset.threshold",
+    }
+    seen = set()
+    for command in (train, walkforward, study):
+        for param in command.params:
+            if param.name not in keys:
+                continue
+            r, t = RANGES[keys[param.name]], param.type
+            assert isinstance(t, click.IntRange | click.FloatRange), param.name
+            assert (t.min, t.max, t.min_open, t.max_open) == (r.lo, r.hi, r.lo_open, r.hi_open)
+            seen.add((command.name, param.name))
+    assert len(seen) == 30  # 10 such flags on each command
+
+
+def test_a_key_outside_any_table_is_named_with_its_table(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("epochs = 3\n[model]\narch = 'lstm'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        f"'epochs' in config file {path} is a key outside any table; put it under [train] "
+        "(tables: [backtest], [data], [dataset], [model], [risk], [train])"
+    )

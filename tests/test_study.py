@@ -6,6 +6,7 @@ edge over the majority marked; --resume reuses complete cells. Real subprocesses
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,9 +99,13 @@ def test_a_failing_cell_is_reported_and_the_others_complete(
     short = tmp_path / "ccc_usd_1h.csv"
     pd.read_csv(good).head(200).to_csv(short, index=False)
     cells = study_cells([good, str(short)], ["lstm"], [2])
-    with pytest.raises(StudyIncomplete, match="--resume"):
+    with pytest.raises(StudyIncomplete, match="--resume") as caught:
         run_study(CFG, WF, cells, out=tmp_path / "study")
     board = json.loads((tmp_path / "study" / "leaderboard.json").read_text())
+    # The first failed cell's reason is in the one line, not only in leaderboard.json.
+    assert f"ccc_usd_1h/lstm/h2; the first: {board['failed'][0]['error']}; all errors in" in str(
+        caught.value
+    )
     assert [r["market"] for r in board["rows"]] == ["AAA/USD"]
     assert [f["market"] for f in board["failed"]] == ["ccc_usd_1h"] and board["failed"][0]["error"]
     assert "ccc_usd_1h/lstm/h2" in (tmp_path / "study" / "leaderboard.md").read_text()
@@ -134,3 +139,65 @@ def test_seq_len_flag_out_of_range_is_refused_by_the_parser(command: str) -> Non
     )
     assert proc.returncode == 2
     assert "'--seq-len': 16 is not in the range 50<=x<=200" in proc.stderr
+
+
+def _candle_csv(path: Path, rows: int = 10, nan_row: int | None = None) -> Path:
+    lines = ["timestamp,open,high,low,close,volume"]
+    for i in range(rows):
+        close = "nan" if i == nan_row else "100.5"
+        lines.append(f"2023-01-01T{i:02d}:00:00Z,100,101,99,{close},10")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bad_market_files_fail_once_with_the_data_layers_reason(tmp_path: Path) -> None:
+    """Each --data file is loaded once before the study directory exists: the reason (the row
+    with a NaN, a directory) is the one-line error, not "1 of 1 cells failed (...)"."""
+    nan = _candle_csv(tmp_path / "nan_usd_1h.csv", nan_row=4)
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    out = tmp_path / "study"
+    for data, reason in [
+        (nan, f"{nan}: line 6 (2023-01-01T04:00:00Z): missing or non-finite value"),
+        (folder, f"{folder}: is a directory; pass a candle file"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "jaxtrader", "study", "--data", str(data), "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.startswith(f"error: {reason}") and proc.stderr.count("\n") == 1
+        assert not out.exists()
+
+
+def test_resume_refuses_a_missing_or_damaged_study_by_name(tmp_path: Path) -> None:
+    from test_walkforward import CFG, WF
+
+    from jaxtrader.config import with_overrides
+    from jaxtrader.errors import CheckpointError, ConfigError
+    from jaxtrader.study import run_study, study_cells
+
+    cells = study_cells([None], ["lstm"], [2])
+    missing = tmp_path / "nope"
+    with pytest.raises(
+        ConfigError, match=re.escape(f"--resume {missing}: the directory does not exist")
+    ):
+        run_study(CFG, WF, cells, out=missing, resume=True)
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.json").write_text("{")
+    with pytest.raises(CheckpointError) as caught:
+        run_study(CFG, WF, cells, out=out, resume=True)
+    assert str(caught.value).startswith(f"{out / 'study.json'} is unreadable (")
+    assert "start a new study with another --out" in str(caught.value)
+    # A changed configuration is named key by key, old and new value.
+    from jaxtrader.study import _open_study, _study_doc
+
+    _open_study(tmp_path / "s2", _study_doc(cells, WF, CFG), resume=False)
+    changed = with_overrides(CFG, {"train.learning_rate": 0.01})
+    with pytest.raises(
+        ConfigError, match=re.escape("different config (train.learning_rate 0.001 -> 0.01)")
+    ):
+        run_study(changed, WF, cells, out=tmp_path / "s2", resume=True)

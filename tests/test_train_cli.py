@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from conftest import event_scalars, extra_or_skip
 
@@ -221,6 +222,7 @@ def test_models_list_empty(tmp_path: Path) -> None:
 
     from jaxtrader.cli import cli
 
+    (tmp_path / "none").mkdir()  # an empty folder; a missing one is an error (test_checkpoint)
     result = CliRunner().invoke(cli, ["models", "list", "--ckpt-dir", str(tmp_path / "none")])
     assert result.exit_code == 0
     assert result.output.startswith(f"no model versions under {tmp_path / 'none'}")
@@ -278,15 +280,45 @@ def test_a_wrong_allocator_choice_is_one_line(
     assert not (workdir / "ckpt").exists()
 
 
+@pytest.mark.parametrize(
+    ("body", "start"),
+    [
+        ("[dataset]\nseq_len = 10\n", "error: dataset.seq_len=10 in config file bad.toml"),
+        # These trained, wrote half a version directory or crashed before the ranges were checked.
+        ("[train]\nepochs = -3\n", "error: train.epochs=-3 in config file bad.toml"),
+        ("[train]\nbatch_size = 0\n", "error: train.batch_size=0 in config file bad.toml"),
+        ("[train]\nmax_to_keep = 0\n", "error: train.max_to_keep=0 in config file bad.toml"),
+        ("[model]\nd_model = 63\n", "error: model.d_model=63 must be even"),
+    ],
+)
 def test_bad_config_value_is_one_line(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    body: str,
+    start: str,
 ) -> None:
-    (workdir / "bad.toml").write_text("[dataset]\nseq_len = 10\n")
-    args = ["--config", "bad.toml", "train", "--arch", "lstm"]
+    (workdir / "bad.toml").write_text(body)
+    args = ["--config", "bad.toml", "train", "--arch", "lstm", "--ckpt-dir", "ck"]
     assert main_exit(args, workdir, monkeypatch) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: dataset.seq_len=10")
-    assert not (workdir / "ckpt").exists()
+    assert err.count("\n") == 1 and err.startswith(start)
+    assert not (workdir / "ck").exists()
+
+
+def test_help_shows_the_defaults_each_command_uses() -> None:
+    """walkforward trains with patience 1 and 1 epoch (`WF_DEFAULTS`), train with the config's."""
+    from jaxtrader.cli.study_cmds import study
+    from jaxtrader.cli.train_cmds import train
+    from jaxtrader.cli.walkforward_cmds import walkforward
+
+    def help_of(command: click.Command, name: str) -> str:
+        return next(p for p in command.params if p.name == name).help or ""  # type: ignore[attr-defined]
+
+    assert help_of(train, "patience").endswith("(train.patience) [2].")
+    for command in (walkforward, study):
+        assert help_of(command, "patience").endswith("(train.patience) [1].")
+        assert help_of(command, "epochs") == "Maximum epochs per fold [1]."
 
 
 def test_training_knob_flags_and_tensorboard_events(workdir: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -471,3 +472,75 @@ def test_cli_restarts_on_tcmalloc_or_with_huge_pages_where_the_machine_has_them(
     assert all(r["epochs_run"] >= 1 for r in fits), fits
     expected = [r["epochs_run"] if mapping else 0 for r in fits]
     assert [r["loops_mapping_step_blocks"] for r in fits] == expected, fits
+
+
+def test_resume_checks_the_directory_before_loading_any_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing directory, a missing or damaged plan.json: one line naming it, no data loaded."""
+    import jaxtrader.walkforward as wf_mod
+
+    def no_data(*args: Any) -> Any:
+        raise AssertionError("the candles were loaded before --resume DIR was checked")
+
+    monkeypatch.setattr(wf_mod, "prepare", no_data)
+    missing = tmp_path / "nope"
+    with pytest.raises(
+        ConfigError, match=re.escape(f"--resume {missing}: the directory does not exist")
+    ):
+        run_walkforward(CFG, WF, out=missing, resume=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(ConfigError, match=r"plan\.json is missing; it is not a walk-forward run"):
+        run_walkforward(CFG, WF, out=run, resume=True)
+    for damaged in ("", '{"symbol": ', "[1, 2]"):
+        (run / "plan.json").write_text(damaged)
+        with pytest.raises(CheckpointError) as caught:
+            run_walkforward(CFG, WF, out=run, resume=True)
+        message = str(caught.value)
+        assert message.startswith(f"{run / 'plan.json'} is ")
+        assert "restore it from a backup, or start a new walk-forward run with another --out" in (
+            message
+        )
+
+
+def test_resume_names_changed_config_keys_and_redoes_a_fold_with_damaged_weights(
+    cli_run: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import jaxtrader.walkforward as wf_mod
+    from jaxtrader.config import from_dict, with_overrides
+    from jaxtrader.inference import Predictor
+
+    out = tmp_path / "run"
+    shutil.copytree(cli_run[0], out)
+    cfg = from_dict(json.loads((out / "plan.json").read_text())["config"])  # the CLI's config
+    changed = with_overrides(cfg, {"train.learning_rate": 0.01, "model.dropout": 0.2})
+    with pytest.raises(ConfigError) as caught:
+        run_walkforward(changed, WF, out=out, resume=True)
+    assert "different configuration (model.dropout 0.1 -> 0.2; train.learning_rate 0.001 -> " in (
+        str(caught.value)
+    )
+
+    # Fold 1's weights are damaged; only its manifest would say it is complete.
+    (params,) = (out / "fold_01").glob("*/params")
+    for data in params.rglob("d/*"):
+        data.write_bytes(b"\0" * data.stat().st_size)
+    events: list[tuple[str, dict]] = []
+    real_log_event = wf_mod.log_event
+    monkeypatch.setattr(
+        wf_mod,
+        "log_event",
+        lambda lg, event, *a, **kw: (events.append((event, kw)), real_log_event(lg, event, **kw)),
+    )
+    fold0 = (out / "fold_00" / "fold.json").read_text()
+    resumed = run_walkforward(cfg, WF, out=out, resume=True)
+    redo = [kw for event, kw in events if event == "fold_redo"]
+    assert [kw["fold"] for kw in redo] == [1] and "corrupt" in redo[0]["reason"]
+    assert ("fold_skipped", {"fold": 0, "reason": "complete"}) in events
+    assert (out / "fold_00" / "fold.json").read_text() == fold0  # kept
+    Predictor.load(checkpoint=out / "fold_01")  # the retrained weights restore
+    a = pd.read_csv(cli_run[0] / "predictions.csv")
+    pd.testing.assert_frame_equal(a, pd.read_csv(out / "predictions.csv"), atol=1e-6)
+    assert resumed.report["pooled"]["n"] == cli_run[1]["pooled"]["n"]

@@ -33,6 +33,7 @@ from jaxtrader.checkpoint.versions import (
     new_version_dir,
     read_manifest,
     record_policy,
+    require_folder,
     resolve_version,
     write_manifest,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "package_versions",
     "read_manifest",
     "record_policy",
+    "require_folder",
     "resolve_version",
     "restore_params",
     "restore_state",

@@ -228,11 +228,7 @@ def resolve_version(
     """
     root = Path(ckpt_dir)
     what = " ".join(x for x in (symbol, arch) if x) or "any model"
-    if not root.is_dir():
-        raise CheckpointError(
-            f"checkpoint folder {root} not found; pass --ckpt-dir with the folder `jaxtrader "
-            "train` wrote to (default: ckpt), or train a model first with `jaxtrader train`"
-        )
+    require_folder(root)
     if isinstance(version, str) and version.isdigit():
         version = int(version)
     if isinstance(version, int):
@@ -299,6 +295,15 @@ def _one_symbol(
         f"{root} holds models of several symbols: {', '.join(names)}{given}; validation losses "
         "of different markets are not comparable, pass --symbol"
     )
+
+
+def require_folder(root: Path) -> None:
+    """Refuses a checkpoint root that is not a folder (a mistyped --ckpt-dir, or nothing trained)."""
+    if not root.is_dir():
+        raise CheckpointError(
+            f"checkpoint folder {root} not found; pass --ckpt-dir with the folder `jaxtrader "
+            "train` wrote to (default: ckpt), or train a model first with `jaxtrader train`"
+        )
 
 
 def list_versions(ckpt_dir: str | Path, symbol: str | None = None) -> list[VersionInfo]:

@@ -4,20 +4,55 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
-from jaxtrader.config import SEQ_LEN_RANGE
+from jaxtrader.config import RANGES, AppConfig, is_integer_key
 from jaxtrader.models.archs import ARCH_NAMES
-
-if TYPE_CHECKING:
-    from jaxtrader.config import AppConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # The exit code of a command stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
 INTERRUPTED_EXIT = 130
+
+
+class HintGlobalOptions(click.Command):
+    """A command that, given one of the group's own options (--config, --log-format, ...) after
+    its name, says where it goes instead of click's bare "No such option"."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            root = ctx.find_root()
+            if root is ctx or e.option_name not in {
+                name for p in root.command.params for name in getattr(p, "opts", ())
+            }:
+                raise
+            raise click.NoSuchOption(
+                e.option_name,
+                f"{e.message} Global options such as {e.option_name} go before the command: "
+                f"{root.info_name or 'jaxtrader'} {e.option_name} ... {ctx.info_name} ...",
+                ctx=ctx,
+            ) from None
+
+
+def ranged(key: str) -> click.ParamType:
+    """The click type of a flag that sets config `key`: its bounds come from `config.RANGES`,
+    the table `load_config` checks config files against, so the flag and the file agree."""
+    r = RANGES[key]
+    if is_integer_key(key):
+        lo = None if r.lo is None else int(r.lo)
+        hi = None if r.hi is None else int(r.hi)
+        return click.IntRange(lo, hi, min_open=r.lo_open, max_open=r.hi_open)
+    return click.FloatRange(r.lo, r.hi, min_open=r.lo_open, max_open=r.hi_open)
+
+
+def config_default(key: str) -> Any:
+    """The built-in default of dotted config key `key` (for --help texts)."""
+    section, _, name = key.partition(".")
+    return getattr(getattr(AppConfig(), section), name)
 
 
 def _stacked(fn: F, options: list[Callable[[Any], Any]]) -> F:
@@ -180,42 +215,61 @@ def check_arch(arch: str) -> None:
 def train_knob_options(fn: F) -> F:
     """--lr/--weight-decay/--patience/--dropout/--threshold: the common training knobs, shared by
     `train` and `config show` (so the effective config of a command line can be printed)."""
-    options = [
-        click.option(
-            "--lr",
-            type=click.FloatRange(min=0, min_open=True),
-            default=None,
-            help="Peak learning rate (train.learning_rate) [1e-3].",
-        ),
-        click.option(
-            "--weight-decay",
-            type=click.FloatRange(min=0),
-            default=None,
-            help="AdamW weight decay (train.weight_decay) [1e-4].",
-        ),
-        click.option(
-            "--patience",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Early stopping: epochs without a better val loss (train.patience) [2].",
-        ),
-        click.option(
-            "--dropout",
-            type=click.FloatRange(min=0, max=1, max_open=True),
-            default=None,
-            help="Dropout rate (model.dropout) [0.1].",
-        ),
-        click.option(
-            "--threshold",
-            type=click.FloatRange(min=0, max=1, max_open=True),
-            default=None,
-            help="Label threshold: 'up' means close[t+h] > close[t] * (1 + threshold) "
-            "(dataset.threshold) [0].",
-        ),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return knob_options()(fn)
+
+
+def knob_options(defaults: Mapping[str, Any] | None = None) -> Callable[[F], F]:
+    """`train_knob_options` for a command with its own defaults for some keys (walkforward's
+    `WF_DEFAULTS`), so its --help shows the value that command uses."""
+    shown = {
+        key: (defaults or {}).get(key, config_default(key))
+        for key in (
+            "train.learning_rate",
+            "train.weight_decay",
+            "train.patience",
+            "model.dropout",
+            "dataset.threshold",
+        )
+    }
+
+    def decorate(fn: F) -> F:
+        options = [
+            click.option(
+                "--lr",
+                type=ranged("train.learning_rate"),
+                default=None,
+                help=f"Peak learning rate (train.learning_rate) [{shown['train.learning_rate']:g}].",
+            ),
+            click.option(
+                "--weight-decay",
+                type=ranged("train.weight_decay"),
+                default=None,
+                help=f"AdamW weight decay (train.weight_decay) [{shown['train.weight_decay']:g}].",
+            ),
+            click.option(
+                "--patience",
+                type=ranged("train.patience"),
+                default=None,
+                help="Early stopping: epochs without a better val loss (train.patience) "
+                f"[{shown['train.patience']}].",
+            ),
+            click.option(
+                "--dropout",
+                type=ranged("model.dropout"),
+                default=None,
+                help=f"Dropout rate (model.dropout) [{shown['model.dropout']:g}].",
+            ),
+            click.option(
+                "--threshold",
+                type=ranged("dataset.threshold"),
+                default=None,
+                help="Label threshold: 'up' means close[t+h] > close[t] * (1 + threshold) "
+                f"(dataset.threshold) [{shown['dataset.threshold']:g}].",
+            ),
+        ]
+        return _stacked(fn, options)
+
+    return decorate
 
 
 def train_knob_overrides(
@@ -307,15 +361,19 @@ def batch_window_options(fn: F) -> F:
     `walkforward` (`study` reuses walkforward's option objects)."""
     options = [
         click.option(
-            "--batch-size", type=click.IntRange(min=1), default=None, help="Training batch size."
+            "--batch-size",
+            type=ranged("train.batch_size"),
+            default=None,
+            help="Training batch size.",
         ),
         click.option(
-            "--seq-len", type=click.IntRange(*SEQ_LEN_RANGE), default=None, help="Window length W."
+            "--seq-len", type=ranged("dataset.seq_len"), default=None, help="Window length W."
         ),
         click.option(
-            "--horizon", type=click.IntRange(min=1), default=None, help="Label horizon in candles."
+            "--horizon",
+            type=ranged("dataset.horizon"),
+            default=None,
+            help="Label horizon in candles.",
         ),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return _stacked(fn, options)

@@ -14,14 +14,16 @@ import click
 from jaxtrader.cli.common import (
     INTERRUPTED_EXIT,
     CliState,
+    HintGlobalOptions,
     executor_options,
     prepare_executor,
+    ranged,
     train_knob_overrides,
 )
 from jaxtrader.cli.walkforward_cmds import walkforward
 
 
-@click.command("study")
+@click.command("study", cls=HintGlobalOptions)
 @click.option(
     "--data",
     "data_paths",
@@ -40,7 +42,7 @@ from jaxtrader.cli.walkforward_cmds import walkforward
     "--horizon",
     "horizons",
     multiple=True,
-    type=click.IntRange(min=1),
+    type=ranged("dataset.horizon"),
     help="Label horizon in candles; repeat for several. Default: the config's.",
 )
 @click.option("--out", type=str, default=None, help="Study directory. Default: runs/studies/studyN")
@@ -110,9 +112,6 @@ def study(
     )
     if resume is not None and out is not None and Path(out) != Path(resume):
         raise ConfigError("--out and --resume name different directories; pass only --resume DIR")
-    for path in data_paths:
-        if not Path(path).is_file():
-            raise ConfigError(f"--data {path}: no such file; pass an existing candle file")
     cells = study_cells(
         list(data_paths) or [base.data.path],
         list(archs) or ["lstm", "transformer"],

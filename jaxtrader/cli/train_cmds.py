@@ -12,10 +12,12 @@ import click
 from jaxtrader.cli.common import (
     INTERRUPTED_EXIT,
     CliState,
+    HintGlobalOptions,
     batch_window_options,
     check_arch,
     data_options,
     data_overrides,
+    ranged,
     train_knob_options,
     train_knob_overrides,
 )
@@ -63,7 +65,7 @@ def _print_summary(state: CliState, summary: dict[str, Any]) -> None:
         click.echo(_summary_lines(summary))
 
 
-@click.command("train")
+@click.command("train", cls=HintGlobalOptions)
 @click.option(
     "--arch",
     type=str,
@@ -72,13 +74,13 @@ def _print_summary(state: CliState, summary: dict[str, Any]) -> None:
     help=f"Model architecture from the registry ({', '.join(ARCH_NAMES)}). Default: model.arch.",
 )
 @data_options
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs.")
+@click.option("--epochs", type=ranged("train.epochs"), default=None, help="Maximum epochs.")
 @batch_window_options
 @click.option("--seed", type=int, default=None, help="PRNG seed (init, shuffling, dropout).")
 @click.option("--ckpt-dir", type=str, default=None, help="Checkpoint root. Default: ckpt.")
 @click.option(
     "--max-minutes",
-    type=click.FloatRange(min=0, min_open=True),
+    type=ranged("train.max_minutes"),
     default=None,
     help="Wall-clock limit; training stops cleanly and still saves.",
 )
@@ -209,9 +211,11 @@ def models_list(state: CliState, symbol: str | None, ckpt_dir: str | None, as_js
     loss, accuracy vs majority rate and size."""
     import json
 
-    from jaxtrader.checkpoint import checkpoint_root, list_versions
+    from jaxtrader.checkpoint import checkpoint_root, list_versions, require_folder
 
     root = checkpoint_root(ckpt_dir, state.config())
+    if ckpt_dir is not None:  # a folder named on purpose must exist; the default may not yet
+        require_folder(root)
     rows = list_versions(root, symbol)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows]))

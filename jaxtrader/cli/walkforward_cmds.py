@@ -22,13 +22,15 @@ import click
 from jaxtrader.cli.common import (
     INTERRUPTED_EXIT,
     CliState,
+    HintGlobalOptions,
     batch_window_options,
     check_arch,
     data_options,
     data_overrides,
     executor_options,
+    knob_options,
     prepare_executor,
-    train_knob_options,
+    ranged,
     train_knob_overrides,
 )
 
@@ -95,7 +97,7 @@ class _StopAfterFold:
                 signal.signal(s, previous)
 
 
-@click.command("walkforward")
+@click.command("walkforward", cls=HintGlobalOptions)
 @click.option("--arch", type=str, default=None, metavar="ARCH", help="lstm or transformer.")
 @data_options
 @click.option("--folds", type=click.IntRange(min=1), default=6, show_default=True)
@@ -123,12 +125,17 @@ class _StopAfterFold:
     "fold's VALIDATION block, applied to its test block; plain: long when P(up) > the "
     "backtest threshold (0.5), re-decided every candle. The plain backtest is reported beside.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs per fold.")
+@click.option(
+    "--epochs",
+    type=ranged("train.epochs"),
+    default=None,
+    help=f"Maximum epochs per fold [{WF_DEFAULTS['train.epochs']}].",
+)
 @batch_window_options
 @click.option("--seed", type=int, default=None, help="Run seed (every fold and seed derive keys).")
 @click.option(
     "--max-minutes",
-    type=click.FloatRange(min=0, min_open=True),
+    type=ranged("train.max_minutes"),
     default=None,
     help="Training budget for the whole run, shared equally by the folds.",
 )
@@ -141,7 +148,7 @@ class _StopAfterFold:
     help="Finish the run in DIR: folds whose manifests say complete are kept as they are.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of a summary.")
-@train_knob_options
+@knob_options(WF_DEFAULTS)
 @executor_options
 @click.pass_obj
 def walkforward(
@@ -181,9 +188,11 @@ def walkforward(
 
     from jaxtrader.errors import ConfigError
     from jaxtrader.walkforward import (
+        PLAN_FILE,
         WalkForwardInterrupted,
         WalkForwardSettings,
         format_plan,
+        resume_record,
         run_walkforward,
     )
     from jaxtrader.walkforward_report import format_summary
@@ -205,6 +214,8 @@ def walkforward(
     check_arch(cfg.model.arch)  # before loading data: a typo fails at once
     if resume is not None and out is not None and Path(out) != Path(resume):
         raise ConfigError("--out and --resume name different directories; pass only --resume DIR")
+    if resume is not None:  # before the executor starts and the candles load
+        resume_record(resume, PLAN_FILE, "walk-forward run")
     wf = WalkForwardSettings(
         folds=folds,
         seeds=seeds,
