@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "jaxtrader", "--log-format", "json", "trade",
            "--checkpoint", args.checkpoint, "--feed", f"replay:{args.data}", "--state", state,
            "--strategy-id", "soak", "--new-strategy", "--start", start.isoformat(),
-           "--end", end.isoformat()]  # fmt: skip
+           "--end", end.isoformat(),
+           # The soak measures the runner over the whole history, the training span included.
+           "--in-sample"]  # fmt: skip
     print(f"soak: {total:,} candles {start} .. {end}; state {state}", flush=True)
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min); {os.cpu_count()} cores", flush=True)
     t0 = time.monotonic()
@@ -80,8 +82,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     curve: list[tuple[int, float, float, float]] = []  # (candles, rss MB, s since start, load)
     fallbacks = 0
     last_block = t0
+    last_text = ""
     for line in proc.stderr:
         if not line.startswith("{"):
+            last_text = line.strip() or last_text  # the one-line error of a failed run
             continue
         event = json.loads(line)
         if event.get("event") != "candle":
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out, _ = proc.communicate()
     wall = time.monotonic() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"trade exited {proc.returncode}")
+        raise SystemExit(f"trade exited {proc.returncode}: {last_text}")
     summary = json.loads(out)
     lat = np.array(latency)
     result = {
