@@ -127,9 +127,13 @@ def test_config_show_refuses_an_out_of_range_value(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("command", ["train", "walkforward", "study"])
+@pytest.mark.parametrize(
+    "command",
+    ["train", "walkforward", "study", "evaluate", "trade", "portfolio", "data info",
+     "features compute", "models list", "config show"],
+)  # fmt: skip
 def test_a_global_option_after_the_command_says_where_it_goes(command: str) -> None:
-    result = run(command, "--config", "x.toml")
+    result = run(*command.split(), "--config", "x.toml")
     assert result.returncode == 2
     assert (
         "No such option '--config'. Global options such as --config go before the command: "
@@ -137,4 +141,4 @@ def test_a_global_option_after_the_command_says_where_it_goes(command: str) -> N
     ) in result.stderr
     assert "Traceback" not in result.stderr
     # An option no level has keeps click's own message.
-    assert "go before" not in run(command, "--nope").stderr
+    assert "go before" not in run(*command.split(), "--nope").stderr

@@ -16,6 +16,7 @@ import click
 from jaxtrader.cli.common import (
     INTERRUPTED_EXIT,
     CliState,
+    HintGlobalOptionsGroup,
     train_knob_options,
     train_knob_overrides,
 )
@@ -65,7 +66,7 @@ def cli(
     ctx.obj = CliState(config_path=config_path, log_format=log_format, debug=debug)
 
 
-@cli.group("config")
+@cli.group("config", cls=HintGlobalOptionsGroup)
 def config_group() -> None:
     """Inspect the effective configuration."""
 

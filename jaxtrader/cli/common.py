@@ -33,9 +33,24 @@ class HintGlobalOptions(click.Command):
             raise click.NoSuchOption(
                 e.option_name,
                 f"{e.message} Global options such as {e.option_name} go before the command: "
-                f"{root.info_name or 'jaxtrader'} {e.option_name} ... {ctx.info_name} ...",
+                f"{root.info_name or 'jaxtrader'} {e.option_name} ... {_below_root(ctx)} ...",
                 ctx=ctx,
             ) from None
+
+
+def _below_root(ctx: click.Context) -> str:
+    """The command's path under the root group: "train", "data info"."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
+class HintGlobalOptionsGroup(click.Group):
+    """A command group whose subcommands are `HintGlobalOptions` (data info, models list, ...)."""
+
+    command_class = HintGlobalOptions
 
 
 def ranged(key: str) -> click.ParamType:

@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from jaxtrader.cli.common import CliState, data_options, data_overrides
+from jaxtrader.cli.common import CliState, HintGlobalOptionsGroup, data_options, data_overrides
 
 
-@click.group("data")
+@click.group("data", cls=HintGlobalOptionsGroup)
 def data_group() -> None:
     """Inspect, generate and download OHLCV candle data."""
 

@@ -8,6 +8,7 @@ import click
 
 from jaxtrader.cli.common import (
     CliState,
+    HintGlobalOptions,
     checkpoint_options,
     policy_options,
     rules_options,
@@ -15,7 +16,7 @@ from jaxtrader.cli.common import (
 )
 
 
-@click.command("evaluate")
+@click.command("evaluate", cls=HintGlobalOptions)
 @click.option(
     "--split",
     type=click.Choice(["val", "test"]),

@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from jaxtrader.cli.common import CliState, data_options, data_overrides
+from jaxtrader.cli.common import CliState, HintGlobalOptionsGroup, data_options, data_overrides
 
 _OUT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 
 
-@click.group("features")
+@click.group("features", cls=HintGlobalOptionsGroup)
 def features_group() -> None:
     """The 86 causal engineered features (registry and computation)."""
 

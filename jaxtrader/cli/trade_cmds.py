@@ -10,6 +10,7 @@ import click
 from jaxtrader.cli.common import (
     RULE_FLAGS,
     CliState,
+    HintGlobalOptions,
     checkpoint_options,
     rules_options,
     rules_overrides,
@@ -36,7 +37,7 @@ def _strategy_options(fn: Any) -> Any:
     return rules_options(fn)
 
 
-@click.command("trade")
+@click.command("trade", cls=HintGlobalOptions)
 @checkpoint_options
 @click.option(
     "--feed",
@@ -196,7 +197,7 @@ def _table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str, str], ...]
     )
 
 
-@click.command("portfolio")
+@click.command("portfolio", cls=HintGlobalOptions)
 @click.option("--state", "state_path", type=str, required=True, help="SQLite state file.")
 @click.option("--strategy-id", type=str, default=None, help="Only this strategy.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")

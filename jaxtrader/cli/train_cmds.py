@@ -13,6 +13,7 @@ from jaxtrader.cli.common import (
     INTERRUPTED_EXIT,
     CliState,
     HintGlobalOptions,
+    HintGlobalOptionsGroup,
     batch_window_options,
     check_arch,
     data_options,
@@ -147,7 +148,7 @@ def train(
     _print_summary(state, summary)
 
 
-@click.group("models")
+@click.group("models", cls=HintGlobalOptionsGroup)
 def models_group() -> None:
     """List trained model versions."""
 
