@@ -139,6 +139,13 @@ class Predictor:
                 fallback_symbol=fallback_symbol,
             )
         manifest = ckpt.read_manifest(version_dir)
+        if checkpoint is not None and arch is not None and arch != manifest.arch:
+            # --checkpoint wins over the search flags, but a flag that contradicts it is a
+            # mistake to report, not to ignore.
+            raise ConfigError(
+                f"--arch {arch} contradicts --checkpoint {version_dir}, whose model is {manifest.arch}; "
+                "drop --arch or pick a checkpoint of that architecture"
+            )
         ckpt.check_features(manifest, version_dir)
         try:
             config = from_dict(manifest.config)

@@ -569,3 +569,23 @@ def test_unusable_output_paths_are_one_line_errors(
     assert run("--report-dir", str(a_file))[1].endswith(f"Directory '{a_file}' is a file.")
     code, line = run("--trades", str(a_file / "t.csv"))  # under a file: only the OS can tell
     assert code == 2 and line.startswith(f"error: cannot use {a_file}") and "internal" not in line
+
+
+def test_flags_that_contradict_the_checkpoint_are_refused(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--checkpoint wins over the search flags; one that names another model was silently
+    ignored (the report was of the checkpoint's model)."""
+    from jaxtrader.cli import main
+
+    vdir = trained["version_dir"]  # an LSTM of BTC/USDT
+    for flag, value, expected in (
+        ("--arch", "transformer", f"--arch transformer contradicts --checkpoint {vdir}, whose "
+         "model is lstm; drop --arch"),
+        ("--symbol", "ETH/USDT", f"--symbol ETH/USDT contradicts --checkpoint {vdir}, a model of "
+         "BTC/USDT; drop --symbol"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            main(["evaluate", "--checkpoint", str(vdir), flag, value])
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.strip().startswith(f"error: {expected}")

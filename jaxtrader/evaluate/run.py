@@ -32,7 +32,7 @@ from jaxtrader.decisions import (
     annualization,
     check_settings,
 )
-from jaxtrader.errors import DataError
+from jaxtrader.errors import ConfigError, DataError
 from jaxtrader.evaluate.baselines import predict_baselines
 from jaxtrader.evaluate.summary import (
     EvalRows,
@@ -233,6 +233,17 @@ def evaluate_checkpoint(
         fee_bps=backtest.fee_bps,
         slippage_bps=backtest.slippage_bps,
     )
+    if checkpoint is not None and symbol is not None:
+        from jaxtrader.checkpoint import read_manifest
+
+        trained_symbol = read_manifest(Path(checkpoint)).data.get("symbol")
+        if symbol != trained_symbol:
+            # --checkpoint wins over --symbol, but a contradiction is a mistake to report.
+            raise ConfigError(
+                f"--symbol {symbol} contradicts --checkpoint {checkpoint}, a model of "
+                f"{trained_symbol}; drop --symbol (to evaluate another market's candles, pass "
+                "--data and --other-market)"
+            )
     predictor = Predictor.load(
         ckpt_dir=ckpt_dir,
         symbol=symbol,
