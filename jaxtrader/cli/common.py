@@ -233,54 +233,33 @@ def train_knob_options(fn: F) -> F:
     return knob_options()(fn)
 
 
+# (flag, config key, help before the key and its default): the common training knobs.
+_KNOBS = (
+    ("--lr", "train.learning_rate", "Peak learning rate"),
+    ("--weight-decay", "train.weight_decay", "AdamW weight decay"),
+    ("--patience", "train.patience", "Early stopping: epochs without a better val loss"),
+    ("--dropout", "model.dropout", "Dropout rate"),
+    (
+        "--threshold",
+        "dataset.threshold",
+        "Label threshold: 'up' means close[t+h] > close[t] * (1 + threshold)",
+    ),
+)
+
+
 def knob_options(defaults: Mapping[str, Any] | None = None) -> Callable[[F], F]:
     """`train_knob_options` for a command with its own defaults for some keys (walkforward's
     `WF_DEFAULTS`), so its --help shows the value that command uses."""
-    shown = {
-        key: (defaults or {}).get(key, config_default(key))
-        for key in (
-            "train.learning_rate",
-            "train.weight_decay",
-            "train.patience",
-            "model.dropout",
-            "dataset.threshold",
-        )
-    }
 
     def decorate(fn: F) -> F:
         options = [
             click.option(
-                "--lr",
-                type=ranged("train.learning_rate"),
+                flag,
+                type=ranged(key),
                 default=None,
-                help=f"Peak learning rate (train.learning_rate) [{shown['train.learning_rate']:g}].",
-            ),
-            click.option(
-                "--weight-decay",
-                type=ranged("train.weight_decay"),
-                default=None,
-                help=f"AdamW weight decay (train.weight_decay) [{shown['train.weight_decay']:g}].",
-            ),
-            click.option(
-                "--patience",
-                type=ranged("train.patience"),
-                default=None,
-                help="Early stopping: epochs without a better val loss (train.patience) "
-                f"[{shown['train.patience']}].",
-            ),
-            click.option(
-                "--dropout",
-                type=ranged("model.dropout"),
-                default=None,
-                help=f"Dropout rate (model.dropout) [{shown['model.dropout']:g}].",
-            ),
-            click.option(
-                "--threshold",
-                type=ranged("dataset.threshold"),
-                default=None,
-                help="Label threshold: 'up' means close[t+h] > close[t] * (1 + threshold) "
-                f"(dataset.threshold) [{shown['dataset.threshold']:g}].",
-            ),
+                help=f"{text} ({key}) [{(defaults or {}).get(key, config_default(key)):g}].",
+            )
+            for flag, key, text in _KNOBS
         ]
         return _stacked(fn, options)
 
