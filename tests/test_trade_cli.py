@@ -620,3 +620,24 @@ def test_feed_of_another_interval_names_the_models(
     assert f"{five} holds 5m candles but the model was trained on 1h candles" in err
     assert "replay 1h candles of the market, or use a model trained on 5m candles" in err
     assert "--interval" not in err
+
+
+def test_text_logs_without_a_terminal_get_progress_lines(
+    setup: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no terminal there is no bar; a replay in text mode printed nothing until its
+    summary. Now it says where it is every PROGRESS_EVERY candles and at the end."""
+    import jaxtrader.trading.runner as runner
+
+    monkeypatch.setattr(runner, "PROGRESS_EVERY", 20)
+    test = json.loads((setup["ckpt"] / "manifest.json").read_text())["splits"]["test"]
+    end = (pd.Timestamp(test["start"]) + pd.Timedelta(49, unit="h")).isoformat()
+    code, _, err = run_cli(trade_args(setup, tmp_path / "p.db", "p", "--end", end), capsys)
+    assert code == 0, err
+    counts = [int(line.split("candles=")[1].split()[0])
+              for line in err.splitlines() if " trade_progress " in line]  # fmt: skip
+    assert counts == [20, 40, 50]
+    assert all(" of=50 " in line for line in err.splitlines() if " trade_progress " in line)

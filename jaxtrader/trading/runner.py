@@ -245,11 +245,21 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     total = feed.remaining(manager.resume_after) if isinstance(feed, ReplayFeed) else None
     json_logs = log_format() == "json"
     bar = progress_bar(total=total, desc=f"trade {sid}")
+    # Text logs without a terminal (nohup, systemd, a pipe) get no bar: a progress line instead,
+    # every candle of a live feed (one an interval) and every PROGRESS_EVERY of a replay.
+    progress_lines = bool(getattr(bar, "disable", False)) and not json_logs
+    every = 1 if total is None else PROGRESS_EVERY
+    seen = [0]
 
     def on_outcome(out: Outcome | None) -> None:
         bar.update(1)
+        seen[0] += 1
         if out is None:
             return
+        if progress_lines and (seen[0] % every == 0 or seen[0] == total):
+            log_event(log, "trade_progress", strategy=sid, candles=seen[0], of=total,
+                      ts=out.ts.isoformat(), prob_up=out.prob_up, target=out.target,
+                      equity=round(out.equity, 2))  # fmt: skip
         log_event(log, "candle", logging.INFO if json_logs else logging.DEBUG, strategy=sid,
                   ts=out.ts.isoformat(), prob_up=out.prob_up, signal=out.desired,
                   fallback=out.fallback, risk=out.action, reason=out.reason, target=out.target,
@@ -270,6 +280,9 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
                   last=summary.get("last"))  # fmt: skip
     log_event(log, "trade_summary", **{k: v for k, v in summary.items() if k != "pending_order"})
     return summary
+
+
+PROGRESS_EVERY = 1000  # replayed candles between `trade_progress` lines without a terminal
 
 
 def _fmt(x: float | None) -> str:
