@@ -12,6 +12,7 @@ abstract target so optax state keeps its types. Saves are asynchronous: call
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from collections.abc import Mapping
@@ -209,6 +210,21 @@ def _drop_late_reads_of_a_failed_restore() -> None:
     sys.unraisablehook = hook
 
 
+class _UnretrievedReadErrors(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records: after a failed restore the
+    other reads' tasks fail too, unawaited, and asyncio logs each one (with TensorStore's whole
+    spec) when they are collected, long after the one-line error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task exception was never retrieved")
+
+
+def _drop_unretrieved_read_errors() -> None:
+    log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnretrievedReadErrors) for f in log.filters):
+        log.addFilter(_UnretrievedReadErrors())
+
+
 def _restore(version_dir: Path, step: int | None, items: dict[str, Any]) -> tuple[Any, int]:
     import orbax.checkpoint as ocp
 
@@ -228,6 +244,7 @@ def _restore(version_dir: Path, step: int | None, items: dict[str, Any]) -> tupl
                 ),
             )
         except Exception as e:  # Orbax/tensorstore raise many types for damaged files
+            _drop_unretrieved_read_errors()
             raise CheckpointError(
                 f"checkpoint step {version_dir / str(chosen)} is partial or corrupt "
                 f"({_failure_summary(e)}); {RETRAIN_HINT}"
