@@ -557,7 +557,7 @@ def test_damaged_state_file_is_one_line_for_trade_and_portfolio(
     for args in (trade_args(setup, db, "s"), ["portfolio", "--state", str(db)]):
         err = one_line_error(*run_cli(args, capsys)[::2])
         assert f"state file {db} is not a usable SQLite database" in err
-        assert "malformed" in err and "restore this file from a backup" in err
+        assert ("damaged pages" in err or "malformed" in err) and "from a backup" in err
 
 
 def test_locked_state_file_says_busy_and_retry_not_restore(

@@ -232,9 +232,11 @@ def _drop_unretrieved_read_errors() -> None:
 def _restore(version_dir: Path, step: int | None, items: dict[str, Any]) -> tuple[Any, int]:
     import orbax.checkpoint as ocp
 
-    # Before any read: Orbax closes its loop before it raises, and the layout check's metadata
-    # read can meet the damaged files first.
+    # Before any read: Orbax closes its loop before it raises, the layout check's metadata read
+    # can meet the damaged files first, and a failed read's task can be collected (and logged)
+    # while the restore is still failing.
     _drop_late_reads_of_a_failed_restore()
+    _drop_unretrieved_read_errors()
     manager, steps = _open_steps(version_dir)
     try:
         chosen = _pick_step(version_dir, steps, step)
@@ -248,7 +250,6 @@ def _restore(version_dir: Path, step: int | None, items: dict[str, Any]) -> tupl
                 ),
             )
         except Exception as e:  # Orbax/tensorstore raise many types for damaged files
-            _drop_unretrieved_read_errors()
             raise CheckpointError(
                 f"checkpoint step {version_dir / str(chosen)} is partial or corrupt "
                 f"({_failure_summary(e)}); {RETRAIN_HINT}"

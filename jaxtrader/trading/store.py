@@ -177,6 +177,13 @@ class Store:
             # Identify the file before writing anything: journal_mode=WAL alone would already
             # change another application's database.
             self._check_owner(self.conn)
+            # A damaged page can read back as wrong rows rather than fail (a strategy id of
+            # None from a damaged index): check every page before trusting any (~0.2 s for a
+            # year of hourly candles of a few strategies).
+            problems = [r[0] for r in self.conn.execute("PRAGMA quick_check(3)").fetchall()]
+            if problems != ["ok"]:
+                found = " ".join("; ".join(problems).split())  # one line
+                raise sqlite3.DatabaseError(f"damaged pages: {found[:200]}")
             self.conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL is durable against process crashes (SIGKILL) in WAL mode; only a power loss
             # may drop the last transactions, never corrupt the file.
