@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,31 @@ def test_a_global_option_after_the_command_says_where_it_goes(command: str) -> N
     assert "Traceback" not in result.stderr
     # An option no level has keeps click's own message.
     assert "go before" not in run(*command.split(), "--nope").stderr
+
+
+def test_an_output_that_would_overwrite_an_input_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`portfolio --trades` on its own state file, `evaluate --predictions` on a manifest or on
+    the candles, `features compute --out` on its --data: each wrote over its input, exit 0."""
+    from jaxtrader.cli.common import refuse_overwriting
+    from jaxtrader.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck" / "v1").mkdir(parents=True)
+    cases = [
+        ({"--trades": "paper.db"}, {"--state": "./paper.db"}, "--trades paper.db would overwrite "
+         "what --state ./paper.db holds"),
+        ({"--predictions": "ck/v1/manifest.json"}, {"--checkpoint": "ck/v1"}, "--predictions "
+         "ck/v1/manifest.json would overwrite what --checkpoint ck/v1 holds"),
+        ({"--predictions": "p.csv", "--trades": str(tmp_path / "p.csv")}, {}, "--predictions and "
+         f"--trades both name {tmp_path / 'p.csv'}"),
+    ]  # fmt: skip
+    for outputs, inputs, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            refuse_overwriting(outputs, inputs)
+    # Different files, unset flags and an output folder next to (not inside) an input pass.
+    refuse_overwriting(
+        {"--predictions": "p.csv", "--trades": None, "--report-dir": "ck/report"},
+        {"--data": "candles.csv", "--checkpoint": "ck/v1", "--policy": None},
+    )

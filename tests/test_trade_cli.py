@@ -641,3 +641,20 @@ def test_text_logs_without_a_terminal_get_progress_lines(
               for line in err.splitlines() if " trade_progress " in line]  # fmt: skip
     assert counts == [20, 40, 50]
     assert all(" of=50 " in line for line in err.splitlines() if " trade_progress " in line)
+
+
+def test_portfolio_trades_export_never_overwrites_the_state_file(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`portfolio --state X --trades X` replaced the state file with a CSV, exit 0: every
+    strategy's state was gone."""
+    db = tmp_path / "keep.db"
+    _state_file(setup, db, capsys)
+    before = db.read_bytes()
+    err = one_line_error(*run_cli(["portfolio", "--state", str(db), "--trades", str(db)],
+                                  capsys)[::2])  # fmt: skip
+    assert (
+        err == f"error: --trades {db} would overwrite what --state {db} holds; write it "
+        "somewhere else"
+    )
+    assert db.read_bytes() == before

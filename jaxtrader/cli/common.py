@@ -371,3 +371,30 @@ def batch_window_options(fn: F) -> F:
         ),
     ]
     return _stacked(fn, options)
+
+
+def refuse_overwriting(outputs: Mapping[str, str | None], inputs: Mapping[str, str | None]) -> None:
+    """ConfigError, before any work, when an output flag names what an input flag reads (the same
+    file, or a path inside an input folder such as a checkpoint version) or what another output
+    flag names: writing it would destroy a state file, a manifest or the candles, with exit 0."""
+    from pathlib import Path
+
+    from jaxtrader.errors import ConfigError
+
+    def real(p: str) -> Path:
+        return Path(p).expanduser().resolve()
+
+    taken: dict[Path, str] = {}
+    for flag, out in outputs.items():
+        if out is None:
+            continue
+        o = real(out)
+        for in_flag, given in inputs.items():
+            if given is not None and (o == real(given) or real(given) in o.parents):
+                raise ConfigError(
+                    f"{flag} {out} would overwrite what {in_flag} {given} holds; write it "
+                    "somewhere else"
+                )
+        if o in taken:
+            raise ConfigError(f"{taken[o]} and {flag} both name {out}; give each its own path")
+        taken[o] = flag

@@ -11,6 +11,7 @@ from jaxtrader.cli.common import (
     HintGlobalOptions,
     checkpoint_options,
     policy_options,
+    refuse_overwriting,
     rules_options,
     rules_overrides,
 )
@@ -137,6 +138,10 @@ def evaluate(
     if split is not None and (start is not None or end is not None):
         raise ConfigError("use either --split or --start/--end, not both")
     cfg = state.config(rules_overrides(**rule_flags))
+    refuse_overwriting(
+        {"--predictions": predictions, "--trades": trades_path, "--report-dir": report_dir},
+        {"--data": data_path, "--checkpoint": checkpoint, "--policy": policy_spec},
+    )
     request = PolicyRequest(policy_spec, enter, exit_, min_hold)
     # Bad policy settings fail here, before the model is loaded (the real horizon comes later).
     request.resolve(threshold=cfg.backtest.threshold, long_short=cfg.backtest.long_short, horizon=1)

@@ -7,7 +7,13 @@ from typing import Any
 
 import click
 
-from jaxtrader.cli.common import CliState, HintGlobalOptionsGroup, data_options, data_overrides
+from jaxtrader.cli.common import (
+    CliState,
+    HintGlobalOptionsGroup,
+    data_options,
+    data_overrides,
+    refuse_overwriting,
+)
 
 _OUT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 
@@ -70,6 +76,7 @@ def features_compute(state: CliState, out_path: str, **data_flags: Any) -> None:
             f"{out}: unsupported extension; use .csv, .csv.gz or .parquet", param_hint="--out"
         )
     cfg = state.config(data_overrides(**data_flags))
+    refuse_overwriting({"--out": out_path}, {"--data": cfg.data.path})
     candles = load_market(cfg.data)
     if len(candles) <= WARMUP:
         raise FeatureError(

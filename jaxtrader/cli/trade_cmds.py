@@ -12,6 +12,7 @@ from jaxtrader.cli.common import (
     CliState,
     HintGlobalOptions,
     checkpoint_options,
+    refuse_overwriting,
     rules_options,
     rules_overrides,
 )
@@ -235,6 +236,7 @@ def portfolio(
 
     if not Path(state_path).is_file():
         raise StateError(f"state file {state_path} does not exist; run `jaxtrader trade` first")
+    refuse_overwriting({"--trades": trades_path}, {"--state": state_path})
     store = Store(state_path)
     ids = store.strategy_ids()
     if strategy_id is not None:
