@@ -351,3 +351,31 @@ def test_constraint_violations_stay_sqlite_errors(tmp_path: Path) -> None:
     store.commit_candle("a", _commit("2024-01-01T00:00:00+00:00", 1.0))
     with pytest.raises(sqlite3.IntegrityError):
         store.commit_candle("a", _commit("2024-01-01T00:00:00+00:00", 1.0))
+
+
+def test_a_policy_changed_under_a_strategy_says_how_to_resume_with_its_own() -> None:
+    """`evaluate --policy auto` records a policy in the checkpoint; a strategy that started
+    before it was refused with only "changed: policy" and the advice to throw its state away."""
+    import tempfile
+
+    auto = {"enter": 0.54, "exit": 0.49, "min_hold": 10, "max_position": 1.0, "long_short": False}
+    later = {**auto, "enter": 0.6}
+    with tempfile.TemporaryDirectory() as d:
+        store = Store(Path(d) / "s.db")
+        store.register("plain", {"fee_bps": 10.0}, MODEL)
+        store.register("auto", {"fee_bps": 10.0, "policy": auto}, MODEL)
+        with pytest.raises(StateError) as e:
+            store.register("plain", {"fee_bps": 10.0, "policy": auto}, MODEL)
+        assert (
+            "(changed: policy); it started with the plain rule and would now run enter = 0.54, "
+            "exit = 0.49, min_hold = 10, max_position = 1.0 (`evaluate --policy auto` records a "
+            "policy in the checkpoint); to resume with its own rule pass --policy plain; pass "
+            "--new-strategy"
+        ) in str(e.value)
+        with pytest.raises(StateError, match=r"pass --policy FILE\.toml holding enter = 0\.54, "
+                           r"exit = 0\.49, min_hold = 10, max_position = 1\.0; pass"):  # fmt: skip
+            store.register("auto", {"fee_bps": 10.0, "policy": later}, MODEL)
+        with pytest.raises(StateError) as e:  # other changes keep the short message
+            store.register("plain", {"fee_bps": 5.0}, MODEL)
+        assert "(changed: fee_bps); pass --new-strategy" in str(e.value)
+        store.close()

@@ -107,6 +107,25 @@ def _guarded(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate
     return wrapper
 
 
+def _policy_hint(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """How to resume a strategy whose policy changed under it: usually `evaluate --policy auto`
+    recorded one in the checkpoint after the strategy started with the manifest's (or no) policy."""
+
+    def rule(cfg: dict[str, Any]) -> str:
+        p = cfg.get("policy")
+        if p is None:
+            return "the plain rule"
+        return ", ".join(f"{k} = {p[k]}" for k in ("enter", "exit", "min_hold", "max_position"))
+
+    keep = (
+        "--policy plain" if old.get("policy") is None else f"--policy FILE.toml holding {rule(old)}"
+    )
+    return (
+        f"; it started with {rule(old)} and would now run {rule(new)} (`evaluate --policy auto` "
+        f"records a policy in the checkpoint); to resume with its own rule pass {keep}"
+    )
+
+
 def stable_hash(obj: Any) -> str:
     """SHA-256 of canonical JSON: equal configs hash equal whatever their key order."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
@@ -319,8 +338,8 @@ class Store:
             diff = sorted(k for k in set(old_cfg) | set(config) if old_cfg.get(k) != config.get(k))
             raise StateError(
                 f"strategy '{sid}' in {self.path} was started with a different config "
-                f"(changed: {', '.join(diff)}); pass --new-strategy to start it afresh or use a "
-                "different --strategy-id"
+                f"(changed: {', '.join(diff)}){_policy_hint(old_cfg, config) if diff == ['policy'] else ''}; "
+                "pass --new-strategy to start it afresh or use a different --strategy-id"
             )
         return False
 
