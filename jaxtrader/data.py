@@ -639,13 +639,15 @@ def load_candles(
     if given is not None and inferred is not None and given != inferred:
         raise DataError(
             f"{p}: interval {format_interval(given)} disagrees with the data, whose candles are "
-            f"mostly {format_interval(inferred)} apart; pass --interval {format_interval(inferred)} "
-            "or omit it"
+            f"mostly {format_interval(inferred)} apart; give --interval "
+            f"{format_interval(inferred)}, or leave out --interval (and `interval` under [data] "
+            "of a --config file)"
         )
     step = given or inferred
     if step is None:
         raise DataError(
-            f"{p}: a single candle does not show its interval; pass --interval (e.g. 1h)"
+            f"{p}: a single candle does not show its interval; use a file of more candles, or "
+            "give it with --interval (data, features, train, walkforward; e.g. 1h)"
         )
     step_ns = int(step.value)
     offset = ts - ts[0]

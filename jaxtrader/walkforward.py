@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from jaxtrader.config import AppConfig
-from jaxtrader.errors import CheckpointError, ConfigError
+from jaxtrader.errors import CheckpointError, ConfigError, DataError
 from jaxtrader.logs import get_logger, log_event, progress_bar
 from jaxtrader.runtime import huge_pages_requested, release_free_memory, tcmalloc_active
 from jaxtrader.splits import SPLIT_NAMES, Splits
@@ -395,6 +395,14 @@ def prepare(cfg: AppConfig, wf: WalkForwardSettings) -> Prepared:
             first, last = fold.span(name)
             row[f"{name}_start"], row[f"{name}_end"] = first, last
             row[f"{name}_points"] = int(valid_T[start:stop].sum())
+        if row["train_points"] < cfg.train.batch_size:
+            # Here, before a run directory is made: found while training, it left a plan.json
+            # that refused the rerun the message asks for.
+            raise DataError(
+                f"fold {i}'s training split has {row['train_points']} prediction points, fewer "
+                f"than batch size {cfg.train.batch_size}; use a smaller --batch-size, a longer "
+                "--train-candles or more data"
+            )
         rows.append(row)
     plan = {
         "symbol": candles.symbol,

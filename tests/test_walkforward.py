@@ -21,7 +21,7 @@ from conftest import event_scalars, extra_or_skip
 
 from jaxtrader.config import AppConfig, DataConfig, DatasetConfig, TrainConfig
 from jaxtrader.decisions import Policy, policy_positions
-from jaxtrader.errors import CheckpointError, ConfigError
+from jaxtrader.errors import CheckpointError, ConfigError, DataError
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.metrics import roc_auc
 from jaxtrader.evaluate.significance import binomial_p_value, wilson_interval
@@ -544,3 +544,16 @@ def test_resume_names_changed_config_keys_and_redoes_a_fold_with_damaged_weights
     a = pd.read_csv(cli_run[0] / "predictions.csv")
     pd.testing.assert_frame_equal(a, pd.read_csv(out / "predictions.csv"), atol=1e-6)
     assert resumed.report["pooled"]["n"] == cli_run[1]["pooled"]["n"]
+
+
+def test_a_fold_smaller_than_a_batch_fails_before_the_run_directory_exists(
+    tmp_path: Path,
+) -> None:
+    """It used to fail while training fold 0, after plan.json was written: rerunning with the
+    smaller --batch-size the message asked for was then refused ("already holds a run")."""
+    cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, batch_size=4096))
+    out = tmp_path / "wf"
+    with pytest.raises(DataError, match=r"fold 0's training split has \d+ prediction points, "
+                       r"fewer than batch size 4096; use a smaller --batch-size"):  # fmt: skip
+        run_walkforward(cfg, WF, out=out)
+    assert not out.exists()
