@@ -460,6 +460,10 @@ def test_another_market_is_refused_for_the_model_and_for_a_stored_strategy(
     err = one_line_error(*run_cli(on_eth, capsys)[::2])
     assert f"the model was trained on SYNTH/USD but {eth} holds ETH/USDT" in err
     assert "pass --other-market" in err
+    # A file whose name gives no market: the market came from --symbol, and the error says so.
+    err = one_line_error(*run_cli([*trade_args(setup, db, "m"), "--symbol", "ETH/USDT"],
+                                  capsys)[::2])  # fmt: skip
+    assert "the model was trained on SYNTH/USD but --symbol asks for ETH/USDT" in err
     err = one_line_error(*run_cli([*on_eth, "--other-market"], capsys)[::2])
     assert f"strategy 'm' in {db} trades SYNTH/USD (started on replay:{setup['csv']})" in err
     assert f"not ETH/USDT (replay:{eth})" in err

@@ -92,7 +92,7 @@ def market_of(job: TradeJob, kind: str, target: str, trained: str | None) -> str
     fallback = named if kind == "replay" else "BTC/USDT"
     market = named if "/" in named else (job.symbol or trained or fallback)
     if trained and "/" in trained and "/" in market and market != trained and not job.other_market:
-        source = f"{target} holds" if kind == "replay" else "--symbol asks for"
+        source = f"{target} holds" if "/" in named else "--symbol asks for"
         raise DataError(
             f"the model was trained on {trained} but {source} {market}; pass --other-market to "
             f"trade it out of market, or a {trained} feed"
