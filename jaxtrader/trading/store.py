@@ -197,8 +197,8 @@ class Store:
             # change another application's database.
             self._check_owner(self.conn)
             # A damaged page can read back as wrong rows rather than fail (a strategy id of
-            # None from a damaged index): check every page before trusting any (~0.2 s for a
-            # year of hourly candles of a few strategies).
+            # None from a damaged index): check every page before trusting any (0.2 s for two
+            # strategies of 10,732 hourly candles, 0.9 s for 71,569, measured cold).
             problems = [r[0] for r in self.conn.execute("PRAGMA quick_check(3)").fetchall()]
             if problems != ["ok"]:
                 found = " ".join("; ".join(problems).split())  # one line
