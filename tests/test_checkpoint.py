@@ -512,3 +512,14 @@ def test_a_failed_restore_silences_only_its_unretrieved_read_errors(
         other,
         "Exception in callback something_else()",
     ]
+
+
+def test_a_file_given_as_a_checkpoint_is_named_a_file(tmp_path: Path) -> None:
+    a_file = tmp_path / "v1"
+    a_file.write_text("x")
+    with pytest.raises(CheckpointError, match=rf"checkpoint {a_file} is a file, not a version"):
+        ckpt.read_manifest(a_file)
+    with pytest.raises(CheckpointError, match=rf"checkpoint folder {a_file} is a file, not a "):
+        ckpt.require_folder(a_file)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {tmp_path / 'v2'} does not exist"):
+        ckpt.read_manifest(tmp_path / "v2")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jaxtrader.checkpoint.manifest import MANIFEST_FILE, RETRAIN_HINT, plain
-from jaxtrader.checkpoint.versions import missing_manifest, read_manifest
+from jaxtrader.checkpoint.versions import missing_manifest, not_a_version_dir, read_manifest
 from jaxtrader.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def save_step(
 
 def _open_steps(version_dir: Path) -> tuple[ocp.CheckpointManager, list[int]]:
     if not version_dir.is_dir():
-        raise CheckpointError(f"checkpoint {version_dir} does not exist; {RETRAIN_HINT}")
+        raise CheckpointError(not_a_version_dir(version_dir))
     manager = make_manager(version_dir, create=False)
     steps = list(manager.all_steps())
     if not steps:

@@ -164,11 +164,17 @@ def missing_manifest(directory: Path) -> str:
     )
 
 
+def not_a_version_dir(version_dir: Path) -> str:
+    """Why `version_dir` cannot be a checkpoint version: missing, or a file."""
+    what = "is a file, not a version directory" if version_dir.exists() else "does not exist"
+    return f"checkpoint {version_dir} {what}; {RETRAIN_HINT}"
+
+
 def read_manifest(version_dir: str | Path) -> Manifest:
     """Reads and checks `manifest.json`; CheckpointError naming the path when missing or corrupt."""
     path = Path(version_dir) / MANIFEST_FILE
     if not Path(version_dir).is_dir():
-        raise CheckpointError(f"checkpoint {version_dir} does not exist; {RETRAIN_HINT}")
+        raise CheckpointError(not_a_version_dir(Path(version_dir)))
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -300,8 +306,9 @@ def _one_symbol(
 def require_folder(root: Path) -> None:
     """Refuses a checkpoint root that is not a folder (a mistyped --ckpt-dir, or nothing trained)."""
     if not root.is_dir():
+        found = "is a file, not a folder" if root.exists() else "not found"
         raise CheckpointError(
-            f"checkpoint folder {root} not found; pass --ckpt-dir with the folder `jaxtrader "
+            f"checkpoint folder {root} {found}; pass --ckpt-dir with the folder `jaxtrader "
             "train` wrote to (default: ckpt), or train a model first with `jaxtrader train`"
         )
 
