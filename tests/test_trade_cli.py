@@ -186,13 +186,18 @@ def test_restart_with_other_config_or_model_is_refused(
         (["--checkpoint", "nowhere/v1", "--feed", "replay:x.csv"], "nowhere"),
         (["--arch", "lstm", "--feed", "bogus"], "--feed 'bogus' is not replay:PATH or ccxt"),
         (["--feed", "replay:x.csv"], "--checkpoint PATH or --arch"),
+        (["--arch", "lstm", "--feed", "replay:x.csv", "--strategy-id", " "],
+         "--strategy-id ' ' must be a non-blank name"),
+        (["--arch", "lstm", "--feed", "replay:x.csv", "--strategy-id", "a "],
+         "--strategy-id 'a ' must be a non-blank name without surrounding spaces"),
     ],
-)
+)  # fmt: skip
 def test_bad_start_is_one_line_exit_2(
     tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The case's own --strategy-id, if any, comes last and wins.
     code, _, err = run_cli(
-        ["trade", *args, "--state", str(tmp_path / "s.db"), "--strategy-id", "a"], capsys
+        ["trade", "--state", str(tmp_path / "s.db"), "--strategy-id", "a", *args], capsys
     )
     assert message in one_line_error(code, err)
 

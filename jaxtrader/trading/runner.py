@@ -148,6 +148,12 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     # Everything a user can get wrong is checked before the model loads and the state file opens.
     if not (math.isfinite(job.capital) and job.capital > 0):
         raise ConfigError(f"--capital must be a positive amount, got {job.capital}")
+    if not job.strategy_id.strip() or job.strategy_id != job.strategy_id.strip():
+        # `portfolio` lists ids and `--strategy-id` selects them: a blank or padded one is a typo.
+        raise ConfigError(
+            f"--strategy-id {job.strategy_id!r} must be a non-blank name without surrounding "
+            "spaces, e.g. lstm-v1"
+        )
     check_settings(
         threshold=cfg.backtest.threshold,
         long_short=cfg.backtest.long_short,
