@@ -20,43 +20,41 @@ Policies (documented in the README):
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from jaxtrader.config import RiskConfig
+from jaxtrader.config import RANGES, RiskConfig
 from jaxtrader.errors import ConfigError
+
+# (flag, RiskConfig field, what it must be): the bounds are config.RANGES', the ones a config
+# file is checked against; here they are named by flag, since trade's flags set them.
+_LIMIT_FLAGS = (
+    ("--max-position", "max_position", "in (0, 1] (a fraction of equity; no leverage)"),
+    ("--daily-drawdown", "daily_drawdown", "in (0, 1] (a fraction of the day's equity)"),
+    ("--breaker-failures", "breaker_failures", "at least 1"),
+    ("--breaker-losses", "breaker_losses", "at least 1"),
+    ("--cooldown", "cooldown", "0 or more candles"),
+    ("--stop-loss", "stop_loss", "a positive fraction of the entry price (leave it out for off)"),
+    (
+        "--take-profit",
+        "take_profit",
+        "a positive fraction of the entry price (leave it out for off)",
+    ),
+    ("--max-trades-per-day", "max_trades_per_day", "at least 1 (leave it out for off)"),
+    ("--model-timeout-ms", "model_timeout_ms", "a positive number of milliseconds"),
+)
 
 
 def check_limits(cfg: RiskConfig) -> None:
     """ConfigError naming the flag for a limit that makes no sense, checked before a strategy
     touches its state file: a negative max position would trade the opposite side, a limit of 0
-    or NaN would never (or always) act. NaN fails every range test here, so it is refused too."""
-
-    def refuse(flag: str, rule: str, value: object) -> None:
-        raise ConfigError(f"{flag} must be {rule}, got {value}")
-
-    if not 0.0 < cfg.max_position <= 1.0:
-        refuse("--max-position", "in (0, 1] (a fraction of equity; no leverage)", cfg.max_position)
-    if not 0.0 < cfg.daily_drawdown <= 1.0:
-        refuse("--daily-drawdown", "in (0, 1] (a fraction of the day's equity)", cfg.daily_drawdown)
-    for flag, count in (
-        ("--breaker-failures", cfg.breaker_failures),
-        ("--breaker-losses", cfg.breaker_losses),
-    ):
-        if count < 1:
-            refuse(flag, "at least 1", count)
-    if cfg.cooldown < 0:
-        refuse("--cooldown", "0 or more candles", cfg.cooldown)
-    for flag, limit in (("--stop-loss", cfg.stop_loss), ("--take-profit", cfg.take_profit)):
-        if limit is not None and not (math.isfinite(limit) and limit > 0.0):
-            refuse(flag, "a positive fraction of the entry price (leave it out for off)", limit)
-    if cfg.max_trades_per_day is not None and cfg.max_trades_per_day < 1:
-        refuse("--max-trades-per-day", "at least 1 (leave it out for off)", cfg.max_trades_per_day)
-    if not (math.isfinite(cfg.model_timeout_ms) and cfg.model_timeout_ms > 0.0):
-        refuse("--model-timeout-ms", "a positive number of milliseconds", cfg.model_timeout_ms)
+    or NaN would never (or always) act. NaN and inf are outside every range, so refused too."""
+    for flag, name, rule in _LIMIT_FLAGS:
+        value = getattr(cfg, name)
+        if value is not None and value not in RANGES[f"risk.{name}"]:
+            raise ConfigError(f"{flag} must be {rule}, got {value}")
 
 
 @dataclass(frozen=True)
