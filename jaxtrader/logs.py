@@ -124,6 +124,16 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
     logger.log(level, event, extra={_EVENT_ATTR: event, _FIELDS_ATTR: fields})
 
 
+def notice(event: str, message: str, level: int = logging.WARNING, **fields: Any) -> None:
+    """A line for the person at the terminal (an error, an interruption, advice): the message as
+    it is in text mode, one JSON record (`event`, `message`, the fields) under `--log-format json`,
+    so that a log collector reading stderr never meets a line it cannot parse."""
+    if log_format() == "json":
+        log_event(get_logger("cli"), event, level, message=message, **fields)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
 def progress(
     iterable: Iterable[T], total: int | None = None, desc: str = "", leave: bool = False
 ) -> Iterator[T]:

@@ -171,3 +171,29 @@ def test_an_output_that_would_overwrite_an_input_is_refused(
         {"--predictions": "p.csv", "--trades": None, "--report-dir": "ck/report"},
         {"--data": "candles.csv", "--checkpoint": "ck/v1", "--policy": None},
     )
+
+
+def test_errors_are_json_records_under_log_format_json(tmp_path: Path) -> None:
+    """With --log-format json every line on stderr parses, errors included: a log collector must
+    not meet a plain `error:` line. The record holds the text mode's message, kind and exit code."""
+    import json
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepoch = 1\n")
+    cases = [
+        (["--config", str(bad), "config", "show"], "error", "ConfigError", 2),
+        (["config", "show", "--nope"], "usage_error", "NoSuchOption", 2),
+        (["models", "list", "--ckpt-dir", str(bad)], "error", "CheckpointError", 2),
+    ]
+    for args, event, kind, code in cases:
+        text = run(*args)
+        for flags in (["--log-format", "json"], ["--log-format=json"]):
+            result = run(*flags, *args)
+            assert result.returncode == text.returncode == code, result.stderr
+            lines = result.stderr.splitlines()
+            assert len(lines) == 1, result.stderr
+            record = json.loads(lines[0])
+            assert (record["level"], record["event"], record["kind"]) == ("error", event, kind)
+            assert record["exit_code"] == code
+            # The same words as the text line (click's usage block ends with "Error: <message>").
+            assert text.stderr.rstrip("\n").endswith(record["message"]), (text.stderr, record)

@@ -108,3 +108,37 @@ def test_json_log_keeps_full_precision(terminal: Callable[[LogFormat], _Terminal
 def test_text_value_leaves_non_floats_alone() -> None:
     assert text_value("a b") == "a b" and text_value(True) == "True" and text_value(None) == "None"
     assert text_value(np.int64(7)) == "7" and text_value(float("nan")) == "nan"
+
+
+def test_a_notice_is_the_bare_line_in_text_and_one_record_in_json(
+    terminal: Callable[[LogFormat], _Terminal], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Interruptions, advice and the walk-forward plan under --json go to stderr: as the person
+    reads them in text mode, as JSON records (multi-line text in one record) under json."""
+    import json
+
+    from jaxtrader.cli.common import echo
+    from jaxtrader.logs import notice
+
+    message = "interrupted: folds [0] are saved in runs/x\nsecond line"
+    term = terminal("text")
+    notice("interrupted", message)
+    echo("plan table", err=True, event="walkforward_plan", out="runs/x")
+    echo("to stdout", err=False, event="walkforward_plan")
+    assert term.getvalue() == f"{message}\nplan table\n"
+    assert capsys.readouterr().out == "to stdout\n"
+
+    term = terminal("json")
+    notice("interrupted", message, logging.WARNING, done=[0])
+    echo("plan table", err=True, event="walkforward_plan", out="runs/x")
+    echo("to stdout", err=False, event="walkforward_plan")
+    first, second = (json.loads(line) for line in term.getvalue().splitlines())
+    assert (first["level"], first["event"], first["message"]) == ("warning", "interrupted", message)
+    assert first["done"] == [0]
+    assert (second["level"], second["event"], second["message"]) == (
+        "info",
+        "walkforward_plan",
+        "plan table",
+    )
+    assert second["out"] == "runs/x"
+    assert capsys.readouterr().out == "to stdout\n"  # a command's result stays on stdout as is

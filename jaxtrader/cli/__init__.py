@@ -108,17 +108,27 @@ def _register() -> None:
 _register()
 
 
-def _command_name(args: list[str]) -> str | None:
-    """The subcommand named in `args` (after the group's own options), None if there is none."""
-    value_next = False
+def _group_args(args: list[str]) -> tuple[dict[str, str], str | None]:
+    """The group's value options given before the subcommand, and the subcommand's name (None if
+    there is none), read from `args` before click parses them."""
+    values: dict[str, str] = {}
+    option = None
     for arg in args:
-        if value_next:
-            value_next = False
+        if option is not None:
+            values[option], option = arg, None
         elif arg in _GROUP_VALUE_OPTIONS:
-            value_next = True
-        elif not arg.startswith("-"):
-            return arg
-    return None
+            option = arg
+        elif arg.startswith("-"):
+            name, _, value = arg.partition("=")
+            if value and name in _GROUP_VALUE_OPTIONS:
+                values[name] = value
+        else:
+            return values, arg
+    return values, None
+
+
+def _command_name(args: list[str]) -> str | None:
+    return _group_args(args)[1]
 
 
 def _restart_on_tcmalloc(args: list[str]) -> None:
@@ -142,47 +152,63 @@ def _restart_on_tcmalloc(args: list[str]) -> None:
             return
 
 
+def _fail(json_logs: bool, exit_code: int, event: str, message: str, kind: str) -> NoReturn:
+    """The one line a failed command leaves on stderr: `error: ...` text, or under `--log-format
+    json` a JSON record with the same message, the error's kind and the exit code."""
+    import logging
+
+    from jaxtrader.logs import notice, setup_logging
+
+    if json_logs:
+        setup_logging("json")  # a usage error comes before the group has set it up
+        notice(event, message, logging.ERROR, kind=kind, exit_code=exit_code)
+    else:
+        plain = event in ("interrupted", "aborted")
+        click.echo(message if plain else f"error: {message}", err=True)
+    sys.exit(exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point with one-line errors and stable exit codes."""
     args = sys.argv[1:] if argv is None else argv
     if argv is None:
         _restart_on_tcmalloc(args)
     debug = "--debug" in args
+    # Errors follow --log-format even when they come before click has parsed anything.
+    json_logs = _group_args(args)[0].get("--log-format") == "json"
     try:
         cli.main(args=args, prog_name="jaxtrader", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        if not json_logs:
+            e.show()
+            sys.exit(e.exit_code)
+        _fail(True, e.exit_code, "usage_error", e.format_message(), type(e).__name__)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
+        _fail(json_logs, 1, "aborted", "aborted", "Abort")
     except JaxTraderError as e:
         if debug:
             raise
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        _fail(json_logs, 2, "error", str(e), type(e).__name__)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(INTERRUPTED_EXIT)
+        _fail(json_logs, INTERRUPTED_EXIT, "interrupted", "interrupted", "KeyboardInterrupt")
     except OSError as e:
         # A path the user named that cannot be used (a directory where a file goes, a file in
         # the way of a folder, no permission): theirs to fix, not a bug to report.
         if e.filename is None or debug:
-            _internal_error(e, debug)
-        click.echo(f"error: cannot use {e.filename}: {e.strerror or e}; check the path", err=True)
-        sys.exit(2)
+            _internal_error(e, debug, json_logs)
+        message = f"cannot use {e.filename}: {e.strerror or e}; check the path"
+        _fail(json_logs, 2, "error", message, type(e).__name__)
     except Exception as e:
-        _internal_error(e, debug)
+        _internal_error(e, debug, json_logs)
 
 
-def _internal_error(e: Exception, debug: bool) -> NoReturn:
+def _internal_error(e: Exception, debug: bool, json_logs: bool) -> NoReturn:
     if debug:
         raise e
-    click.echo(
-        f"error: internal error ({type(e).__name__}: {e}); rerun with --debug for the "
-        "traceback and please report it",
-        err=True,
+    message = (
+        f"internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback and "
+        "please report it"
     )
-    sys.exit(1)
+    _fail(json_logs, 1, "internal_error", message, type(e).__name__)

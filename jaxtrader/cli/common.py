@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -9,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from jaxtrader.config import RANGES, AppConfig, is_integer_key
+from jaxtrader.logs import notice
 from jaxtrader.models.archs import ARCH_NAMES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -316,7 +318,7 @@ def prepare_executor(executor: str, seeds: int) -> None:
     if executor == "local":
         prepare_seed_training(seeds)  # checks $JAXTRADER_MALLOC too
         if (advice := tcmalloc_advice()) is not None:
-            click.echo(advice, err=True)
+            notice("allocator_advice", advice)
     else:
         malloc_choice()
 
@@ -371,6 +373,15 @@ def batch_window_options(fn: F) -> F:
         ),
     ]
     return _stacked(fn, options)
+
+
+def echo(message: str, *, err: bool, event: str, **fields: Any) -> None:
+    """`click.echo`, except that a line for stderr under `--log-format json` is a JSON record
+    (`logs.notice`): stdout keeps the command's result, stderr stays parseable."""
+    if err:
+        notice(event, message, logging.INFO, **fields)
+    else:
+        click.echo(message)
 
 
 def refuse_overwriting(outputs: Mapping[str, str | None], inputs: Mapping[str, str | None]) -> None:

@@ -7,6 +7,7 @@ defaults < --config FILE < flags; --data/--arch/--horizon pick the cells.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import click
@@ -15,12 +16,14 @@ from jaxtrader.cli.common import (
     INTERRUPTED_EXIT,
     CliState,
     HintGlobalOptions,
+    echo,
     executor_options,
     prepare_executor,
     ranged,
     train_knob_overrides,
 )
 from jaxtrader.cli.walkforward_cmds import walkforward
+from jaxtrader.logs import notice
 
 
 @click.command("study", cls=HintGlobalOptions)
@@ -127,10 +130,12 @@ def study(
     wf.check()
 
     def on_cell(i: int, cell: Any, run_dir: Path) -> None:
-        click.echo(
+        notice(
+            "study_cell",
             f"cell {i + 1}/{len(cells)}: {cell.arch} on {cell.market}, horizon {cell.horizon} "
             f"-> {run_dir}",
-            err=True,
+            logging.INFO,
+            out=str(run_dir),
         )
 
     prepare_executor(executor, wf.seeds)  # before JAX starts
@@ -150,16 +155,16 @@ def study(
             )
     except WalkForwardInterrupted as e:
         study_dir = e.out.parents[2]
-        click.echo(
+        notice(
+            "interrupted",
             f"interrupted: folds {e.done} of the cell in {e.out} are saved; finish the study "
             f"with the same command and --resume {study_dir}",
-            err=True,
         )
         raise SystemExit(INTERRUPTED_EXIT) from None
     finally:
         close_executor(runner)
     if (ray_line := describe(runner)) is not None:
-        click.echo(ray_line, err=as_json)
+        echo(ray_line, err=as_json, event="ray_summary")
     if as_json:
         click.echo(json.dumps(jsonable(run.leaderboard)))
     else:

@@ -22,6 +22,7 @@ from jaxtrader.cli.common import (
     train_knob_options,
     train_knob_overrides,
 )
+from jaxtrader.logs import notice
 from jaxtrader.models.archs import ARCH_NAMES
 
 if TYPE_CHECKING:
@@ -136,14 +137,14 @@ def train(
         _print_summary(state, e.summary)
         s = e.summary
         partial = " (the last one partial)" if s["last_epoch_partial"] else ""
-        click.echo(
+        notice(
+            "interrupted",
             f"interrupted: saved {s['epochs']} epoch(s){partial}, {s['steps']} steps, to "
             f"{s['path']} (best epoch {s['best_epoch']})",
-            err=True,
         )
         raise SystemExit(INTERRUPTED_EXIT) from None
     except KeyboardInterrupt:
-        click.echo("interrupted: no complete version was saved", err=True)
+        notice("interrupted", "interrupted: no complete version was saved")
         raise SystemExit(INTERRUPTED_EXIT) from None
     _print_summary(state, summary)
 

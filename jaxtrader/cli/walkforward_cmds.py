@@ -27,12 +27,14 @@ from jaxtrader.cli.common import (
     check_arch,
     data_options,
     data_overrides,
+    echo,
     executor_options,
     knob_options,
     prepare_executor,
     ranged,
     train_knob_overrides,
 )
+from jaxtrader.logs import notice
 
 # Walk-forward trains folds x seeds models: fewer epochs than `train` keeps the default run
 # (6 folds x 4 seeds on the embedded market) inside 10 minutes on 2 cores (README: measured).
@@ -225,8 +227,8 @@ def walkforward(
     )
 
     def on_plan(plan: dict[str, Any], out_dir: Path) -> None:
-        click.echo(format_plan(plan), err=as_json)
-        click.echo(f"run directory: {out_dir}", err=as_json)
+        text = f"{format_plan(plan)}\nrun directory: {out_dir}"
+        echo(text, err=as_json, event="walkforward_plan", out=str(out_dir))
 
     prepare_executor(executor, wf.seeds)  # before JAX starts
 
@@ -247,23 +249,23 @@ def walkforward(
                 on_plan=on_plan,
             )
     except WalkForwardInterrupted as e:
-        click.echo(
+        notice(
+            "interrupted",
             f"interrupted: folds {e.done} are saved in {e.out}; finish with the same command "
             f"and --resume {e.out}",
-            err=True,
         )
         raise SystemExit(INTERRUPTED_EXIT) from None
     except KeyboardInterrupt:
-        click.echo(
+        notice(
+            "interrupted",
             "interrupted: the fold in progress was not saved; completed folds are kept "
             "(rerun with --resume DIR)",
-            err=True,
         )
         raise SystemExit(INTERRUPTED_EXIT) from None
     finally:
         close_executor(runner)
     if (ray_line := describe(runner)) is not None:
-        click.echo(ray_line, err=as_json)
+        echo(ray_line, err=as_json, event="ray_summary")
     if as_json:
         from jaxtrader.logs import jsonable
 
