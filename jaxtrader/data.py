@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from jaxtrader.errors import DataError
+from jaxtrader.errors import DataError, path_problem
 from jaxtrader.logs import get_logger, log_event
 
 if TYPE_CHECKING:
@@ -739,7 +739,7 @@ def write_candles(frame: pd.DataFrame, path: str | Path, *, append: bool = False
         with open(p, "ab" if append else "wb") as f:
             f.write(data)
     except OSError as e:
-        raise DataError(f"cannot write {p}: {e.strerror or e}; check the directory") from None
+        raise DataError(f"cannot write {p}: {path_problem(e)}") from None
     return p
 
 

@@ -3,6 +3,8 @@
 Every message names the thing that is wrong (file, row, flag, path) and what to do about it.
 """
 
+from pathlib import Path
+
 
 class JaxTraderError(Exception):
     """Base of every error a user can cause or fix."""
@@ -35,3 +37,18 @@ class StateError(JaxTraderError):
 
 class ConfigError(JaxTraderError):
     """A configuration file or flag is invalid."""
+
+
+def path_problem(e: OSError) -> str:
+    """What is wrong with the path of `e` and what to do. A file standing where a folder must go
+    (an output folder named after a file, or below one) is said as such, not in errno's words
+    ("File exists", "Not a directory")."""
+    if isinstance(e, FileExistsError | NotADirectoryError) and e.filename is not None:
+        path = Path(e.filename)
+        blocker = next((p for p in (path, *path.parents) if p.is_file()), None)
+        if blocker is not None:
+            return (
+                f"{blocker} is a file, and a folder is needed there; pass another path or move "
+                "that file"
+            )
+    return f"{e.strerror or e}; check the path"

@@ -197,3 +197,27 @@ def test_errors_are_json_records_under_log_format_json(tmp_path: Path) -> None:
             assert record["exit_code"] == code
             # The same words as the text line (click's usage block ends with "Error: <message>").
             assert text.stderr.rstrip("\n").endswith(record["message"]), (text.stderr, record)
+
+
+def test_a_file_where_an_output_folder_goes_is_named(tmp_path: Path) -> None:
+    """An output folder named after a file (or below one) said "File exists" / "Not a
+    directory" in errno's words; the message names the file in the way."""
+    from jaxtrader.errors import path_problem
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for target in (blocker, blocker / "SYNTH-USD" / "lstm"):
+        with pytest.raises(OSError) as caught:
+            target.mkdir(parents=True)
+        assert path_problem(caught.value) == (
+            f"{blocker} is a file, and a folder is needed there; pass another path or move that file"
+        )
+    with pytest.raises(OSError) as caught:
+        open(tmp_path / "none" / "x.csv")  # noqa: SIM115 - a missing folder keeps errno's words
+    assert path_problem(caught.value) == "No such file or directory; check the path"
+    result = run("data", "synth", "--rows", "10", "--out", str(blocker / "x.csv"))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: cannot write {blocker / 'x.csv'}: {blocker} is a file, and a folder is needed "
+        "there; pass another path or move that file\n"
+    )

@@ -20,7 +20,7 @@ from jaxtrader.cli.common import (
     train_knob_options,
     train_knob_overrides,
 )
-from jaxtrader.errors import JaxTraderError
+from jaxtrader.errors import JaxTraderError, path_problem
 
 # Commands that train K seeds in one step: `main` restarts them on tcmalloc where it is installed,
 # else with huge pages; on glibc, mmap stays on outside their train loops (prepare_seed_training).
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         # the way of a folder, no permission): theirs to fix, not a bug to report.
         if e.filename is None or debug:
             _internal_error(e, debug, json_logs)
-        message = f"cannot use {e.filename}: {e.strerror or e}; check the path"
+        message = f"cannot use {e.filename}: {path_problem(e)}"
         _fail(json_logs, 2, "error", message, type(e).__name__)
     except Exception as e:
         _internal_error(e, debug, json_logs)
