@@ -316,9 +316,18 @@ def test_exchange_down_past_the_retry_budget_is_one_line_and_keeps_the_state(
         monkeypatch.setenv(k, v)
     code, _, err = run_cli(args, capsys)
     assert code == 2, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: fetching SYNTH/USD 1h from binance failed after 11 attempts")
-    assert "503 Service Unavailable" in last and "rerun the same command to resume" in last
+    # Under --log-format json the error is the last record, like every other line on stderr.
+    last = events(err)[-1]
+    assert (last["level"], last["event"], last["kind"], last["exit_code"]) == (
+        "error",
+        "error",
+        "DataError",
+        2,
+    )
+    message = last["message"]
+    assert message.startswith("fetching SYNTH/USD 1h from binance failed after 11 attempts")
+    assert "503 Service Unavailable" in message and "rerun the same command to resume" in message
+    assert len(err.strip().splitlines()) == len(events(err))  # no line that is not JSON
     assert sum(e["event"] == "fetch_retry" for e in events(err)) == 10
     done = processed(db, "d")
     assert 0 < done < N_LIVE

@@ -186,6 +186,10 @@ def test_sigint_mid_epoch_saves_the_partial_epoch(workdir: Path) -> None:
     assert epoch_steps == 125
     assert [e["signal"] for e in events if e["event"] == "stop_requested"] == ["SIGINT"]
     assert "interrupted: saved 1 epoch(s) (the last one partial)" in stderr
+    # With --log-format json that line is a record too: nothing on stderr is plain text.
+    (note,) = [e for e in events if e["event"] == "interrupted"]
+    assert note["message"].startswith("interrupted: saved 1 epoch(s) (the last one partial)")
+    assert all(x.startswith("{") for x in stderr.splitlines() if x.strip()), stderr[-3000:]
 
     vdir = workdir / "ckpt" / "SYNTH-USD" / "lstm" / "v1"
     m = read_manifest(vdir)
