@@ -204,6 +204,32 @@ class RiskConfig:
     model_timeout_ms: float = 500.0
 
 
+# `trade`'s flag for each RiskConfig field, in --help order: (flag, field, what a value must be,
+# help). trade builds its options from it and `risk.check_limits` names the flag and the rule in
+# its refusals; the bounds themselves are RANGES'.
+RISK_FLAGS: tuple[tuple[str, str, str, str], ...] = (
+    ("--max-position", "max_position", "in (0, 1] (a fraction of equity; no leverage)",
+     "Max |position| as a fraction of equity [1.0]."),
+    ("--daily-drawdown", "daily_drawdown", "in (0, 1] (a fraction of the day's equity)",
+     "Close and halt entries for the UTC day after this loss from the day's start [0.05]."),
+    ("--breaker-failures", "breaker_failures", "at least 1",
+     "Consecutive model failures that trip the circuit breaker [3]."),
+    ("--breaker-losses", "breaker_losses", "at least 1",
+     "Consecutive losing trades that trip the circuit breaker [5]."),
+    ("--cooldown", "cooldown", "0 or more candles",
+     "Candles without entries after the breaker trips [24]."),
+    ("--stop-loss", "stop_loss", "a positive fraction of the entry price (leave it out for off)",
+     "Exit at this loss from the average entry, as a fraction [off]."),
+    ("--take-profit", "take_profit",
+     "a positive fraction of the entry price (leave it out for off)",
+     "Exit at this gain from the average entry, as a fraction [off]."),
+    ("--max-trades-per-day", "max_trades_per_day", "at least 1 (leave it out for off)",
+     "Orders per UTC day that add exposure [off]."),
+    ("--model-timeout-ms", "model_timeout_ms", "a positive number of milliseconds",
+     "Per-candle model budget; slower is a neutral signal [500]."),
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class AppConfig:
     """The whole effective configuration; one TOML table per field."""

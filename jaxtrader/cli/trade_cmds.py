@@ -16,24 +16,13 @@ from jaxtrader.cli.common import (
     rules_options,
     rules_overrides,
 )
-
-# (flag, type, help): config-backed risk flags; None = "not given" so --config FILE applies.
-_STRATEGY_FLAGS: tuple[tuple[str, type, str], ...] = (
-    ("--max-position", float, "Max |position| as a fraction of equity [1.0]."),
-    ("--daily-drawdown", float,
-     "Close and halt entries for the UTC day after this loss from the day's start [0.05]."),
-    ("--breaker-failures", int, "Consecutive model failures that trip the circuit breaker [3]."),
-    ("--breaker-losses", int, "Consecutive losing trades that trip the circuit breaker [5]."),
-    ("--cooldown", int, "Candles without entries after the breaker trips [24]."),
-    ("--stop-loss", float, "Exit at this loss from the average entry, as a fraction [off]."),
-    ("--take-profit", float, "Exit at this gain from the average entry, as a fraction [off]."),
-    ("--max-trades-per-day", int, "Orders per UTC day that add exposure [off]."),
-    ("--model-timeout-ms", float, "Per-candle model budget; slower is a neutral signal [500]."),
-)  # fmt: skip
+from jaxtrader.config import RISK_FLAGS, is_integer_key
 
 
 def _strategy_options(fn: Any) -> Any:
-    for flag, kind, text in reversed(_STRATEGY_FLAGS):
+    # None = "not given", so --config FILE applies.
+    for flag, name, _, text in reversed(RISK_FLAGS):
+        kind = int if is_integer_key(f"risk.{name}") else float
         fn = click.option(flag, type=kind, default=None, help=text)(fn)
     return rules_options(fn)
 

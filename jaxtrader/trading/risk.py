@@ -25,33 +25,15 @@ from typing import Any
 
 import pandas as pd
 
-from jaxtrader.config import RANGES, RiskConfig
+from jaxtrader.config import RANGES, RISK_FLAGS, RiskConfig
 from jaxtrader.errors import ConfigError
-
-# (flag, RiskConfig field, what it must be): the bounds are config.RANGES', the ones a config
-# file is checked against; here they are named by flag, since trade's flags set them.
-_LIMIT_FLAGS = (
-    ("--max-position", "max_position", "in (0, 1] (a fraction of equity; no leverage)"),
-    ("--daily-drawdown", "daily_drawdown", "in (0, 1] (a fraction of the day's equity)"),
-    ("--breaker-failures", "breaker_failures", "at least 1"),
-    ("--breaker-losses", "breaker_losses", "at least 1"),
-    ("--cooldown", "cooldown", "0 or more candles"),
-    ("--stop-loss", "stop_loss", "a positive fraction of the entry price (leave it out for off)"),
-    (
-        "--take-profit",
-        "take_profit",
-        "a positive fraction of the entry price (leave it out for off)",
-    ),
-    ("--max-trades-per-day", "max_trades_per_day", "at least 1 (leave it out for off)"),
-    ("--model-timeout-ms", "model_timeout_ms", "a positive number of milliseconds"),
-)
 
 
 def check_limits(cfg: RiskConfig) -> None:
     """ConfigError naming the flag for a limit that makes no sense, checked before a strategy
     touches its state file: a negative max position would trade the opposite side, a limit of 0
     or NaN would never (or always) act. NaN and inf are outside every range, so refused too."""
-    for flag, name, rule in _LIMIT_FLAGS:
+    for flag, name, rule, _ in RISK_FLAGS:
         value = getattr(cfg, name)
         if value is not None and value not in RANGES[f"risk.{name}"]:
             raise ConfigError(f"{flag} must be {rule}, got {value}")
