@@ -152,6 +152,13 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def data_sha256(candles: Candles) -> str | None:
+    """The data fingerprint of loaded candles: the file's sha256, None for the synthetic market
+    (its `source` string names the generator and seed instead)."""
+    source = str(candles.source)
+    return file_sha256(source) if Path(source).is_file() else None
+
+
 def symbol_slug(symbol: str) -> str:
     """'BTC/USDT' -> 'BTC-USDT': a symbol safe for directory names."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", symbol.strip()).strip("-")
@@ -747,11 +754,9 @@ def summarize(candles: Candles) -> dict[str, Any]:
     """Plain-dict facts about loaded candles (what `jaxtrader data info` shows)."""
     f = candles.frame
     real = ~f["filled"].to_numpy()
-    source = candles.source
-    is_file = not source.startswith("synthetic:")
     return {
-        "source": source,
-        "sha256": file_sha256(source) if is_file else None,
+        "source": candles.source,
+        "sha256": data_sha256(candles),
         "symbol": candles.symbol,
         "rows": int(real.sum()),
         "filled": int((~real).sum()),

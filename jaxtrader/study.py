@@ -176,27 +176,51 @@ def new_study_dir(root: str | Path = "runs/studies") -> Path:
             n += 1
 
 
-def _study_doc(cells: list[StudyCell], wf: WalkForwardSettings, base: AppConfig) -> dict:
+def _study_doc(
+    cells: list[StudyCell],
+    wf: WalkForwardSettings,
+    base: AppConfig,
+    data_sha256: dict[str, str | None],
+) -> dict:
     from jaxtrader import config as config_mod
 
     return {
         "cells": [asdict(c) for c in cells],
         "walkforward": asdict(wf),
         "config": config_mod.to_dict(base),
+        "data_sha256": data_sha256,
     }
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """A study.json entry as `config_changes` compares it: cells by name, so a change reads
+    `cells.BTC/lstm/h5 ...` rather than two whole lists."""
+    value = json.loads(json.dumps(value))
+    if key == "cells" and isinstance(value, list):
+        return {
+            f"{c.get('market')}/{c.get('arch')}/h{c.get('horizon')}": c.get("data")
+            for c in value
+            if isinstance(c, dict)
+        }
+    return value
 
 
 def _open_study(out: Path, doc: dict[str, Any], resume: bool) -> None:
     path = out / STUDY_FILE
     if resume:
         _, stored = resume_record(out, STUDY_FILE, "study")
-        diff = [k for k in doc if stored.get(k) != json.loads(json.dumps(doc[k]))]
-        if diff:
-            changed = config_changes(stored.get("config"), json.loads(json.dumps(doc["config"])))
-            detail = f" ({'; '.join(changed)})" if "config" in diff and changed else ""
+        # Studies started before the data fingerprints were recorded have no such key.
+        keys = [k for k in doc if k in stored or k != "data_sha256"]
+        changed = [
+            change
+            for k in keys
+            for change in config_changes(_comparable(k, stored.get(k)), _comparable(k, doc[k]), k)
+        ]
+        if changed:
             raise ConfigError(
-                f"--resume {out}: the study was started with different {', '.join(diff)}{detail}; "
-                "rerun the original command with --resume, or start a new study"
+                f"--resume {out}: the study was started with different settings or data "
+                f"({'; '.join(changed)}); rerun the original command with --resume, or start a "
+                "new study"
             )
         return
     if path.exists():
@@ -208,14 +232,19 @@ def _open_study(out: Path, doc: dict[str, Any], resume: bool) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 
-def check_markets(base: AppConfig, cells: Sequence[StudyCell]) -> None:
+def check_markets(base: AppConfig, cells: Sequence[StudyCell]) -> dict[str, str | None]:
     """Loads each market file once with the data layer, so a missing, unreadable or invalid file
     is its own one-line DataError before the study directory exists, not a failed cell per arch
-    and horizon whose reason is only in leaderboard.json."""
-    from jaxtrader.data import load_market
+    and horizon whose reason is only in leaderboard.json. Returns each market's data fingerprint
+    (`data.data_sha256`; None for the embedded market), which a resume compares."""
+    from jaxtrader.data import data_sha256, load_market
 
-    for cell in {c.data: c for c in cells if c.data is not None}.values():
-        load_market(cell_config(base, cell).data)
+    return {
+        cell.market: None
+        if cell.data is None
+        else data_sha256(load_market(cell_config(base, cell).data))
+        for cell in {c.market: c for c in cells}.values()
+    }
 
 
 def run_study(
@@ -247,9 +276,9 @@ def run_study(
     check_seq_len(base.dataset.seq_len)
     if resume:  # a wrong --resume DIR fails before any market is loaded
         resume_record(out, STUDY_FILE, "study")
-    check_markets(base, cells)
+    fingerprints = check_markets(base, cells)
     out_dir = Path(out) if out is not None else new_study_dir()
-    _open_study(out_dir, _study_doc(cells, wf, base), resume)
+    _open_study(out_dir, _study_doc(cells, wf, base, fingerprints), resume)
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     for i, cell in enumerate(cells):

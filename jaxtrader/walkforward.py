@@ -377,7 +377,7 @@ class Prepared:
 
 def prepare(cfg: AppConfig, wf: WalkForwardSettings) -> Prepared:
     """Loads the candles, computes features once and cuts the folds; the plan as a JSON-able dict."""
-    from jaxtrader.data import load_market
+    from jaxtrader.data import data_sha256, load_market
     from jaxtrader.dataset import build_dataset
 
     wf.check()
@@ -408,6 +408,8 @@ def prepare(cfg: AppConfig, wf: WalkForwardSettings) -> Prepared:
         "symbol": candles.symbol,
         "arch": cfg.model.arch,
         "data": str(candles.source),
+        # The file's contents, not its name: a resume must not stitch folds of two files.
+        "data_sha256": data_sha256(candles),
         "folds": wf.folds,
         "seeds": wf.seeds,
         "window": wf.window,
@@ -684,6 +686,14 @@ def config_changes(stored: Any, current: Any, prefix: str = "") -> list[str]:
 
 
 def _check_plan(out: Path, stored: dict[str, Any], plan: dict[str, Any]) -> None:
+    # Runs planned before the fingerprint was recorded have no key: nothing to compare then.
+    was, now = stored.get("data_sha256", plan["data_sha256"]), plan["data_sha256"]
+    if was != now:
+        raise ConfigError(
+            f"--resume {out}: the candles differ from the ones the run was planned on "
+            f"({plan['data']}: sha256 {str(was)[:12]}... then, {str(now)[:12]}... now); resume "
+            "with the original file, or start a new run without --resume"
+        )
     keys = ("symbol", "arch", "folds", "seeds", "window", "train_candles", "seed", "fold_plan")
     diff = [k for k in keys if stored.get(k) != plan.get(k)]
     if diff:

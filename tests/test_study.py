@@ -5,6 +5,7 @@ edge over the majority marked; --resume reuses complete cells. Real subprocesses
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -195,9 +196,34 @@ def test_resume_refuses_a_missing_or_damaged_study_by_name(tmp_path: Path) -> No
     # A changed configuration is named key by key, old and new value.
     from jaxtrader.study import _open_study, _study_doc
 
-    _open_study(tmp_path / "s2", _study_doc(cells, WF, CFG), resume=False)
+    _open_study(tmp_path / "s2", _study_doc(cells, WF, CFG, {"synthetic": None}), resume=False)
     changed = with_overrides(CFG, {"train.learning_rate": 0.01})
     with pytest.raises(
-        ConfigError, match=re.escape("different config (train.learning_rate 0.001 -> 0.01)")
+        ConfigError,
+        match=re.escape("different settings or data (config.train.learning_rate 0.001 -> 0.01)"),
     ):
         run_study(changed, WF, cells, out=tmp_path / "s2", resume=True)
+    # So is a changed walk-forward setting (it once said only "different walkforward").
+    with pytest.raises(ConfigError, match=re.escape("(walkforward.seeds 2 -> 3)")):
+        run_study(CFG, dataclasses.replace(WF, seeds=3), cells, out=tmp_path / "s2", resume=True)
+
+
+def test_resume_refuses_a_market_file_whose_contents_changed(tmp_path: Path) -> None:
+    """The file's sha256 is recorded when the study starts: a complete cell of the old file must
+    not sit on one leaderboard with cells of the new one."""
+    from test_walkforward import CFG, WF
+
+    from jaxtrader.data import synth_candles, write_candles
+    from jaxtrader.errors import ConfigError
+    from jaxtrader.study import _open_study, _study_doc, check_markets, study_cells
+
+    market = tmp_path / "m.csv"
+    write_candles(synth_candles(rows=400, seed=1).frame, market)
+    cells = study_cells([str(market)], ["lstm"], [2])
+    first = check_markets(CFG, cells)
+    assert list(first) == ["m"] and len(first["m"] or "") == 64
+    _open_study(tmp_path / "s", _study_doc(cells, WF, CFG, first), resume=False)
+    write_candles(synth_candles(rows=400, seed=2).frame, market)
+    with pytest.raises(ConfigError) as caught:
+        _open_study(tmp_path / "s", _study_doc(cells, WF, CFG, check_markets(CFG, cells)), True)
+    assert f"(data_sha256.m {json.dumps(first['m'])} -> " in str(caught.value)

@@ -557,3 +557,33 @@ def test_a_fold_smaller_than_a_batch_fails_before_the_run_directory_exists(
                        r"fewer than batch size 4096; use a smaller --batch-size"):  # fmt: skip
         run_walkforward(cfg, WF, out=out)
     assert not out.exists()
+
+
+def test_resume_refuses_a_data_file_whose_contents_changed(tmp_path: Path) -> None:
+    """plan.json records the file's sha256: a resume on an edited file (same name) would stitch
+    folds trained on two different histories into one predictions.csv."""
+    from jaxtrader.data import synth_candles, write_candles
+    from jaxtrader.walkforward import _check_plan, prepare
+
+    market = tmp_path / "m.csv"
+    write_candles(synth_candles(rows=1500, seed=3).frame, market)
+    cfg = dataclasses.replace(CFG, data=DataConfig(path=str(market)))
+    before = prepare(cfg, WF).plan
+    assert len(before["data_sha256"]) == 64
+    _check_plan(tmp_path, before, prepare(cfg, WF).plan)  # the same file: accepted
+    frame = synth_candles(rows=1500, seed=3).frame
+    frame.iloc[1400:, :4] *= 1.5  # a late revision: the plan's spans and counts stay the same
+    write_candles(frame, market)
+    after = prepare(cfg, WF).plan
+    assert {k: v for k, v in after.items() if k != "data_sha256"} == {
+        k: v for k, v in before.items() if k != "data_sha256"
+    }
+    with pytest.raises(ConfigError) as caught:
+        _check_plan(tmp_path, before, after)
+    assert str(caught.value) == (
+        f"--resume {tmp_path}: the candles differ from the ones the run was planned on ({market}: "
+        f"sha256 {before['data_sha256'][:12]}... then, {after['data_sha256'][:12]}... now); "
+        "resume with the original file, or start a new run without --resume"
+    )
+    # A plan written before the fingerprint was recorded is not refused for lacking it.
+    _check_plan(tmp_path, {k: v for k, v in before.items() if k != "data_sha256"}, after)
