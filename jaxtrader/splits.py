@@ -103,8 +103,8 @@ def _make(train: Range, val: Range, test: Range, index: pd.DatetimeIndex | None)
     for name, (start, stop) in zip(SPLIT_NAMES, (train, val, test), strict=True):
         if stop <= start:
             raise DataError(
-                f"split '{name}' is empty (rows {start}..{stop}): too few candles for the window, "
-                f"horizon and purge gaps; use a longer candle file or a shorter --seq-len"
+                f"split '{name}' is empty: too few candles for the window, horizon and purge "
+                f"gaps; use a longer candle file or a shorter --seq-len"
             )
     times = None
     if index is not None:
@@ -166,14 +166,23 @@ def walk_forward_folds(
     first = round(span / (k + 2)) if train_rows is None else int(train_rows)
     if not 0 < first < span:
         raise ConfigError(
-            f"--train-candles {first} must be between 1 and the {span} prediction points; "
-            "use a smaller value or more data"
+            f"--train-candles {first} must be between 1 and the {span} candles from the first "
+            "candle with a prediction to the end; use a smaller value or more data"
         )
     gap = purge_gap(cfg.horizon, cfg.seq_len)
     a = start + first
     edges = [a + round(j * (n - a) / (k + 1)) for j in range(k + 2)]
     folds = []
     for i in range(k):
+        if edges[i + 1] - edges[i] <= 2 * gap:
+            # Caught here, by name: _make would only say "split 'val' is empty" and suggest
+            # --seq-len, not that the fold count is what to change.
+            raise ConfigError(
+                f"fold {i}'s validation block is empty: the {k + 1} blocks after the first "
+                f"training span hold about {(n - a) // (k + 1)} candles each, and the purge gap "
+                f"takes {gap} candles (horizon + window - 1) from each end; use fewer --folds, a "
+                "shorter --seq-len or --horizon, or a longer candle file"
+            )
         lo = start if window == "expanding" else max(start, edges[i] - first)
         folds.append(
             _make(

@@ -329,6 +329,7 @@ def write_outputs(
         row.update(spans)
         row["seconds"] = round(r.seconds, 3)
         row["best_epochs"] = r.best_epochs
+        row["stopped_reason"] = r.stopped_reason
         row["checkpoint"] = str(out / f"fold_{r.fold:02d}")
     total_samples = sum(r.samples for r in results)
     total_train = sum(r.train_seconds for r in results)
@@ -401,9 +402,23 @@ def format_summary(report: dict[str, Any]) -> str:
             f"policy {_policy_name(report)}) vs buy-and-hold {report['buy_and_hold']['sharpe']:.2f}"
             f" (return {_pct(report['buy_and_hold']['total_return'])}), fees {s['fee_bps']:g} bps",
             *_plain_line(report),
+            *_time_limit_line(report),
             f"report: {report['out']}/report.md",
         ]
     )
+
+
+def _time_limit_line(report: dict[str, Any]) -> list[str]:
+    """A run cut short by --max-minutes must not read like a finished one: its figures depend on
+    the machine's speed (reports written before the key existed have no such folds)."""
+    cut = [str(f["fold"]) for f in report["folds"] if f.get("stopped_reason") == "time_limit"]
+    if not cut:
+        return []
+    return [
+        f"warning: fold{'s' if len(cut) > 1 else ''} {', '.join(cut)} of {len(report['folds'])} "
+        "stopped at the --max-minutes time limit, before early stopping or --epochs: these "
+        "figures depend on this machine's speed; rerun with a larger --max-minutes to compare"
+    ]
 
 
 def _policy_name(report: dict[str, Any]) -> str:

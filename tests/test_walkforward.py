@@ -587,3 +587,50 @@ def test_resume_refuses_a_data_file_whose_contents_changed(tmp_path: Path) -> No
     )
     # A plan written before the fingerprint was recorded is not refused for lacking it.
     _check_plan(tmp_path, {k: v for k, v in before.items() if k != "data_sha256"}, after)
+
+
+def test_too_many_folds_are_refused_by_name_before_the_run_directory_exists(
+    tmp_path: Path,
+) -> None:
+    """Ten folds of a 3,000-candle file once validated on 3-4 points each, silently; with more
+    folds the error spoke of "split 'val'" and --seq-len, never of --folds."""
+    cfg = CFG.dataset
+    gap = purge_gap(cfg.horizon, cfg.seq_len)
+    with pytest.raises(ConfigError) as caught:
+        walk_forward_folds(1_450, 14, cfg)
+    assert str(caught.value).startswith(
+        f"fold 0's validation block is empty: the 15 blocks after the first training span hold "
+        f"about 90 candles each, and the purge gap takes {gap} candles"
+    )
+    assert "use fewer --folds" in str(caught.value)
+    out = tmp_path / "wf"
+    with pytest.raises(DataError) as small:
+        run_walkforward(CFG, dataclasses.replace(WF, folds=6), out=out)
+    assert re.fullmatch(
+        r"fold 0's validation block has \d\d prediction points, fewer than 100: early stopping "
+        r"and the decision policy would be chosen on noise; use fewer --folds, a shorter "
+        r"--seq-len or --horizon, or more data",
+        str(small.value),
+    )
+    assert not out.exists()
+
+
+def test_folds_cut_short_by_the_time_limit_are_named_in_the_report(
+    cli_run: tuple[Path, dict],
+) -> None:
+    """A --max-minutes run printed a normal summary: the time limit showed only in log lines."""
+    from jaxtrader.walkforward_report import format_summary
+
+    out, report = cli_run
+    for f in report["folds"]:
+        fold = json.loads((out / f"fold_{f['fold']:02d}" / "fold.json").read_text())
+        assert f["stopped_reason"] == fold["stopped_reason"] != "time_limit"
+    assert "time limit" not in format_summary(report)
+    cut = json.loads(json.dumps(report))
+    cut["folds"][1]["stopped_reason"] = "time_limit"
+    assert (
+        "warning: fold 1 of 2 stopped at the --max-minutes time limit, before early stopping or "
+        "--epochs: these figures depend on this machine's speed"
+    ) in format_summary(cut)
+    cut["folds"][0]["stopped_reason"] = "time_limit"
+    assert "warning: folds 0, 1 of 2 stopped at" in format_summary(cut)

@@ -109,14 +109,14 @@ class _StopAfterFold:
     type=click.Choice(["expanding", "rolling"]),
     default="expanding",
     show_default=True,
-    help="Train on all history before each fold, or on the last --train-candles points.",
+    help="Train on all history before each fold, or on the last --train-candles candles.",
 )
 @click.option(
     "--train-candles",
     type=click.IntRange(min=1),
     default=None,
-    help="Length of the first (rolling: every) training span in prediction points. "
-    "Default: the history / (folds + 2).",
+    help="Length of the first (rolling: every) training span in candles, from the first "
+    "candle with a prediction (gap candles count). Default: the history / (folds + 2).",
 )
 @click.option(
     "--policy",
