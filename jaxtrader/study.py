@@ -133,10 +133,18 @@ def plain_net_sharpe(report: dict[str, Any]) -> float:
 def leaderboard_row(
     cell: StudyCell, report: dict[str, Any], seconds: float, run_dir: Path, alpha: float = ALPHA
 ) -> dict[str, Any]:
+    import pandas as pd
+
+    from jaxtrader.data import format_interval
+
     p = report["pooled"]
     policy, sharpe = policy_net_sharpe(report)
     return {
         "market": report["settings"]["symbol"],
+        # BTC/USDT 1h and 5m are two markets here: the symbol alone would print two equal rows.
+        "interval": format_interval(pd.Timedelta(seconds=seconds_per_candle))
+        if (seconds_per_candle := report["settings"].get("interval_seconds"))
+        else None,
         "data": report["settings"]["data"],
         "arch": cell.arch,
         "horizon": int(report["settings"]["horizon"]),
@@ -146,6 +154,8 @@ def leaderboard_row(
         "accuracy_ci95": list(p["accuracy_ci95"]),
         "majority_rate": p["majority_rate"],
         "p_value_vs_majority": p["p_value_vs_majority"],
+        # Until mark_edges, over all the study's rows: this cell's test on its own.
+        "p_value_holm": p["p_value_vs_majority"],
         "beats_majority": bool(p["p_value_vs_majority"] < alpha),
         "seed_accuracy_mean": p["seed_accuracy_mean"],
         "seed_accuracy_std": p["seed_accuracy_std"],
@@ -156,6 +166,18 @@ def leaderboard_row(
         "wall_seconds": round(seconds, 1),
         "run": str(run_dir),
     }
+
+
+def mark_edges(rows: list[dict[str, Any]], alpha: float = ALPHA) -> None:
+    """Each row's p-value against the majority, Holm-adjusted over the study's rows (the cells
+    that produced one), and `beats_majority` from it: a study of many cells must not call the
+    one that passed 0.05 by luck an edge."""
+    from jaxtrader.evaluate.significance import holm_adjusted
+
+    adjusted = holm_adjusted([r["p_value_vs_majority"] for r in rows])
+    for row, adj in zip(rows, adjusted, strict=True):
+        row["p_value_holm"] = adj
+        row["beats_majority"] = bool(adj < alpha)
 
 
 def _sharpe_key(row: dict[str, Any]) -> float:
@@ -318,6 +340,7 @@ def run_study(
         (run_dir / CELL_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         rows.append(leaderboard_row(cell, run.report, seconds, run_dir, alpha))
         log_event(logger, "cell_done", cell=i, run=str(run_dir), seconds=round(seconds, 1))
+    mark_edges(rows, alpha)
     rows.sort(key=_sharpe_key, reverse=True)
     board = {
         "rows": rows,
@@ -357,7 +380,7 @@ COLUMNS = (
     "h",
     "accuracy [95% CI]",
     "majority",
-    "p vs maj.",
+    "p vs maj. (Holm)",
     "seeds mean +- sd",
     "net Sharpe",
     "plain",
@@ -373,13 +396,14 @@ def _pct(x: float) -> str:
 def _cells(row: dict[str, Any]) -> list[str]:
     lo, hi = row["accuracy_ci95"]
     mark = "" if row["beats_majority"] else " (no edge)"
+    holm = row.get("p_value_holm", row["p_value_vs_majority"])
     return [
-        row["market"],
+        f"{row['market']} {row['interval']}" if row.get("interval") else row["market"],
         row["arch"],
         str(row["horizon"]),
         f"{_pct(row['accuracy'])} [{_pct(lo)}, {_pct(hi)}]",
         _pct(row["majority_rate"]),
-        f"{row['p_value_vs_majority']:.3g}{mark}",
+        f"{row['p_value_vs_majority']:.3g} ({holm:.3g}){mark}",
         f"{_pct(row['seed_accuracy_mean'])} +- {_pct(row['seed_accuracy_std'])}",
         f"{row['net_sharpe']:.2f}",
         f"{row['plain_net_sharpe']:.2f}",
@@ -392,9 +416,11 @@ def _footnote(board: dict[str, Any]) -> str:
     policy = board["rows"][0]["policy"] if board["rows"] else "n/a"
     return (
         f"Sorted by net Sharpe (policy: {policy}, net of fees; 'plain': P(up) > the threshold "
-        "every candle, for comparison). '(no edge)': p-value vs the "
-        f"majority rate not below {board['alpha']:g}, i.e. no better than always predicting "
-        f"the training majority class. {board['folds']} folds x {board['seeds']} seeds, "
+        "every candle, for comparison). p vs maj.: one-sided binomial p-value against the "
+        "majority rate, and in brackets Holm-adjusted over the "
+        f"{len(board['rows'])} rows. '(no edge)': the adjusted p-value is not below "
+        f"{board['alpha']:g}, i.e. no better than always predicting the training majority "
+        f"class once {len(board['rows'])} cells had a chance. {board['folds']} folds x {board['seeds']} seeds, "
         f"{board['window']} window, executor {board['executor']}, study wall time "
         f"{board['seconds']:.0f} s."
     )

@@ -61,3 +61,12 @@ def test_sharpe_ci_is_seeded_and_covers_the_estimate() -> None:
     # Roughly the analytic standard error of an annualized Sharpe: sqrt(ppy / n) per side * 1.96.
     half = (a["hi"] - a["lo"]) / 2
     assert half == pytest.approx(1.96 * math.sqrt(8760 / 3000), rel=0.35)
+
+
+def test_holm_adjusted_p_values_known_example() -> None:
+    """Sorted 0.005, 0.01, 0.03, 0.04 (m = 4) -> 0.02, 0.03, max(0.06, 0.03), max(0.04, 0.06)."""
+    adjusted = sig.holm_adjusted([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert sig.holm_adjusted([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert sig.holm_adjusted([0.047]) == pytest.approx([0.047])  # one cell: unchanged
+    assert sig.holm_adjusted([]) == []

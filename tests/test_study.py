@@ -60,7 +60,14 @@ def test_leaderboard_figures_are_the_runs_report_figures(study_run: tuple[Path, 
         assert row["net_sharpe"] == report["policy"]["selected"]["sharpe"]
         assert row["plain_net_sharpe"] == report["policy"]["plain"]["sharpe"]
         assert row["buy_and_hold_sharpe"] == report["buy_and_hold"]["sharpe"]
-        assert row["beats_majority"] == (p["p_value_vs_majority"] < board["alpha"])
+        # Holm over the study's rows: the smallest p times the row count, and so on up.
+        raw = sorted(r["p_value_vs_majority"] for r in rows)
+        rank = raw.index(p["p_value_vs_majority"])
+        holm = max(min(1.0, (len(raw) - j) * raw[j]) for j in range(rank + 1))
+        assert row["p_value_holm"] == pytest.approx(holm)
+        assert row["p_value_holm"] >= p["p_value_vs_majority"]
+        assert row["beats_majority"] == (holm < board["alpha"])
+        assert row["interval"] == "1h"
         assert row["arch"] == report["settings"]["arch"] == "lstm"
         assert row["horizon"] == report["settings"]["horizon"] == 2
         assert row["wall_seconds"] == round(
@@ -73,7 +80,8 @@ def test_leaderboard_figures_are_the_runs_report_figures(study_run: tuple[Path, 
         assert f"{row['net_sharpe']:.2f}" in line and f"{100 * row['accuracy']:.2f}%" in line
         assert f"{row['plain_net_sharpe']:.2f}" in line
         assert ("(no edge)" in line) == (not row["beats_majority"])
-        assert f"| {row['market']} | lstm | 2 |" in md
+        assert f"| {row['market']} 1h | lstm | 2 |" in md
+        assert f"{row['p_value_vs_majority']:.3g} ({row['p_value_holm']:.3g})" in line
 
 
 def test_resume_reuses_complete_cells(study_run: tuple[Path, list, str]) -> None:

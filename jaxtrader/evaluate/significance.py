@@ -15,6 +15,7 @@ the majority rate of those same rows (what a constant guess would have scored on
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,20 @@ def binomial_p_value(accuracy: float, n: int, p0: float) -> float:
     if n <= 0:
         return 1.0
     return float(binomtest(success_count(accuracy, n), n, p0, alternative="greater").pvalue)
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order: a study tests one hypothesis per
+    cell, and at 0.05 each of 20 null cells would pass by luck one time in twenty; an adjusted
+    p-value below alpha keeps the chance of ANY false edge among them at most alpha."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted
 
 
 def count_interval(accuracy: float, n: int) -> list[float]:
