@@ -7,6 +7,7 @@ into checkpoint manifests. Precedence: defaults < `--config FILE` < command-line
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import tomllib
 import types
@@ -288,45 +289,90 @@ def check_values(cfg: AppConfig, source: str | None = None) -> None:
         )
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Checks (and mildly coerces) a TOML value against a dataclass field annotation."""
-    hints = annotation
-    origin = typing.get_origin(hints)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hints)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if origin is Literal:
-        allowed = typing.get_args(hints)
-        if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
-        return value
-    if hints is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hints is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hints is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hints is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+def _shown(value: Any) -> str:
+    """`value` as the TOML file spells it (`true`, not Python's `True`) where the two differ."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return repr(value)
+
+
+def _toml_kind(value: Any) -> str:
+    """The TOML type of a parsed value, in the words of the TOML spec."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, datetime.date | datetime.time):
+        return "a date/time"
+    return f"a {type(value).__name__}"
+
+
+def _allowed(annotation: Any, dotted: str) -> str:
+    """What key `dotted` of type `annotation` may hold, in the words of the range errors."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        arms = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(_allowed(a, dotted) for a in arms)
+    if typing.get_origin(annotation) is Literal:
+        return f"one of {', '.join(map(repr, typing.get_args(annotation)))}"
+    if annotation is bool:
+        return "true or false"
+    if annotation is int or annotation is float:
+        allowed = RANGES.get(dotted, Range())
+        return allowed.describe(annotation is int)
+    if annotation is str:
+        return "a string"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether `value` has the type `annotation` asks for. bool is an int subclass in Python but
+    not in TOML, so `true` is refused where a number is asked for; an integer is a fine float."""
+    if isinstance(value, bool) or annotation is bool:
+        return isinstance(value, bool) and annotation is bool
+    if annotation is int:
+        return isinstance(value, int)
+    if annotation is float:
+        return isinstance(value, int | float)
+    if annotation is str or typing.get_origin(annotation) is Literal:
+        return isinstance(value, str)
+    return True
+
+
+def _coerce(value: Any, annotation: Any, dotted: str, source: str | None = None) -> Any:
+    """Checks (and mildly coerces) a TOML value against a dataclass field annotation. A wrong type
+    is a ConfigError in the form of `_check_range`'s: the key, the value, where it came from
+    (`source`, e.g. "config file c.toml"; None for flags) and what the key may hold."""
+    args = typing.get_args(annotation)
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and (
+        type(None) in args
+    )
+    if value is None and optional:
+        return None
+    arms = [a for a in args if a is not type(None)] if optional else [annotation]
+    arm = next((a for a in arms if _fits(value, a)), None)
+    if arm is not None and typing.get_origin(arm) is Literal and value not in typing.get_args(arm):
+        problem = "is not one of the choices"
+    elif arm is None:
+        problem = f"is {_toml_kind(value)}"
+    else:
+        return float(value) if arm is float else value
+    where, fix = (f" in {source}", "; change it in that file") if source else ("", "")
+    # TOML has no null: an optional key is unset by leaving it out of the file.
+    unset = " (or leave the key out)" if optional and source else ""
+    raise ConfigError(
+        f"{dotted}={_shown(value)}{where} {problem}: it must be "
+        f"{_allowed(annotation, dotted)}{unset}{fix}"
+    )
 
 
 def _build(cls: type, table: Mapping[str, Any], where: str, source: str) -> Any:
@@ -337,7 +383,7 @@ def _build(cls: type, table: Mapping[str, Any], where: str, source: str) -> Any:
             raise ConfigError(
                 f"unknown key '{where}.{key}' in {source}; known keys: {', '.join(sorted(known))}"
             )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in table.items()}
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}", source) for k, v in table.items()}
     return cls(**kwargs)
 
 

@@ -204,6 +204,27 @@ def test_manifest_write_is_atomic_and_round_trips(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [ckpt.MANIFEST_FILE]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002], ids=oct)
+def test_manifest_gets_the_mode_the_umask_gives(tmp_path: Path, umask: int) -> None:
+    """The atomic write went through mkstemp, whose 0600 survived the rename: other users could
+    not read a manifest beside 0644 metrics and step folders."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path = ckpt.write_manifest(tmp_path, _manifest(3, 0.5))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+        ckpt.record_policy(tmp_path, {"enter": 0.6})  # a rewrite gets it too
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+        other = tmp_path / "metrics.jsonl"
+        other.write_text("{}\n")
+        assert stat.S_IMODE(other.stat().st_mode) == stat.S_IMODE(path.stat().st_mode)
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.MANIFEST_FILE, "metrics.jsonl"]
+
+
 def test_missing_or_corrupt_manifest(tmp_path: Path, state: TrainState) -> None:
     vdir = _save_run(tmp_path, state, [0.5])
     abstract = jax.eval_shape(lambda: state.params)
@@ -475,11 +496,26 @@ def test_models_list_refuses_a_named_folder_that_does_not_exist(
         f"error: checkpoint folder {missing} not found; pass --ckpt-dir with the folder "
         "`jaxtrader train` wrote to (default: ckpt), or train a model first with `jaxtrader train`",
     )
-    # Without --ckpt-dir the default folder (ckpt) may not exist yet: a first run is not an error.
+    # Without --ckpt-dir the default folder (ckpt) may not exist yet: a first run is not an
+    # error, but it is not said as if the folder were there and empty.
     monkeypatch.chdir(tmp_path)
     assert run(["models", "list"]) == (
         0,
+        "no model versions: ckpt does not exist yet (`jaxtrader train` writes there)",
+    )
+    assert run(["models", "list", "--json"]) == (0, "[]")
+    (tmp_path / "ckpt").mkdir()
+    assert run(["models", "list"]) == (
+        0,
         "no model versions under ckpt; train one with `jaxtrader train`",
+    )
+    # A file where the default folder goes is refused like a named one.
+    (tmp_path / "ckpt").rmdir()
+    (tmp_path / "ckpt").write_text("x")
+    assert run(["models", "list"]) == (
+        2,
+        "error: checkpoint folder ckpt is a file, not a folder; pass --ckpt-dir with the folder "
+        "`jaxtrader train` wrote to (default: ckpt), or train a model first with `jaxtrader train`",
     )
 
 

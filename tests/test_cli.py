@@ -75,6 +75,61 @@ def test_wrong_flag_exits_2_without_traceback() -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["features", "compute"], "error: Missing option '--out'; see 'jaxtrader features compute "
+         "--help'"),
+        (["features", "compute", "--out", "f.txt"], "error: Invalid value for --out: f.txt: "
+         "unsupported extension; use .csv, .csv.gz or .parquet; see 'jaxtrader features compute "
+         "--help'"),
+        (["evaluate", "--arch", "foo"], "error: Invalid value for '--arch': 'foo' is not one of "
+         "'lstm', 'transformer'; see 'jaxtrader evaluate --help'"),
+        (["train", "--bogus"], "error: No such option '--bogus'. Did you mean '--gaps'?; see "
+         "'jaxtrader train --help'"),
+        (["bogus"], "error: No such command 'bogus'; see 'jaxtrader --help'"),
+        (["data", "info", "a.csv", "extra"], "error: Got unexpected extra argument (extra); see "
+         "'jaxtrader data info --help'"),
+        (["--log-format", "xml", "train"], "error: Invalid value for '--log-format': 'xml' is not "
+         "one of 'text', 'json'; see 'jaxtrader --help'"),
+        # click raises this one without its context: the command is read from the arguments.
+        (["--config", "x.toml", "data", "synth", "--rows"], "error: Option '--rows' requires an "
+         "argument; see 'jaxtrader data synth --help'"),
+        (["train", "--config", "x.toml"], "error: No such option '--config'. Global options such "
+         "as --config go before the command: jaxtrader --config ... train ...; see 'jaxtrader "
+         "train --help'"),
+    ],
+)  # fmt: skip
+def test_usage_errors_are_one_error_line_exit_2(
+    args: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """click's three-line usage block ("Usage: ...", "Try ...", "Error: ...") is one `error:` line
+    like every other error, naming the --help to read; the exit code stays click's 2."""
+    from jaxtrader.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    captured = capsys.readouterr()
+    assert (exc.value.code, captured.out, captured.err) == (2, "", line + "\n")
+
+
+def test_help_and_a_group_without_its_command_still_show_the_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from click.testing import CliRunner
+
+    from jaxtrader.cli import main
+
+    main(["features", "compute", "--help"])  # returns: exit code 0
+    expected = CliRunner().invoke(cli, ["features", "compute", "--help"], prog_name="jaxtrader")
+    assert capsys.readouterr().out == expected.output
+    assert expected.output.startswith("Usage: jaxtrader features compute [OPTIONS]")
+    with pytest.raises(SystemExit) as exc:
+        main(["config"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("Usage: jaxtrader config [OPTIONS] COMMAND")
+
+
+@pytest.mark.parametrize(
     ("args", "name"),
     [
         (
@@ -195,7 +250,7 @@ def test_errors_are_json_records_under_log_format_json(tmp_path: Path) -> None:
             record = json.loads(lines[0])
             assert (record["level"], record["event"], record["kind"]) == ("error", event, kind)
             assert record["exit_code"] == code
-            # The same words as the text line (click's usage block ends with "Error: <message>").
+            # The same words as the text line ("error: <message>").
             assert text.stderr.rstrip("\n").endswith(record["message"]), (text.stderr, record)
 
 

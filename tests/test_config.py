@@ -37,7 +37,7 @@ def test_unknown_table_and_bad_type(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown table '\[trian\]'"):
         load_config(path)
     path.write_text('[train]\nepochs = "many"\n')
-    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer"):
+    with pytest.raises(ConfigError, match=r"train\.epochs='many' in config file .* is a string"):
         load_config(path)
     path.write_text('[data]\ngaps = "guess"\n')
     with pytest.raises(ConfigError, match=r"data\.gaps"):
@@ -103,6 +103,69 @@ def test_out_of_range_file_values_name_file_key_value_and_range(
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert message.format(path=path) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[train]\nepochs = "3"\n', "train.epochs='3' in config file {path} is a string: it must "
+         "be an integer >= 1; change it in that file"),
+        ("[train]\nepochs = 2.5\n", "train.epochs=2.5 in config file {path} is a float: it must "
+         "be an integer >= 1; change it in that file"),
+        ("[train]\nepochs = true\n", "train.epochs=true in config file {path} is a boolean: it "
+         "must be an integer >= 1; change it in that file"),
+        ("[dataset]\nhorizon = 3.0\n", "dataset.horizon=3.0 in config file {path} is a float: it "
+         "must be an integer >= 1; change it in that file"),
+        ("[dataset]\nseq_len = 60.5\n", "dataset.seq_len=60.5 in config file {path} is a float: "
+         "it must be an integer in 50..200; change it in that file"),
+        ('[data]\ndedupe = "yes"\n', "data.dedupe='yes' in config file {path} is a string: it "
+         "must be true or false; change it in that file"),
+        ("[data]\ndedupe = 1\n", "data.dedupe=1 in config file {path} is an integer: it must be "
+         "true or false; change it in that file"),
+        ('[train]\nlearning_rate = "1e-3"\n', "train.learning_rate='1e-3' in config file {path} "
+         "is a string: it must be a number > 0; change it in that file"),
+        ("[backtest]\nthreshold = false\n", "backtest.threshold=false in config file {path} is a "
+         "boolean: it must be a number in (0, 1); change it in that file"),
+        ('[risk]\nstop_loss = "5%"\n', "risk.stop_loss='5%' in config file {path} is a string: it "
+         "must be a number > 0 (or leave the key out); change it in that file"),
+        ("[data]\npath = 3\n", "data.path=3 in config file {path} is an integer: it must be a "
+         "string (or leave the key out); change it in that file"),
+        ('[data]\ngaps = "guess"\n', "data.gaps='guess' in config file {path} is not one of the "
+         "choices: it must be one of 'fill', 'drop', 'error'; change it in that file"),
+        ("[model]\nfeature_join = [1]\n", "model.feature_join=[1] in config file {path} is an "
+         "array: it must be one of 'add', 'token'; change it in that file"),
+    ],
+)  # fmt: skip
+def test_wrong_type_file_values_name_file_key_value_and_what_is_allowed(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    """A wrong type is worded like a range error: the key, the value as the file spells it, the
+    file, what the key may hold and what to do."""
+    path = tmp_path / "c.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == message.format(path=path)
+
+
+def test_right_types_still_load_and_an_integer_is_a_fine_float(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        "[train]\nlearning_rate = 1\nmax_minutes = 2\n[data]\ndedupe = true\n"
+        '[risk]\nmax_trades_per_day = 4\n[model]\nfeature_join = "token"\n'
+    )
+    cfg = load_config(path)
+    assert cfg.train.learning_rate == 1.0 and isinstance(cfg.train.learning_rate, float)
+    assert cfg.train.max_minutes == 2.0 and isinstance(cfg.train.max_minutes, float)
+    assert (cfg.data.dedupe, cfg.risk.max_trades_per_day) == (True, 4)
+    assert cfg.model.feature_join == "token"
+
+
+def test_wrong_type_override_names_key_value_and_what_is_allowed() -> None:
+    """Overrides come from flags, not a file: the message has no file to name."""
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(AppConfig(), {"train.epochs": "3"})
+    assert str(caught.value) == "train.epochs='3' is a string: it must be an integer >= 1"
 
 
 def test_every_ranged_flag_agrees_with_the_config_table() -> None:

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,10 +124,15 @@ def dir_size(path: str | Path) -> int:
 
 
 def write_manifest(version_dir: str | Path, manifest: Manifest) -> Path:
-    """Writes `manifest.json` atomically (temporary file in the same directory, then rename)."""
+    """Writes `manifest.json` atomically (temporary file in the same directory, then rename),
+    with the mode the umask gives any new file (0644 under umask 022), like the files beside it."""
     directory = Path(version_dir)
     target = directory / MANIFEST_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
+    # Not tempfile.mkstemp: it creates 0600 whatever the umask, and the rename keeps that mode,
+    # so other users could not read a shared checkpoint. O_EXCL keeps mkstemp's safety, and
+    # the kernel applies the umask (reading it from Python means setting it, for all threads).
+    tmp = directory / f".manifest-{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(manifest.to_dict(), f, indent=2, sort_keys=True, allow_nan=False)

@@ -168,6 +168,49 @@ def _fail(json_logs: bool, exit_code: int, event: str, message: str, kind: str) 
     sys.exit(exit_code)
 
 
+# click >= 8.2 raises this for a group called without a command (older click prints the help and
+# exits 0 itself); an empty tuple catches nothing.
+_NO_ARGS_IS_HELP: type[click.ClickException] | tuple[()] = getattr(
+    click.exceptions, "NoArgsIsHelpError", ()
+)
+
+
+def _command_path(args: list[str]) -> str:
+    """The command `args` name ("jaxtrader data info"), read the way click reads them: the group's
+    options, then command names as long as they name a subcommand."""
+    command: click.Command = cli
+    names = ["jaxtrader"]
+    option = None
+    for arg in args:
+        if option is not None:
+            option = None
+        elif command is cli and arg in _GROUP_VALUE_OPTIONS:
+            option = arg
+        elif arg.startswith("-"):
+            continue
+        elif isinstance(command, click.Group) and arg in command.commands:
+            command = command.commands[arg]
+            names.append(arg)
+        else:
+            break
+    return " ".join(names)
+
+
+def _usage_message(e: click.ClickException, args: list[str]) -> str:
+    """click's message for a wrong command line as one line, with where to look instead of
+    click's usage block: "Missing option '--out'; see 'jaxtrader features compute --help'"."""
+    message = e.format_message()
+    if message.endswith(".") and not message.endswith("..."):  # "...'--out'.; see" reads badly
+        message = message[:-1]
+    if not isinstance(e, click.UsageError):
+        return message
+    if e.ctx is None:  # click's parser raises some errors ("requires an argument") without it
+        return f"{message}; see '{_command_path(args)} --help'"
+    if e.ctx.command.get_help_option(e.ctx) is None:
+        return message
+    return f"{message}; see '{e.ctx.command_path} --help'"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point with one-line errors and stable exit codes."""
     args = sys.argv[1:] if argv is None else argv
@@ -180,11 +223,14 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="jaxtrader", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except _NO_ARGS_IS_HELP as e:
+        # A group called without its command (`jaxtrader config`) shows its help, as before.
         if not json_logs:
             e.show()
             sys.exit(e.exit_code)
         _fail(True, e.exit_code, "usage_error", e.format_message(), type(e).__name__)
+    except click.ClickException as e:
+        _fail(json_logs, e.exit_code, "usage_error", _usage_message(e, args), type(e).__name__)
     except click.exceptions.Abort:
         _fail(json_logs, 1, "aborted", "aborted", "Abort")
     except JaxTraderError as e:

@@ -216,11 +216,15 @@ def models_list(state: CliState, symbol: str | None, ckpt_dir: str | None, as_js
     from jaxtrader.checkpoint import checkpoint_root, list_versions, require_folder
 
     root = checkpoint_root(ckpt_dir, state.config())
-    if ckpt_dir is not None:  # a folder named on purpose must exist; the default may not yet
+    # A folder named on purpose must exist. The default one may not yet (nothing trained), but a
+    # file in its place is a mistake either way: `jaxtrader train` could not write there.
+    if ckpt_dir is not None or root.exists():
         require_folder(root)
     rows = list_versions(root, symbol)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows]))
+    elif not root.exists():
+        click.echo(f"no model versions: {root} does not exist yet (`jaxtrader train` writes there)")
     elif not rows:
         click.echo(f"no model versions under {root}; train one with `jaxtrader train`")
     else:
