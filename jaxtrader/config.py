@@ -99,6 +99,7 @@ RANGES: dict[str, Range] = {
     "risk.stop_loss": _POSITIVE,
     "risk.take_profit": _POSITIVE,
     "risk.max_trades_per_day": _AT_LEAST_ONE,
+    "risk.max_neutral_hold": _NON_NEGATIVE,
     "risk.model_timeout_ms": _POSITIVE,
 }
 
@@ -202,6 +203,9 @@ class RiskConfig:
     stop_loss: float | None = None
     take_profit: float | None = None
     max_trades_per_day: int | None = None
+    # A day of 1h candles: after a long feed gap the model has no signal for its whole history
+    # (503 candles by default), and holding through that is three weeks of unmanaged exposure.
+    max_neutral_hold: int = 24
     model_timeout_ms: float = 500.0
 
 
@@ -226,6 +230,8 @@ RISK_FLAGS: tuple[tuple[str, str, str, str], ...] = (
      "Exit at this gain from the average entry, as a fraction [off]."),
     ("--max-trades-per-day", "max_trades_per_day", "at least 1 (leave it out for off)",
      "Orders per UTC day that add exposure [off]."),
+    ("--max-neutral-hold", "max_neutral_hold", "0 (off) or more candles",
+     "Close a position after this many candles in a row without a model signal [24; 0: off]."),
     ("--model-timeout-ms", "model_timeout_ms", "a positive number of milliseconds",
      "Per-candle model budget; slower is a neutral signal [500]."),
 )  # fmt: skip

@@ -368,3 +368,35 @@ def test_identity_keeps_the_rules_as_top_level_keys() -> None:
     assert "rules" not in ident
     assert ident["fee_bps"] == 7.0 and ident["long_short"] is True
     assert ident["slippage_bps"] == 0.0 and ident["threshold"] == 0.5
+
+
+def test_a_risk_limit_added_later_keeps_old_state_files_matching() -> None:
+    """State files written before --max-neutral-hold existed have no such key: at its default
+    the identity leaves it out (so they resume and get the default); set, it is a change."""
+    from jaxtrader.config import RiskConfig
+
+    ident = StrategyConfig("s", "SYNTH/USD", 3600.0).identity()
+    assert "max_neutral_hold" not in ident["risk"] and ident["risk"]["cooldown"] == 24
+    off = StrategyConfig("s", "SYNTH/USD", 3600.0, risk=RiskConfig(max_neutral_hold=0))
+    assert off.identity()["risk"]["max_neutral_hold"] == 0
+
+
+def test_a_long_gap_closes_the_position_after_max_neutral_hold(tmp_path: Path) -> None:
+    """The audit's replay: a 60-candle gap restarts the buffer, the model has no signal for its
+    whole history, and the long opened before the gap was held through all of it."""
+    f = synth_candles(rows=HISTORY + 120, seed=1).frame
+    frame = pd.concat([f.iloc[: HISTORY + 3], f.iloc[HISTORY + 63 : HISTORY + 75]])
+    m = make(tmp_path, Scripted([0.9] * 200),
+             risk=RiskConfig(model_timeout_ms=100.0, max_neutral_hold=5))  # fmt: skip
+    out = run_on(m, frame)
+    assert out[1].fill_units and out[1].fill_units > 0  # long before the gap
+    after = out[3:]
+    assert after[0].fallback.startswith("gap") and all(
+        o.fallback.startswith("short_history") for o in after[1:]
+    )
+    assert [o.action for o in after[:6]] == ["hold"] * 4 + ["exit", "hold"]
+    assert after[4].reason == "max_neutral_hold" and after[4].target == 0.0
+    assert after[5].fill_units == pytest.approx(-out[1].fill_units)  # sold at the next open
+    assert m.pf.units == 0.0
+    kinds = [(e["ts"], e["kind"]) for e in m.store.rows("risk_events", "s")]
+    assert (after[4].ts.isoformat(), "max_neutral_hold") in kinds

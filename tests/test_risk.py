@@ -114,6 +114,31 @@ def test_neutral_holds_current_position() -> None:
     assert (d.target, d.action, d.reason) == (1.0, "hold", "neutral")
 
 
+def test_a_position_is_not_held_blind_past_max_neutral_hold() -> None:
+    """After a long feed gap the model has no signal for its whole history (503 candles by
+    default): holding through it was three weeks of unmanaged exposure (the audit's replay)."""
+    cfg, state = RiskConfig(max_neutral_hold=3), RiskState()
+    held = {"current": 1.0, "units": 3.0, "avg_entry": 100.0}
+    for n in (1, 2):
+        d, state, events = _decide(cfg, state, desired=None, **held)
+        assert (d.target, d.action, state.neutral_held, events) == (1.0, "hold", n, [])
+    d, state, events = _decide(cfg, state, desired=None, **held)
+    assert (d.target, d.action, d.reason) == (0.0, "exit", "max_neutral_hold")
+    assert [e.kind for e in events] == ["max_neutral_hold"] and state.neutral_held == 0
+    assert events[0].reason.startswith("3 candles in a row without a model signal")
+    # Flat, a neutral candle counts nothing; a signal resets the count.
+    _, flat, _ = _decide(cfg, RiskState(neutral_held=2), desired=None, current=0.0)
+    assert flat.neutral_held == 0
+    _, state, _ = _decide(cfg, RiskState(neutral_held=2), desired=1.0, **held)
+    assert state.neutral_held == 0
+    # 0 turns it off: held on, counted.
+    d, state, _ = _decide(RiskConfig(max_neutral_hold=0), RiskState(neutral_held=500),
+                          desired=None, **held)  # fmt: skip
+    assert (d.target, d.action, state.neutral_held) == (1.0, "hold", 501)
+    # The default is a day of 1h candles.
+    assert RiskConfig().max_neutral_hold == 24
+
+
 def test_state_round_trips() -> None:
     s = dataclasses.replace(RiskState(), day="2024-01-01", halted=True, cooldown_left=3)
     assert RiskState.from_dict(s.to_dict()) == s
@@ -134,6 +159,7 @@ def test_state_round_trips() -> None:
         ({"stop_loss": -0.1}, "--stop-loss must be a positive fraction"),
         ({"take_profit": math.nan}, "--take-profit must be a positive fraction"),
         ({"max_trades_per_day": 0}, "--max-trades-per-day must be at least 1"),
+        ({"max_neutral_hold": -1}, "--max-neutral-hold must be 0 (off) or more candles, got -1"),
         ({"model_timeout_ms": 0.0}, "--model-timeout-ms must be a positive number"),
         ({"model_timeout_ms": math.inf}, "--model-timeout-ms must be a positive number"),
     ],

@@ -89,14 +89,22 @@ class StrategyConfig:
 
     def identity(self) -> dict[str, Any]:
         """What the state file records and compares on restart; the rules' fields stay top-level
-        keys ("fee_bps", ...) and a plain policy adds no key, so existing state files keep
-        matching."""
+        keys ("fee_bps", ...), a plain policy adds no key, and neither does a risk limit added
+        later while it has its default (`NEW_RISK_DEFAULTS`), so existing state files keep
+        matching (and such a strategy, resumed, gets the limit's default)."""
         d = dataclasses.asdict(self)
         d.pop("strategy_id")
         d.update(d.pop("rules"))
         if d["policy"] is None:
             del d["policy"]
+        for key, default in NEW_RISK_DEFAULTS.items():
+            if d["risk"].get(key) == default:
+                del d["risk"][key]
         return d
+
+
+# Risk limits added after state files existed, with their defaults (see identity).
+NEW_RISK_DEFAULTS: dict[str, Any] = {"max_neutral_hold": RiskConfig.max_neutral_hold}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ Policies (documented in the README):
 - stop-loss / take-profit: checked at each close against the average entry; exits at the next open.
 - max trades per day: orders that add or change exposure are refused once the day's count is
   reached; exits are always allowed.
-- neutral signal (model failure, short or gapped history): hold the current position, never add.
+- neutral signal (model failure, short or gapped history): hold the current position, never add;
+  after `max_neutral_hold` neutral candles in a row with a position, close it (0: hold on).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class RiskState:
     model_failures: int = 0  # consecutive
     losing_trades: int = 0  # consecutive
     cooldown_left: int = 0  # candles
+    neutral_held: int = 0  # consecutive neutral candles with a position held
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -134,6 +136,8 @@ def decide(
     `current` is the exposure the strategy holds or has ordered (its last target).
     """
     events: list[RiskEvent] = []
+    if desired is not None and state.neutral_held:
+        state = dataclasses.replace(state, neutral_held=0)
     # Circuit-breaker cooldown: flat and no entries until it runs out.
     if state.cooldown_left > 0:
         state = dataclasses.replace(state, cooldown_left=state.cooldown_left - 1)
@@ -168,7 +172,17 @@ def decide(
                 events.append(RiskEvent(kind, f"return {ret:.2%} vs entry hit {kind} {limit}"))
                 return RiskDecision(0.0, "exit", kind), state, events
     if desired is None:
-        return RiskDecision(current, "hold", "neutral"), state, events
+        held = state.neutral_held + 1 if current != 0 else 0
+        if cfg.max_neutral_hold and held >= cfg.max_neutral_hold:
+            events.append(
+                RiskEvent(
+                    "max_neutral_hold",
+                    f"{held} candles in a row without a model signal with a position held "
+                    f"(limit {cfg.max_neutral_hold})",
+                )
+            )
+            return RiskDecision(0.0, "exit", "max_neutral_hold"), _held(state, 0), events
+        return RiskDecision(current, "hold", "neutral"), _held(state, held), events
     target, action, reason = desired, "allow", "signal"
     if abs(desired) > cfg.max_position:
         target = cfg.max_position if desired > 0 else -cfg.max_position
@@ -184,6 +198,10 @@ def decide(
             )
             return RiskDecision(current, "block", "max_trades_per_day"), state, events
     return RiskDecision(target, action, reason), state, events
+
+
+def _held(state: RiskState, n: int) -> RiskState:
+    return state if state.neutral_held == n else dataclasses.replace(state, neutral_held=n)
 
 
 def _flat(
