@@ -6,7 +6,8 @@ version's best step onto an abstract target (no optimizer is built), and compile
 `P(up)` function, warmed up at load for batch 1 (the trading shape).
 
 Stable API (evaluate and trade code against it):
-- `Predictor.load(ckpt_dir=None, symbol=None, arch=None, version="best", checkpoint=None)`
+- `Predictor.load(ckpt_dir=None, symbol=None, arch=None, version="best", checkpoint=None)`;
+  `version_dir_to_load(...)` (same arguments) names the version it would load, loading nothing
 - attributes `manifest` (checkpoint.Manifest), `config` (AppConfig the model was trained with),
   `scaler` (dataset.Scaler), `seq_len`, `version_dir`, `step`, `params`
 - `predict_proba(seq_BxWx5, feats_BxF) -> np.ndarray[B]` float32 P(label == 1, "up")
@@ -89,6 +90,32 @@ def abstract_params(model: Any, seq_len: int, num_features: int) -> Any:
     return jax.eval_shape(model.init, jax.random.key(0), seq, feats)["params"]
 
 
+def version_dir_to_load(
+    *,
+    ckpt_dir: str | Path | None = None,
+    symbol: str | None = None,
+    arch: str | None = None,
+    version: str | int = "best",
+    checkpoint: str | Path | None = None,
+    include_partial: bool = False,
+    fallback_symbol: str | None = None,
+) -> Path:
+    """The version directory `Predictor.load` restores for these arguments, without loading it:
+    `checkpoint` as given, else `checkpoint.resolve_version` under `ckpt_dir`. Commands call it
+    to check their flags against the version before the model loads (evaluate's outputs must not
+    name its files; trade's --threshold must not be overruled by its recorded policy)."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    return ckpt.resolve_version(
+        ckpt.checkpoint_root(ckpt_dir),
+        symbol,
+        arch,
+        version,
+        include_partial=include_partial,
+        fallback_symbol=fallback_symbol,
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class Predictor:
     """A restored model plus everything needed to build its inputs. Create with `load`."""
@@ -126,18 +153,15 @@ class Predictor:
         from jaxtrader.dataset import Scaler
         from jaxtrader.models import build_model
 
-        if checkpoint is not None:
-            version_dir = Path(checkpoint)
-        else:
-            root = ckpt.checkpoint_root(ckpt_dir)
-            version_dir = ckpt.resolve_version(
-                root,
-                symbol,
-                arch,
-                version,
-                include_partial=include_partial,
-                fallback_symbol=fallback_symbol,
-            )
+        version_dir = version_dir_to_load(
+            ckpt_dir=ckpt_dir,
+            symbol=symbol,
+            arch=arch,
+            version=version,
+            checkpoint=checkpoint,
+            include_partial=include_partial,
+            fallback_symbol=fallback_symbol,
+        )
         manifest = ckpt.read_manifest(version_dir)
         if checkpoint is not None and arch is not None and arch != manifest.arch:
             # --checkpoint wins over the search flags, but a flag that contradicts it is a

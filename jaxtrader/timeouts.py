@@ -63,8 +63,9 @@ class TimeoutRunner:
             self._jobs.put(None)  # the stuck worker exits once its call returns, if ever
             self._jobs = queue.SimpleQueue()
             self._workers.append(_start_worker(self._jobs))
+            # :g, not :.0f: a budget under 0.5 ms (--model-timeout-ms 0.01) read "within 0 ms".
             raise DeadlineExceeded(
-                f"{what} did not finish within {timeout_s * 1000:.0f} ms; "
+                f"{what} did not finish within {timeout_s * 1000:g} ms; "
                 "raise the timeout or use a smaller model"
             )
         if job.error is not None:

@@ -355,8 +355,10 @@ def test_duplicates_error_or_dedupe_keeps_last(
     with pytest.raises(
         DataError,
         match=r"d\.csv: line 5: duplicate timestamp 2024-01-01T02:00:00Z \(1 duplicate row\(s\) in "
-        r"total\); remove them from the file, or keep the last of each with --dedupe \(data, "
-        r"features, train, walkforward\) or `dedupe = true` under \[data\] in a --config file",
+        r"total\); remove them from the file, or keep the last of each with --dedupe \(data "
+        r"info, features compute, train, walkforward, evaluate, trade\) or `dedupe = true` under "
+        r"\[data\] "
+        r"in a --config file \(study\)$",
     ):
         load_candles(path)
     candles = load_candles(path, dedupe=True)
@@ -364,6 +366,33 @@ def test_duplicates_error_or_dedupe_keeps_last(
     assert candles.frame.loc["2024-01-01T02:00:00Z", "close"] == 119.0  # the later row wins
     (record,) = [r for r in events.records if r.getMessage() == "duplicates_dropped"]
     assert record.levelno == logging.WARNING and record.jt_fields["count"] == 1
+
+
+def test_the_duplicates_message_names_commands_that_have_dedupe(tmp_path: Path) -> None:
+    """The message listed --dedupe for data, features, train and walkforward only, so `evaluate
+    --data` and `trade --feed replay:` of such a file had no fix but editing it: each command
+    the message names must have the flag, and every command that reads candle files is named."""
+    import re
+
+    import click
+
+    from jaxtrader.cli import cli
+
+    rows = [*ROWS[:3], ROWS[2], *ROWS[3:]]
+    path = write(tmp_path / "d.csv", canonical(rows))
+    with pytest.raises(DataError) as e:
+        load_candles(path)
+    named = re.search(r"--dedupe \(([^)]*)\)", str(e.value))
+    assert named is not None
+    names = named.group(1).split(", ")
+    assert {"evaluate", "trade"} <= set(names)
+    for name in names:
+        command: click.Command = cli
+        for part in name.split():
+            assert isinstance(command, click.Group)
+            command = command.commands[part]
+        flags = {opt for p in command.params for opt in getattr(p, "opts", ())}
+        assert "--dedupe" in flags, name
 
 
 def test_interval_given_must_agree(tmp_path: Path) -> None:

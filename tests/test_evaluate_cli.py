@@ -563,10 +563,15 @@ def test_unusable_output_paths_are_one_line_errors(
     a_file.write_text("x")
     assert run("--predictions", str(a_dir)) == (
         2,
-        f"Error: Invalid value for '--predictions': File '{a_dir}' is a directory.",
+        f"error: Invalid value for '--predictions': File '{a_dir}' is a directory; see "
+        "'jaxtrader evaluate --help'",
     )
-    assert run("--trades", str(a_dir))[1].endswith(f"File '{a_dir}' is a directory.")
-    assert run("--report-dir", str(a_file))[1].endswith(f"Directory '{a_file}' is a file.")
+    assert run("--trades", str(a_dir))[1].startswith(
+        f"error: Invalid value for '--trades': File '{a_dir}' is a directory;"
+    )
+    assert run("--report-dir", str(a_file))[1].startswith(
+        f"error: Invalid value for '--report-dir': Directory '{a_file}' is a file;"
+    )
     code, line = run("--trades", str(a_file / "t.csv"))  # under a file: only the OS can tell
     assert code == 2 and line.startswith(f"error: cannot use {a_file}") and "internal" not in line
 
@@ -589,3 +594,108 @@ def test_flags_that_contradict_the_checkpoint_are_refused(
             main(["evaluate", "--checkpoint", str(vdir), flag, value])
         assert exc.value.code == 2
         assert capsys.readouterr().err.strip().startswith(f"error: {expected}")
+
+
+def _error_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one `error: ...` line of a refused `jaxtrader` command line (exit 2)."""
+    from jaxtrader.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_outputs_never_overwrite_the_checkpoint_or_the_data_its_manifest_names(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --data and --checkpoint the inputs are the picked version and the candle file its
+    manifest names: `--predictions <that file>` replaced the candles with a CSV of predictions,
+    exit 0, and `--trades <version>/manifest.json` the manifest. Both are refused before any
+    work, and the files are left as they were."""
+    import shutil
+
+    data = Path(shutil.copy(trained["data"], tmp_path / trained["data"].name))
+    ckpt = tmp_path / "ckpt"
+    vdir = Path(
+        shutil.copytree(
+            trained["version_dir"],
+            ckpt / trained["version_dir"].relative_to(trained["root"] / "ckpt"),
+        )
+    )
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    manifest["data"]["path"] = str(data)  # this copy's own candles, not the shared fixture's
+    (vdir / "manifest.json").write_text(json.dumps(manifest))
+    before = [data.read_bytes(), (vdir / "manifest.json").read_bytes()]
+    base = ["evaluate", "--ckpt-dir", str(ckpt), "--arch", "lstm", "--policy", "plain",
+            "--no-record-policy"]  # fmt: skip
+    for flag, out, what in (
+        ("--predictions", data, f"the checkpoint's data file {data}"),
+        ("--trades", vdir / "manifest.json", f"the checkpoint {vdir}"),
+        ("--report-dir", vdir, f"the checkpoint {vdir}"),
+    ):
+        assert _error_line([*base, flag, str(out)], capsys) == (
+            f"error: {flag} {out} would overwrite what {what} holds; write it somewhere else"
+        )
+    assert [data.read_bytes(), (vdir / "manifest.json").read_bytes()] == before
+    config = tmp_path / "run.toml"
+    config.write_text("[backtest]\nfee_bps = 7\n")
+    assert _error_line(["--config", str(config), *base, "--trades", str(config)], capsys) == (
+        f"error: --trades {config} would overwrite what --config {config} holds; write it "
+        "somewhere else"
+    )
+
+
+def test_policy_flags_that_the_named_policy_would_replace_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--policy plain --enter 0.6` evaluated a manual rule (source "given"), exit 0; so did
+    `--policy auto` with them. Refused before any checkpoint is looked for."""
+    base = ["evaluate", "--ckpt-dir", str(tmp_path / "none"), "--no-record-policy"]
+    assert _error_line([*base, "--policy", "plain", "--enter", "0.6"], capsys) == (
+        "error: --policy plain is long above --threshold, re-decided every candle, which "
+        "contradicts --enter 0.6; drop --policy plain to use the manual rule, or drop --enter to "
+        "use the plain rule"
+    )
+    assert _error_line(
+        [*base, "--policy", "auto", "--exit", "0.45", "--min-hold", "3"], capsys
+    ) == (
+        "error: --policy auto chooses enter/exit/min-hold on the validation split, which "
+        "contradicts --exit 0.45 --min-hold 3; drop --policy auto to use the manual rule, or drop "
+        "--exit and --min-hold to let auto choose"
+    )
+
+
+def test_dedupe_and_gzip_outputs(
+    trained: dict[str, Path], evaluated: dict[str, Any], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A candle file with a repeated row: the error named --dedupe, which evaluate did not have.
+    Outputs named .csv.gz were plain text; now gzip, read back by `read_csv` and pandas. The
+    manual flags alone (the default --policy) still give a manual rule."""
+    from jaxtrader.cli import cli
+    from jaxtrader.evaluate.summary import read_csv
+
+    lines = trained["data"].read_text().splitlines(keepends=True)
+    dup = tmp_path / trained["data"].name
+    dup.write_text("".join([*lines, lines[-1]]))
+    args = ["evaluate", "--split", "test", "--checkpoint", str(trained["version_dir"]),
+            "--data", str(dup), "--no-record-policy", "--fee-bps", "7", "--slippage-bps", "1"]  # fmt: skip
+    line = _error_line(args, capsys)
+    assert "duplicate timestamp" in line and "evaluate, trade)" in line
+    pred, trades = tmp_path / "p.csv.gz", tmp_path / "t.csv.gz"
+    result = CliRunner().invoke(
+        cli, [*args, "--dedupe", "--enter", "0.6", "--json", "--predictions", str(pred),
+              "--trades", str(trades)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["policy"]["source"] == "given" and doc["policy"]["selected"]["enter"] == 0.6
+    assert pred.read_bytes()[:2] == trades.read_bytes()[:2] == b"\x1f\x8b"  # gzip magic
+    rows = read_csv(pred)
+    reference = read_csv(evaluated["csv"])  # the same candles once deduplicated
+    assert len(rows) == doc["n"] == evaluated["doc"]["n"]
+    np.testing.assert_array_equal(rows.prob_up, reference.prob_up)
+    exported = pd.read_csv(trades)
+    assert len(exported) == doc["trades_export"]["trades"]
+    assert exported["pnl_net"].sum() == pytest.approx(doc["trades_export"]["pnl_net"], abs=1e-12)

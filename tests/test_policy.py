@@ -173,3 +173,28 @@ def test_trade_takes_the_policy_recorded_in_the_manifest(tmp_path: Path) -> None
     f = tmp_path / "p.toml"
     f.write_text("enter = 0.6\nexit = 0.5\n")
     assert trade_policy(str(f), recorded, rules) == Policy(0.6, 0.5)
+
+
+def test_trade_refuses_a_threshold_the_policy_in_force_ignores(tmp_path: Path) -> None:
+    """`trade --threshold 0.6` with a recorded or TOML policy traded that policy and dropped the
+    threshold without a word; the plain rule (given, or no policy recorded) still takes it."""
+    from types import SimpleNamespace
+
+    from jaxtrader.trading.runner import trade_policy
+
+    rule = Policy(enter=0.58, exit=0.53, min_hold=10).to_dict()
+    recorded = SimpleNamespace(policy={"rule": rule, "source": "evaluate --policy auto"})
+    rules = TradeRules(threshold=0.6)
+    with pytest.raises(ConfigError) as e:
+        trade_policy("checkpoint", recorded, rules, threshold_flag=0.6)
+    assert str(e.value) == (
+        "--threshold 0.6 has no effect under the policy recorded in the checkpoint by `evaluate "
+        "--policy auto` (enter 0.58, exit 0.53, min hold 10); pass --policy plain to trade long "
+        "above --threshold, or drop --threshold"
+    )
+    f = tmp_path / "p.toml"
+    f.write_text("enter = 0.6\nexit = 0.5\n")
+    with pytest.raises(ConfigError, match=rf"^--threshold 0.6 has no effect under --policy {f} "):
+        trade_policy(str(f), recorded, rules, threshold_flag=0.6)
+    assert trade_policy("plain", recorded, rules, threshold_flag=0.6) is None
+    assert trade_policy("checkpoint", SimpleNamespace(policy=None), rules, 0.6) is None

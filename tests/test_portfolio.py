@@ -55,3 +55,16 @@ def test_invalid_fill_raises_and_serialises() -> None:
     p = apply_fill(Portfolio(cash=500.0), 1.5, 10.0, 0.01).portfolio
     assert Portfolio.from_dict(p.to_dict()) == p
     assert p.exposure(10.0) == pytest.approx(15.0 / p.equity(10.0))
+
+
+def test_opening_entry_is_the_fill_price_exactly() -> None:
+    """The entry of a position opened from flat was |d| * price / |d|, one ulp off the fill price
+    (107711.56000000001 for this real fill), noise that `portfolio --trades` printed."""
+    price, units = 107711.56, 0.09274779782235065
+    assert abs(units) * price / abs(units) != price  # the arithmetic the old code did
+    for sign in (1.0, -1.0):
+        opened = apply_fill(Portfolio(cash=10_000.0), sign * units, price, 9.99).portfolio
+        assert opened.avg_entry == price
+    # Adding still averages by size.
+    added = apply_fill(apply_fill(Portfolio(cash=1e6), 1.0, 100.0, 0.0).portfolio, 3.0, 120.0, 0.0)
+    assert added.portfolio.avg_entry == pytest.approx(115.0)

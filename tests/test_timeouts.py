@@ -101,3 +101,11 @@ def test_close_returns_once_the_workers_exited_or_its_wait_is_over() -> None:
     stuck.close(wait_s=0.2)  # a call stuck for good does not hold the close longer
     assert time.perf_counter() - start < 1.0
     release.set()
+
+
+def test_a_sub_millisecond_budget_is_named_with_its_value() -> None:
+    """`--model-timeout-ms 0.01` was reported as "did not finish within 0 ms" (formatted :.0f)."""
+    with pytest.raises(
+        DeadlineExceeded, match=r"^model prediction did not finish within 0\.01 ms;"
+    ):
+        call_with_timeout(lambda: time.sleep(0.2), 0.01 / 1e3, "model prediction")

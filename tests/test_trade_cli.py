@@ -394,6 +394,12 @@ def test_portfolio_trades_export_and_buy_and_hold(
     first = closed.iloc[0]
     first_fill = next(f for f in fills if f["ts"] == first["entry_time"])
     assert first["entry_price"] == pytest.approx(first_fill["price"])
+    # A trade opened by one fill has that fill's price as its entry, to the last bit: the CSV
+    # printed one-ulp noise (107711.56000000001) from averaging a single fill.
+    for _, t in trades.iterrows():
+        entry_fills = [f for f in fills if f["ts"] == t["entry_time"]]
+        if len(entry_fills) == 1 and abs(entry_fills[0]["units"]) == t["size"]:
+            assert t["entry_price"] == entry_fills[0]["price"]
 
     # Buy-and-hold: the whole capital at the open after the first candle (+5 bps slippage, 10 bps
     # fee on the notional), held to the last close of the strategy's candles.
@@ -403,6 +409,14 @@ def test_portfolio_trades_export_and_buy_and_hold(
     units = 1000.0 / (price * (1 + 1e-3))
     expected = units * equity[-1]["close"] / 1000.0 - 1.0
     assert mine["buy_and_hold"]["return"] == pytest.approx(expected, rel=1e-9)
+    # Its Sharpe is annualised like the strategy's: hourly candles with weekends are 8760 a year.
+    # `.asi8` of the stored ISO times is microseconds on pandas 3, which read as 1970 weekdays
+    # and gave 252 x 24 = 6048 (a Sharpe 0.83 times the right one).
+    assert any(pd.Timestamp(e["ts"]).weekday() >= 5 for e in equity)
+    cash = 1000.0 - units * price * (1 + 1e-3)
+    bh_equity = np.array([1000.0, *(cash + units * e["close"] for e in equity[1:])])
+    r = np.concatenate([[0.0], bh_equity[1:] / bh_equity[:-1] - 1.0])
+    assert mine["bh_sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * np.sqrt(8760.0), rel=1e-9)
     assert mine["bh_return"] == mine["buy_and_hold"]["return"]
     assert mine["buy_and_hold"]["last"] == equity[-1]["ts"] == mine["last"]
     store.close()
@@ -667,3 +681,53 @@ def test_portfolio_trades_export_never_overwrites_the_state_file(
         "somewhere else"
     )
     assert db.read_bytes() == before
+
+
+def test_threshold_ignored_by_the_policy_in_force_is_refused_before_the_model_loads(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`trade --threshold 0.6` under the policy `evaluate --policy auto` recorded (or a TOML file)
+    traded that policy, the threshold silently dropped. Refused before the state file opens."""
+    import shutil
+
+    from jaxtrader.checkpoint import record_policy
+
+    vdir = Path(shutil.copytree(setup["ckpt"], tmp_path / "v1"))
+    record_policy(vdir, {"rule": {"enter": 0.58, "exit": 0.53, "min_hold": 10}})
+    db = tmp_path / "t.db"
+    args = trade_args(setup, db, "t", "--threshold", "0.6")
+    args[args.index("--checkpoint") + 1] = str(vdir)
+    err = one_line_error(*run_cli(args, capsys)[::2])
+    assert err == (
+        "error: --threshold 0.6 has no effect under the policy recorded in the checkpoint by "
+        "`evaluate --policy auto` (enter 0.58, exit 0.53, min hold 10); pass --policy plain to "
+        "trade long above --threshold, or drop --threshold"
+    )
+    toml = tmp_path / "p.toml"
+    toml.write_text("enter = 0.6\nexit = 0.5\n")
+    err = one_line_error(*run_cli([*args, "--policy", str(toml)], capsys)[::2])
+    assert err.startswith(f"error: --threshold 0.6 has no effect under --policy {toml} (enter 0.6")
+    assert not db.exists()
+
+
+def test_dedupe_reads_a_replay_file_with_duplicate_timestamps(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The duplicate-timestamp error advised --dedupe, which trade did not have: a replay file
+    with a repeated candle could not be traded without editing it."""
+    lines = setup["csv"].read_text().splitlines(keepends=True)
+    dup = tmp_path / "synth_dup.csv"
+    dup.write_text("".join([*lines, lines[-1]]))
+    args = with_feed(trade_args(setup, tmp_path / "d.db", "d"), f"replay:{dup}")
+    err = one_line_error(*run_cli(args, capsys)[::2])
+    assert "duplicate timestamp" in err and "evaluate, trade)" in err
+    code, out, err = run_cli(["--log-format", "json", *args, "--dedupe"], capsys)
+    assert code == 0, err
+    test = json.loads((setup["ckpt"] / "manifest.json").read_text())["splits"]["test"]
+    frame = load_candles(setup["csv"]).frame
+    assert json.loads(out)["candles"] == len(frame.loc[test["start"] : test["end"]])
+    err = one_line_error(*run_cli([*with_feed(args, "ccxt:binance"), "--dedupe"], capsys)[::2])
+    assert (
+        err == "error: --dedupe applies to a replay:PATH feed's file, not to --feed "
+        "ccxt:binance; drop it"
+    )

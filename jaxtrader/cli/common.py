@@ -92,6 +92,13 @@ class CliState:
         return with_overrides(load_config(self.config_path), overrides or {})
 
 
+# --dedupe, one option for `data_options`, evaluate and trade: the data layer's duplicate-
+# timestamp error names this flag, so each command that reads candle files must have it.
+dedupe_option = click.option(
+    "--dedupe", is_flag=True, default=None, help="Keep the last of duplicate timestamps."
+)
+
+
 def data_options(fn: F) -> F:
     """--data/--symbol/--interval/--gaps/--dedupe, mapped onto the `data.*` config keys."""
     options = [
@@ -111,9 +118,7 @@ def data_options(fn: F) -> F:
             default=None,
             help="Missing candles: fill (flagged), drop, or error. Default: fill.",
         ),
-        click.option(
-            "--dedupe", is_flag=True, default=None, help="Keep the last of duplicate timestamps."
-        ),
+        dedupe_option,
     ]
     return _stacked(fn, options)
 
@@ -352,6 +357,40 @@ def policy_options(fn: F) -> F:
     return fn
 
 
+def refuse_policy_conflicts(
+    policy_spec: str, enter: float | None, exit_: float | None, min_hold: int | None
+) -> None:
+    """ConfigError when --policy auto or plain is given together with --enter/--exit/--min-hold.
+    Those flags make a manual rule (from --threshold and the label horizon where unset), which
+    replaced the named policy without a word: auto's choice on the val split, or plain's one
+    threshold re-decided every candle. With a TOML file they override its values, as documented.
+    Only a --policy typed by the user conflicts: auto is also the default, and the flags alone
+    are how a manual rule is asked for."""
+    from click.core import ParameterSource
+
+    from jaxtrader.errors import ConfigError
+
+    given = [
+        f"{flag} {value:g}"
+        for flag, value in (("--enter", enter), ("--exit", exit_), ("--min-hold", min_hold))
+        if value is not None
+    ]
+    source = click.get_current_context().get_parameter_source("policy_spec")
+    if not given or policy_spec not in ("auto", "plain") or source is ParameterSource.DEFAULT:
+        return
+    what = (
+        "chooses enter/exit/min-hold on the validation split"
+        if policy_spec == "auto"
+        else "is long above --threshold, re-decided every candle"
+    )
+    instead = "let auto choose" if policy_spec == "auto" else "use the plain rule"
+    raise ConfigError(
+        f"--policy {policy_spec} {what}, which contradicts {' '.join(given)}; drop --policy "
+        f"{policy_spec} to use the manual rule, or drop {' and '.join(g.split()[0] for g in given)} "
+        f"to {instead}"
+    )
+
+
 def batch_window_options(fn: F) -> F:
     """--batch-size/--seq-len/--horizon: the batch and window shape, shared by `train` and
     `walkforward` (`study` reuses walkforward's option objects)."""
@@ -385,9 +424,11 @@ def echo(message: str, *, err: bool, event: str, **fields: Any) -> None:
 
 
 def refuse_overwriting(outputs: Mapping[str, str | None], inputs: Mapping[str, str | None]) -> None:
-    """ConfigError, before any work, when an output flag names what an input flag reads (the same
+    """ConfigError, before any work, when an output flag names what an input reads (the same
     file, or a path inside an input folder such as a checkpoint version) or what another output
-    flag names: writing it would destroy a state file, a manifest or the candles, with exit 0."""
+    flag names: writing it would destroy a state file, a manifest or the candles, with exit 0.
+    An input is keyed by its flag, or by a description when the command found it itself (the
+    version --arch picked, the data file its manifest names)."""
     from pathlib import Path
 
     from jaxtrader.errors import ConfigError

@@ -10,8 +10,10 @@ from jaxtrader.cli.common import (
     CliState,
     HintGlobalOptions,
     checkpoint_options,
+    dedupe_option,
     policy_options,
     refuse_overwriting,
+    refuse_policy_conflicts,
     rules_options,
     rules_overrides,
 )
@@ -52,6 +54,7 @@ from jaxtrader.cli.common import (
     help="Allow --data of another market than the model's (an out-of-market test, labelled "
     "as such in the report).",
 )
+@dedupe_option
 @rules_options
 @policy_options
 @click.option(
@@ -103,6 +106,7 @@ def evaluate(
     checkpoint: str | None,
     data_path: str | None,
     other_market: bool,
+    dedupe: bool | None,
     as_json: bool,
     predictions: str | None,
     trades_path: str | None,
@@ -127,7 +131,7 @@ def evaluate(
     from jaxtrader.decisions import PolicyRequest
     from jaxtrader.errors import ConfigError
     from jaxtrader.evaluate.report import format_table, write_report
-    from jaxtrader.evaluate.run import evaluate_checkpoint
+    from jaxtrader.evaluate.run import evaluate_checkpoint, evaluation_inputs
     from jaxtrader.evaluate.summary import write_csv
     from jaxtrader.evaluate.trades import totals as trade_totals
     from jaxtrader.evaluate.trades import write_trades_csv
@@ -138,10 +142,37 @@ def evaluate(
     if split is not None and (start is not None or end is not None):
         raise ConfigError("use either --split or --start/--end, not both")
     cfg = state.config(rules_overrides(**rule_flags))
+    outputs = {"--predictions": predictions, "--trades": trades_path, "--report-dir": report_dir}
     refuse_overwriting(
-        {"--predictions": predictions, "--trades": trades_path, "--report-dir": report_dir},
-        {"--data": data_path, "--checkpoint": checkpoint, "--policy": policy_spec},
+        outputs,
+        {
+            "--data": data_path,
+            "--checkpoint": checkpoint,
+            "--policy": policy_spec,
+            "--config": state.config_path,
+        },
     )
+    refuse_policy_conflicts(policy_spec, enter, exit_, min_hold)
+    root = checkpoint_root(ckpt_dir, cfg)
+    if any(outputs.values()):
+        # Without --data and --checkpoint the inputs are the picked version and the candle file
+        # its manifest names: an output naming either would destroy what is being evaluated.
+        version_dir, data_file = evaluation_inputs(
+            ckpt_dir=root,
+            symbol=symbol,
+            arch=arch,
+            version=version,
+            checkpoint=checkpoint,
+            include_partial=include_partial,
+            data_path=data_path,
+        )
+        refuse_overwriting(
+            outputs,
+            {
+                "the checkpoint": str(version_dir),
+                "the checkpoint's data file": None if data_path else data_file,
+            },
+        )
     request = PolicyRequest(policy_spec, enter, exit_, min_hold)
     # Bad policy settings fail here, before the model is loaded (the real horizon comes later).
     request.resolve(threshold=cfg.backtest.threshold, long_short=cfg.backtest.long_short, horizon=1)
@@ -151,7 +182,7 @@ def evaluate(
         start=parse_utc(start, "--start"),
         end=parse_utc(end, "--end"),
         backtest=cfg.backtest,
-        ckpt_dir=checkpoint_root(ckpt_dir, cfg),
+        ckpt_dir=root,
         symbol=symbol,
         arch=arch,
         version=version,
@@ -163,6 +194,7 @@ def evaluate(
         with_attention=report_dir is not None,
         policy=request,
         record_policy=record_policy,
+        dedupe=bool(dedupe),
     )
     if predictions:
         write_csv(result.rows, predictions)

@@ -76,7 +76,9 @@ def features_compute(state: CliState, out_path: str, **data_flags: Any) -> None:
             f"{out}: unsupported extension; use .csv, .csv.gz or .parquet", param_hint="--out"
         )
     cfg = state.config(data_overrides(**data_flags))
-    refuse_overwriting({"--out": out_path}, {"--data": cfg.data.path})
+    refuse_overwriting(
+        {"--out": out_path}, {"--data": cfg.data.path, "--config": state.config_path}
+    )
     candles = load_market(cfg.data)
     if len(candles) <= WARMUP:
         raise FeatureError(

@@ -12,6 +12,7 @@ from jaxtrader.cli.common import (
     CliState,
     HintGlobalOptions,
     checkpoint_options,
+    dedupe_option,
     refuse_overwriting,
     rules_options,
     rules_overrides,
@@ -66,6 +67,7 @@ def _strategy_options(fn: Any) -> Any:
     is_flag=True,
     help="Allow a feed of another market than the model's (an out-of-market test).",
 )
+@dedupe_option
 @click.option(
     "--policy",
     "policy_spec",
@@ -99,6 +101,7 @@ def trade(
     end: str | None,
     in_sample: bool,
     other_market: bool,
+    dedupe: bool | None,
     new_strategy: bool,
     policy_spec: str,
     **flags: Any,
@@ -111,6 +114,7 @@ def trade(
     """
     from jaxtrader.trading.runner import TradeJob, parse_utc, run_trade
 
+    threshold_flag = flags["threshold"]  # refused where the policy in force ignores it
     rules = rules_overrides(**{k: flags.pop(k) for k in RULE_FLAGS})
     cfg = state.config({**rules, **{f"risk.{k}": v for k, v in flags.items()}})
     job = TradeJob(
@@ -132,6 +136,8 @@ def trade(
         policy=policy_spec,
         other_market=other_market,
         in_sample=in_sample,
+        dedupe=bool(dedupe),
+        threshold_flag=threshold_flag,
     )
     summary = run_trade(cfg, job)
     if state.log_format == "json":

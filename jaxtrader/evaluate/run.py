@@ -61,10 +61,44 @@ class Evaluation:
     prices: tuple[np.ndarray, np.ndarray] | None = None
 
 
+def evaluation_inputs(
+    *,
+    ckpt_dir: str | Path,
+    symbol: str | None = None,
+    arch: str | None = None,
+    version: str = "best",
+    checkpoint: str | None = None,
+    include_partial: bool = False,
+    data_path: str | None = None,
+) -> tuple[Path, str | None]:
+    """The checkpoint version and the candle file (None: the synthetic market) that
+    `evaluate_checkpoint` with these arguments reads, found without loading the model, so the CLI
+    can refuse an output that would overwrite either before any work. Raises CheckpointError as
+    the evaluation would."""
+    from jaxtrader.checkpoint import read_manifest
+    from jaxtrader.data import infer_symbol
+    from jaxtrader.inference import version_dir_to_load
+
+    version_dir = version_dir_to_load(
+        ckpt_dir=ckpt_dir,
+        symbol=symbol,
+        arch=arch,
+        version=version,
+        checkpoint=checkpoint,
+        include_partial=include_partial,
+        fallback_symbol=infer_symbol(data_path) if data_path else None,
+    )
+    if data_path:
+        return version_dir, data_path
+    recorded = read_manifest(version_dir).data.get("path")  # what `_load_candles` reads
+    return version_dir, None if recorded is None else str(recorded)
+
+
 def _load_candles(
-    manifest: Any, config: Any, data_path: str | None, other_market: bool
+    manifest: Any, config: Any, data_path: str | None, other_market: bool, dedupe: bool = False
 ) -> tuple[Any, list[str], bool]:
     """Candles for evaluation: `data_path` if given, else the manifest's file or synthetic market.
+    Duplicate timestamps are dropped (keeping the last) if `dedupe` or the training run did.
 
     Returns the candles, notes for the report, and whether they are of another market than the
     training data (refused with DataError unless `other_market`)."""
@@ -76,7 +110,10 @@ def _load_candles(
     path = data_path or recorded
     # A given file's symbol comes from its own name, not from the training run's --symbol.
     data_cfg = dataclasses.replace(
-        config.data, path=path, symbol=None if data_path else config.data.symbol
+        config.data,
+        path=path,
+        symbol=None if data_path else config.data.symbol,
+        dedupe=dedupe or config.data.dedupe,
     )
     if path is not None and not Path(path).is_file():
         raise DataError(
@@ -211,6 +248,7 @@ def evaluate_checkpoint(
     end: Any = None,
     policy: str | Policy | PolicyRequest = "plain",
     record_policy: bool = False,
+    dedupe: bool = False,
 ) -> Evaluation:
     """Runs the whole evaluation of one checkpoint version on one split, or on the candles from
     `start` to `end` (UTC timestamps; either may be None) when one of them is given, reported as
@@ -219,7 +257,7 @@ def evaluate_checkpoint(
     `policy`: "plain", "auto" (chosen on the val split), a `Policy`, or a `PolicyRequest` (the
     CLI's flags, resolved with the checkpoint's label horizon as the default minimum hold). With
     `record_policy`, an auto choice is written into the checkpoint's manifest (`trade` reads it
-    from there).
+    from there). `dedupe` keeps the last of duplicate timestamps in the candle file.
     """
     from jaxtrader.data import format_interval, infer_symbol, timestamps_ns
     from jaxtrader.evaluate.report import read_metrics_jsonl
@@ -255,7 +293,7 @@ def evaluate_checkpoint(
     )
     manifest = predictor.manifest
     candles, notes, out_of_market = _load_candles(
-        manifest, predictor.config, data_path, other_market
+        manifest, predictor.config, data_path, other_market, dedupe
     )
     dataset = predictor.rebuild_dataset(candles)
     if start is not None or end is not None:

@@ -10,7 +10,6 @@ selection table (`doc["policy"]["selection"]`), which is computed on the validat
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -369,22 +368,16 @@ def _iso(ns: int | np.integer) -> str:
 
 
 def write_csv(rows: EvalRows, path: str | Path) -> None:
-    """One line per evaluated candle; floats at full precision so numbers recompute exactly."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    """One line per evaluated candle; floats at full precision so numbers recompute exactly
+    (gzip-compressed when `path` ends in .gz; `read_csv` reads either)."""
+    from jaxtrader.evaluate.trades import write_table_csv
+
     cols: dict[str, Any] = {
         "timestamp": [_iso(v) for v in rows.timestamp_ns],
         "lightgbm_prob": rows.lightgbm_prob if rows.lightgbm_prob is not None else [""] * len(rows),
     }
-    with p.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_COLUMNS)
-        for i in range(len(rows)):
-            line = []
-            for c in CSV_COLUMNS:
-                v = cols[c][i] if c in cols else getattr(rows, c)[i]
-                line.append(repr(float(v)) if isinstance(v, np.floating | float) else str(v))
-            w.writerow(line)
+    columns = [cols[c] if c in cols else getattr(rows, c) for c in CSV_COLUMNS]
+    write_table_csv(path, CSV_COLUMNS, ([col[i] for col in columns] for i in range(len(rows))))
 
 
 def read_csv(path: str | Path) -> EvalRows:

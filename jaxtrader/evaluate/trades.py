@@ -158,14 +158,23 @@ def _iso(ns: int) -> str:
 def write_table_csv(
     path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[object]]
 ) -> Path:
-    """A CSV with a header; floats at full precision (repr) so totals recompute exactly."""
+    """A CSV with a header; floats (numpy's too) at full precision (repr) so totals recompute
+    exactly. A name ending in .gz is written gzip-compressed, as pandas and zcat read it."""
+    import gzip
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("w", newline="", encoding="utf-8") as f:
+    with (
+        gzip.open(p, "wt", newline="", encoding="utf-8")
+        if p.name.lower().endswith(".gz")
+        else p.open("w", newline="", encoding="utf-8")
+    ) as f:
         w = csv.writer(f)
         w.writerow(columns)
         for row in rows:
-            w.writerow([repr(float(v)) if isinstance(v, float) else str(v) for v in row])
+            w.writerow(
+                [repr(float(v)) if isinstance(v, float | np.floating) else str(v) for v in row]
+            )
     return p
 
 

@@ -63,7 +63,8 @@ def _wait(stop: threading.Event | None, seconds: float) -> bool:
 
 class ReplayFeed:
     """Plays a candle file in order: `speed="max"` as fast as possible, `"realtime"` one candle per
-    interval. Gaps are left as holes (the manager handles them as a live feed would)."""
+    interval. Gaps are left as holes (the manager handles them as a live feed would); duplicate
+    timestamps are an error unless `dedupe` (the last of each is kept)."""
 
     def __init__(
         self,
@@ -75,10 +76,11 @@ class ReplayFeed:
         end: pd.Timestamp | None = None,
         speed: str = "max",
         stop: threading.Event | None = None,
+        dedupe: bool = False,
     ) -> None:
         # Read at the file's own interval: the data layer's mismatch message advises --interval,
         # which trade does not have; `interval` is the model's, the one thing that must change.
-        candles = load_candles(path, gaps="drop", symbol=symbol)
+        candles = load_candles(path, gaps="drop", symbol=symbol, dedupe=dedupe)
         if interval is not None and candles.interval != parse_interval(interval):
             want, got = format_interval(parse_interval(interval)), format_interval(candles.interval)
             raise DataError(

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from jaxtrader.config import TradeRules
+from jaxtrader.data import timestamps_ns
 from jaxtrader.decisions import annualization, max_drawdown, sharpe
 from jaxtrader.evaluate.trades import write_table_csv
 from jaxtrader.trading.broker import Order, PaperBroker
@@ -155,7 +156,9 @@ def buy_and_hold(store: Store, sid: str) -> dict[str, Any] | None:
     marks = [float(r["close"]) for r in equity_rows[1:]]
     equity = np.array([capital, *(pf.equity(c) for c in marks)], dtype=np.float64)
     returns = equity[1:] / equity[:-1] - 1.0
-    ts_ns = pd.DatetimeIndex([r["ts"] for r in equity_rows]).asi8
+    # Through data.timestamps_ns, as `manager.summarize` does for the strategy's Sharpe: `.asi8`
+    # of parsed ISO strings is in microseconds on pandas 3, which hid the weekend candles.
+    ts_ns = timestamps_ns([r["ts"] for r in equity_rows])
     ppy, _ = annualization(float(cfg["interval_s"]), ts_ns)
     return {
         "equity": float(equity[-1]),

@@ -63,8 +63,12 @@ def apply_fill(pf: Portfolio, delta_units: float, price: float, fee: float) -> F
     realized = 0.0
     closed_trade_pnl: float | None = None
     position_fees = pf.position_fees + fee
-    if u0 == 0 or math.copysign(1.0, u0) == math.copysign(1.0, delta_units):
-        # Opening or adding: the entry is the size-weighted average price.
+    if u0 == 0:
+        # Opening: the entry is the fill price itself; the average below, |d| * price / |d|, can
+        # be off by one ulp (107711.56000000001), noise that showed in `portfolio --trades`.
+        avg = price
+    elif math.copysign(1.0, u0) == math.copysign(1.0, delta_units):
+        # Adding: the entry is the size-weighted average price.
         avg = (abs(u0) * pf.avg_entry + abs(delta_units) * price) / abs(u1)
     else:
         closed = min(abs(delta_units), abs(u0))

@@ -64,11 +64,19 @@ class TradeJob:
     policy: str = "checkpoint"  # checkpoint (the manifest's, else plain) | plain | a TOML file
     other_market: bool = False  # allow candles of another market than the model's
     in_sample: bool = False  # allow a replay --start inside the training span
+    dedupe: bool = False  # keep the last of duplicate timestamps in a replay file
+    # --threshold as typed (None: not given): refused where the policy in force ignores it.
+    threshold_flag: float | None = None
 
 
-def trade_policy(spec: str, manifest: Any, rules: Any) -> Policy | None:
+def trade_policy(
+    spec: str, manifest: Any, rules: Any, threshold_flag: float | None = None
+) -> Policy | None:
     """The decision policy of a trade run; None = the plain rule of `rules`. The manifest's policy
-    takes the run's --long-short (a long-only choice applied long-short is the user's call)."""
+    takes the run's --long-short (a long-only choice applied long-short is the user's call).
+
+    `threshold_flag` is --threshold as typed: it sets only the plain rule, so with a recorded or
+    TOML policy in force it would be ignored without a word; ConfigError instead."""
     if spec == "plain":
         return None
     if spec == "checkpoint":
@@ -76,8 +84,16 @@ def trade_policy(spec: str, manifest: Any, rules: Any) -> Policy | None:
         if not recorded:
             return None
         policy = Policy.from_dict(recorded["rule"], where="the checkpoint manifest's policy")
+        source = "the policy recorded in the checkpoint by `evaluate --policy auto`"
     else:
         policy = Policy.from_toml(spec)
+        source = f"--policy {spec}"
+    if threshold_flag is not None:
+        raise ConfigError(
+            f"--threshold {threshold_flag:g} has no effect under {source} (enter "
+            f"{policy.enter:g}, exit {policy.exit:g}, min hold {policy.min_hold}); pass --policy "
+            "plain to trade long above --threshold, or drop --threshold"
+        )
     return dataclasses.replace(policy, long_short=rules.long_short)
 
 
@@ -125,10 +141,10 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     The first signal finishes the current candle and stops; a second acts at once (the default
     handler), which is safe too since each candle commits atomically.
     """
-    from jaxtrader.checkpoint import checkpoint_root
+    from jaxtrader.checkpoint import checkpoint_root, read_manifest
     from jaxtrader.data import format_interval, infer_symbol, parse_interval
     from jaxtrader.features import min_history
-    from jaxtrader.inference import Predictor
+    from jaxtrader.inference import Predictor, version_dir_to_load
     from jaxtrader.logs import get_logger, log_event, log_format, progress_bar
     from jaxtrader.runtime import enable_compilation_cache, freeze_long_lived_objects
     from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
@@ -161,8 +177,27 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         slippage_bps=cfg.backtest.slippage_bps,
     )
     check_limits(cfg.risk)
+    if job.dedupe and kind != "replay":
+        raise ConfigError(
+            f"--dedupe applies to a replay:PATH feed's file, not to --feed {job.feed}; drop it"
+        )
+    # With models of several markets, a replayed file names the one to trade.
+    fallback_symbol = infer_symbol(target) if kind == "replay" else None
+    # A bad policy file, or a --threshold the policy in force ignores, fails before the model
+    # loads (the recorded policy is read from the manifest alone).
     if job.policy not in ("checkpoint", "plain"):
-        Policy.from_toml(job.policy)  # a bad policy file fails before the model loads
+        trade_policy(job.policy, None, cfg.backtest, job.threshold_flag)
+    elif job.policy == "checkpoint" and job.threshold_flag is not None:
+        version_dir = version_dir_to_load(
+            ckpt_dir=checkpoint_root(job.ckpt_dir, cfg),
+            symbol=job.symbol,
+            arch=job.arch,
+            version=job.version,
+            checkpoint=job.checkpoint,
+            include_partial=job.include_partial,
+            fallback_symbol=fallback_symbol,
+        )
+        trade_policy(job.policy, read_manifest(version_dir), cfg.backtest, job.threshold_flag)
     enable_compilation_cache()  # a restarted strategy reuses the compiled model programs
     predictor = Predictor.load(
         ckpt_dir=checkpoint_root(job.ckpt_dir, cfg),
@@ -171,8 +206,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         version=job.version,
         checkpoint=job.checkpoint,
         include_partial=job.include_partial,
-        # With models of several markets, a replayed file names the one to trade.
-        fallback_symbol=infer_symbol(target) if kind == "replay" else None,
+        fallback_symbol=fallback_symbol,
     )
     manifest = predictor.manifest
     trained_interval = manifest.candle_interval()
@@ -202,6 +236,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
             end=end_ts,
             speed=job.speed,
             stop=stop,
+            dedupe=job.dedupe,
         )
     else:
         feed = CcxtFeed(target, market, interval, stop=stop)
@@ -212,7 +247,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         capital=job.capital,
         rules=cfg.backtest,
         risk=cfg.risk,
-        policy=trade_policy(job.policy, manifest, cfg.backtest),
+        policy=trade_policy(job.policy, manifest, cfg.backtest, job.threshold_flag),
     )
     meta = {
         "hash": stable_hash(manifest.model_dict()),  # a re-chosen policy keeps the model
