@@ -634,3 +634,28 @@ def test_folds_cut_short_by_the_time_limit_are_named_in_the_report(
     ) in format_summary(cut)
     cut["folds"][0]["stopped_reason"] = "time_limit"
     assert "warning: folds 0, 1 of 2 stopped at" in format_summary(cut)
+
+
+@pytest.mark.parametrize("command", ["walkforward", "study"])
+def test_an_input_inside_the_run_directory_is_refused(tmp_path: Path, command: str) -> None:
+    """The run directory gets fixed names (predictions.csv, report.json, ...): a --data file
+    inside it, e.g. an earlier run's predictions.csv, would be overwritten by the run reading it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    data = out / "predictions.csv"
+    from jaxtrader.data import synth_candles, write_candles
+
+    write_candles(synth_candles(rows=1500, seed=1).frame, data)
+    before = data.read_bytes()
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxtrader", command, "--data", str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        f"error: --data {data} lies inside --out {out}, which {command} writes into; pass "
+        "another --out, or move the file out of it\n"
+    )
+    assert data.read_bytes() == before and sorted(p.name for p in out.iterdir()) == [data.name]

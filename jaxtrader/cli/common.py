@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -421,6 +421,27 @@ def echo(message: str, *, err: bool, event: str, **fields: Any) -> None:
         notice(event, message, logging.INFO, **fields)
     else:
         click.echo(message)
+
+
+def refuse_inputs_inside(
+    out_flag: str, out: str | None, inputs: Sequence[tuple[str, str | None]], command: str
+) -> None:
+    """ConfigError when an input file lies in the run directory `out` that `command` writes its
+    fixed file names into (predictions.csv, report.json, plan.json, fold_*/): `walkforward
+    --data runs/x/predictions.csv --out runs/x` would overwrite the candles it reads."""
+    from pathlib import Path
+
+    from jaxtrader.errors import ConfigError
+
+    if out is None:
+        return
+    folder = Path(out).expanduser().resolve()
+    for in_flag, given in inputs:
+        if given is not None and folder in Path(given).expanduser().resolve().parents:
+            raise ConfigError(
+                f"{in_flag} {given} lies inside {out_flag} {out}, which {command} writes into; "
+                f"pass another {out_flag}, or move the file out of it"
+            )
 
 
 def refuse_overwriting(outputs: Mapping[str, str | None], inputs: Mapping[str, str | None]) -> None:

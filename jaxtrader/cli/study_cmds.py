@@ -20,6 +20,7 @@ from jaxtrader.cli.common import (
     executor_options,
     prepare_executor,
     ranged,
+    refuse_inputs_inside,
     train_knob_overrides,
 )
 from jaxtrader.cli.walkforward_cmds import walkforward
@@ -115,6 +116,15 @@ def study(
     )
     if resume is not None and out is not None and Path(out) != Path(resume):
         raise ConfigError("--out and --resume name different directories; pass only --resume DIR")
+    refuse_inputs_inside(
+        "--resume" if resume is not None else "--out",
+        resume or out,
+        [
+            *(("--data", p) for p in (list(data_paths) or [base.data.path])),
+            ("--config", state.config_path),
+        ],
+        "study",
+    )
     cells = study_cells(
         list(data_paths) or [base.data.path],
         list(archs) or ["lstm", "transformer"],

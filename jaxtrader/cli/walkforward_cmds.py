@@ -32,6 +32,7 @@ from jaxtrader.cli.common import (
     knob_options,
     prepare_executor,
     ranged,
+    refuse_inputs_inside,
     train_knob_overrides,
 )
 from jaxtrader.logs import notice
@@ -216,6 +217,12 @@ def walkforward(
     check_arch(cfg.model.arch)  # before loading data: a typo fails at once
     if resume is not None and out is not None and Path(out) != Path(resume):
         raise ConfigError("--out and --resume name different directories; pass only --resume DIR")
+    refuse_inputs_inside(
+        "--resume" if resume is not None else "--out",
+        resume or out,
+        [("--data", cfg.data.path), ("--config", state.config_path)],
+        "walkforward",
+    )
     if resume is not None:  # before the executor starts and the candles load
         resume_record(resume, PLAN_FILE, "walk-forward run")
     wf = WalkForwardSettings(
