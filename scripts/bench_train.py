@@ -15,7 +15,8 @@ each seed its own batch) as `jaxtrader walkforward` runs it: the seed axis split
 with one XLA thread each (`runtime.use_seed_devices`; by default as many devices as walkforward
 would use, `--seed-devices 1` keeps one device with XLA's thread pool). Samples/s is summed over
 the seeds, and the table adds the ratio to K = 1 of the same arch and batch. K = 1 runs as
-`jaxtrader train` does. `--separate N` adds the alternative to seeds in one step: N single-model
+`jaxtrader train` does: restarted on tcmalloc where it is installed (also when
+../shared/bench/side_by_side.py starts the child), the free memory returned after the first step. `--separate N` adds the alternative to seeds in one step: N single-model
 processes started together, each timing its own steps while the others run; their samples/s are
 summed (one row per arch and batch, ratio to K = 1). `--torch-python PY` adds, alternated in the
 same rounds, the stock PyTorch twin (../shared/bench/bench_torch.py, one model, batch 64, 2 threads)
@@ -46,6 +47,13 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     from jaxtrader import runtime
 
+    if args.seeds == 1 and not runtime.tcmalloc_active():
+        # As `jaxtrader train` restarts itself (cli.main): on tcmalloc where it is installed. On
+        # glibc a process that compiles its LSTM step ran it 1.3x slower than one that loaded it
+        # from the compilation cache (146 vs 111 ms, Intel Xeon); on tcmalloc both ran 105-114.
+        env = runtime.restart_environment(huge_pages=False)
+        if env is not None:
+            os.execve(sys.executable, [sys.executable, *sys.argv], env)
     # As the CLI does, before JAX allocates: the heap reused for one model's steps; for K seeds
     # (--seed-malloc walkforward) the settings of walkforward, whose train loops enter
     # runtime.reuse_in_train_loop from their second step (this process was started with the
@@ -123,6 +131,8 @@ def child(args: argparse.Namespace) -> None:
     state, metrics = step_fn(state, batches[0], key)
     jax.block_until_ready(metrics)
     first_s = time.perf_counter() - t_first
+    if args.seeds == 1:
+        runtime.release_free_memory()  # the compiler's freed memory, as train_and_save does
     windows, cpu_windows = [], []
     # From the second step on, as seeds.fit_seeds (a no-op unless as_walkforward).
     with runtime.reuse_in_train_loop() as heap:
