@@ -228,6 +228,33 @@ def test_an_output_that_would_overwrite_an_input_is_refused(
     )
 
 
+def test_a_csv_output_named_otherwise_is_refused(tmp_path: Path) -> None:
+    """`evaluate --predictions p.parquet` wrote CSV text into a file no Parquet reader opens."""
+    from jaxtrader.cli.common import refuse_non_csv
+    from jaxtrader.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        refuse_non_csv({"--predictions": "p.csv", "--trades": "t.parquet"})
+    assert str(caught.value) == (
+        "--trades t.parquet: the file is a CSV; name it .csv (or .csv.gz, compressed)"
+    )
+    refuse_non_csv({"--predictions": "P.CSV", "--trades": "t.csv.gz", "--x": None})
+    from jaxtrader.trading.store import Store
+
+    Store(tmp_path / "s.db").close()  # a real, empty state file
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxtrader", "portfolio", "--state", str(tmp_path / "s.db"),
+         "--trades", str(tmp_path / "t.txt")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert (
+        proc.stderr
+        == f"error: --trades {tmp_path / 't.txt'}: the file is a CSV; name it .csv (or .csv.gz, compressed)\n"
+    )
+    assert not (tmp_path / "t.txt").exists()
+
+
 def test_errors_are_json_records_under_log_format_json(tmp_path: Path) -> None:
     """With --log-format json every line on stderr parses, errors included: a log collector must
     not meet a plain `error:` line. The record holds the text mode's message, kind and exit code."""

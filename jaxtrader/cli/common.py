@@ -423,6 +423,19 @@ def echo(message: str, *, err: bool, event: str, **fields: Any) -> None:
         click.echo(message)
 
 
+def refuse_non_csv(outputs: Mapping[str, str | None]) -> None:
+    """ConfigError for a CSV output flag whose name does not end in .csv or .csv.gz: the file was
+    written as CSV text anyway (a .parquet that no Parquet reader opens). Called after
+    `refuse_overwriting`, whose message says more when both apply."""
+    from jaxtrader.errors import ConfigError
+
+    for flag, value in outputs.items():
+        if value is not None and not value.lower().endswith((".csv", ".csv.gz")):
+            raise ConfigError(
+                f"{flag} {value}: the file is a CSV; name it .csv (or .csv.gz, compressed)"
+            )
+
+
 def refuse_inputs_inside(
     out_flag: str, out: str | None, inputs: Sequence[tuple[str, str | None]], command: str
 ) -> None:

@@ -12,6 +12,7 @@ from jaxtrader.cli.common import (
     checkpoint_options,
     dedupe_option,
     policy_options,
+    refuse_non_csv,
     refuse_overwriting,
     refuse_policy_conflicts,
     rules_options,
@@ -173,6 +174,7 @@ def evaluate(
                 "the checkpoint's data file": None if data_path else data_file,
             },
         )
+    refuse_non_csv({"--predictions": predictions, "--trades": trades_path})
     request = PolicyRequest(policy_spec, enter, exit_, min_hold)
     # Bad policy settings fail here, before the model is loaded (the real horizon comes later).
     request.resolve(threshold=cfg.backtest.threshold, long_short=cfg.backtest.long_short, horizon=1)

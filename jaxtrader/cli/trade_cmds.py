@@ -13,6 +13,7 @@ from jaxtrader.cli.common import (
     HintGlobalOptions,
     checkpoint_options,
     dedupe_option,
+    refuse_non_csv,
     refuse_overwriting,
     rules_options,
     rules_overrides,
@@ -232,6 +233,7 @@ def portfolio(
     if not Path(state_path).is_file():
         raise StateError(f"state file {state_path} does not exist; run `jaxtrader trade` first")
     refuse_overwriting({"--trades": trades_path}, {"--state": state_path})
+    refuse_non_csv({"--trades": trades_path})
     store = Store(state_path)
     ids = store.strategy_ids()
     if strategy_id is not None:
