@@ -142,6 +142,8 @@ def test_a_position_is_not_held_blind_past_max_neutral_hold() -> None:
 def test_state_round_trips() -> None:
     s = dataclasses.replace(RiskState(), day="2024-01-01", halted=True, cooldown_left=3)
     assert RiskState.from_dict(s.to_dict()) == s
+    held = dataclasses.replace(s, neutral_held=7)
+    assert RiskState.from_dict(held.to_dict()) == held and "neutral_held" not in s.to_dict()
 
 
 @pytest.mark.parametrize(

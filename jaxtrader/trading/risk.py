@@ -52,7 +52,10 @@ class RiskState:
     neutral_held: int = 0  # consecutive neutral candles with a position held
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["neutral_held"]:  # added later: at 0, state documents keep their old layout
+            del d["neutral_held"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RiskState:
