@@ -142,7 +142,8 @@ def leaderboard_row(
     return {
         "market": report["settings"]["symbol"],
         # BTC/USDT 1h and 5m are two markets here: the symbol alone would print two equal rows.
-        "interval": format_interval(pd.Timedelta(seconds=seconds_per_candle))
+        # Whole nanoseconds with their unit: pandas 2 on NumPy >= 2.5 warns on seconds=float.
+        "interval": format_interval(pd.Timedelta(round(seconds_per_candle * 1e9), unit="ns"))
         if (seconds_per_candle := report["settings"].get("interval_seconds"))
         else None,
         "data": report["settings"]["data"],
