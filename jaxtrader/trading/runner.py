@@ -185,29 +185,23 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     fallback_symbol = infer_symbol(target) if kind == "replay" else None
     # A bad policy file, or a --threshold the policy in force ignores, fails before the model
     # loads (the recorded policy is read from the manifest alone).
+    # Which version to load: the same lookup for the policy check and for the model.
+    lookup: dict[str, Any] = {
+        "ckpt_dir": checkpoint_root(job.ckpt_dir, cfg),
+        "symbol": job.symbol,
+        "arch": job.arch,
+        "version": job.version,
+        "checkpoint": job.checkpoint,
+        "include_partial": job.include_partial,
+        "fallback_symbol": fallback_symbol,
+    }
     if job.policy not in ("checkpoint", "plain"):
         trade_policy(job.policy, None, cfg.backtest, job.threshold_flag)
     elif job.policy == "checkpoint" and job.threshold_flag is not None:
-        version_dir = version_dir_to_load(
-            ckpt_dir=checkpoint_root(job.ckpt_dir, cfg),
-            symbol=job.symbol,
-            arch=job.arch,
-            version=job.version,
-            checkpoint=job.checkpoint,
-            include_partial=job.include_partial,
-            fallback_symbol=fallback_symbol,
-        )
-        trade_policy(job.policy, read_manifest(version_dir), cfg.backtest, job.threshold_flag)
+        manifest_now = read_manifest(version_dir_to_load(**lookup))
+        trade_policy(job.policy, manifest_now, cfg.backtest, job.threshold_flag)
     enable_compilation_cache()  # a restarted strategy reuses the compiled model programs
-    predictor = Predictor.load(
-        ckpt_dir=checkpoint_root(job.ckpt_dir, cfg),
-        symbol=job.symbol,
-        arch=job.arch,
-        version=job.version,
-        checkpoint=job.checkpoint,
-        include_partial=job.include_partial,
-        fallback_symbol=fallback_symbol,
-    )
+    predictor = Predictor.load(**lookup)
     manifest = predictor.manifest
     trained_interval = manifest.candle_interval()
     interval = trained_interval if job.timeframe is None else parse_interval(job.timeframe)
