@@ -165,6 +165,10 @@ def leaderboard_row(
         "plain_net_sharpe": plain_net_sharpe(report),
         "buy_and_hold_sharpe": float(report["buy_and_hold"]["sharpe"]),
         "wall_seconds": round(seconds, 1),
+        # Folds cut at --max-minutes: the cell's figures then depend on the machine's speed.
+        "time_limited_folds": sum(
+            f.get("stopped_reason") == "time_limit" for f in report.get("folds", [])
+        ),
         "run": str(run_dir),
     }
 
@@ -409,8 +413,13 @@ def _cells(row: dict[str, Any]) -> list[str]:
         f"{row['net_sharpe']:.2f}",
         f"{row['plain_net_sharpe']:.2f}",
         f"{row['buy_and_hold_sharpe']:.2f}",
-        f"{row['wall_seconds']:.0f} s",
+        f"{row['wall_seconds']:.0f} s" + _time_limit_mark(row),
     ]
+
+
+def _time_limit_mark(row: dict[str, Any]) -> str:
+    cut = row.get("time_limited_folds", 0)
+    return f" ({cut} fold{'s' if cut > 1 else ''} at time limit)" if cut else ""
 
 
 def _footnote(board: dict[str, Any]) -> str:

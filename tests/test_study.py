@@ -68,6 +68,7 @@ def test_leaderboard_figures_are_the_runs_report_figures(study_run: tuple[Path, 
         assert row["p_value_holm"] >= p["p_value_vs_majority"]
         assert row["beats_majority"] == (holm < board["alpha"])
         assert row["interval"] == "1h"
+        assert row["time_limited_folds"] == 0
         assert row["arch"] == report["settings"]["arch"] == "lstm"
         assert row["horizon"] == report["settings"]["horizon"] == 2
         assert row["wall_seconds"] == round(
@@ -235,3 +236,17 @@ def test_resume_refuses_a_market_file_whose_contents_changed(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as caught:
         _open_study(tmp_path / "s", _study_doc(cells, WF, CFG, check_markets(CFG, cells)), True)
     assert f"(data_sha256.m {json.dumps(first['m'])} -> " in str(caught.value)
+
+
+def test_a_cell_cut_by_the_time_limit_is_marked(study_run: tuple[Path, list, str]) -> None:
+    """A cell whose folds stopped at --max-minutes looked finished on the leaderboard."""
+    from jaxtrader.study import _cells, leaderboard_row, study_cells
+
+    out, _, _ = study_run
+    row = json.loads((out / "leaderboard.json").read_text())["rows"][0]
+    report = json.loads((Path(row["run"]) / "report.json").read_text())
+    (cell,) = study_cells([row["data"]], ["lstm"], [2])
+    assert _cells(leaderboard_row(cell, report, 1.0, Path(row["run"])))[-1] == "1 s"
+    report["folds"][0]["stopped_reason"] = "time_limit"
+    cut = leaderboard_row(cell, report, 1.0, Path(row["run"]))
+    assert cut["time_limited_folds"] == 1 and _cells(cut)[-1] == "1 s (1 fold at time limit)"
