@@ -96,7 +96,7 @@ RANGES: dict[str, Range] = {
     "risk.breaker_failures": _AT_LEAST_ONE,
     "risk.breaker_losses": _AT_LEAST_ONE,
     "risk.cooldown": _NON_NEGATIVE,
-    "risk.stop_loss": _POSITIVE,
+    "risk.stop_loss": _FRACTION,  # at 1 or more a long's stop could never fire
     "risk.take_profit": _POSITIVE,
     "risk.max_trades_per_day": _AT_LEAST_ONE,
     "risk.max_neutral_hold": _NON_NEGATIVE,
@@ -223,7 +223,7 @@ RISK_FLAGS: tuple[tuple[str, str, str, str], ...] = (
      "Consecutive losing trades that trip the circuit breaker [5]."),
     ("--cooldown", "cooldown", "0 or more candles",
      "Candles without entries after the breaker trips [24]."),
-    ("--stop-loss", "stop_loss", "a positive fraction of the entry price (leave it out for off)",
+    ("--stop-loss", "stop_loss", "in (0, 1) (a fraction of the entry price; leave it out for off)",
      "Exit at this loss from the average entry, as a fraction [off]."),
     ("--take-profit", "take_profit",
      "a positive fraction of the entry price (leave it out for off)",

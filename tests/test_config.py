@@ -127,7 +127,7 @@ def test_out_of_range_file_values_name_file_key_value_and_range(
         ("[backtest]\nthreshold = false\n", "backtest.threshold=false in config file {path} is a "
          "boolean: it must be a number in (0, 1); change it in that file"),
         ('[risk]\nstop_loss = "5%"\n', "risk.stop_loss='5%' in config file {path} is a string: it "
-         "must be a number > 0 (or leave the key out); change it in that file"),
+         "must be a number in (0, 1) (or leave the key out); change it in that file"),
         ("[data]\npath = 3\n", "data.path=3 in config file {path} is an integer: it must be a "
          "string (or leave the key out); change it in that file"),
         ('[data]\ngaps = "guess"\n', "data.gaps='guess' in config file {path} is not one of the "

@@ -158,7 +158,8 @@ def test_state_round_trips() -> None:
         ({"breaker_failures": 0}, "--breaker-failures must be at least 1, got 0"),
         ({"breaker_losses": -3}, "--breaker-losses must be at least 1, got -3"),
         ({"cooldown": -1}, "--cooldown must be 0 or more candles, got -1"),
-        ({"stop_loss": -0.1}, "--stop-loss must be a positive fraction"),
+        ({"stop_loss": -0.1}, "--stop-loss must be in (0, 1) (a fraction of the entry price"),
+        ({"stop_loss": 1.5}, "--stop-loss must be in (0, 1)"),  # a long's stop would never fire
         ({"take_profit": math.nan}, "--take-profit must be a positive fraction"),
         ({"max_trades_per_day": 0}, "--max-trades-per-day must be at least 1"),
         ({"max_neutral_hold": -1}, "--max-neutral-hold must be 0 (off) or more candles, got -1"),
