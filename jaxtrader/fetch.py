@@ -221,8 +221,11 @@ def fetch_candles(
     limit: int = 1000,
     max_retries: int = 4,
     sleep: Callable[[float], None] = time.sleep,
+    dedupe: bool = False,
 ) -> FetchResult:
-    """Pages `exchange.fetch_ohlcv` from `since` (or after the last candle in `out`) up to now."""
+    """Pages `exchange.fetch_ohlcv` from `since` (or after the last candle in `out`) up to now.
+    `dedupe` lets a resumed file that holds duplicate timestamps be continued (they stay in it;
+    its readers need --dedupe as well); without it that file is refused by name."""
     path = Path(out)
     if not path.name.lower().endswith((".csv", ".csv.gz")):
         raise DataError(f"--out {path}: fetch writes CSV; use a path ending in .csv or .csv.gz")
@@ -230,7 +233,7 @@ def fetch_candles(
     step_ms = int(step.value // 10**6)
     resumed = path.exists() and path.stat().st_size > 0
     if resumed:
-        existing = load_candles(path, interval=step, gaps="drop", symbol=symbol)
+        existing = load_candles(path, interval=step, gaps="drop", dedupe=dedupe, symbol=symbol)
         start_ms = int(existing.end.value // 10**6) + step_ms
         log_event(_log, "fetch_resume", path=str(path), last=existing.end.isoformat(),
                   rows=len(existing))  # fmt: skip

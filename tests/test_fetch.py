@@ -86,6 +86,22 @@ def test_resume_appends_without_duplicates(tmp_path: Path, name: str) -> None:
     assert (again.added, again.requests) == (0, 0)  # nothing complete is new
 
 
+def test_resuming_a_file_with_duplicates_needs_dedupe(tmp_path: Path) -> None:
+    out, sleeps = tmp_path / "btc.csv", []
+    fetch(FakeExchange(candles=20, now_ms=T0 + 6 * HOUR_MS), out, sleeps)
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join([*lines, lines[-1]]) + "\n")  # the last candle written twice
+    later = FakeExchange(candles=20, now_ms=T0 + 9 * HOUR_MS + 1)
+    with pytest.raises(DataError, match=r"duplicate timestamp .*--dedupe \(data info, data fetch"):
+        fetch(later, out, sleeps)
+    assert out.read_text().splitlines() == [*lines, lines[-1]]  # refused before writing anything
+    resumed = fetch(later, out, sleeps, dedupe=True)
+    assert (resumed.resumed, resumed.added, resumed.first) == (
+        True, 3, pd.Timestamp("2024-01-01T06:00:00Z"))  # fmt: skip
+    candles = load_candles(out, dedupe=True)
+    assert len(candles) == 9 and candles.gaps.count == 0
+
+
 def test_overlapping_pages_and_bad_candles_are_filtered(tmp_path: Path) -> None:
     ex = FakeExchange(candles=6, now_ms=T0 + 6 * HOUR_MS, page=10)
     ex.candles.insert(2, kline(1))  # an exchange repeating a candle

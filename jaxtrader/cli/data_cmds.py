@@ -6,7 +6,13 @@ from typing import Any
 
 import click
 
-from jaxtrader.cli.common import CliState, HintGlobalOptionsGroup, data_options, data_overrides
+from jaxtrader.cli.common import (
+    CliState,
+    HintGlobalOptionsGroup,
+    data_options,
+    data_overrides,
+    dedupe_option,
+)
 
 
 @click.group("data", cls=HintGlobalOptionsGroup)
@@ -148,14 +154,23 @@ def synth(
 @click.option("--out", required=True, help="Output .csv or .csv.gz; resumed if it exists.")
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Candles per request.")  # fmt: skip
+@dedupe_option
 def fetch(
-    exchange: str, symbol: str, timeframe: str, since: str | None, out: str, limit: int
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    since: str | None,
+    out: str,
+    limit: int,
+    dedupe: bool | None,
 ) -> None:
     """Download candles via ccxt into canonical CSV (needs `pip install 'jaxtrader[live]'`)."""
     from jaxtrader.fetch import fetch_candles, make_exchange
 
     client = make_exchange(exchange)
-    result = fetch_candles(client, symbol, timeframe, out, since=since, limit=limit)
+    result = fetch_candles(
+        client, symbol, timeframe, out, since=since, limit=limit, dedupe=bool(dedupe)
+    )
     what = "resumed" if result.resumed else "created"
     span = f" ({result.first} .. {result.last})" if result.added else ""
     click.echo(
