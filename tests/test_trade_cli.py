@@ -301,24 +301,23 @@ def test_two_strategies_side_by_side_kill_resume_and_sigterm(
     """A and B share one state file in two processes. B's drawdown limit is tiny (it halts);
     A is SIGKILLed mid-run and restarted; B gets SIGTERM and stops cleanly, then resumes. A must
     end identical to the uninterrupted reference run, B unaffected by A and vice versa."""
-    # 300 candles (val and test splits): long enough to interrupt reliably on a fast machine.
+    # 650 candles, all the file allows before the test end, for both: each must still be running
+    # when it is interrupted (A at a third, B at half), even when this polling process is starved
+    # on a busy machine (the tests run two at a time; the trading hot path does 300 candles of the
+    # tiny model in about a second). Both spans reach into the tiny fixture's training span: this
+    # tests the mechanics only.
     end = pd.Timestamp(
         json.loads((setup["ckpt"] / "manifest.json").read_text())["splits"]["test"]["end"]
     )
-    # Both spans reach into the tiny fixture's training span: this tests the mechanics only.
-    span = ["--start", (end - pd.Timedelta(299, unit="h")).isoformat(), "--end", end.isoformat(),
-            "--in-sample"]  # fmt: skip
-    ref = setup["root"] / "ref300.db"
+    n_all = 650
+    span = ["--start", (end - pd.Timedelta(n_all - 1, unit="h")).isoformat(), "--end",
+            end.isoformat(), "--in-sample"]  # fmt: skip
+    ref = setup["root"] / "ref650.db"
     assert run_cli(trade_args(setup, ref, "ref", *span), capsys)[0] == 0
     n = len(final(ref, "ref")[1])
-    assert n == 300
+    assert n == n_all
     db = setup["root"] / "shared.db"
-    # B replays 650 candles (all the file allows before the test end): it must still be running
-    # when it is interrupted at 150, even when this polling process is starved on a busy machine
-    # (the trading hot path does 300 candles of the tiny model in about a second).
-    n_b_all = 650
-    span_b = ["--start", (end - pd.Timedelta(n_b_all - 1, unit="h")).isoformat(), *span[2:]]
-    b_flags = [*span_b, "--daily-drawdown", "0.0005", "--max-position", "0.5"]
+    b_flags = [*span, "--daily-drawdown", "0.0005", "--max-position", "0.5"]
     a = spawn(trade_args(setup, db, "A", *span))
     b = spawn(trade_args(setup, db, "B", *b_flags))
     wait_for(db, "A", n // 3, a)
@@ -331,7 +330,7 @@ def test_two_strategies_side_by_side_kill_resume_and_sigterm(
     assert "strategy" in out_b and "B" in out_b  # the summary table
     assert "trade_stopped" in err_b
     n_b = processed(db, "B")
-    assert n // 2 <= n_b < n_b_all
+    assert n // 2 <= n_b < n
     a2 = spawn(trade_args(setup, db, "A", *span))
     b2 = spawn(trade_args(setup, db, "B", *b_flags))
     for p in (a2, b2):
@@ -340,7 +339,7 @@ def test_two_strategies_side_by_side_kill_resume_and_sigterm(
     # A, killed and resumed next to B, ends exactly like the uninterrupted run.
     assert final(db, "A") == final(ref, "ref")
     store = Store(db)
-    for sid, total in (("A", n), ("B", n_b_all)):
+    for sid, total in (("A", n), ("B", n)):
         ts = [s["ts"] for s in store.rows("signals", sid)]
         assert len(ts) == len(set(ts)) == total  # none twice, none lost
         orders = {o["order_id"] for o in store.rows("orders", sid) if o["status"] == "filled"}
