@@ -341,13 +341,33 @@ def has_weekend_candles(timestamps_ns: np.ndarray) -> bool:
     return bool(np.any(weekday >= 5))
 
 
+def covers_a_weekend_day(timestamps_ns: np.ndarray, interval_seconds: float) -> bool:
+    """True when the span from the first candle to the end of the last holds a whole Saturday or
+    Sunday (UTC), so that a market trading on weekends would have candles there."""
+    ts = np.asarray(timestamps_ns, dtype=np.int64)
+    if ts.size == 0:
+        return False
+    day_ns = DAY_SECONDS * 1_000_000_000
+    first = -(-int(ts.min()) // day_ns)  # the first day that starts inside the span
+    end = (int(ts.max()) + round(interval_seconds * 1e9)) // day_ns  # days before it end inside
+    return any((day + 3) % 7 >= 5 for day in range(first, min(end, first + 7)))
+
+
 def annualization(interval_seconds: float, timestamps_ns: np.ndarray) -> tuple[float, str]:
-    """Periods per year from the interval, and a human description of the basis."""
-    weekends = has_weekend_candles(timestamps_ns)
-    ppy = periods_per_year(interval_seconds, weekends)
-    basis = (
-        "calendar year (365 days; weekend candles present)"
-        if weekends
-        else "252 trading days (no weekend candles)"
+    """Periods per year from the interval, and a human description of the basis.
+
+    Pass the market's candles (the whole file), not an evaluated span: whether a market trades on
+    weekends is a property of the market, and a span of weekdays from a 24/7 market would be
+    annualised as a stock's. A span holding no whole weekend day cannot tell; it counts the
+    calendar year (crypto, the common case) and the basis says so."""
+    if has_weekend_candles(timestamps_ns):
+        return (
+            periods_per_year(interval_seconds, True),
+            "calendar year (365 days; weekend candles present)",
+        )
+    if covers_a_weekend_day(timestamps_ns, interval_seconds):
+        return periods_per_year(interval_seconds, False), "252 trading days (no weekend candles)"
+    return (
+        periods_per_year(interval_seconds, True),
+        "calendar year (365 days; no whole weekend day in the candles to tell)",
     )
-    return ppy, basis

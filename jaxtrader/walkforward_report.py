@@ -120,7 +120,9 @@ def fold_policies(
                 "walk-forward policies); rerun with --policy plain, or delete its fold directory "
                 "and --resume to retrain it"
             )
-        ppy, _ = annualization(interval_seconds, np.asarray(market_timestamp_ns)[r.val_rows])
+        # The market's calendar from its candles up to the val block's end, none after it.
+        known = np.asarray(market_timestamp_ns)[: int(r.val_rows.max()) + 1]
+        ppy, _ = annualization(interval_seconds, known)
         policy, table = select_policy(
             np.asarray(r.val_prob_up_KxN, np.float64).mean(axis=0),
             r.val_asset_returns,
@@ -258,11 +260,10 @@ def build_settings(
     cfg: AppConfig,
     wf: WalkForwardSettings,
     results: Sequence[FoldResult],
-    timestamps_ns: np.ndarray,
 ) -> dict[str, Any]:
     """The scalars that, with predictions.csv, determine every reported number."""
     interval_s = prepared.market.interval_seconds
-    ppy, basis = annualization(interval_s, timestamps_ns)
+    ppy, basis = annualization(interval_s, prepared.market.timestamp_ns)  # the market's calendar
     chosen = (
         fold_policies(
             results, cfg.backtest, cfg.dataset.horizon, interval_s, prepared.market.timestamp_ns
@@ -312,7 +313,7 @@ def write_outputs(
     df = predictions_table(
         market.timestamp_ns, market.ohlcv_Tx5[:, 0], market.ohlcv_Tx5[:, 3], stitched
     )
-    settings = build_settings(prepared, cfg, wf, results, _timestamps_ns(df))
+    settings = build_settings(prepared, cfg, wf, results)
     df["position"] = positions(df, settings)
     write_predictions(df, out / PREDICTIONS_FILE)
     if "fold_policies" in settings:

@@ -49,6 +49,27 @@ def test_weekend_detection() -> None:
     assert d.has_weekend_candles(every_day.asi8)
 
 
+def test_annualization_needs_a_whole_weekend_day_to_call_a_market_weekday_only() -> None:
+    import pandas as pd
+
+    def ppy(start: str, hours: int) -> tuple[float, str]:
+        idx = pd.date_range(start, periods=hours, freq="1h", tz="UTC").as_unit("ns")
+        return d.annualization(3600, idx.asi8)
+
+    # 2024-01-01 is a Monday. Monday to Friday alone cannot tell: the calendar year, said so.
+    assert ppy("2024-01-01", 5 * 24) == (
+        8760.0, "calendar year (365 days; no whole weekend day in the candles to tell)")  # fmt: skip
+    # Through Saturday 23:00 without a Saturday candle is impossible here; a weekday-only market
+    # over two weeks (a whole weekend inside, no candle on it) is 252 trading days.
+    weekdays = pd.bdate_range("2024-01-01", periods=10, tz="UTC").as_unit("ns")
+    hourly = weekdays.repeat(24) + pd.to_timedelta(np.tile(np.arange(24), 10), unit="h")
+    assert d.annualization(3600, hourly.asi8) == (6048.0, "252 trading days (no weekend candles)")
+    # Friday 00:00 to Saturday 23:00 holds a whole Saturday, with candles on it: 24/7.
+    assert ppy("2024-01-05", 48)[0] == 8760.0
+    # Friday to Saturday 22:00: Saturday is not whole yet, and has candles: still 24/7.
+    assert ppy("2024-01-05", 47)[0] == 8760.0
+
+
 def test_bad_thresholds_name_the_flag() -> None:
     with pytest.raises(ConfigError, match="--threshold"):
         d.positions_from_probs(np.array([0.5]), 1.2)

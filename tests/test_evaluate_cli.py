@@ -254,6 +254,26 @@ def test_time_range_equal_to_the_test_split_gives_its_numbers(
     assert doc["classification"] == ref["classification"]
 
 
+def test_a_weekday_range_of_a_24_7_market_is_annualised_by_the_calendar_year(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The market's calendar, not the span's: Monday to Friday of a market with weekend candles
+    stays 8760 periods a year for 1h (the span alone would say 252 x 24 = 6048)."""
+    from jaxtrader.cli import main
+
+    test = json.loads((trained["version_dir"] / "manifest.json").read_text())["splits"]["test"]
+    start = pd.Timestamp(test["start"]).ceil("D")
+    monday = start + pd.Timedelta((7 - start.weekday()) % 7, unit="D")
+    friday_end = monday + pd.Timedelta(4 * 24 + 23, unit="h")
+    assert friday_end <= pd.Timestamp(test["end"]), "the fixture's test split holds no whole week"
+    main(["evaluate", "--ckpt-dir", str(trained["root"] / "ckpt"), "--start", monday.isoformat(),
+          "--end", friday_end.isoformat(), "--json"])  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["n"] == 5 * 24
+    assert doc["annualization"]["periods_per_year"] == 8760.0
+    assert "weekend candles present" in doc["annualization"]["basis"]
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -318,8 +338,13 @@ def test_another_market_is_an_explicit_labelled_choice(
         "to evaluate it out of market (the report labels it), or --data with a BTC/USDT file"
     )
     report = tmp_path / "report"
+    manifest = (trained["version_dir"] / "manifest.json").read_bytes()
     main([*args, "--other-market", "--report-dir", str(report)])
     doc = json.loads(capsys.readouterr().out)
+    # A policy chosen on ETH's val split is not recorded for the BTC model `trade` would load.
+    assert doc["policy"]["source"].startswith("auto") and "recorded_in" not in doc["policy"]
+    assert "policy not recorded in the checkpoint" in " ".join(doc["notes"])
+    assert (trained["version_dir"] / "manifest.json").read_bytes() == manifest
     src = doc["source"]
     assert src["out_of_market"] is True and src["symbol"] == "ETH/USDT"
     assert src["data_sha256"] == file_sha256(eth)

@@ -328,7 +328,7 @@ def evaluate_checkpoint(
     log_event(_log, "baselines_fit", seconds=_since(started))
     started = time.perf_counter()
     interval_s = float(candles.interval.total_seconds())
-    ppy, basis = annualization(interval_s, ts_ns[rows])
+    ppy, basis = annualization(interval_s, ts_ns)  # the market's calendar, not the span's
     selection: list[dict[str, Any]] | None = None
     if isinstance(policy, PolicyRequest):
         policy = policy.resolve(
@@ -422,7 +422,13 @@ def evaluate_checkpoint(
         records = [{"epoch_steps": full, **r} for r in records]
     if not records:
         doc["notes"].append("no training metrics JSONL found: training curves skipped")
-    if record_policy and selection is not None:
+    if record_policy and selection is not None and out_of_market:
+        # Chosen on another market's val split: `trade` on the model's own market must not
+        # inherit it.
+        doc["notes"].append(
+            "policy not recorded in the checkpoint: it was chosen on another market's val split"
+        )
+    elif record_policy and selection is not None:
         from jaxtrader.checkpoint import record_policy as write_policy
 
         best = next(r for r in selection if r["selected"])
@@ -482,7 +488,7 @@ def _select_on_val(
     else:
         val_prob = np.asarray(predictor.predict_split(dataset, "val"), dtype=np.float64)
     val_returns, _ = period_returns(open_, close, val_rows)
-    ppy, _ = annualization(interval_s, ts_ns[val_rows])
+    ppy, _ = annualization(interval_s, ts_ns[: int(val_rows[-1]) + 1])  # no candle after val
     return select_policy(val_prob, val_returns, rules, horizon=horizon, periods_per_year=ppy)
 
 
