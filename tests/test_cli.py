@@ -228,6 +228,23 @@ def test_an_output_that_would_overwrite_an_input_is_refused(
     )
 
 
+@pytest.mark.parametrize("name", ["f.parquet", "f.csv"])
+def test_an_output_path_that_is_a_folder_is_one_line(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`features compute --out f.parquet` with a folder of that name was an internal error
+    (pyarrow's IsADirectoryError names no file); the CSV path already said what was wrong."""
+    from jaxtrader.cli import main
+
+    (tmp_path / name).mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["features", "compute", "--out", str(tmp_path / name)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot "), err
+    assert name in err[0] and "internal error" not in err[0]
+
+
 def test_a_csv_output_named_otherwise_is_refused(tmp_path: Path) -> None:
     """`evaluate --predictions p.parquet` wrote CSV text into a file no Parquet reader opens."""
     from jaxtrader.cli.common import refuse_non_csv

@@ -66,7 +66,7 @@ def features_compute(state: CliState, out_path: str, **data_flags: Any) -> None:
     import time
 
     from jaxtrader.data import load_market
-    from jaxtrader.errors import FeatureError
+    from jaxtrader.errors import FeatureError, path_problem
     from jaxtrader.features import WARMUP, compute_features
     from jaxtrader.logs import log_event
 
@@ -90,10 +90,13 @@ def features_compute(state: CliState, out_path: str, **data_flags: Any) -> None:
     seconds = time.perf_counter() - start
     feats["filled"] = candles.frame["filled"].iloc[WARMUP:].to_numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.name.lower().endswith((".parquet", ".pq")):
-        feats.to_parquet(out)
-    else:
-        _write_csv(feats, out)
+    try:
+        if out.name.lower().endswith((".parquet", ".pq")):
+            feats.to_parquet(out)
+        else:
+            _write_csv(feats, out)
+    except OSError as e:  # pyarrow's carry no filename for the CLI's own path message
+        raise FeatureError(f"cannot write --out {out}: {path_problem(e)}") from None
     log_event(logging.getLogger("jaxtrader.features"), "features_written", path=str(out),
               rows=len(feats), seconds=round(seconds, 3))  # fmt: skip
     click.echo(
