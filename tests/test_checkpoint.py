@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,20 @@ def test_resolve_best_latest_and_number(tmp_path: Path) -> None:
         ckpt.resolve_version(tmp_path, "SYNTH/USD", None, 1)
     with pytest.raises(CheckpointError, match="no complete checkpoint for ETH/USDT"):
         ckpt.resolve_version(tmp_path, "ETH/USDT", None, "latest")
+    # A symbol spelled otherwise is told what is there (symbols match exactly).
+    held = "; it holds models of SYNTH/USD (--symbol matches exactly)"
+    with pytest.raises(CheckpointError, match=re.escape(f"under {tmp_path}{held}; train")):
+        ckpt.resolve_version(tmp_path, "synth/usd", None, "best")
+    with pytest.raises(CheckpointError, match=re.escape("no version v1 for synth/usd under")):
+        ckpt.resolve_version(tmp_path, "synth/usd", None, 1)
+    from click.testing import CliRunner
+
+    from jaxtrader.cli import cli
+
+    listed = CliRunner().invoke(cli, ["models", "list", "--ckpt-dir", str(tmp_path), "--symbol",
+                                      "synth/usd"])  # fmt: skip
+    assert listed.exit_code == 0
+    assert listed.output == f"no model versions of synth/usd under {tmp_path}{held}\n"
     with pytest.raises(CheckpointError, match="best, latest or a number"):
         ckpt.resolve_version(tmp_path, "SYNTH/USD", "lstm", "newest")
 

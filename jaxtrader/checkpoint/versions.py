@@ -249,8 +249,8 @@ def resolve_version(
             return existing[0]
         if not existing:
             raise CheckpointError(
-                f"no version v{version} for {what} under {root}; list them with "
-                "`jaxtrader models list`"
+                f"no version v{version} for {what} under {root}{_held_note(root, symbol)}; list "
+                "them with `jaxtrader models list`"
             )
         raise CheckpointError(
             f"v{version} exists for several models under {root} "
@@ -269,7 +269,8 @@ def resolve_version(
                     continue  # a damaged version is never picked implicitly
     if not complete:
         raise CheckpointError(
-            f"no complete checkpoint for {what} under {root}; train one with `jaxtrader train`"
+            f"no complete checkpoint for {what} under {root}{_held_note(root, symbol)}; train "
+            "one with `jaxtrader train`"
         )
     if symbol is None:
         complete = _one_symbol(complete, root, fallback_symbol)
@@ -316,6 +317,23 @@ def require_folder(root: Path) -> None:
             f"checkpoint folder {root} {found}; pass --ckpt-dir with the folder `jaxtrader "
             "train` wrote to (default: ckpt), or train a model first with `jaxtrader train`"
         )
+
+
+def held_symbols(ckpt_dir: str | Path) -> list[str]:
+    """The symbols with at least one complete version under `ckpt_dir`, as their manifests spell
+    them."""
+    return sorted({row.symbol for row in list_versions(ckpt_dir) if row.complete})
+
+
+def _held_note(root: Path, symbol: str | None) -> str:
+    """'; it holds models of BTC/USDT, ETH/USDT' when `symbol` names none of them: symbols match
+    exactly, so `btc/usdt` finds nothing and the user must see what would."""
+    if symbol is None:
+        return ""
+    held = held_symbols(root)
+    if not held or symbol in held:
+        return ""
+    return f"; it holds models of {', '.join(held)} (--symbol matches exactly)"
 
 
 def list_versions(ckpt_dir: str | Path, symbol: str | None = None) -> list[VersionInfo]:

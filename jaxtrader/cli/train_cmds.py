@@ -213,7 +213,7 @@ def models_list(state: CliState, symbol: str | None, ckpt_dir: str | None, as_js
     loss, accuracy vs majority rate and size."""
     import json
 
-    from jaxtrader.checkpoint import checkpoint_root, list_versions, require_folder
+    from jaxtrader.checkpoint import checkpoint_root, held_symbols, list_versions, require_folder
 
     root = checkpoint_root(ckpt_dir, state.config())
     # A folder named on purpose must exist. The default one may not yet (nothing trained), but a
@@ -225,6 +225,11 @@ def models_list(state: CliState, symbol: str | None, ckpt_dir: str | None, as_js
         click.echo(json.dumps([r.to_dict() for r in rows]))
     elif not root.exists():
         click.echo(f"no model versions: {root} does not exist yet (`jaxtrader train` writes there)")
+    elif not rows and symbol is not None and held_symbols(root):
+        click.echo(
+            f"no model versions of {symbol} under {root}; it holds models of "
+            f"{', '.join(held_symbols(root))} (--symbol matches exactly)"
+        )
     elif not rows:
         click.echo(f"no model versions under {root}; train one with `jaxtrader train`")
     else:
