@@ -254,6 +254,30 @@ def test_time_range_equal_to_the_test_split_gives_its_numbers(
     assert doc["classification"] == ref["classification"]
 
 
+def test_threshold_beside_the_auto_policy_is_said_to_be_the_plain_rule(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--threshold reads like the strategy's rule, but under the default auto policy it only sets
+    the plain comparison: the report says so, with the rule actually traded."""
+    from jaxtrader.cli import main
+
+    args = ["evaluate", "--checkpoint", str(trained["version_dir"]), "--threshold", "0.55",
+            "--no-record-policy", "--json"]  # fmt: skip
+    main(args)
+    doc = json.loads(capsys.readouterr().out)
+    chosen = doc["policy"]["selected"]
+    assert doc["policy"]["source"].startswith("auto")
+    assert (
+        f"--threshold 0.55 sets the plain rule reported beside the strategy; the strategy is the "
+        f"auto policy chosen on the val split (enter {chosen['enter']:g}, exit "
+        f"{chosen['exit']:g}); pass --policy plain to trade at the threshold"
+    ) in doc["notes"]
+    main([*args, "--policy", "plain"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["policy"]["selected"]["enter"] == 0.55
+    assert not [n for n in doc["notes"] if n.startswith("--threshold")]
+
+
 def test_a_weekday_range_of_a_24_7_market_is_annualised_by_the_calendar_year(
     trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -197,7 +197,11 @@ def rules_options(fn: F) -> F:
             help="Slippage per fill in bps, against the trader [0].",
         ),
         click.option(
-            "--threshold", type=float, default=None, help="Go long when P(up) > this [0.5]."
+            "--threshold",
+            type=float,
+            default=None,
+            help="The plain rule: long when P(up) > this [0.5]. The strategy under --policy "
+            "plain (trade: also with no recorded policy); beside another policy, its comparison.",
         ),
         click.option(
             "--long-short",

@@ -198,6 +198,16 @@ def evaluate(
         record_policy=record_policy,
         dedupe=bool(dedupe),
     )
+    threshold = rule_flags["threshold"]
+    if threshold is not None and result.doc["policy"]["source"].startswith("auto"):
+        # The flag's help reads like the strategy's rule; under another policy it only sets the
+        # plain comparison, which the user must be told rather than find out.
+        chosen = result.doc["policy"]["selected"]
+        result.doc["notes"].append(
+            f"--threshold {threshold:g} sets the plain rule reported beside the strategy; the "
+            f"strategy is the auto policy chosen on the val split (enter {chosen['enter']:g}, "
+            f"exit {chosen['exit']:g}); pass --policy plain to trade at the threshold"
+        )
     if predictions:
         write_csv(result.rows, predictions)
         result.doc["predictions_csv"] = predictions
