@@ -344,6 +344,26 @@ def test_real_btc_1h_is_finite_after_warmup(btc_1h: Path) -> None:
 
 
 @pytest.mark.realdata
+def test_real_btc_1h_scale_moves_only_tie_decided_values(btc_1h: Path) -> None:
+    """Real prices have ties (tick-rounded highs and lows), and x * 4.5 is rounded: a tie can be
+    made or broken, and an indicator choosing between two prices then chooses the other. Only
+    such indicators may move, in a handful of rows; everything else is unchanged to 1e-7."""
+    from jaxtrader.data import load_candles
+
+    frame = load_candles(btc_1h).frame
+    scaled = frame.copy()
+    scaled[["open", "high", "low", "close"]] *= 4.5
+    a = F.feature_matrix(frame)[F.WARMUP :]
+    b = F.feature_matrix(scaled)[F.WARMUP :]
+    moved = ~np.isclose(a, b, rtol=1e-7, atol=1e-9, equal_nan=True)
+    names = {F.FEATURE_NAMES[j] for j in np.flatnonzero(moved.any(axis=0))}
+    assert names <= {"adx_14", "plus_di_14", "minus_di_14", "aroon_up_25", "aroon_down_25",
+                     "aroon_osc_14"}, names  # fmt: skip
+    assert moved.sum() < 1e-4 * moved.size  # 325 of 6.2 million on 2026-12-04
+    assert np.abs(a - b)[moved].max() < 0.01
+
+
+@pytest.mark.realdata
 def test_real_btc_1h_trading_tail_matches_full_history(btc_1h: Path) -> None:
     from jaxtrader.data import load_candles
 
