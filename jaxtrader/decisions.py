@@ -116,8 +116,11 @@ class Policy:
             raise ConfigError(f"{where}: {e}") from None
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> Policy:
-        """A `[policy]` table (or top-level keys) of enter, exit, min_hold, max_position."""
+    def from_toml(cls, path: str | Path, choices: str = "auto, plain") -> Policy:
+        """A `[policy]` table (or top-level keys) of enter, exit, min_hold, max_position.
+
+        `choices`: the command's other --policy values, named in the error (evaluate's are auto
+        and plain, trade's checkpoint and plain)."""
         import tomllib
 
         p = Path(path)
@@ -125,7 +128,7 @@ class Policy:
             doc = tomllib.loads(p.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(
-                f"cannot read policy file {p}: {e}; pass --policy auto, plain or a TOML file"
+                f"cannot read policy file {p}: {e}; pass --policy {choices} or a TOML file"
             ) from None
         return cls.from_dict(doc.get("policy", doc), where=str(p))
 

@@ -42,6 +42,7 @@ __all__ = [
     "Executor",
     "FoldsFailed",
     "RayExecutor",
+    "check_reachable",
     "close_executor",
     "describe",
     "describe_summary",
@@ -55,6 +56,7 @@ logger = get_logger("executors")
 EXECUTORS = ("local", "ray")
 RAY_INSTALL_HINT = "pip install 'jaxtrader[ray]'"
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2  # a local Ray's object store (market arrays + results)
+CONNECT_TIMEOUT_S = 5.0  # a HOST:PORT --ray-address that accepts no TCP connection by then fails
 # Flags that keep one XLA:CPU thread per task (PERF_NOTES: `--intra_op_parallelism_threads`
 # aborts; this flag is the one that works), so a node runs as many folds as it has Ray CPUs.
 _PASS_THROUGH = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
@@ -149,6 +151,43 @@ def _error_line(err: BaseException) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}".rstrip(": ")
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a plain HOST:PORT (IPv6 as [::1]:6379); None for "auto", "local", a
+    scheme (ray://...) or anything else Ray resolves by itself."""
+    if "://" in address or ":" not in address:
+        return None
+    host, _, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return (host, int(port)) if host and port.isdigit() else None
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """ConfigError when nothing accepts a TCP connection at a HOST:PORT `--ray-address`.
+
+    `ray.init` (2.x) has no connect timeout: against a closed port it retries the GCS for minutes
+    and ignores Ctrl-C and SIGTERM meanwhile, so one bounded connect decides first. "auto" (which
+    fails at once without a cluster) and ray:// addresses are left to Ray as before."""
+    import socket
+
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except OSError as e:
+        if isinstance(e, TimeoutError):
+            why = f"no answer within {timeout:g} s"
+        else:
+            why = e.strerror or type(e).__name__
+        raise ConfigError(
+            f"--ray-address {address}: cannot connect to a Ray cluster ({why}); check the "
+            f"address, or start the cluster with `ray start --head "
+            f"--port {target[1]}` on {target[0]}, or leave --ray-address out to run Ray on this "
+            "machine"
+        ) from None
+
+
 @dataclass
 class RayExecutor:
     """Runs each fold as one Ray task; results come back as they finish (`ray.wait`).
@@ -183,6 +222,8 @@ class RayExecutor:
         }
         if self.address is None:
             kwargs.update(num_cpus=self.num_cpus, object_store_memory=self.object_store_memory)
+        else:
+            check_reachable(self.address)
         # Ray's daemons start from this environment: without the driver's tcmalloc, as before it.
         preload = os.environ.get("LD_PRELOAD")
         if preload is not None:

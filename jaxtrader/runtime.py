@@ -249,14 +249,18 @@ def seed_device_count(k: int, cores: int | None = None) -> int:
     cap = os.environ.get(SEED_DEVICES_VAR, "").strip()
     if cap:
         try:
-            limit = min(limit, int(cap))
+            devices = int(cap)
         except ValueError:
+            devices = 0
+        # 0 or fewer devices is as meaningless as "abc" (it was silently run on one device).
+        if devices < 1:
             from jaxtrader.errors import ConfigError
 
             raise ConfigError(
-                f"{SEED_DEVICES_VAR}={cap!r} is not a whole number; set it to 1 (one device) or "
-                "more, or unset it"
+                f"{SEED_DEVICES_VAR}={cap!r} is not a whole number of 1 or more; set it to 1 (one "
+                "device) or more, or unset it"
             ) from None
+        limit = min(limit, devices)
     return max((d for d in range(1, max(limit, 1) + 1) if k % d == 0), default=1)
 
 

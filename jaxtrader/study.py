@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxtrader.config import AppConfig, with_overrides
-from jaxtrader.errors import CheckpointError, ConfigError, JaxTraderError
+from jaxtrader.errors import CheckpointError, ConfigError, DataError, JaxTraderError
 from jaxtrader.logs import get_logger, log_event
 from jaxtrader.walkforward import (
     PLAN_FILE,
@@ -88,6 +88,17 @@ def study_cells(
     """Every (market, arch, horizon), markets in the given order; duplicate names get -2, -3."""
     if not data or not archs or not horizons:
         raise ConfigError("a study needs at least one --data (or none for the embedded market)")
+    # One file twice would run as two cells and count twice in the Holm adjustment.
+    seen: dict[Path, str] = {}
+    for d in data:
+        if d is None:
+            continue
+        key = Path(d).resolve()
+        if key in seen:
+            raise ConfigError(
+                f"--data {d} is the same file as --data {seen[key]}; pass each market once"
+            )
+        seen[key] = d
     names: list[str] = []
     for d in data:
         name, k = _market_name(d), 2
@@ -263,15 +274,24 @@ def check_markets(base: AppConfig, cells: Sequence[StudyCell]) -> dict[str, str 
     """Loads each market file once with the data layer, so a missing, unreadable or invalid file
     is its own one-line DataError before the study directory exists, not a failed cell per arch
     and horizon whose reason is only in leaderboard.json. Returns each market's data fingerprint
-    (`data.data_sha256`; None for the embedded market), which a resume compares."""
+    (`data.data_sha256`; None for the embedded market), which a resume compares. Two files with
+    one fingerprint are refused: the same market twice would be counted twice by Holm."""
     from jaxtrader.data import data_sha256, load_market
 
-    return {
-        cell.market: None
-        if cell.data is None
-        else data_sha256(load_market(cell_config(base, cell).data))
-        for cell in {c.market: c for c in cells}.values()
-    }
+    fingerprints: dict[str, str | None] = {}
+    files: dict[str, str | None] = {}  # fingerprint -> the first file that has it
+    for cell in {c.market: c for c in cells}.values():
+        digest = (
+            None if cell.data is None else data_sha256(load_market(cell_config(base, cell).data))
+        )
+        # A copy of one file under another name is the same market run and counted twice.
+        if digest is not None and files.setdefault(digest, cell.data) != cell.data:
+            raise DataError(
+                f"--data {cell.data} holds the same candles as --data {files[digest]} (the "
+                "files are identical); pass each market once"
+            )
+        fingerprints[cell.market] = digest
+    return fingerprints
 
 
 def run_study(

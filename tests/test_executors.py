@@ -192,3 +192,65 @@ def test_ray_summary_line_gives_the_median_the_worst_and_the_share_of_totals() -
     # A study board written before the max was recorded still reads.
     older = {k: v for k, v in s.items() if k != "overhead_seconds_max"}
     assert ", max" not in describe_summary(older)
+
+
+def _closed_port() -> int:
+    """A localhost port nothing listens on: bound by the OS, noted, then closed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_ray_address_with_nothing_listening_fails_fast_with_one_line() -> None:
+    """`ray.init` retried a closed HOST:PORT for minutes and ignored Ctrl-C."""
+    extra_or_skip("ray", "ray")
+    port = _closed_port()
+    code = (
+        "from jaxtrader.cli import main\n"
+        "main(['walkforward', '--folds', '2', '--executor', 'ray', "
+        f"'--ray-address', '127.0.0.1:{port}'])\n"
+    )
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - began
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        f"error: --ray-address 127.0.0.1:{port}: cannot connect to a Ray cluster (Connection "
+        f"refused); check the address, or start the cluster with `ray start --head --port "
+        f"{port}` on 127.0.0.1, or leave --ray-address out to run Ray on this machine"
+    ]
+    assert took < 30  # interpreter + CLI start; the refused connect itself is immediate
+
+
+def test_only_plain_host_port_addresses_are_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from jaxtrader.errors import ConfigError
+    from jaxtrader.executors import _host_port, check_reachable
+
+    assert _host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert _host_port("[::1]:6379") == ("::1", 6379)
+    for left_to_ray in ("auto", "local", "ray://10.0.0.5:10001", "head-node"):
+        assert _host_port(left_to_ray) is None
+        check_reachable(left_to_ray)  # no probe, no error: Ray handles these as before
+    with pytest.raises(
+        ConfigError, match=r"cannot connect to a Ray cluster \(Connection refused\)"
+    ):
+        check_reachable(f"127.0.0.1:{_closed_port()}", timeout=2)
+
+    def silent(address: tuple[str, int], timeout: float) -> socket.socket:
+        raise TimeoutError("timed out")  # a host that drops the SYN (a firewall, a dead node)
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    with pytest.raises(ConfigError, match=r"\(no answer within 2 s\); check the address"):
+        check_reachable("10.0.0.5:6379", timeout=2)
+
+
+@pytest.mark.ray
+def test_a_running_cluster_address_passes_the_probe(local_ray: str) -> None:
+    from jaxtrader.executors import check_reachable
+
+    check_reachable(local_ray)  # the GCS of the test's own Ray accepts the connection

@@ -400,3 +400,21 @@ def test_a_long_gap_closes_the_position_after_max_neutral_hold(tmp_path: Path) -
     assert m.pf.units == 0.0
     kinds = [(e["ts"], e["kind"]) for e in m.store.rows("risk_events", "s")]
     assert (after[4].ts.isoformat(), "max_neutral_hold") in kinds
+
+
+def test_a_lifted_halt_is_not_counted_as_a_risk_event(tmp_path: Path, market: pd.DataFrame) -> None:
+    """Every daily-drawdown halt was counted twice, once more when the new UTC day
+    lifted it (`halt_lifted`)."""
+    from jaxtrader.trading.paper_report import name_pnl_and_risk
+
+    flip = [0.9, 0.1] * 30  # fees halt the strategy each day; each midnight lifts the halt
+    m = make(tmp_path, Scripted(flip), sid="tight", risk=RiskConfig(daily_drawdown=0.003))
+    run_on(m, market)
+    events = m.store.rows("risk_events", "tight")
+    kinds = [e["kind"] for e in events if e["category"] == "risk"]
+    assert kinds.count("halt_lifted") >= 1 and kinds.count("daily_drawdown") >= 2
+    real = [k for k in kinds if k not in ("halt_lifted", "clamp")]
+    for s in (summarize(m.store, "tight"), name_pnl_and_risk(summarize(m.store, "tight"))):
+        assert s["risk_events"] == len(real)
+        assert "halt_lifted" not in s["risk_event_kinds"]
+        assert s["risk_event_kinds"]["daily_drawdown"] == kinds.count("daily_drawdown")

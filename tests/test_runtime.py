@@ -342,11 +342,15 @@ def test_seed_device_count_is_the_largest_divisor_of_k_within_the_cores(
     assert runtime.seed_device_count(k, cores=cores) == expected
 
 
-def test_a_malformed_seed_device_cap_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("cap", ["two", "0", "-1", " 0 "])
+def test_a_malformed_seed_device_cap_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, cap: str
+) -> None:
+    """0 was silently run on one device while "abc" was refused."""
     from jaxtrader.errors import ConfigError
 
-    monkeypatch.setenv(runtime.SEED_DEVICES_VAR, "two")
-    with pytest.raises(ConfigError, match="JAXTRADER_SEED_DEVICES='two'"):
+    monkeypatch.setenv(runtime.SEED_DEVICES_VAR, cap)
+    with pytest.raises(ConfigError, match=f"JAXTRADER_SEED_DEVICES={cap.strip()!r} .*1 or more"):
         runtime.seed_device_count(4, cores=2)
 
 

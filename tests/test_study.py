@@ -250,3 +250,27 @@ def test_a_cell_cut_by_the_time_limit_is_marked(study_run: tuple[Path, list, str
     report["folds"][0]["stopped_reason"] = "time_limit"
     cut = leaderboard_row(cell, report, 1.0, Path(row["run"]))
     assert cut["time_limited_folds"] == 1 and _cells(cut)[-1] == "1 s (1 fold at time limit)"
+
+
+def test_one_market_given_twice_is_refused_before_the_study_directory(tmp_path: Path) -> None:
+    """The same --data twice ran as two cells and counted twice in the Holm
+    adjustment. The same path (however spelled) and an identical copy are both refused."""
+    data = _candle_csv(tmp_path / "aaa_usd_1h.csv")
+    copy = tmp_path / "copy_usd_1h.csv"
+    copy.write_bytes(data.read_bytes())
+    out = tmp_path / "study"
+    spelled = tmp_path / "." / data.name
+    for second, line in [
+        (data, f"error: --data {data} is the same file as --data {data}; pass each market once"),
+        (spelled, f"error: --data {spelled} is the same file as --data {data}; pass each market once"),
+        (copy, f"error: --data {copy} holds the same candles as --data {data} (the files are "
+               "identical); pass each market once"),
+    ]:  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "jaxtrader", "study", "--data", str(data), "--data",
+             str(second), "--arch", "lstm", "--out", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr == line + "\n"
+        assert not out.exists()

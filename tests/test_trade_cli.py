@@ -730,3 +730,69 @@ def test_dedupe_reads_a_replay_file_with_duplicate_timestamps(
         err == "error: --dedupe applies to a replay:PATH feed's file, not to --feed "
         "ccxt:binance; drop it"
     )
+
+
+def test_bad_policy_advice_names_trades_own_choices(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trade advised `--policy auto`, which trade itself rejects (evaluate's choices)."""
+    from jaxtrader.decisions import Policy
+    from jaxtrader.errors import ConfigError
+
+    db = tmp_path / "p.db"
+    err = one_line_error(*run_cli([*trade_args(setup, db, "p"), "--policy", "auto"], capsys)[::2])
+    assert err == (
+        "error: cannot read policy file auto: [Errno 2] No such file or directory: 'auto'; pass "
+        "--policy checkpoint, plain or a TOML file"
+    )
+    bad = tmp_path / "p.toml"
+    bad.write_text("enter 0.6\n")
+    err = one_line_error(*run_cli([*trade_args(setup, db, "p"), "--policy", str(bad)], capsys)[::2])
+    assert err.startswith(f"error: cannot read policy file {bad}: ")
+    assert err.endswith("; pass --policy checkpoint, plain or a TOML file")
+    assert not db.exists()
+    with pytest.raises(ConfigError, match=r"; pass --policy auto, plain or a TOML file$"):
+        Policy.from_toml(bad)  # evaluate's advice is unchanged
+
+
+def _dump(db: Path) -> list[str]:
+    con = sqlite3.connect(str(db))
+    try:
+        return list(con.iterdump())
+    finally:
+        con.close()
+
+
+def test_resume_with_a_later_start_is_refused_and_an_earlier_one_resumes(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A later --start on resume skipped the candles in between without a word."""
+    db = tmp_path / "r.db"
+    base = trade_args(setup, db, "r")
+    assert (
+        run_cli([*base, "--start", "2023-02-18T00:00", "--end", "2023-02-18T03:00"], capsys)[0] == 0
+    )
+    before = _dump(db)
+    later = [*base, "--start", "2023-02-18T06:00", "--end", "2023-02-18T08:00"]
+    err = one_line_error(*run_cli(later, capsys)[::2])
+    assert err == (
+        f"error: strategy 'r' in {db} has run up to the candle of 2023-02-18T03:00:00+00:00: "
+        "--start 2023-02-18T06:00:00+00:00 would skip the 2 candle(s) in between and leave a hole "
+        "in its history; drop --start to resume after 2023-02-18T03:00:00+00:00, or use a new "
+        "--strategy-id"
+    )
+    assert _dump(db) == before  # refused before the state file is written
+    # The next candle itself, then an earlier --start: both resume where the strategy stopped.
+    assert (
+        run_cli([*base, "--start", "2023-02-18T04:00", "--end", "2023-02-18T06:00"], capsys)[0] == 0
+    )
+    assert (
+        run_cli([*base, "--start", "2023-02-18T00:00", "--end", "2023-02-18T08:00"], capsys)[0] == 0
+    )
+    store = Store(db)
+    ts = [pd.Timestamp(s["ts"]) for s in store.rows("signals", "r")]
+    store.close()
+    assert ts == list(pd.date_range("2023-02-18T00:00", "2023-02-18T08:00", freq="h", tz="UTC"))
+    # A fresh id may start anywhere; so may --new-strategy on this one.
+    assert run_cli([*trade_args(setup, db, "r2"), *later[-4:]], capsys)[0] == 0
+    assert run_cli([*later, "--new-strategy"], capsys)[0] == 0

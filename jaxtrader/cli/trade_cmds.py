@@ -54,7 +54,11 @@ def _strategy_options(fn: Any) -> Any:
 )
 @_strategy_options
 @click.option(
-    "--start", type=str, default=None, help="Replay start, UTC (default: the test split's)."
+    "--start",
+    type=str,
+    default=None,
+    help="Replay start, UTC (default: the test split's). A resumed strategy continues after its "
+    "last candle; a --start that would skip candles of the file is refused.",
 )
 @click.option("--end", type=str, default=None, help="Replay end, UTC (default: the test split's).")
 @click.option(

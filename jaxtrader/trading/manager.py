@@ -529,7 +529,10 @@ def summarize(store: Store, sid: str) -> dict[str, Any]:
     ts_ns = timestamps_ns([r["ts"] for r in eq]) if eq else np.zeros(0, np.int64)
     ppy, _ = annualization(float(cfg["interval_s"]), ts_ns)  # the same basis as evaluate
     closed = [f["trade_pnl"] for f in fills if f["trade_pnl"] is not None]
-    risk_kinds = {k: n for k, n in counts.items() if k not in ("fallback", "bad_candle")}
+    # Clamps stay here (`paper_report.name_pnl_and_risk` counts them apart); a lifted halt is not
+    # an event at all (`risk.NOT_EVENTS`).
+    skip = {"fallback", "bad_candle", *risk.NOT_EVENTS}
+    risk_kinds = {k: n for k, n in counts.items() if k not in skip}
     pf = state.portfolio if state else Portfolio(cash=capital)
     return {
         "strategy_id": sid,

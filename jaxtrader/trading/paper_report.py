@@ -23,6 +23,7 @@ from jaxtrader.decisions import annualization, max_drawdown, sharpe
 from jaxtrader.evaluate.trades import write_table_csv
 from jaxtrader.trading.broker import Order, PaperBroker
 from jaxtrader.trading.portfolio import Portfolio, apply_fill
+from jaxtrader.trading.risk import NOT_EVENTS
 
 if TYPE_CHECKING:
     from jaxtrader.trading.store import Store
@@ -183,7 +184,7 @@ def name_pnl_and_risk(summary: dict[str, Any]) -> dict[str, Any]:
       `pnl_gross_realized` (closed positions only, before fees; was `realized_pnl`, which read
       like a net figure beside a losing return);
     - `position_clamps`: routine `--max-position` trims; `risk_events` / `risk_event_kinds`: the
-      real events only (halts, breaker trips, stops, blocked orders).
+      real events only (halts, breaker trips, stops, blocked orders; not `risk.NOT_EVENTS`).
     """
     out = dict(summary)
     if "realized_pnl" in out:
@@ -191,7 +192,7 @@ def name_pnl_and_risk(summary: dict[str, Any]) -> dict[str, Any]:
     if "equity" in out and "capital" in out:
         out["pnl_net"] = float(out["equity"]) - float(out["capital"])
         out["pnl_gross"] = out["pnl_net"] + float(out.get("fees", 0.0))
-    kinds = dict(out.get("risk_event_kinds") or {})
+    kinds = {k: n for k, n in (out.get("risk_event_kinds") or {}).items() if k not in NOT_EVENTS}
     out["position_clamps"] = sum(kinds.pop(k, 0) for k in ROUTINE_KINDS)
     out["risk_event_kinds"] = kinds
     out["risk_events"] = sum(kinds.values())

@@ -68,6 +68,11 @@ class RiskEvent:
     reason: str
 
 
+# Kinds recorded in `risk_events` for the record that are no limit being hit: a new UTC day
+# lifting a daily-drawdown halt follows every such halt, so counting it counted each halt twice.
+NOT_EVENTS = frozenset({"halt_lifted"})
+
+
 @dataclass(frozen=True)
 class RiskDecision:
     """The target exposure after risk, what risk did to the desired one, and why."""

@@ -16,15 +16,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jaxtrader.decisions import Policy, check_settings
-from jaxtrader.errors import ConfigError, DataError
+from jaxtrader.errors import ConfigError, DataError, StateError
 from jaxtrader.models.archs import ARCH_NAMES
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from jaxtrader.config import AppConfig
-    from jaxtrader.trading.feeds import Feed
+    from jaxtrader.trading.feeds import Feed, ReplayFeed
     from jaxtrader.trading.manager import Outcome
+    from jaxtrader.trading.store import Store
 
 
 def parse_utc(value: str | None, flag: str) -> pd.Timestamp | None:
@@ -69,6 +70,9 @@ class TradeJob:
     threshold_flag: float | None = None
 
 
+TRADE_POLICY_CHOICES = "checkpoint, plain"  # trade's --policy values besides a TOML file
+
+
 def trade_policy(
     spec: str, manifest: Any, rules: Any, threshold_flag: float | None = None
 ) -> Policy | None:
@@ -86,7 +90,7 @@ def trade_policy(
         policy = Policy.from_dict(recorded["rule"], where="the checkpoint manifest's policy")
         source = "the policy recorded in the checkpoint by `evaluate --policy auto`"
     else:
-        policy = Policy.from_toml(spec)
+        policy = Policy.from_toml(spec, choices=TRADE_POLICY_CHOICES)
         source = f"--policy {spec}"
     if threshold_flag is not None:
         raise ConfigError(
@@ -132,6 +136,31 @@ def check_in_sample(manifest: Any, interval: pd.Timedelta, start: pd.Timestamp) 
             f"{allowed.isoformat()}); use --start {allowed.isoformat()} or later, or pass "
             "--in-sample to replay candles the model was trained on (the results are not "
             "out-of-sample)"
+        )
+
+
+def check_resume_start(store: Store, sid: str, feed: ReplayFeed, start: pd.Timestamp) -> None:
+    """StateError when resuming `sid` with a replay --start after the candle it last reached
+    would skip candles of the file: its equity history would get a hole that Sharpe spans as if
+    the candles were consecutive. An earlier --start is harmless (no candle runs twice)."""
+    import pandas as pd
+
+    # As `TradingManager.resume_after`: the newest processed or warm-up candle.
+    reached = [pd.Timestamp(r.ts) for r in store.history(sid, 1)]
+    loaded = store.load_state(sid)
+    if loaded is not None and loaded[0] is not None:
+        reached.append(pd.Timestamp(loaded[0]))
+    if not reached:
+        return
+    last = max(reached)
+    index = feed.frame.index
+    skipped = int(((index > last) & (index < start)).sum())
+    if skipped:
+        raise StateError(
+            f"strategy '{sid}' in {store.path} has run up to the candle of {last.isoformat()}: "
+            f"--start {start.isoformat()} would skip the {skipped} candle(s) in between and leave "
+            f"a hole in its history; drop --start to resume after {last.isoformat()}, or use a "
+            "new --strategy-id"
         )
 
 
@@ -252,6 +281,12 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         "feed": f"{kind}:{target}",  # named when a resume is refused for another market
     }
     store = Store(job.state_path)
+    if isinstance(feed, ReplayFeed) and job.start is not None and not job.new_strategy:
+        try:
+            check_resume_start(store, job.strategy_id, feed, job.start)
+        except StateError:
+            store.close()
+            raise
     manager = TradingManager(
         scfg,
         store,
