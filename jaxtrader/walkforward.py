@@ -2,7 +2,8 @@
 
 The workflow (the CLI only parses and prints):
 1. `prepare` loads the candles once, computes the features once (they are causal) and cuts the
-   folds (`splits.walk_forward_folds`: test blocks tile the history after the first training span).
+   folds (`splits.walk_forward_folds`: test blocks tile the history after fold 0's validation
+   block, which follows the first training span and is never tested).
 2. `run_fold` is the unit of work, with plain inputs and outputs so that a remote executor can run
    one fold per task: a `FoldTask` (numpy arrays + frozen config) in, a `FoldResult` (numpy arrays,
    lists, floats) out. It builds the fold's dataset with `dataset.build_dataset` on the fold's
@@ -18,8 +19,10 @@ The workflow (the CLI only parses and prints):
 
 Layout of `--out` (default `runs/<SYMBOL-SLUG>/<arch>/wf<N>/`): `plan.json`, `fold_<i>/` (a
 checkpoint version directory `Predictor.load(checkpoint=...)` reads as the seed ensemble),
-`predictions.csv`, `report.json`, `report.md`, PNG plots. A fold directory is complete when its
-`manifest.json` exists (written last, atomically); `resume=True` reuses complete folds as they are.
+`predictions.csv`, `report.json`, `report.md`, PNG plots, and `.walkforward.lock` (`run_lock`:
+one process per run directory). A fold directory is complete when its `manifest.json` exists
+(written last, atomically); `resume=True` reuses complete folds whose weights and records load,
+and trains the others again (`fold_redo`).
 
 Keys: the run key is `key(train.seed)`; fold i uses `fold_in(run key, i)` as its own run key, and
 seed s of it `fold_in(fold key, s)` (see `seeds`), so a fold's result does not depend on which
@@ -28,11 +31,15 @@ folds ran before it in this process: resuming gives the same predictions as an u
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import os
 import re
 import shutil
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +68,11 @@ PLAN_FILE = "plan.json"
 MIN_VAL_POINTS = 100
 FOLD_FILE = "fold.json"
 FOLD_PREDICTIONS = "predictions.npz"
+# Held (flock) by the process working on a run directory, so a second one is refused.
+LOCK_FILE = ".walkforward.lock"
+# What a walk-forward resume does with a fold it cannot reuse (the checkpoint messages advise
+# `jaxtrader train`, which does not apply to a fold).
+REDO_NOTE = "the fold is trained again"
 # FoldResult's array fields, saved in the fold's predictions.npz.
 FOLD_ARRAYS = (
     "test_rows",
@@ -587,7 +599,8 @@ def save_fold(out: Path, prepared: Prepared, cfg: AppConfig, result: FoldResult)
 
 
 def load_fold(out: Path, fold: int) -> FoldResult | None:
-    """The saved result of a complete fold (its manifest exists), else None."""
+    """The saved result of a complete fold (its manifest exists), else None; CheckpointError when
+    its records cannot be read (the driver then trains the fold again)."""
     from jaxtrader import checkpoint as ckpt
 
     directory = fold_dir(out, fold)
@@ -597,18 +610,20 @@ def load_fold(out: Path, fold: int) -> FoldResult | None:
         rec = json.loads((directory / FOLD_FILE).read_text(encoding="utf-8"))
         with np.load(directory / FOLD_PREDICTIONS) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError) as e:
+        return FoldResult(**rec, **arrays)  # TypeError: fold.json is not the record's fields
+    # A truncated or overwritten .npz raises BadZipFile or EOFError, not OSError.
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(
-            f"fold {fold} in {directory} has a manifest but its records are damaged ({e}); "
-            f"delete {directory} and resume to retrain it"
+            f"fold {fold} in {directory} has a manifest but its records are damaged "
+            f"({type(e).__name__}: {e}); {REDO_NOTE}"
         ) from None
-    return FoldResult(**rec, **arrays)
 
 
 def _weights_damage(out: Path, fold: int, cfg: AppConfig, prepared: Prepared) -> str | None:
     """Why the saved weights of a complete fold cannot be restored (None when they can): the
     restore evaluate and trade do (`checkpoint.restore_params`, shapes only, nothing compiled)."""
     from jaxtrader import checkpoint as ckpt
+    from jaxtrader.checkpoint.manifest import RETRAIN_HINT
     from jaxtrader.inference import abstract_params, stacked_abstract
     from jaxtrader.models import build_model
 
@@ -617,7 +632,7 @@ def _weights_damage(out: Path, fold: int, cfg: AppConfig, prepared: Prepared) ->
     try:
         ckpt.restore_params(fold_dir(out, fold), stacked_abstract(target, prepared.plan["seeds"]))
     except CheckpointError as e:
-        return str(e)
+        return f"{str(e).removesuffix(f'; {RETRAIN_HINT}')}; {REDO_NOTE}"
     return None
 
 
@@ -721,6 +736,40 @@ def _check_plan(out: Path, stored: dict[str, Any], plan: dict[str, Any]) -> None
             )
 
 
+def _refuse_a_run_in(out_dir: Path) -> None:
+    if (out_dir / PLAN_FILE).exists():
+        raise ConfigError(
+            f"--out {out_dir} already holds a walk-forward run; pass --resume {out_dir} "
+            "to finish it, or choose another --out"
+        )
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """Holds an advisory lock on the run directory while the run works in it: two processes on
+    one run would both train every fold and overwrite each other's files. The kernel drops the
+    lock when the file is closed or the process dies, so a killed run never leaves it stuck.
+    (`trade` guards its strategies with a row in its SQLite state instead; a run directory has
+    no database.)"""
+    path = out_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            raise ConfigError(
+                f"{out_dir} is in use by another walkforward process"
+                f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to finish or "
+                "stop it, then rerun"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))  # named to a refused second process
+        yield
+    finally:
+        os.close(fd)
+
+
 def run_walkforward(
     cfg: AppConfig,
     wf: WalkForwardSettings,
@@ -743,85 +792,92 @@ def run_walkforward(
     from jaxtrader.walkforward_report import write_outputs
 
     t0 = time.perf_counter()
-    # Before the candles are loaded: a wrong --resume DIR fails at once.
-    resumed = resume_record(out, PLAN_FILE, "walk-forward run") if resume else None
-    enable_compilation_cache()
-    prepared = prepared or prepare(cfg, wf)
-    plan = {**prepared.plan, "config": config_mod.to_dict(cfg)}
-    if resumed is not None:
-        out_dir, stored = resumed
-        _check_plan(out_dir, stored, plan)
-    else:
-        if out is None:
-            out_dir = new_run_dir(runs_root, prepared.market.symbol, cfg.model.arch)
+    with contextlib.ExitStack() as held:  # the run directory's lock, released however we leave
+        # Before the candles are loaded: a wrong --resume DIR fails at once.
+        resumed = resume_record(out, PLAN_FILE, "walk-forward run") if resume else None
+        if resumed is not None:  # before any work: a second process on this run stops here
+            held.enter_context(run_lock(resumed[0]))
+        enable_compilation_cache()
+        prepared = prepared or prepare(cfg, wf)
+        plan = {**prepared.plan, "config": config_mod.to_dict(cfg)}
+        if resumed is not None:
+            out_dir, stored = resumed
+            _check_plan(out_dir, stored, plan)
         else:
-            out_dir = Path(out)
-            if (out_dir / PLAN_FILE).exists():
-                raise ConfigError(
-                    f"--out {out_dir} already holds a walk-forward run; pass --resume {out_dir} "
-                    "to finish it, or choose another --out"
-                )
-            out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
-    if on_plan is not None:
-        on_plan(plan, out_dir)
-    fold_cfg = fold_time_limit(cfg, wf.folds)
-    results: dict[int, FoldResult] = {}
-    todo: list[FoldTask] = []
-    for i, splits in enumerate(prepared.folds):
-        done = load_fold(out_dir, i) if resume else None
-        if done is not None and (damage := _weights_damage(out_dir, i, cfg, prepared)):
-            # Only the manifest said complete: evaluate and trade would fail on these weights.
-            log_event(logger, "fold_redo", fold=i, reason=damage)
-            done = None
-        if done is not None:
-            results[i] = done
-            log_event(logger, "fold_skipped", fold=i, reason="complete")
-        else:
-            todo.append(FoldTask(i, splits, prepared.market, fold_cfg, wf.seeds, wf.folds))
-    log_event(
-        logger,
-        "walkforward_start",
-        out=str(out_dir),
-        folds=wf.folds,
-        to_train=len(todo),
-        # cli.main's restart (runtime.restart_environment)
-        allocator="tcmalloc" if tcmalloc_active() else "glibc",
-        huge_pages=huge_pages_requested(),
-    )
-    noticed: list[bool] = []
-
-    def poll() -> bool:
-        # Logged here, from the training loop, never from a signal handler (reentrant stderr).
-        if should_stop is not None and not noticed and should_stop():
-            noticed.append(True)
-            log_event(
-                logger,
-                "stop_requested",
-                note="stopping after the current fold is saved; press Ctrl-C again to abort it",
-            )
-        return bool(noticed)  # executors that run folds elsewhere cancel them on True
-
-    for result in _saved_or_reported(executor(todo, poll=poll), out_dir, results):
-        save_fold(out_dir, prepared, cfg, result)
-        result.params = None  # on disk now; keep memory flat across folds
-        release_free_memory()  # the fold's freed buffers (runtime.tune_malloc keeps them otherwise)
-        results[result.fold] = result
+            if out is None:
+                out_dir = new_run_dir(runs_root, prepared.market.symbol, cfg.model.arch)
+                held.enter_context(run_lock(out_dir))
+            else:
+                out_dir = Path(out)
+                _refuse_a_run_in(out_dir)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(run_lock(out_dir))
+                _refuse_a_run_in(out_dir)  # planned by another process meanwhile
+            (out_dir / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
+        if on_plan is not None:
+            on_plan(plan, out_dir)
+        fold_cfg = fold_time_limit(cfg, wf.folds)
+        results: dict[int, FoldResult] = {}
+        todo: list[FoldTask] = []
+        for i, splits in enumerate(prepared.folds):
+            try:
+                done = load_fold(out_dir, i) if resume else None
+            except CheckpointError as e:
+                # Damaged records are redone like damaged weights: save_fold replaces the folder.
+                log_event(logger, "fold_redo", fold=i, reason=str(e))
+                done = None
+            if done is not None and (damage := _weights_damage(out_dir, i, cfg, prepared)):
+                # Only the manifest said complete: evaluate and trade would fail on these weights.
+                log_event(logger, "fold_redo", fold=i, reason=damage)
+                done = None
+            if done is not None:
+                results[i] = done
+                log_event(logger, "fold_skipped", fold=i, reason="complete")
+            else:
+                todo.append(FoldTask(i, splits, prepared.market, fold_cfg, wf.seeds, wf.folds))
         log_event(
             logger,
-            "fold_done",
-            fold=result.fold,
-            seconds=round(result.seconds, 2),
-            best_epochs=result.best_epochs,
-            samples_per_s=round(result.samples / max(result.train_seconds, 1e-9), 1),
+            "walkforward_start",
+            out=str(out_dir),
+            folds=wf.folds,
+            to_train=len(todo),
+            # cli.main's restart (runtime.restart_environment)
+            allocator="tcmalloc" if tcmalloc_active() else "glibc",
+            huge_pages=huge_pages_requested(),
         )
-        if should_stop is not None and should_stop() and len(results) < wf.folds:
-            raise WalkForwardInterrupted(out_dir, sorted(results))
-    ordered = [results[i] for i in range(wf.folds)]
-    report = write_outputs(out_dir, prepared, cfg, wf, ordered)
-    return WalkForwardRun(
-        out=out_dir, report=report, results=ordered, seconds=time.perf_counter() - t0
-    )
+        noticed: list[bool] = []
+
+        def poll() -> bool:
+            # Logged here, from the training loop, never from a signal handler (reentrant stderr).
+            if should_stop is not None and not noticed and should_stop():
+                noticed.append(True)
+                log_event(
+                    logger,
+                    "stop_requested",
+                    note="stopping after the current fold is saved; press Ctrl-C again to abort it",
+                )
+            return bool(noticed)  # executors that run folds elsewhere cancel them on True
+
+        for result in _saved_or_reported(executor(todo, poll=poll), out_dir, results):
+            save_fold(out_dir, prepared, cfg, result)
+            result.params = None  # on disk now; keep memory flat across folds
+            release_free_memory()  # the fold's freed buffers (runtime.tune_malloc keeps them otherwise)
+            results[result.fold] = result
+            log_event(
+                logger,
+                "fold_done",
+                fold=result.fold,
+                seconds=round(result.seconds, 2),
+                best_epochs=result.best_epochs,
+                samples_per_s=round(result.samples / max(result.train_seconds, 1e-9), 1),
+            )
+            if should_stop is not None and should_stop() and len(results) < wf.folds:
+                raise WalkForwardInterrupted(out_dir, sorted(results))
+        ordered = [results[i] for i in range(wf.folds)]
+        report = write_outputs(out_dir, prepared, cfg, wf, ordered)
+        return WalkForwardRun(
+            out=out_dir, report=report, results=ordered, seconds=time.perf_counter() - t0
+        )
 
 
 def _saved_or_reported(

@@ -318,6 +318,8 @@ def write_outputs(
     write_predictions(df, out / PREDICTIONS_FILE)
     if "fold_policies" in settings:
         _record_fold_policies(out, settings)
+    else:
+        _clear_fold_policies(out, results)
     doc = summarize(df, settings)
     by_fold = {r.fold: r for r in results}
     for row in doc["folds"]:
@@ -374,6 +376,19 @@ def _record_fold_policies(out: Path, settings: dict[str, Any]) -> None:
                 "slippage_bps": settings["slippage_bps"],
             },
         )
+
+
+def _clear_fold_policies(out: Path, results: Sequence[FoldResult]) -> None:
+    """A plain run's fold manifests hold no policy, as a fresh plain run writes them: an auto
+    policy left by an earlier run on these folds (`--resume DIR --policy plain`) would make
+    `trade --checkpoint DIR/fold_XX` trade a rule this report does not show."""
+    from jaxtrader.checkpoint import read_manifest, record_policy
+    from jaxtrader.walkforward import fold_dir
+
+    for r in results:
+        directory = fold_dir(out, r.fold)
+        if read_manifest(directory).policy is not None:  # untouched when there is nothing to drop
+            record_policy(directory, None)
 
 
 def _pct(x: float | None) -> str:

@@ -219,6 +219,18 @@ def test_manifest_write_is_atomic_and_round_trips(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [ckpt.MANIFEST_FILE]
 
 
+def test_record_policy_none_removes_the_policy(tmp_path: Path) -> None:
+    """A plain walk-forward rerun over folds an auto run had chosen policies for drops them: the
+    manifest is then byte for byte the one written without a policy."""
+    m = _manifest(3, 0.5)
+    fresh = ckpt.write_manifest(tmp_path, m).read_bytes()
+    ckpt.record_policy(tmp_path, {"rule": {"enter": 0.6}, "source": "test"})
+    assert ckpt.read_manifest(tmp_path).policy == {"rule": {"enter": 0.6}, "source": "test"}
+    path = ckpt.record_policy(tmp_path, None)
+    assert ckpt.read_manifest(tmp_path).policy is None
+    assert path.read_bytes() == fresh
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002], ids=oct)
 def test_manifest_gets_the_mode_the_umask_gives(tmp_path: Path, umask: int) -> None:
     """The atomic write went through mkstemp, whose 0600 survived the rename: other users could

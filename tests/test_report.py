@@ -151,6 +151,41 @@ def test_training_plot_draws_a_partial_last_epoch_at_its_fraction() -> None:
     assert _visible(ax_loss.get_xticks(), ax_loss.get_xlim()) == [1.0, 2.0, 3.0]
 
 
+def test_training_plot_of_a_seed_ensemble_draws_the_seed_mean_and_spread(tmp_path: Path) -> None:
+    """A walk-forward fold's metrics.jsonl holds per-seed lists (`val_loss: [s0, s1]`); the plot
+    crashed on them (`float()` of a list), so `evaluate --report-dir` on a fold wrote no report."""
+    records = [
+        {"epoch": 1, "train_loss": 0.71, "val_loss": [0.695, 0.725], "val_acc": [0.53, 0.52],
+         "val_majority_rate": 0.501, "steps": 4},
+        {"epoch": 2, "train_loss": 0.69, "val_loss": [0.700, 0.690], "val_acc": [0.55, 0.51],
+         "val_majority_rate": 0.501, "steps": 4},
+    ]  # fmt: skip
+    # The whole report is written with such records (it stopped after the first plots).
+    table, settings = make_table(tmp_path)
+    doc = summarize(table, settings) | {"source": {"label": "lstm v1", "data": "synthetic"}}
+    paths = r.write_report(tmp_path / "rep", doc, table, training_records=records)
+    assert {"report.json", "report.md", "training.png"} <= {p.name for p in paths}
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["n"] == doc["n"]
+    assert r.seed_spread(records, "val_loss") == (
+        pytest.approx([0.71, 0.695]),
+        [0.695, 0.690],
+        [0.725, 0.700],
+    )
+    assert r.seed_spread(records, "train_loss") == ([0.71, 0.69], [0.71, 0.69], [0.71, 0.69])
+    fig = r.figure_training(records, "lstm v1: training")
+    ax_loss, ax_acc = fig.axes
+    val = next(ln for ln in ax_loss.get_lines() if ln.get_label().startswith("val_loss"))
+    assert val.get_label() == "val_loss (mean of seeds, min-max shaded)"
+    np.testing.assert_allclose(val.get_ydata(), [0.71, 0.695])
+    (band,) = ax_loss.collections  # the seeds' spread: min 0.690 .. max 0.725
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(0.690) and ys.max() == pytest.approx(0.725)
+    best = [ln for ln in ax_loss.get_lines() if ln.get_label().startswith("best epoch")]
+    assert best[0].get_label() == "best epoch 2: seed-mean val loss 0.6950"
+    acc = next(ln for ln in ax_acc.get_lines() if ln.get_label().startswith("val_acc"))
+    np.testing.assert_allclose(acc.get_ydata(), [0.525, 0.53])
+
+
 def test_attention_colour_scale_is_centred_on_uniform_attention() -> None:
     T = 50
     rng = np.random.default_rng(0)

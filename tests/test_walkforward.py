@@ -538,6 +538,9 @@ def test_resume_names_changed_config_keys_and_redoes_a_fold_with_damaged_weights
     resumed = run_walkforward(cfg, WF, out=out, resume=True)
     redo = [kw for event, kw in events if event == "fold_redo"]
     assert [kw["fold"] for kw in redo] == [1] and "corrupt" in redo[0]["reason"]
+    # Walk-forward retrains the fold itself: `jaxtrader train` / --version do not apply here.
+    assert redo[0]["reason"].endswith("; the fold is trained again")
+    assert "jaxtrader train" not in redo[0]["reason"] and "--version" not in redo[0]["reason"]
     assert ("fold_skipped", {"fold": 0, "reason": "complete"}) in events
     assert (out / "fold_00" / "fold.json").read_text() == fold0  # kept
     Predictor.load(checkpoint=out / "fold_01")  # the retrained weights restore
@@ -659,3 +662,162 @@ def test_an_input_inside_the_run_directory_is_refused(tmp_path: Path, command: s
         "another --out, or move the file out of it\n"
     )
     assert data.read_bytes() == before and sorted(p.name for p in out.iterdir()) == [data.name]
+
+
+def _copy_run(cli_run: tuple[Path, dict], tmp_path: Path) -> tuple[Path, AppConfig]:
+    """A copy of run A (the module's CLI run) and the config the CLI ran it with."""
+    import shutil
+
+    from jaxtrader.config import from_dict
+
+    out = tmp_path / "run"
+    shutil.copytree(cli_run[0], out)
+    return out, from_dict(json.loads((out / "plan.json").read_text())["config"])
+
+
+def test_evaluate_writes_the_report_of_a_walkforward_fold(
+    cli_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """A fold's metrics.jsonl holds per-seed lists: `evaluate --report-dir` on a fold crashed in
+    the training plot (internal error, exit 1) and wrote no report.md or report.json."""
+    out, _ = _copy_run(cli_run, tmp_path)
+    first = json.loads((out / "fold_01" / "metrics.jsonl").read_text().splitlines()[0])
+    assert isinstance(first["val_loss"], list) and len(first["val_loss"]) == WF.seeds
+    rep = tmp_path / "rep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxtrader", "--config", str(cli_run[0].parent / "tiny.toml"),
+         "evaluate", "--checkpoint", str(out / "fold_01"), "--split", "test",
+         "--report-dir", str(rep)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((rep / "report.json").read_text())
+    # The fold's test block, as the walk-forward report counted it.
+    assert doc["split"] == "test" and doc["n"] == cli_run[1]["folds"][1]["n"]
+    assert "![training](training.png)" in (rep / "report.md").read_text()
+    assert (rep / "training.png").stat().st_size > 1000
+
+
+def test_resume_with_policy_plain_removes_the_auto_policies_from_the_fold_manifests(
+    cli_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """`--resume DIR --policy plain` on an auto run reported the plain rule but left each fold's
+    auto policy in its manifest, which `trade --checkpoint DIR/fold_XX` applies; a fresh plain
+    run records none. The same flags must give the same checkpoints whatever the run's history."""
+    from jaxtrader.checkpoint import read_manifest
+    from jaxtrader.trading.runner import trade_policy
+
+    out, cfg = _copy_run(cli_run, tmp_path)
+    manifests = [out / f"fold_{i:02d}" / "manifest.json" for i in range(WF.folds)]
+    before = [json.loads(m.read_text()) for m in manifests]
+    assert all(d["policy"]["source"].startswith("walkforward --policy auto") for d in before)
+    plain = run_walkforward(cfg, dataclasses.replace(WF, policy="plain"), out=out, resume=True)
+    assert plain.report["settings"]["policy"] == "plain"
+    for path, old in zip(manifests, before, strict=True):
+        now = json.loads(path.read_text())
+        # What a fresh plain run writes: no policy key; everything else as it was.
+        assert "policy" not in now and now == {k: v for k, v in old.items() if k != "policy"}
+        manifest = read_manifest(path.parent)
+        assert trade_policy("checkpoint", manifest, cfg.backtest) is None  # trade: plain rule
+    # Back to auto on the same folds: each fold's val-chosen policy is recorded again.
+    auto = run_walkforward(cfg, WF, out=out, resume=True)
+    for fold, path in enumerate(manifests):
+        rule = json.loads(path.read_text())["policy"]["rule"]
+        chosen = auto.report["settings"]["fold_policies"][str(fold)]
+        assert rule["enter"] == chosen["enter"] and rule["min_hold"] == chosen["min_hold"]
+
+
+def test_resume_redoes_a_fold_with_damaged_predictions(
+    cli_run: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A truncated fold predictions.npz raised BadZipFile through the CLI (internal error, exit
+    1); like damaged weights, the fold is now trained again, with a `fold_redo` event."""
+    import jaxtrader.walkforward as wf_mod
+
+    out, cfg = _copy_run(cli_run, tmp_path)
+    npz = out / "fold_00" / "predictions.npz"
+    npz.write_bytes(npz.read_bytes()[:1000])
+    events = _record_events(monkeypatch, wf_mod)
+    resumed = run_walkforward(cfg, WF, out=out, resume=True)
+    redo = [kw for event, kw in events if event == "fold_redo"]
+    assert [kw["fold"] for kw in redo] == [0]
+    assert redo[0]["reason"].startswith(
+        f"fold 0 in {out / 'fold_00'} has a manifest but its records are damaged (BadZipFile: "
+    )
+    assert redo[0]["reason"].endswith("; the fold is trained again")
+    assert ("fold_skipped", {"fold": 1, "reason": "complete"}) in events
+    with np.load(npz) as z:  # rewritten whole
+        assert z["prob_up_KxN"].shape[0] == WF.seeds
+    a = pd.read_csv(cli_run[0] / "predictions.csv")
+    pd.testing.assert_frame_equal(a, pd.read_csv(out / "predictions.csv"), atol=1e-6)
+    assert resumed.report["pooled"]["n"] == cli_run[1]["pooled"]["n"]
+
+
+def _record_events(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[tuple[str, dict]]:
+    """The (event, fields) pairs `module` logs from now on (still logged as usual)."""
+    events: list[tuple[str, dict]] = []
+    real_log_event = module.log_event
+    monkeypatch.setattr(
+        module,
+        "log_event",
+        lambda lg, event, *a, **kw: (events.append((event, kw)), real_log_event(lg, event, **kw)),
+    )
+    return events
+
+
+def test_a_second_walkforward_on_a_run_directory_is_refused(
+    cli_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Two `--resume DIR` processes on one run both trained every fold into the same folders,
+    and one then failed with a misleading "damaged checkpoint" error. The run holds a lock."""
+    import fcntl
+    import os
+
+    out, cfg = _copy_run(cli_run, tmp_path)
+    lock = out / ".walkforward.lock"  # the name the README gives
+
+    def files() -> dict[str, tuple[int, int]]:
+        return {
+            str(p.relative_to(out)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(out.rglob("*"))
+        }
+
+    def lock_is_free() -> bool:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    # The lock is held while the run works (checked from the plan callback, mid-run).
+    seen: list[bool] = []
+    run_walkforward(cfg, WF, out=out, resume=True, on_plan=lambda *_: seen.append(lock_is_free()))
+    assert seen == [False] and lock_is_free()  # and released when it ends
+    # Released on error too (the plan check fails after the lock is taken).
+    with pytest.raises(ConfigError, match="seeds"):
+        run_walkforward(cfg, dataclasses.replace(WF, seeds=3), out=out, resume=True)
+    assert lock_is_free()
+
+    # Another process holds it: the CLI says so in one line, exit 2, and writes nothing.
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.write(fd, b"4242\n")
+        snapshot = files()
+        proc = subprocess.run(
+            [sys.executable, "-m", "jaxtrader", "--config", str(cli_run[0].parent / "tiny.toml"),
+             "walkforward", "--folds", "2", "--seeds", "2", "--resume", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr == (
+        f"error: {out} is in use by another walkforward process (pid 4242); wait for it to "
+        "finish or stop it, then rerun\n"
+    )
+    assert files() == snapshot

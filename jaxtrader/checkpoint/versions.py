@@ -146,9 +146,10 @@ def write_manifest(version_dir: str | Path, manifest: Manifest) -> Path:
     return target
 
 
-def record_policy(version_dir: str | Path, policy: dict[str, Any]) -> Path:
+def record_policy(version_dir: str | Path, policy: dict[str, Any] | None) -> Path:
     """Stores a chosen decision policy in the version's manifest (atomically; the rest of the
-    manifest is unchanged), where `trade` reads it."""
+    manifest is unchanged), where `trade` reads it. None removes it, so the manifest is the one
+    a run that chose no policy writes (trade then applies the plain rule)."""
     manifest = read_manifest(version_dir)
     return write_manifest(version_dir, dataclasses.replace(manifest, policy=policy))
 

@@ -471,6 +471,23 @@ def epoch_positions(records: list[dict[str, Any]]) -> tuple[list[float], bool]:
     return epochs, True
 
 
+def seed_spread(
+    records: list[dict[str, Any]], key: str
+) -> tuple[list[float], list[float], list[float]]:
+    """`key` per epoch as (mean, min, max) over seeds. A walk-forward fold trains K seeds at once
+    and logs per-seed lists (`val_loss: [..K]`); a single model's number is its own mean, min and
+    max. Missing values are NaN (matplotlib leaves a gap)."""
+    mean, lo, hi = [], [], []
+    for r in records:
+        v = r.get(key, np.nan)
+        a = np.asarray(v if isinstance(v, list) else [v], dtype=float)
+        a = a[np.isfinite(a)]
+        mean.append(float(a.mean()) if a.size else np.nan)
+        lo.append(float(a.min()) if a.size else np.nan)
+        hi.append(float(a.max()) if a.size else np.nan)
+    return mean, lo, hi
+
+
 def figure_training(records: list[dict[str, Any]], title: str = "") -> Any:
     """Train/val loss and val accuracy (with the majority rate) per epoch (a Figure).
 
@@ -485,8 +502,12 @@ def figure_training(records: list[dict[str, Any]], title: str = "") -> Any:
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
 
     def curve(ax: Any, key: str) -> None:
-        ys = [float(r.get(key, np.nan)) for r in records]
-        (line,) = ax.plot(xs[:k], ys[:k], marker="o", label=key)
+        ys, lo, hi = seed_spread(records, key)
+        seeds = any(isinstance(r.get(key), list) for r in records)
+        label = f"{key} (mean of seeds, min-max shaded)" if seeds else key
+        (line,) = ax.plot(xs[:k], ys[:k], marker="o", label=label)
+        if seeds:
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
         if partial:
             color = line.get_color()
             ax.plot(xs[max(k - 1, 0) :], ys[max(k - 1, 0) :], ls="--", color=color)
@@ -498,10 +519,15 @@ def figure_training(records: list[dict[str, Any]], title: str = "") -> Any:
     for key in ("train_acc", "val_acc", "val_majority_rate"):
         if any(key in r for r in records):
             curve(ax_a, key)
-    losses = [float(r.get("val_loss", np.nan)) for r in records]
+    losses = seed_spread(records, "val_loss")[0]
     best = int(np.nanargmin(losses)) if np.isfinite(losses).any() else None
     if best is not None:
         which = " (partial)" if partial and best == len(records) - 1 else ""
+        what = (
+            "seed-mean val loss"
+            if any(isinstance(r.get("val_loss"), list) for r in records)
+            else "val loss"
+        )
         epoch = int(records[best].get("epoch", best + 1))
         for ax in (ax_l, ax_a):
             ax.axvline(
@@ -509,7 +535,7 @@ def figure_training(records: list[dict[str, Any]], title: str = "") -> Any:
                 color="tab:green",
                 ls=":",
                 lw=1.5,
-                label=f"best epoch {epoch}{which}: val loss {losses[best]:.4f}",
+                label=f"best epoch {epoch}{which}: {what} {losses[best]:.4f}",
             )
         ax_l.plot([xs[best]], [losses[best]], marker="*", ms=14, color="tab:green", ls="none")
     if partial:
