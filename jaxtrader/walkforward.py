@@ -608,7 +608,8 @@ def load_fold(out: Path, fold: int) -> FoldResult | None:
         return None
     try:
         rec = json.loads((directory / FOLD_FILE).read_text(encoding="utf-8"))
-        with np.load(directory / FOLD_PREDICTIONS) as z:
+        # Opened here: np.load leaves its own handle open when the archive is damaged.
+        with open(directory / FOLD_PREDICTIONS, "rb") as f, np.load(f) as z:
             arrays = {k: z[k] for k in z.files}
         return FoldResult(**rec, **arrays)  # TypeError: fold.json is not the record's fields
     # A truncated or overwritten .npz raises BadZipFile or EOFError, not OSError.

@@ -322,7 +322,7 @@ def test_two_strategies_side_by_side_kill_resume_and_sigterm(
     b = spawn(trade_args(setup, db, "B", *b_flags))
     wait_for(db, "A", n // 3, a)
     a.send_signal(signal.SIGKILL)
-    a.wait()
+    a.communicate()  # reaps it and closes its pipes
     wait_for(db, "B", n // 2, b)
     b.send_signal(signal.SIGTERM)
     out_b, err_b = b.communicate(timeout=60)
