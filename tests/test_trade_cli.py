@@ -778,8 +778,8 @@ def test_resume_with_a_later_start_is_refused_and_an_earlier_one_resumes(
     assert err == (
         f"error: strategy 'r' in {db} has run up to the candle of 2023-02-18T03:00:00+00:00: "
         "--start 2023-02-18T06:00:00+00:00 would skip the 2 candle(s) in between and leave a hole "
-        "in its history; drop --start to resume after 2023-02-18T03:00:00+00:00, or use a new "
-        "--strategy-id"
+        "in its history; pass --start 2023-02-18T04:00:00+00:00 to continue after it, or use a "
+        "new --strategy-id"
     )
     assert _dump(db) == before  # refused before the state file is written
     # The next candle itself, then an earlier --start: both resume where the strategy stopped.
@@ -796,3 +796,27 @@ def test_resume_with_a_later_start_is_refused_and_an_earlier_one_resumes(
     # A fresh id may start anywhere; so may --new-strategy on this one.
     assert run_cli([*trade_args(setup, db, "r2"), *later[-4:]], capsys)[0] == 0
     assert run_cli([*later, "--new-strategy"], capsys)[0] == 0
+
+
+def test_resume_without_start_after_an_earlier_span_is_refused(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A strategy run on a span before the test split, resumed without --start, would replay
+    from the test split's start and skip the candles in between, as a later --start would."""
+    test_start = pd.Timestamp(
+        json.loads((setup["ckpt"] / "manifest.json").read_text())["splits"]["test"]["start"]
+    )
+    db = tmp_path / "d.db"
+    base = trade_args(setup, db, "d", "--in-sample")
+    early = [(test_start - pd.Timedelta(h, unit="h")).isoformat() for h in (10, 8)]
+    assert run_cli([*base, "--start", early[0], "--end", early[1]], capsys)[0] == 0
+    before = _dump(db)
+    err = one_line_error(*run_cli(base, capsys)[::2])
+    next_candle = (test_start - pd.Timedelta(7, unit="h")).isoformat()
+    assert err == (
+        f"error: strategy 'd' in {db} has run up to the candle of {early[1]}: the replay start "
+        f"{test_start.isoformat()} (the test split's; no --start given) would skip the 7 "
+        f"candle(s) in between and leave a hole in its history; pass --start {next_candle} to "
+        "continue after it, or use a new --strategy-id"
+    )
+    assert _dump(db) == before

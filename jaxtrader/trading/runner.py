@@ -139,10 +139,13 @@ def check_in_sample(manifest: Any, interval: pd.Timedelta, start: pd.Timestamp) 
         )
 
 
-def check_resume_start(store: Store, sid: str, feed: ReplayFeed, start: pd.Timestamp) -> None:
-    """StateError when resuming `sid` with a replay --start after the candle it last reached
-    would skip candles of the file: its equity history would get a hole that Sharpe spans as if
-    the candles were consecutive. An earlier --start is harmless (no candle runs twice)."""
+def check_resume_start(
+    store: Store, sid: str, feed: ReplayFeed, start: pd.Timestamp, given: bool = True
+) -> None:
+    """StateError when resuming `sid` from a replay start after the candle it last reached would
+    skip candles of the file: its equity history would get a hole that Sharpe spans as if the
+    candles were consecutive. `given`: the start is --start's, else the test split's default. An
+    earlier start is harmless (no candle runs twice)."""
     import pandas as pd
 
     # As `TradingManager.resume_after`: the newest processed or warm-up candle.
@@ -154,13 +157,18 @@ def check_resume_start(store: Store, sid: str, feed: ReplayFeed, start: pd.Times
         return
     last = max(reached)
     index = feed.frame.index
-    skipped = int(((index > last) & (index < start)).sum())
-    if skipped:
+    between = index[(index > last) & (index < start)]
+    if len(between):
+        what = (
+            f"--start {start.isoformat()}"
+            if given
+            else f"the replay start {start.isoformat()} (the test split's; no --start given)"
+        )
         raise StateError(
             f"strategy '{sid}' in {store.path} has run up to the candle of {last.isoformat()}: "
-            f"--start {start.isoformat()} would skip the {skipped} candle(s) in between and leave "
-            f"a hole in its history; drop --start to resume after {last.isoformat()}, or use a "
-            "new --strategy-id"
+            f"{what} would skip the {len(between)} candle(s) in between and leave a hole in its "
+            f"history; pass --start {between[0].isoformat()} to continue after it, or use a new "
+            "--strategy-id"
         )
 
 
@@ -281,9 +289,9 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         "feed": f"{kind}:{target}",  # named when a resume is refused for another market
     }
     store = Store(job.state_path)
-    if isinstance(feed, ReplayFeed) and job.start is not None and not job.new_strategy:
+    if isinstance(feed, ReplayFeed) and not job.new_strategy:
         try:
-            check_resume_start(store, job.strategy_id, feed, job.start)
+            check_resume_start(store, job.strategy_id, feed, feed.start, job.start is not None)
         except StateError:
             store.close()
             raise
