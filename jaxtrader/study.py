@@ -39,6 +39,7 @@ from jaxtrader.walkforward import (
     local_executor,
     read_run_json,
     resume_record,
+    run_lock,
     run_walkforward,
 )
 from jaxtrader.windows import check_seq_len
@@ -326,74 +327,78 @@ def run_study(
     fingerprints = check_markets(base, cells)
     out_dir = Path(out) if out is not None else new_study_dir()
     _open_study(out_dir, _study_doc(cells, wf, base, fingerprints), resume)
-    rows: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
-    for i, cell in enumerate(cells):
-        run_dir = cell.directory(out_dir)
-        if on_cell is not None:
-            on_cell(i, cell, run_dir)
-        if resume and (run_dir / REPORT_FILE).is_file() and (run_dir / CELL_FILE).is_file():
-            fix = f"delete it and rerun with --resume {out_dir} (the cell's folds are kept)"
-            report = read_run_json(run_dir / REPORT_FILE, "walk-forward report", fix)
-            seconds = read_run_json(run_dir / CELL_FILE, "study cell record", fix).get("seconds")
-            if not isinstance(seconds, int | float):
-                raise CheckpointError(f"{run_dir / CELL_FILE} has no seconds; {fix}")
-            log_event(logger, "cell_skipped", cell=i, run=str(run_dir), reason="complete")
-            rows.append(leaderboard_row(cell, report, seconds, run_dir, alpha))
-            continue
-        stats_before = len(executor.stats) if isinstance(executor, RayExecutor) else 0
-        started = time.perf_counter()
-        try:
-            run = run_walkforward(
-                cell_config(base, cell),
-                wf,
-                out=run_dir,
-                resume=resume and (run_dir / PLAN_FILE).is_file(),
-                executor=executor,
-                should_stop=should_stop,
-            )
-        except JaxTraderError as e:  # folds failed, or this market's data is unusable
-            failed.append({**asdict(cell), "error": str(e), "run": str(run_dir)})
-            log_event(logger, "cell_failed", cell=i, run=str(run_dir), error=str(e))
-            continue
-        # Rounded once, here: the row must be what a resumed study rebuilds from cell.json
-        # (rounding the raw figure and the stored one apart can differ in the last digit).
-        seconds = round(time.perf_counter() - started, 3)
-        record: dict[str, Any] = {"seconds": seconds, "cell": asdict(cell)}
+    # One process per study directory (each cell also locks its own walk-forward run).
+    with run_lock(out_dir, "study"):
+        rows: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for i, cell in enumerate(cells):
+            run_dir = cell.directory(out_dir)
+            if on_cell is not None:
+                on_cell(i, cell, run_dir)
+            if resume and (run_dir / REPORT_FILE).is_file() and (run_dir / CELL_FILE).is_file():
+                fix = f"delete it and rerun with --resume {out_dir} (the cell's folds are kept)"
+                report = read_run_json(run_dir / REPORT_FILE, "walk-forward report", fix)
+                seconds = read_run_json(run_dir / CELL_FILE, "study cell record", fix).get(
+                    "seconds"
+                )
+                if not isinstance(seconds, int | float):
+                    raise CheckpointError(f"{run_dir / CELL_FILE} has no seconds; {fix}")
+                log_event(logger, "cell_skipped", cell=i, run=str(run_dir), reason="complete")
+                rows.append(leaderboard_row(cell, report, seconds, run_dir, alpha))
+                continue
+            stats_before = len(executor.stats) if isinstance(executor, RayExecutor) else 0
+            started = time.perf_counter()
+            try:
+                run = run_walkforward(
+                    cell_config(base, cell),
+                    wf,
+                    out=run_dir,
+                    resume=resume and (run_dir / PLAN_FILE).is_file(),
+                    executor=executor,
+                    should_stop=should_stop,
+                )
+            except JaxTraderError as e:  # folds failed, or this market's data is unusable
+                failed.append({**asdict(cell), "error": str(e), "run": str(run_dir)})
+                log_event(logger, "cell_failed", cell=i, run=str(run_dir), error=str(e))
+                continue
+            # Rounded once, here: the row must be what a resumed study rebuilds from cell.json
+            # (rounding the raw figure and the stored one apart can differ in the last digit).
+            seconds = round(time.perf_counter() - started, 3)
+            record: dict[str, Any] = {"seconds": seconds, "cell": asdict(cell)}
+            if isinstance(executor, RayExecutor):
+                record["ray_folds"] = executor.stats[stats_before:]
+            (run_dir / CELL_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            rows.append(leaderboard_row(cell, run.report, seconds, run_dir, alpha))
+            log_event(logger, "cell_done", cell=i, run=str(run_dir), seconds=round(seconds, 1))
+        mark_edges(rows, alpha)
+        rows.sort(key=_sharpe_key, reverse=True)
+        board = {
+            "rows": rows,
+            "failed": failed,
+            "alpha": alpha,
+            "folds": wf.folds,
+            "seeds": wf.seeds,
+            "window": wf.window,
+            "executor": "ray" if isinstance(executor, RayExecutor) else "local",
+            "seconds": round(time.perf_counter() - t0, 1),
+            "out": str(out_dir),
+        }
         if isinstance(executor, RayExecutor):
-            record["ray_folds"] = executor.stats[stats_before:]
-        (run_dir / CELL_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        rows.append(leaderboard_row(cell, run.report, seconds, run_dir, alpha))
-        log_event(logger, "cell_done", cell=i, run=str(run_dir), seconds=round(seconds, 1))
-    mark_edges(rows, alpha)
-    rows.sort(key=_sharpe_key, reverse=True)
-    board = {
-        "rows": rows,
-        "failed": failed,
-        "alpha": alpha,
-        "folds": wf.folds,
-        "seeds": wf.seeds,
-        "window": wf.window,
-        "executor": "ray" if isinstance(executor, RayExecutor) else "local",
-        "seconds": round(time.perf_counter() - t0, 1),
-        "out": str(out_dir),
-    }
-    if isinstance(executor, RayExecutor):
-        board["ray"] = executor.summary()
-    from jaxtrader.logs import jsonable
+            board["ray"] = executor.summary()
+        from jaxtrader.logs import jsonable
 
-    (out_dir / "leaderboard.json").write_text(
-        json.dumps(jsonable(board), indent=2) + "\n", encoding="utf-8"
-    )
-    (out_dir / "leaderboard.md").write_text(render_markdown(board), encoding="utf-8")
-    if failed:
-        names = ", ".join(f"{f['market']}/{f['arch']}/h{f['horizon']}" for f in failed)
-        raise StudyIncomplete(
-            f"{len(failed)} of {len(cells)} cells failed ({names}; the first: "
-            f"{failed[0]['error']}; all errors in {out_dir / 'leaderboard.json'}); fix the cause "
-            f"and rerun with --resume {out_dir}"
+        (out_dir / "leaderboard.json").write_text(
+            json.dumps(jsonable(board), indent=2) + "\n", encoding="utf-8"
         )
-    return StudyRun(out=out_dir, leaderboard=board, seconds=time.perf_counter() - t0)
+        (out_dir / "leaderboard.md").write_text(render_markdown(board), encoding="utf-8")
+        if failed:
+            names = ", ".join(f"{f['market']}/{f['arch']}/h{f['horizon']}" for f in failed)
+            raise StudyIncomplete(
+                f"{len(failed)} of {len(cells)} cells failed ({names}; the first: "
+                f"{failed[0]['error']}; all errors in {out_dir / 'leaderboard.json'}); fix the cause "
+                f"and rerun with --resume {out_dir}"
+            )
+        return StudyRun(out=out_dir, leaderboard=board, seconds=time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------

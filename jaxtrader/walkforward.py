@@ -746,13 +746,13 @@ def _refuse_a_run_in(out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(out_dir: Path) -> Iterator[None]:
+def run_lock(out_dir: Path, command: str = "walkforward") -> Iterator[None]:
     """Holds an advisory lock on the run directory while the run works in it: two processes on
     one run would both train every fold and overwrite each other's files. The kernel drops the
     lock when the file is closed or the process dies, so a killed run never leaves it stuck.
     (`trade` guards its strategies with a row in its SQLite state instead; a run directory has
-    no database.)"""
-    path = out_dir / LOCK_FILE
+    no database.) `study` holds one on its directory too (`.study.lock`), beside each cell's."""
+    path = out_dir / (LOCK_FILE if command == "walkforward" else f".{command}.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -760,7 +760,7 @@ def run_lock(out_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.read(fd, 32).decode("ascii", "replace").strip()
             raise ConfigError(
-                f"{out_dir} is in use by another walkforward process"
+                f"{out_dir} is in use by another {command} process"
                 f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to finish or "
                 "stop it, then rerun"
             ) from None

@@ -97,6 +97,36 @@ def test_resume_reuses_complete_cells(study_run: tuple[Path, list, str]) -> None
     assert mtimes == {r["run"]: (Path(r["run"]) / "report.json").stat().st_mtime_ns for r in after}
 
 
+def test_a_second_study_on_its_directory_is_refused(study_run: tuple[Path, list, str]) -> None:
+    """Two `study --resume DIR` at once would both write study.json and the leaderboard; the
+    second hit only the first cell's walk-forward lock, failing that cell. The study holds a lock
+    on its directory: a second process gets one line, exit 2, and writes nothing."""
+    import fcntl
+    import os
+
+    out, args, _ = study_run
+    resume = [a if a != "--out" else "--resume" for a in args]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    fd = os.open(out / ".study.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.write(fd, b"4242\n")
+        proc = subprocess.run([sys.executable, "-m", "jaxtrader", *resume], capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+    finally:
+        os.close(fd)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {out} is in use by another study process (pid 4242); wait for it to finish or "
+        "stop it, then rerun"
+    )
+    lock = out / ".study.lock"
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p != lock} == {
+        p: t for p, t in before.items() if p != lock
+    }
+
+
 def test_a_failing_cell_is_reported_and_the_others_complete(
     study_run: tuple[Path, list, str], tmp_path: Path
 ) -> None:
