@@ -159,6 +159,9 @@ def test_restart_with_other_config_or_model_is_refused(
     assert run_cli(args, capsys)[0] == 0
     err = one_line_error(*run_cli([*args, "--max-position", "0.5"], capsys)[::2])
     assert "different config (changed: risk)" in err and "--new-strategy" in err
+    con = sqlite3.connect(str(db))  # the refused start left no runner claim behind
+    assert con.execute("SELECT * FROM runners").fetchall() == []
+    con.close()
     code, _, err = run_cli([*args, "--max-position", "0.5", "--new-strategy"], capsys)
     assert code == 0, err
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -228,7 +228,11 @@ class TradingManager:
         self.step_ns = round(cfg.interval_s * 1e9)
         self._model_called = False
         store.claim(self.sid)  # before register: --new-strategy must not wipe a running strategy
-        self.started_fresh = store.register(self.sid, cfg.identity(), model_meta, fresh=fresh)
+        try:
+            self.started_fresh = store.register(self.sid, cfg.identity(), model_meta, fresh=fresh)
+        except BaseException:
+            store.release(self.sid)  # a refused start leaves no claim behind
+            raise
         self.buffer = CandleBuffer(history)
         loaded = store.load_state(self.sid)
         self.warmed = loaded is not None
