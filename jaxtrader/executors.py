@@ -161,31 +161,68 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return (host, int(port)) if host and port.isdigit() else None
 
 
+# The HTTP/2 client preface and an empty SETTINGS frame: a Ray GCS is a gRPC server, and an
+# HTTP/2 server's first frame is always SETTINGS (RFC 9113, 3.4), so one round trip tells a Ray
+# cluster from anything else that accepts TCP on the port.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4
+
+
+def _first_frame_type(sock: Any) -> int | None:
+    """The frame type of the peer's first HTTP/2 frame header (9 bytes), None if it closes first."""
+    head = b""
+    while len(head) < 9:
+        chunk = sock.recv(9 - len(head))
+        if not chunk:
+            return None
+        head += chunk
+    return head[3]
+
+
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """ConfigError when nothing accepts a TCP connection at a HOST:PORT `--ray-address`.
+    """ConfigError unless a Ray cluster's GCS answers at a HOST:PORT `--ray-address`.
 
     `ray.init` (2.x) has no connect timeout: against a closed port it retries the GCS for minutes
-    and ignores Ctrl-C and SIGTERM meanwhile, so one bounded connect decides first. "auto" (which
-    fails at once without a cluster) and ray:// addresses are left to Ray as before."""
+    and ignores Ctrl-C and SIGTERM meanwhile, and against a port where something else listens
+    (a web server, Redis) it waits about 20 s, so one bounded connect and one HTTP/2 round trip
+    decide first. "auto" (which fails at once without a cluster) and ray:// addresses are left to
+    Ray as before."""
     import socket
 
     target = _host_port(address)
     if target is None:
         return
+    fix = (
+        f"check the address, or start the cluster with `ray start --head --port {target[1]}` on "
+        f"{target[0]}, or leave --ray-address out to run Ray on this machine"
+    )
     try:
-        with socket.create_connection(target, timeout=timeout):
-            pass
+        sock = socket.create_connection(target, timeout=timeout)
     except OSError as e:
-        if isinstance(e, TimeoutError):
-            why = f"no answer within {timeout:g} s"
-        else:
-            why = e.strerror or type(e).__name__
+        why = f"no answer within {timeout:g} s" if isinstance(e, TimeoutError) else None
+        why = why or e.strerror or type(e).__name__
         raise ConfigError(
-            f"--ray-address {address}: cannot connect to a Ray cluster ({why}); check the "
-            f"address, or start the cluster with `ray start --head "
-            f"--port {target[1]}` on {target[0]}, or leave --ray-address out to run Ray on this "
-            "machine"
+            f"--ray-address {address}: cannot connect to a Ray cluster ({why}); {fix}"
         ) from None
+    with sock:
+        try:
+            sock.sendall(_H2_PREFACE)
+            frame = _first_frame_type(sock)
+        except OSError as e:
+            frame, closed = None, not isinstance(e, TimeoutError)
+        else:
+            closed = frame is None
+    if frame != _H2_SETTINGS:
+        if frame is not None:
+            how = "answers, but not as gRPC"
+        elif closed:
+            how = "accepts a connection, then closes it"
+        else:
+            how = f"accepts a connection, then says nothing within {timeout:g} s"
+        raise ConfigError(
+            f"--ray-address {address}: the program listening there is not a Ray cluster (it "
+            f"{how}; a Ray head's GCS port speaks gRPC); {fix}"
+        )
 
 
 @dataclass

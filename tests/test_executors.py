@@ -249,8 +249,54 @@ def test_only_plain_host_port_addresses_are_probed(monkeypatch: pytest.MonkeyPat
         check_reachable("10.0.0.5:6379", timeout=2)
 
 
+@pytest.mark.parametrize(
+    ("reply", "how"),
+    [
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "answers, but not as gRPC"),
+        (None, "accepts a connection, then closes it"),
+        (b"", "accepts a connection, then says nothing within 1 s"),
+    ],
+)
+def test_an_address_where_something_else_listens_is_not_taken_for_ray(
+    reply: bytes | None, how: str
+) -> None:
+    """`ray.init` waited about 20 s against a port held by a program that is not Ray."""
+    import socket
+    import threading
+
+    from jaxtrader.errors import ConfigError
+    from jaxtrader.executors import check_reachable
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            if reply is None:
+                return
+            conn.recv(64)
+            conn.sendall(reply)
+            time.sleep(2)  # holds the connection open past the probe's timeout
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ConfigError) as err:
+            check_reachable(f"127.0.0.1:{port}", timeout=1)
+    finally:
+        thread.join(5)
+        server.close()
+    assert str(err.value) == (
+        f"--ray-address 127.0.0.1:{port}: the program listening there is not a Ray cluster (it "
+        f"{how}; a Ray head's GCS port speaks gRPC); check the address, or start the cluster "
+        f"with `ray start --head --port {port}` on 127.0.0.1, or leave --ray-address out to run "
+        "Ray on this machine"
+    )
+
+
 @pytest.mark.ray
 def test_a_running_cluster_address_passes_the_probe(local_ray: str) -> None:
     from jaxtrader.executors import check_reachable
 
-    check_reachable(local_ray)  # the GCS of the test's own Ray accepts the connection
+    check_reachable(local_ray)  # the GCS of the test's own Ray answers in HTTP/2 (gRPC)
