@@ -623,7 +623,7 @@ def load_candles(
                 f"{p}: {_where(raw, i)}: duplicate timestamp {_stamp(ts, i)} "
                 f"({int(dup.sum())} duplicate row(s) in total); remove them from the file, or keep "
                 "the last of each with --dedupe (data info, data fetch, features compute, train, "
-                "walkforward, evaluate, trade) or `dedupe = true` under [data] in a --config file (study)"
+                "walkforward, study, evaluate, trade) or `dedupe = true` under [data] in --config"
             )
 
     order = np.argsort(ts, kind="stable")

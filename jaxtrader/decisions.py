@@ -66,7 +66,8 @@ class Policy:
     P(up) >= 1 - exit), and a long whose P(up) falls below 1 - enter flips straight to a short.
     A position is held for at least `min_hold` decisions (1 = may leave at the next decision) and
     is `max_position` x equity. `Policy.plain(t)` (enter = exit = t, min_hold 1) is the rule
-    "long above t, re-decided every candle".
+    "long above t, re-decided every candle"; `Policy.flat()` (enter = 1, which no P(up) exceeds)
+    never trades: "stand aside", the choice when nothing beats it on validation.
     """
 
     enter: float = 0.5
@@ -76,8 +77,8 @@ class Policy:
     long_short: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.enter < 1.0:
-            raise ConfigError(f"policy enter must be between 0 and 1, got {self.enter}")
+        if not 0.0 < self.enter <= 1.0:
+            raise ConfigError(f"policy enter must be in (0, 1] (1 never trades), got {self.enter}")
         if not 0.0 < self.exit <= self.enter:
             raise ConfigError(
                 f"policy exit {self.exit} must be in (0, enter={self.enter}]: exit <= enter is the "
@@ -99,6 +100,13 @@ class Policy:
         """The rule before policies existed: long above `threshold`, re-decided every candle."""
         check_settings(threshold=threshold, long_short=long_short)
         return cls(enter=threshold, exit=threshold, min_hold=1, long_short=long_short)
+
+    @classmethod
+    def flat(cls, long_short: bool = False, max_position: float = 1.0) -> Policy:
+        """Stand aside: no P(up) is above 1 (or, for shorts, below 0), so it never trades."""
+        return cls(
+            enter=1.0, exit=1.0, min_hold=1, max_position=max_position, long_short=long_short
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,6 +139,15 @@ class Policy:
                 f"cannot read policy file {p}: {e}; pass --policy {choices} or a TOML file"
             ) from None
         return cls.from_dict(doc.get("policy", doc), where=str(p))
+
+
+def describe_policy(policy: Mapping[str, Any]) -> str:
+    """A policy (as `Policy.to_dict()` or a manifest's `policy.rule`) in words, for reports and
+    messages."""
+    if policy["enter"] >= 1.0:
+        return "stand aside (never trades)"
+    band = f"exit <= {policy['exit']:g}" if policy["exit"] < policy["enter"] else "no band"
+    return f"enter > {policy['enter']:g}, {band}, min hold {policy['min_hold']}"
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,9 @@ def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
         "majority_rate": majority,
         "p_value_vs_majority": sig["p_value_vs_majority"],
         "p_value_vs_chance": sig["p_value_vs_chance"],
+        # The verdict: a training majority class can score below 50% on the test blocks when the
+        # balance flips, and beating it is then no evidence; beat both constants, as evaluate does.
+        "p_value_vs_best_constant": sig["p_value_vs_best_constant"],
         "auc": cls["roc_auc"],
         "seed_accuracies": seed_acc.tolist(),
         "seed_accuracy_mean": float(seed_acc.mean()),
@@ -234,6 +237,9 @@ def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
         # `accuracy` above is the ensemble's (mean P(up) over seeds), repeated under its own name.
         "ensemble_accuracy": cls["accuracy"],
         "folds_beating_majority": int(sum(f["accuracy"] > f["majority_rate"] for f in folds)),
+        "folds_beating_best_constant": int(
+            sum(f["accuracy"] > max(0.5, f["majority_rate"]) for f in folds)
+        ),
     }
     plain_perf, _, _ = _backtest(df, settings, plain=True)
     mode = settings.get("policy", "plain")
@@ -412,7 +418,8 @@ def format_summary(report: dict[str, Any]) -> str:
             f"{p['p_value_vs_chance']:.3g}; AUC {_num(p['auc'])}",
             f"seeds: accuracy {_pct(p['seed_accuracy_mean'])} +- {_pct(p['seed_accuracy_std'])}, "
             f"ensemble {_pct(p['ensemble_accuracy'])}; folds beating majority "
-            f"{p['folds_beating_majority']}/{len(report['folds'])}",
+            f"{p['folds_beating_majority']}/{len(report['folds'])} (and 50%: "
+            f"{p['folds_beating_best_constant']})",
             f"net Sharpe {report['backtest']['sharpe']:.2f} (return "
             f"{_pct(report['backtest']['total_return'])}, {report['backtest']['trades']} trades; "
             f"policy {_policy_name(report)}) vs buy-and-hold {report['buy_and_hold']['sharpe']:.2f}"
@@ -458,6 +465,8 @@ def _fold_policy_cell(f: dict[str, Any]) -> str:
     d = f.get("fold_policy")
     if d is None:
         return "plain"
+    if d["enter"] >= 1.0:
+        return f"flat ({d['val_net_sharpe']:.2f})"
     return f"{d['enter']:g}/{d['exit']:g}/{d['min_hold']} ({d['val_net_sharpe']:.2f})"
 
 

@@ -356,10 +356,8 @@ def test_duplicates_error_or_dedupe_keeps_last(
         DataError,
         match=r"d\.csv: line 5: duplicate timestamp 2024-01-01T02:00:00Z \(1 duplicate row\(s\) in "
         r"total\); remove them from the file, or keep the last of each with --dedupe \(data "
-        r"info, data fetch, features compute, train, walkforward, evaluate, trade\) or `dedupe = "
-        r"true` under "
-        r"\[data\] "
-        r"in a --config file \(study\)$",
+        r"info, data fetch, features compute, train, walkforward, study, evaluate, trade\) or "
+        r"`dedupe = true` under \[data\] in --config$",
     ):
         load_candles(path)
     candles = load_candles(path, dedupe=True)

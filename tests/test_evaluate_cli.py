@@ -260,6 +260,7 @@ def test_threshold_beside_the_auto_policy_is_said_to_be_the_plain_rule(
     """--threshold reads like the strategy's rule, but under the default auto policy it only sets
     the plain comparison: the report says so, with the rule actually traded."""
     from jaxtrader.cli import main
+    from jaxtrader.decisions import describe_policy
 
     args = ["evaluate", "--checkpoint", str(trained["version_dir"]), "--threshold", "0.55",
             "--no-record-policy", "--json"]  # fmt: skip
@@ -269,8 +270,8 @@ def test_threshold_beside_the_auto_policy_is_said_to_be_the_plain_rule(
     assert doc["policy"]["source"].startswith("auto")
     assert (
         f"--threshold 0.55 sets the plain rule reported beside the strategy; the strategy is the "
-        f"auto policy chosen on the val split (enter {chosen['enter']:g}, exit "
-        f"{chosen['exit']:g}); pass --policy plain to trade at the threshold"
+        f"auto policy chosen on the val split ({describe_policy(chosen)}); pass --policy plain "
+        "to trade at the threshold"
     ) in doc["notes"]
     main([*args, "--policy", "plain"])
     doc = json.loads(capsys.readouterr().out)

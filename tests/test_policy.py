@@ -17,6 +17,7 @@ from jaxtrader.decisions import (
     PolicyRequest,
     PolicyState,
     annualization,
+    describe_policy,
     has_weekend_candles,
     policy_positions,
     policy_step,
@@ -121,7 +122,7 @@ def test_selection_reads_only_the_rows_it_is_given() -> None:
     best = next(row for row in table if row["selected"])
     assert best["net_sharpe"] == max(row["net_sharpe"] for row in table)
     assert Policy.from_dict({k: best[k] for k in chosen.to_dict()}) == chosen
-    assert len(table) == len(policy_grid(5)) == 63
+    assert len(table) == len(policy_grid(5)) == 64  # standing aside, then 7 x 3 x 3
     # Free trading makes the most active good policy win; costly trading favours fewer trades.
     free, _ = select_policy(p, r, TradeRules(fee_bps=0.0), horizon=5, periods_per_year=8760)
     costly, t2 = select_policy(p, r, TradeRules(fee_bps=50.0), horizon=5, periods_per_year=8760)
@@ -141,6 +142,29 @@ def test_selection_ties_go_to_fewer_trades() -> None:
     )
     fewest = min(row["trades"] for row in table)
     assert next(row for row in table if row["selected"])["trades"] == fewest
+
+
+def test_when_every_policy_loses_on_validation_the_choice_is_to_stand_aside() -> None:
+    # P(up) > 0.5 exactly where the next return is negative: every policy that trades loses.
+    rng = np.random.default_rng(4)
+    r = rng.normal(0, 0.01, 1500)
+    p = np.clip(0.5 - 0.2 * np.sign(r) + rng.normal(0, 0.02, r.size), 0.01, 0.62)
+    chosen, table = select_policy(p, r, TradeRules(fee_bps=10.0), horizon=5, periods_per_year=8760)
+    assert chosen == Policy.flat() and describe_policy(chosen.to_dict()).startswith("stand aside")
+    assert table[0]["selected"] and table[0]["trades"] == 0 and table[0]["net_sharpe"] == 0.0
+    traded = [row for row in table[1:] if row["trades"]]
+    assert traded and max(row["net_sharpe"] for row in traded) < 0
+    # enter 0.65 never trades on these rows (P(up) <= 0.62) and also scores 0 with no trades, but
+    # it would trade on rows above 0.65 later: standing aside, first in the grid, wins the tie.
+    assert any(row["enter"] == 0.65 and row["trades"] == 0 for row in table)
+    assert not np.any(policy_positions(chosen, np.linspace(0.0, 1.0, 101)))
+    ls = Policy.flat(long_short=True)
+    assert not np.any(policy_positions(ls, np.linspace(0.0, 1.0, 101)))
+    # One good policy on validation is chosen over standing aside.
+    good, _ = select_policy(
+        np.clip(1.0 - p, 0.01, 0.99), r, TradeRules(fee_bps=10.0), horizon=5, periods_per_year=8760
+    )
+    assert good != Policy.flat()
 
 
 @pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
@@ -189,7 +213,7 @@ def test_trade_refuses_a_threshold_the_policy_in_force_ignores(tmp_path: Path) -
         trade_policy("checkpoint", recorded, rules, threshold_flag=0.6)
     assert str(e.value) == (
         "--threshold 0.6 has no effect under the policy recorded in the checkpoint by `evaluate "
-        "--policy auto` (enter 0.58, exit 0.53, min hold 10); pass --policy plain to trade long "
+        "--policy auto` (enter > 0.58, exit <= 0.53, min hold 10); pass --policy plain to trade long "
         "above --threshold, or drop --threshold"
     )
     f = tmp_path / "p.toml"

@@ -87,7 +87,7 @@ def test_table_states_ci_p_value_fees_and_annualization(tmp_path: Path) -> None:
     assert "fees 10 bps + slippage 2 bps" in text
     for name in ("majority", "always_long", "momentum", "logistic", "buy_and_hold"):
         assert name in text
-    assert "policy (given): enter > 0.56, leave at <= 0.5, min hold 3" in text
+    assert "policy (given): enter > 0.56, exit <= 0.5, min hold 3" in text
     assert "trades_per_month" in text and "fee_drag" in text
     assert "n/a" in text  # undefined values (e.g. momentum log loss) are shown, not invented
 

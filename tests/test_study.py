@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 from test_walkforward import POOLED_KEYS, TOML
 
+from jaxtrader.evaluate.significance import binomial_p_value
+
 
 def _jaxtrader(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
@@ -60,12 +62,16 @@ def test_leaderboard_figures_are_the_runs_report_figures(study_run: tuple[Path, 
         assert row["net_sharpe"] == report["policy"]["selected"]["sharpe"]
         assert row["plain_net_sharpe"] == report["policy"]["plain"]["sharpe"]
         assert row["buy_and_hold_sharpe"] == report["buy_and_hold"]["sharpe"]
+        # The verdict's p-value is against the better constant: the majority rate or a coin.
+        best = binomial_p_value(p["accuracy"], p["effective_n"], max(0.5, p["majority_rate"]))
+        assert row["p_value_vs_best_constant"] == pytest.approx(best, rel=1e-12)
+        assert best == max(p["p_value_vs_majority"], p["p_value_vs_chance"])
         # Holm over the study's rows: the smallest p times the row count, and so on up.
-        raw = sorted(r["p_value_vs_majority"] for r in rows)
-        rank = raw.index(p["p_value_vs_majority"])
+        raw = sorted(r["p_value_vs_best_constant"] for r in rows)
+        rank = raw.index(row["p_value_vs_best_constant"])
         holm = max(min(1.0, (len(raw) - j) * raw[j]) for j in range(rank + 1))
         assert row["p_value_holm"] == pytest.approx(holm)
-        assert row["p_value_holm"] >= p["p_value_vs_majority"]
+        assert row["p_value_holm"] >= best
         assert row["beats_majority"] == (holm < board["alpha"])
         assert row["interval"] == "1h"
         assert row["time_limited_folds"] == 0
@@ -82,7 +88,7 @@ def test_leaderboard_figures_are_the_runs_report_figures(study_run: tuple[Path, 
         assert f"{row['plain_net_sharpe']:.2f}" in line
         assert ("(no edge)" in line) == (not row["beats_majority"])
         assert f"| {row['market']} 1h | lstm | 2 |" in md
-        assert f"{row['p_value_vs_majority']:.3g} ({row['p_value_holm']:.3g})" in line
+        assert f"{row['p_value_vs_best_constant']:.3g} ({row['p_value_holm']:.3g})" in line
 
 
 def test_resume_reuses_complete_cells(study_run: tuple[Path, list, str]) -> None:
@@ -304,3 +310,49 @@ def test_one_market_given_twice_is_refused_before_the_study_directory(tmp_path: 
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr == line + "\n"
         assert not out.exists()
+
+
+def test_dedupe_and_gaps_reach_every_market_file(tmp_path: Path) -> None:
+    """study had no --dedupe or --gaps: a file with a duplicate timestamp was refused by an error
+    naming --dedupe, which study did not accept."""
+    data = _candle_csv(tmp_path / "dup_usd_1h.csv", rows=4)
+    rows = data.read_text().splitlines()
+    rows[3] = rows[2]  # 01:00 twice, 02:00 missing
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "study"
+    base = [sys.executable, "-m", "jaxtrader", "study", "--data", str(data), "--arch", "lstm"]
+    for flags, line in [
+        ([], f"error: {data}: line 4: duplicate timestamp 2023-01-01T01:00:00Z "),
+        (["--dedupe", "--gaps", "error"], f"error: {data}: 1 gaps (1 missing candles), "),
+        # Accepted: the cell gets the 4 candles (3 kept, 1 filled) and fails for its length.
+        (["--dedupe"], "error: 1 of 1 cells failed (dup_usd_1h/lstm/h5; the first: no valid "
+                       "prediction points in 4 candles "),
+    ]:  # fmt: skip
+        proc = subprocess.run(
+            [*base, *flags, "--out", str(out)], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.splitlines()[-1].startswith(line)
+        assert out.exists() == (flags == ["--dedupe"])
+        if not flags:  # one line, naming the flag
+            assert proc.stderr.count("\n") == 1 and "--dedupe" in proc.stderr
+
+
+def test_a_cell_that_beats_only_a_majority_rate_below_a_coin_has_no_edge() -> None:
+    """Audit, 2026-12-05: on a BTC slice whose balance flipped after training, the training
+    majority class scored 45.72%, and a 50.91% cell passed against it (p 0.028) though a coin
+    explains it (p 0.37)."""
+    from jaxtrader.study import best_constant_p, mark_edges
+
+    n_eff, acc, maj = 339, 0.5091, 0.4572
+    pooled = {
+        "p_value_vs_majority": binomial_p_value(acc, n_eff, maj),
+        "p_value_vs_chance": binomial_p_value(acc, n_eff, 0.5),
+    }
+    assert pooled["p_value_vs_majority"] < 0.05 < pooled["p_value_vs_chance"]
+    # Reports written before walk-forward recorded the best-constant p-value give the same one.
+    best = binomial_p_value(acc, n_eff, max(0.5, maj))
+    assert best_constant_p(pooled) == best == best_constant_p({"p_value_vs_best_constant": best})
+    rows = [{"p_value_vs_best_constant": best_constant_p(pooled)}]
+    mark_edges(rows)
+    assert rows[0]["beats_majority"] is False and rows[0]["p_value_holm"] == best

@@ -702,13 +702,15 @@ def test_threshold_ignored_by_the_policy_in_force_is_refused_before_the_model_lo
     err = one_line_error(*run_cli(args, capsys)[::2])
     assert err == (
         "error: --threshold 0.6 has no effect under the policy recorded in the checkpoint by "
-        "`evaluate --policy auto` (enter 0.58, exit 0.53, min hold 10); pass --policy plain to "
+        "`evaluate --policy auto` (enter > 0.58, exit <= 0.53, min hold 10); pass --policy plain to "
         "trade long above --threshold, or drop --threshold"
     )
     toml = tmp_path / "p.toml"
     toml.write_text("enter = 0.6\nexit = 0.5\n")
     err = one_line_error(*run_cli([*args, "--policy", str(toml)], capsys)[::2])
-    assert err.startswith(f"error: --threshold 0.6 has no effect under --policy {toml} (enter 0.6")
+    assert err.startswith(
+        f"error: --threshold 0.6 has no effect under --policy {toml} (enter > 0.6"
+    )
     assert not db.exists()
 
 

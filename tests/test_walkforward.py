@@ -89,6 +89,8 @@ POOLED_KEYS = {
     "seed_accuracy_std",
     "ensemble_accuracy",
     "folds_beating_majority",
+    "p_value_vs_best_constant",
+    "folds_beating_best_constant",
 }
 
 
@@ -326,18 +328,22 @@ def test_pooled_figures_recompute_from_predictions_csv(cli_run: tuple[Path, dict
     assert pooled["accuracy_ci95"] == pytest.approx(list(wilson_interval(k / n_eff, n_eff)))
     assert pooled["p_value_vs_majority"] == pytest.approx(binomial_p_value(acc, n_eff, majority))
     assert pooled["p_value_vs_chance"] == pytest.approx(binomial_p_value(acc, n_eff, 0.5))
+    best = binomial_p_value(acc, n_eff, max(0.5, majority))
+    assert pooled["p_value_vs_best_constant"] == pytest.approx(best)
     assert pooled["auc"] == pytest.approx(roc_auc(y, p))
     seeds = [float(np.mean((df[f"prob_up_s{k}"] > 0.5) == y)) for k in range(s["seeds"])]
     assert pooled["seed_accuracy_mean"] == pytest.approx(np.mean(seeds))
     assert pooled["seed_accuracy_std"] == pytest.approx(np.std(seeds, ddof=1))
-    beating = 0
+    beating = beating_both = 0
     for f, part in df.groupby("fold"):
         fold_acc = float(np.mean((part["prob_up"] > 0.5) == part["label"]))
         fold_maj = float(np.mean(part["label"] == s["fold_majority_class"][str(f)]))
         assert report["folds"][int(f)]["accuracy"] == pytest.approx(fold_acc)
         assert report["folds"][int(f)]["majority_rate"] == pytest.approx(fold_maj)
         beating += fold_acc > fold_maj
+        beating_both += fold_acc > max(0.5, fold_maj)
     assert pooled["folds_beating_majority"] == beating
+    assert pooled["folds_beating_best_constant"] == beating_both
     # The positions taken: each fold's own val-selected policy on its test block, from flat.
     expected = np.zeros(len(df))
     for f, part in df.groupby("fold"):

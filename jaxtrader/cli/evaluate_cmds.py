@@ -129,7 +129,7 @@ def evaluate(
     import json
 
     from jaxtrader.checkpoint import checkpoint_root
-    from jaxtrader.decisions import PolicyRequest
+    from jaxtrader.decisions import PolicyRequest, describe_policy
     from jaxtrader.errors import ConfigError
     from jaxtrader.evaluate.report import format_table, write_report
     from jaxtrader.evaluate.run import evaluate_checkpoint, evaluation_inputs
@@ -205,8 +205,8 @@ def evaluate(
         chosen = result.doc["policy"]["selected"]
         result.doc["notes"].append(
             f"--threshold {threshold:g} sets the plain rule reported beside the strategy; the "
-            f"strategy is the auto policy chosen on the val split (enter {chosen['enter']:g}, "
-            f"exit {chosen['exit']:g}); pass --policy plain to trade at the threshold"
+            f"strategy is the auto policy chosen on the val split ({describe_policy(chosen)}); "
+            "pass --policy plain to trade at the threshold"
         )
     if predictions:
         write_csv(result.rows, predictions)

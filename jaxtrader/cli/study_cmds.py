@@ -16,6 +16,7 @@ from jaxtrader.cli.common import (
     INTERRUPTED_EXIT,
     CliState,
     HintGlobalOptions,
+    data_overrides,
     echo,
     executor_options,
     prepare_executor,
@@ -33,7 +34,8 @@ from jaxtrader.logs import notice
     "data_paths",
     multiple=True,
     metavar="FILE",
-    help="A market's candle file; repeat for several markets. Default: the embedded market.",
+    help="A market's candle file; repeat for several markets (--gaps and --dedupe apply to "
+    "each). Default: the embedded market.",
 )
 @click.option(
     "--arch",
@@ -48,6 +50,13 @@ from jaxtrader.logs import notice
     multiple=True,
     type=ranged("dataset.horizon"),
     help="Label horizon in candles; repeat for several. Default: the config's.",
+)
+@click.option(
+    "--max-minutes",
+    type=ranged("train.max_minutes"),
+    default=None,
+    help="Training budget of each cell's walk-forward, shared equally by its folds; a study of "
+    "C cells can train for C times this.",
 )
 @click.option("--out", type=str, default=None, help="Study directory. Default: runs/studies/studyN")
 @click.option(
@@ -65,11 +74,14 @@ def study(
     data_paths: tuple[str, ...],
     archs: tuple[str, ...],
     horizons: tuple[int, ...],
+    max_minutes: float | None,
     out: str | None,
     resume: str | None,
     as_json: bool,
     executor: str,
     ray_address: str | None,
+    gaps: str | None,
+    dedupe: bool | None,
     folds: int,
     seeds: int,
     window: str,
@@ -80,7 +92,6 @@ def study(
     batch_size: int | None,
     seq_len: int | None,
     seed: int | None,
-    max_minutes: float | None,
     lr: float | None,
     weight_decay: float | None,
     dropout: float | None,
@@ -112,6 +123,8 @@ def study(
             "train.seed": seed,
             "train.max_minutes": max_minutes,
             **train_knob_overrides(lr, weight_decay, patience, dropout, threshold),
+            # Every market file; no --symbol/--interval: one value cannot fit several files.
+            **data_overrides(data_path=None, symbol=None, interval=None, gaps=gaps, dedupe=dedupe),
         },
     )
     if resume is not None and out is not None and Path(out) != Path(resume):
@@ -183,7 +196,10 @@ def study(
 
 
 # The walk-forward flags are walkforward's own option objects, so help and checks cannot drift.
+# --max-minutes is study's own: its budget is per cell, not per study.
 SHARED_OPTIONS = (
+    "gaps",
+    "dedupe",
     "folds",
     "seeds",
     "window",
@@ -194,7 +210,6 @@ SHARED_OPTIONS = (
     "batch_size",
     "seq_len",
     "seed",
-    "max_minutes",
     "lr",
     "weight_decay",
     "dropout",

@@ -130,10 +130,13 @@ POLICY_KEYS = (
 
 
 def _describe(policy: dict[str, Any]) -> str:
-    band = f"leave at <= {policy['exit']:g}" if policy["exit"] < policy["enter"] else "no band"
+    from jaxtrader.decisions import describe_policy
+
+    if policy["enter"] >= 1.0:
+        return describe_policy(policy)
     return (
-        f"enter > {policy['enter']:g}, {band}, min hold {policy['min_hold']}, "
-        f"size {policy['max_position']:g}{', long-short' if policy['long_short'] else ''}"
+        f"{describe_policy(policy)}, size {policy['max_position']:g}"
+        f"{', long-short' if policy['long_short'] else ''}"
     )
 
 

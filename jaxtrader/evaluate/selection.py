@@ -7,10 +7,12 @@ The grid (documented in docs/decisions.md):
 - hysteresis widths `WIDTHS` (exit = enter - width; 0 = no band),
 - minimum holds `min_hold_grid(horizon)`: 1 (re-decide every candle), the label horizon, and
   twice the horizon (deduplicated),
-so 7 x 3 x 3 = 63 policies at most. Each is backtested with the exchange fee rule on the val rows
-and scored by its net Sharpe; ties (to 1e-9) go to fewer trades, then to the earlier grid entry
-(lower enter, narrower band, shorter hold). A policy that never trades scores 0: if nothing beats
-standing aside on validation, the selection says so.
+so 7 x 3 x 3 = 63 policies at most, after `Policy.flat()`, which never trades. Each is backtested
+with the exchange fee rule on the val rows and scored by its net Sharpe; ties (to 1e-9) go to
+fewer trades, then to the earlier grid entry (lower enter, narrower band, shorter hold). Standing
+aside scores 0 and comes first, so when no policy's net Sharpe on validation is above 0 the choice
+is to stand aside: not the least bad losing policy, and not a grid policy that happened never to
+trade on validation (it may trade later).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def min_hold_grid(horizon: int) -> tuple[int, ...]:
 
 
 def policy_grid(horizon: int, long_short: bool = False, max_position: float = 1.0) -> list[Policy]:
-    """The candidate policies, in tie-break order."""
-    return [
+    """The candidate policies, in tie-break order: standing aside first."""
+    return [Policy.flat(long_short, max_position)] + [
         Policy(
             enter=e,
             exit=round(e - w, 6),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from jaxtrader.config import TradeRules
-from jaxtrader.decisions import Policy, policy_positions, positions_from_probs
+from jaxtrader.decisions import Policy, describe_policy, policy_positions, positions_from_probs
 from jaxtrader.errors import DataError
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.baselines import BaselinePredictions, baseline_metrics
@@ -347,8 +347,7 @@ def verdict(doc: dict[str, Any], alpha: float = 0.05) -> list[str]:
     if pol and pol["selected"] != pol["plain"]:
         sel, plain = pol["comparison"]["selected"], pol["comparison"]["plain"]
         lines.append(
-            f"the {pol['source'].split(':')[0]} policy (enter > {pol['selected']['enter']:g}, "
-            f"exit <= {pol['selected']['exit']:g}, min hold {pol['selected']['min_hold']}) made "
+            f"the {pol['source'].split(':')[0]} policy ({describe_policy(pol['selected'])}) made "
             f"{sel['trades']} trades with net Sharpe {sel['sharpe']:.2f} and fee drag "
             f"{sel['fee_drag']:.1%}; the plain rule made {plain['trades']} with "
             f"{plain['sharpe']:.2f} and {plain['fee_drag']:.1%}"

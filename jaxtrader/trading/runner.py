@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jaxtrader.decisions import Policy, check_settings
+from jaxtrader.decisions import Policy, check_settings, describe_policy
 from jaxtrader.errors import ConfigError, DataError, StateError
 from jaxtrader.models.archs import ARCH_NAMES
 
@@ -94,8 +94,8 @@ def trade_policy(
         source = f"--policy {spec}"
     if threshold_flag is not None:
         raise ConfigError(
-            f"--threshold {threshold_flag:g} has no effect under {source} (enter "
-            f"{policy.enter:g}, exit {policy.exit:g}, min hold {policy.min_hold}); pass --policy "
+            f"--threshold {threshold_flag:g} has no effect under {source} "
+            f"({describe_policy(policy.to_dict())}); pass --policy "
             "plain to trade long above --threshold, or drop --threshold"
         )
     return dataclasses.replace(policy, long_short=rules.long_short)
