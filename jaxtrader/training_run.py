@@ -1,6 +1,7 @@
 """One training run, end to end: candles -> dataset -> model -> fit -> a new checkpoint version
-with its manifest -> the run's summary. `jaxtrader train` calls `run_training`; so can any other
-workflow that trains (walk-forward: one call per fold, with its own candles and stop condition).
+with its manifest -> the run's summary. `jaxtrader train` calls `run_training` (any workflow that
+trains one model end to end could). Walk-forward does not: it trains K seeds per fold with
+`seeds.fit_seeds` (`walkforward.run_fold`) and saves its own fold checkpoints.
 
 Stop handling: while training, SIGINT/SIGTERM ask fit to stop after the current step (`StopSignals`);
 the partial epoch is validated and saved like any other and `TrainingInterrupted` carries the

@@ -49,7 +49,8 @@ def cli(
 ) -> None:
     """jaxtrader: train LSTM/Transformer models on candles with JAX and trade them with risk limits.
 
-    Every command works offline on an embedded synthetic market when --data is not given.
+    The commands that read candles (data, features, train, walkforward, study) work offline on an
+    embedded synthetic market when --data is not given; evaluate uses its checkpoint's market.
     """
     import logging
 

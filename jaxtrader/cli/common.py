@@ -1,4 +1,8 @@
-"""Shared CLI plumbing: the context object, effective config, and option groups reused by commands."""
+"""Shared CLI plumbing: the context object and effective config; the option groups reused by
+commands (data, checkpoint, rules, training knobs, batch/window, executor with `prepare_executor`,
+policy with `refuse_policy_conflicts`); `ranged` (a flag's bounds from `config.RANGES`);
+`HintGlobalOptions`; and the output-path refusals (`refuse_overwriting`, `refuse_inputs_inside`,
+`refuse_non_csv`)."""
 
 from __future__ import annotations
 

@@ -103,8 +103,20 @@ class _StopAfterFold:
 @click.command("walkforward", cls=HintGlobalOptions)
 @click.option("--arch", type=str, default=None, metavar="ARCH", help="lstm or transformer.")
 @data_options
-@click.option("--folds", type=click.IntRange(min=1), default=6, show_default=True)
-@click.option("--seeds", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--folds",
+    type=click.IntRange(min=1),
+    default=6,
+    show_default=True,
+    help="Walk-forward folds (test blocks).",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Seeds (models) trained per fold in one compiled step.",
+)
 @click.option(
     "--window",
     type=click.Choice(["expanding", "rolling"]),

@@ -1,9 +1,9 @@
 """A vectorized, causal, fee-aware backtest of P(up) signals.
 
 Timing (the whole contract, also in the README):
-- Row i is a prediction point: the decision is made at the CLOSE of candle t_i from prob_up[i]
-  (long when prob_up > threshold, flat otherwise; with long_short, short when prob_up <
-  1 - threshold).
+- Row i is a prediction point: the position is decided at the CLOSE of candle t_i from
+  prob_up[i], by the caller's decision policy (`decisions.policy_positions`; the plain threshold
+  rule is one such policy).
 - It is filled at the OPEN of candle t_i + 1 and held until the open of candle t_{i+1} + 1, where
   the next decision takes effect. Row i therefore earns the open-to-open return
   open[t_{i+1} + 1] / open[t_i + 1] - 1. Candles that are not prediction points (gap-filled ones)
@@ -20,8 +20,9 @@ Timing (the whole contract, also in the README):
   compounded price, i.e. a fixed quantity bought (or sold short) at the entry, not a short
   rebalanced every candle. Equity is floored at 0 (a ruined short).
 
-Positions come from `jaxtrader.decisions.positions_from_probs`, and the Sharpe, drawdown and
-annualization from the same module, so evaluation and trading decide and score alike.
+Positions are given (from `jaxtrader.decisions`); the fill rule, Sharpe and drawdown come from the
+same module, with the caller's periods per year (`decisions.annualization`), so evaluation and
+trading decide and score alike.
 """
 
 from __future__ import annotations

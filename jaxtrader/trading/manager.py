@@ -183,7 +183,7 @@ def model_inputs_fn(scaler: Scaler, seq_len: int) -> InputFn:
     """The input builder for a checkpoint: `dataset.model_inputs_of`, the training code path.
 
     Features are computed on the buffer's last `max(min_history(), seq_len)` candles only: the last
-    row of those equals the full-history value to about 2e-7 (`features.MIN_HISTORY`), and every
+    row of those equals the full-history value within 1e-7 (`features.MIN_HISTORY`), and every
     candle more costs time on each decision.
     """
     from jaxtrader.dataset import model_inputs_of

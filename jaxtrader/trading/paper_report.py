@@ -1,7 +1,9 @@
 """What `jaxtrader portfolio` shows of a paper-trading strategy beyond its summary: the trades
-(`--trades FILE.csv`) and the buy-and-hold benchmark over the strategy's own span.
+(`--trades FILE.csv`), the buy-and-hold benchmark over the strategy's own span, and how a strategy
+summary names its PnL and risk figures (`name_pnl_and_risk`: net/gross PnL, clamps apart from risk
+events), which `trade` prints too.
 
-Both are read from the state file and replayed through the trading code itself, so no fee or PnL
+The trades and the benchmark are read from the state file and replayed through the trading code itself, so no fee or PnL
 rule is restated here: trades replay the stored fills through `portfolio.apply_fill` (gross PnL =
 realized price move, net = `closed_trade_pnl`, fees = the difference); buy-and-hold buys with the
 whole capital through `PaperBroker.fill` (the same slippage and fee) at the first open the

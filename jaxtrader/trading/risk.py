@@ -12,8 +12,8 @@ Policies (documented in the README):
   losing trades close the position at that candle and block entries for the next `cooldown`
   candles.
 - stop-loss / take-profit: checked at each close against the average entry; exits at the next open.
-- max trades per day: orders that add or change exposure are refused once the day's count is
-  reached; exits are always allowed.
+- max trades per day: every order counts, exits included; once the day's count is reached, only
+  orders that reduce the position pass (a flip from long to short is refused).
 - neutral signal (model failure, short or gapped history): hold the current position, never add;
   after `max_neutral_hold` neutral candles in a row with a position, close it (0: hold on).
 """
