@@ -97,6 +97,16 @@ def test_wrong_flag_exits_2_without_traceback() -> None:
         (["train", "--config", "x.toml"], "error: No such option '--config'. Global options such "
          "as --config go before the command: jaxtrader --config ... train ...; see 'jaxtrader "
          "train --help'"),
+        # NaN and infinity compare False with every bound: --max-minutes nan trained to the end
+        # and lost the run to the manifest's JSON, --lr inf failed later naming no flag.
+        (["train", "--max-minutes", "nan"], "error: Invalid value for '--max-minutes': 'nan' is "
+         "not a finite number; see 'jaxtrader train --help'"),
+        (["walkforward", "--max-minutes", "inf"], "error: Invalid value for '--max-minutes': "
+         "'inf' is not a finite number; see 'jaxtrader walkforward --help'"),
+        (["study", "--lr", "NaN"], "error: Invalid value for '--lr': 'NaN' is not a finite "
+         "number; see 'jaxtrader study --help'"),
+        (["config", "show", "--weight-decay", "inf"], "error: Invalid value for '--weight-decay': "
+         "'inf' is not a finite number; see 'jaxtrader config show --help'"),
     ],
 )  # fmt: skip
 def test_usage_errors_are_one_error_line_exit_2(

@@ -59,6 +59,19 @@ class HintGlobalOptionsGroup(click.Group):
     command_class = HintGlobalOptions
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange without NaN and infinity, which compare False against every bound and
+    would pass it (a config file's `Range` already refuses them)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 def ranged(key: str) -> click.ParamType:
     """The click type of a flag that sets config `key`: its bounds come from `config.RANGES`,
     the table `load_config` checks config files against, so the flag and the file agree."""
@@ -67,7 +80,7 @@ def ranged(key: str) -> click.ParamType:
         lo = None if r.lo is None else int(r.lo)
         hi = None if r.hi is None else int(r.hi)
         return click.IntRange(lo, hi, min_open=r.lo_open, max_open=r.hi_open)
-    return click.FloatRange(r.lo, r.hi, min_open=r.lo_open, max_open=r.hi_open)
+    return FiniteFloatRange(r.lo, r.hi, min_open=r.lo_open, max_open=r.hi_open)
 
 
 def config_default(key: str) -> Any:
