@@ -737,12 +737,23 @@ def _check_plan(out: Path, stored: dict[str, Any], plan: dict[str, Any]) -> None
             )
 
 
-def _refuse_a_run_in(out_dir: Path) -> None:
+def _refuse_a_run_in(out_dir: Path, others_too: bool = False) -> None:
+    """A run never writes into another run, nor (`others_too`) into a folder holding other files:
+    its fixed names (report.md, plots, fold_00/...) would replace a user's files without a word.
+    A lone lock file is what a run killed before its plan leaves."""
     if (out_dir / PLAN_FILE).exists():
         raise ConfigError(
             f"--out {out_dir} already holds a walk-forward run; pass --resume {out_dir} "
             "to finish it, or choose another --out"
         )
+    if others_too and out_dir.is_dir():
+        held = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE)
+        if held:
+            raise ConfigError(
+                f"--out {out_dir} is a folder that holds other files ({', '.join(held[:3])}"
+                f"{', ...' if len(held) > 3 else ''}); a walk-forward run writes plan.json, "
+                "report.md, plots and fold folders there: choose a new or empty folder"
+            )
 
 
 @contextlib.contextmanager
@@ -798,6 +809,8 @@ def run_walkforward(
         resumed = resume_record(out, PLAN_FILE, "walk-forward run") if resume else None
         if resumed is not None:  # before any work: a second process on this run stops here
             held.enter_context(run_lock(resumed[0]))
+        elif out is not None:
+            _refuse_a_run_in(Path(out), others_too=True)
         enable_compilation_cache()
         prepared = prepared or prepare(cfg, wf)
         plan = {**prepared.plan, "config": config_mod.to_dict(cfg)}

@@ -279,6 +279,22 @@ def test_missing_or_corrupt_manifest(tmp_path: Path, state: TrainState) -> None:
         ckpt.read_manifest(vdir.parent)
     with pytest.raises(CheckpointError, match=rf"pass the version {vdir}"):
         ckpt.read_manifest(vdir / "1")
+    # The root or a symbol folder, a walk-forward run, a study: each named, with a checkpoint in
+    # it to pass (they were all "manifest.json is missing: ... damaged; retrain").
+    root_hint = r"is a folder of checkpoints, not a checkpoint version; pass one below it, e.g. "
+    for folder in (tmp_path, vdir.parent.parent):
+        with pytest.raises(CheckpointError, match=rf"^{folder} {root_hint}{vdir}$"):
+            ckpt.read_manifest(folder)
+    run = tmp_path / "wf1"
+    for fold in ("fold_00", "fold_01", "fold_10", "fold_02"):
+        (run / fold).mkdir(parents=True)
+        (run / fold / ckpt.MANIFEST_FILE).write_text(good)
+    with pytest.raises(CheckpointError) as caught:
+        ckpt.read_manifest(run)
+    assert str(caught.value) == (
+        f"{run} is a walk-forward run, not a checkpoint version; pass one below it, e.g. "
+        f"{run / 'fold_10'}"
+    )
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate"])

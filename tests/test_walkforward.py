@@ -624,6 +624,22 @@ def test_too_many_folds_are_refused_by_name_before_the_run_directory_exists(
     assert not out.exists()
 
 
+def test_an_out_folder_holding_other_files_is_refused_before_any_work(tmp_path: Path) -> None:
+    """`--out` on a folder of the user's replaced its report.md without a word."""
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "report.md").write_text("my notes\n")
+    (out / "a.csv").write_text("x\n")
+    with pytest.raises(ConfigError) as caught:
+        run_walkforward(CFG, WF, out=out)
+    assert str(caught.value) == (
+        f"--out {out} is a folder that holds other files (a.csv, report.md); a walk-forward run "
+        "writes plan.json, report.md, plots and fold folders there: choose a new or empty folder"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "report.md"]
+    assert (out / "report.md").read_text() == "my notes\n"
+
+
 def test_folds_cut_short_by_the_time_limit_are_named_in_the_report(
     cli_run: tuple[Path, dict],
 ) -> None:

@@ -164,10 +164,27 @@ def missing_manifest(directory: Path) -> str:
         )
     if (directory.parent / MANIFEST_FILE).is_file():
         return f"{directory} is a step inside a version; pass the version {directory.parent}"
+    if example := _checkpoint_below(directory):
+        run = example.name.startswith("fold_") and example.parent == directory
+        what = "a walk-forward run" if run else "a folder of checkpoints"
+        return f"{directory} is {what}, not a checkpoint version; pass one below it, e.g. {example}"
     return (
         f"{directory / MANIFEST_FILE} is missing: the training run did not finish or the "
         f"checkpoint was damaged; {RETRAIN_HINT}"
     )
+
+
+def _checkpoint_below(directory: Path) -> Path | None:
+    """The last checkpoint (a folder with a manifest) one to four levels below `directory`: a
+    walk-forward run's folds, a study's cells' folds, a checkpoint root's or symbol's versions."""
+    for depth in range(1, 5):
+        found = sorted(
+            (m.parent for m in directory.glob("/".join(["*"] * depth) + "/" + MANIFEST_FILE)),
+            key=lambda d: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(d))],
+        )
+        if found:
+            return found[-1]
+    return None
 
 
 def not_a_version_dir(version_dir: Path) -> str:
