@@ -330,3 +330,34 @@ def test_a_file_where_an_output_folder_goes_is_named(tmp_path: Path) -> None:
         f"error: cannot write {blocker / 'x.csv'}: {blocker} is a file, and a folder is needed "
         "there; pass another path or move that file\n"
     )
+
+
+def _catches_sigint(pid: int) -> bool:
+    """Python has installed its SIGINT handler in process `pid` (bit 1 of SigCgt)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & 0b10)
+    return False
+
+
+def test_ctrl_c_in_a_command_without_its_own_handler_exits_130(tmp_path: Path) -> None:
+    """Ctrl-C during `evaluate` or `data synth` was click's "aborted", exit 1: the code of a crash."""
+    import signal
+    import time
+
+    code = "from jaxtrader.cli import main; main()"
+    out = tmp_path / "big.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "data", "synth", "--rows", "3000000", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not _catches_sigint(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the command by now: the synthetic market takes seconds to draw
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    # click writes a newline first, so the line starts after the terminal's "^C".
+    assert (proc.returncode, stdout, stderr.strip()) == (130, "", "interrupted")

@@ -233,7 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         _fail(json_logs, e.exit_code, "usage_error", _usage_message(e, args), type(e).__name__)
     except click.exceptions.Abort:
-        _fail(json_logs, 1, "aborted", "aborted", "Abort")
+        # click's name for a KeyboardInterrupt in a command without its own handler (evaluate,
+        # data, features): a stop the user asked for, so 130 like the others, not 1 (a crash).
+        _fail(json_logs, INTERRUPTED_EXIT, "interrupted", "interrupted", "KeyboardInterrupt")
     except JaxTraderError as e:
         if debug:
             raise

@@ -178,10 +178,18 @@ def study(
             )
     except WalkForwardInterrupted as e:
         study_dir = e.out.parents[2]
+        saved = f"folds {e.done} of the cell in {e.out} are" if e.done else "no fold of it was"
         notice(
             "interrupted",
-            f"interrupted: folds {e.done} of the cell in {e.out} are saved; finish the study "
-            f"with the same command and --resume {study_dir}",
+            f"interrupted: {saved} saved; finish the study with the same command and --resume "
+            f"{study_dir}",
+        )
+        raise SystemExit(INTERRUPTED_EXIT) from None
+    except KeyboardInterrupt:  # the second Ctrl-C, during a fold
+        notice(
+            "interrupted",
+            "interrupted: the fold in progress was not saved; complete cells and folds are kept "
+            f"(finish with the same command and --resume {out or resume or 'DIR'})",
         )
         raise SystemExit(INTERRUPTED_EXIT) from None
     finally:
