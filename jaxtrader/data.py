@@ -489,6 +489,15 @@ def _parse_timestamps(col: Any, raw: _Raw, path: Path) -> np.ndarray:
                 f"{path}: {_where(raw, i)}: cannot parse timestamp {text.iloc[i]!r}; use ISO 8601 "
                 "UTC like 2024-01-01T00:00:00Z or epoch milliseconds"
             )
+        # pandas 3 parses ISO text to microseconds, which reach far beyond nanoseconds' range.
+        late = np.flatnonzero((parsed > pd.Timestamp.max.tz_localize("UTC")).to_numpy())
+        if late.size:
+            i = int(late[0])
+            raise DataError(
+                f"{path}: {_where(raw, i)}: timestamp {text.iloc[i]!r} is after "
+                f"{pd.Timestamp.max:%Y-%m-%d}, the last day nanosecond timestamps can hold; fix "
+                "or remove the row"
+            )
     bad = np.flatnonzero(parsed.isna().to_numpy())
     if bad.size:
         raise DataError(

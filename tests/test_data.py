@@ -286,6 +286,14 @@ def _bad(tmp_path: Path, row: int, replacement: str) -> Path:
             r"line 4: cannot parse timestamp '2024-13-45T02:00:00Z'; use ISO 8601",
         ),
         (",108,109,100,102,8", r"line 4: .*(missing timestamp|cannot parse timestamp)"),
+        # Past nanoseconds' range: an internal error (OutOfBoundsDatetime) under pandas 3, which
+        # parses ISO text to microseconds; pandas 2 cannot parse it at all.
+        (
+            "2262-04-12T00:00:00Z,108,109,100,102,8",
+            r"line 4: (timestamp '2262-04-12T00:00:00Z' is after 2262-04-11, the last day "
+            r"nanosecond timestamps can hold; fix or remove the row|cannot parse timestamp "
+            r"'2262-04-12T00:00:00Z')",
+        ),
     ],
 )
 def test_bad_rows_are_named(tmp_path: Path, replacement: str, message: str) -> None:

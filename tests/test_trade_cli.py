@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from jaxtrader.cli import cli, main
 from jaxtrader.config import AppConfig, DataConfig, DatasetConfig, ModelConfig, TrainConfig
 from jaxtrader.data import load_candles, synth_candles, write_candles
+from jaxtrader.errors import StateError
 from jaxtrader.trading.store import Store
 from jaxtrader.training_run import run_training
 
@@ -230,6 +231,12 @@ def test_portfolio_of_a_missing_file_or_id_is_an_error(
 ) -> None:
     err = one_line_error(*run_cli(["portfolio", "--state", str(tmp_path / "no.db")], capsys)[::2])
     assert "does not exist" in err and not (tmp_path / "no.db").exists()
+    folder = tmp_path / "state.db"  # a folder where the file goes: said so, not "damaged"
+    folder.mkdir()
+    err = one_line_error(*run_cli(["portfolio", "--state", str(folder)], capsys)[::2])
+    assert err == f"error: state file {folder} is a folder; pass --state the file in it"
+    with pytest.raises(StateError, match=rf"^state file {folder} is a folder; pass --state a "):
+        Store(folder)
     Store(tmp_path / "empty.db").close()
     code, out, _ = run_cli(["portfolio", "--state", str(tmp_path / "empty.db")], capsys)
     assert code == 0 and "no strategies" in out

@@ -234,6 +234,8 @@ def portfolio(
     )
     from jaxtrader.trading.store import Store
 
+    if Path(state_path).is_dir():
+        raise StateError(f"state file {state_path} is a folder; pass --state the file in it")
     if not Path(state_path).is_file():
         raise StateError(f"state file {state_path} does not exist; run `jaxtrader trade` first")
     refuse_overwriting({"--trades": trades_path}, {"--state": state_path})

@@ -185,6 +185,11 @@ class Store:
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
             raise StateError(f"state file directory {self.path.parent} does not exist; create it")
+        if self.path.is_dir():
+            raise StateError(
+                f"state file {self.path} is a folder; pass --state a file inside it, e.g. "
+                f"{self.path / 'state.db'}"
+            )
         try:
             self.conn = sqlite3.connect(
                 str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None
