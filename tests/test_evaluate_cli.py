@@ -295,6 +295,9 @@ def test_a_weekday_range_of_a_24_7_market_is_annualised_by_the_calendar_year(
           "--end", friday_end.isoformat(), "--json"])  # fmt: skip
     doc = json.loads(capsys.readouterr().out)
     assert doc["n"] == 5 * 24
+    h = doc["settings"]["horizon"]
+    few = f"only 120 prediction points (effective n {120 // h} for {h}-candle labels): too few"
+    assert any(note.startswith(few) for note in doc["notes"]) == (120 // h < 30)
     assert doc["annualization"]["periods_per_year"] == 8760.0
     assert "weekend candles present" in doc["annualization"]["basis"]
 

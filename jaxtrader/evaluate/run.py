@@ -165,6 +165,9 @@ def _source_sha256(candles: Any) -> str | None:
     return file_sha256(source) if Path(source).is_file() else None
 
 
+FEW_EFFECTIVE_POINTS = 30
+
+
 def _range_rows(dataset: Any, start: Any, end: Any) -> tuple[np.ndarray, list[str]]:
     """Prediction rows with start <= time <= end (UTC timestamps or None = open), and notes.
 
@@ -205,6 +208,14 @@ def _range_rows(dataset: Any, start: Any, end: Any) -> tuple[np.ndarray, list[st
     if rows.size == 0:
         raise DataError(f"--start/--end {span} holds no prediction point; pick a wider span")
     notes = []
+    n_eff = rows.size // dataset.cfg.horizon
+    if n_eff < FEW_EFFECTIVE_POINTS:
+        # A 2-point span reported an annualised Sharpe of -3,358 with nothing said.
+        notes.append(
+            f"only {rows.size} prediction points (effective n {n_eff} for {dataset.cfg.horizon}-"
+            f"candle labels): too few for the intervals, p-values and annualised figures to mean "
+            "much; widen --start/--end"
+        )
     test_start, _ = dataset.splits.range("test")
     if rows[0] < test_start:
         notes.append(
