@@ -4,9 +4,10 @@
 cell with the same executor (local, or Ray: one task per fold), then writes `leaderboard.json`
 and `leaderboard.md`. Every figure in a row is read from that cell's `report.json` (the pooled
 out-of-sample accuracy with its Wilson interval on the effective n, the majority rate, the p-value
-against the better of it and 50%, the seed spread, net Sharpe under the run's decision policy (by default each fold's
-own policy selected on its validation block) with the plain P(up) > threshold rule's beside it, and
-buy-and-hold Sharpe over the stitched test span) plus the cell's wall time; `policy_net_sharpe` is the one place the decision policy's figures are read.
+against the better of it and 50%, the seed spread, net Sharpe under the run's decision policy (by
+default each fold's own policy selected on its validation block) with the plain P(up) > threshold
+rule's beside it, and buy-and-hold Sharpe over the stitched test span) plus the cell's wall time;
+`policy_net_sharpe` is the one place the decision policy's figures are read.
 Rows are sorted by net Sharpe; a row whose p-value, Holm-adjusted over the study's rows
 (`mark_edges`), is not below `alpha` is marked "(no edge)": its accuracy does not beat a constant
 prediction.
@@ -153,6 +154,7 @@ def leaderboard_row(
     from jaxtrader.data import format_interval
 
     p = report["pooled"]
+    p_best = best_constant_p(p)
     policy, sharpe = policy_net_sharpe(report)
     return {
         "market": report["settings"]["symbol"],
@@ -170,10 +172,10 @@ def leaderboard_row(
         "accuracy_ci95": list(p["accuracy_ci95"]),
         "majority_rate": p["majority_rate"],
         "p_value_vs_majority": p["p_value_vs_majority"],
-        "p_value_vs_best_constant": best_constant_p(p),
+        "p_value_vs_best_constant": p_best,
         # Until mark_edges, over all the study's rows: this cell's test on its own.
-        "p_value_holm": best_constant_p(p),
-        "beats_majority": bool(best_constant_p(p) < alpha),
+        "p_value_holm": p_best,
+        "beats_majority": bool(p_best < alpha),
         "seed_accuracy_mean": p["seed_accuracy_mean"],
         "seed_accuracy_std": p["seed_accuracy_std"],
         "policy": policy,
