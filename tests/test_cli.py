@@ -352,10 +352,14 @@ def test_ctrl_c_in_a_command_without_its_own_handler_exits_130(tmp_path: Path) -
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A job started in the background (`cmd &`, as CI runs) inherits SIGINT ignored, and
+        # Python then installs no handler: restore the terminal's default, as for a user.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 30
     while not _catches_sigint(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None, "the command ended before it could be interrupted"
     time.sleep(0.5)  # inside the command by now: the synthetic market takes seconds to draw
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
