@@ -204,6 +204,9 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise ConfigError(
             f"--ray-address {address}: cannot connect to a Ray cluster ({why}); {fix}"
         ) from None
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        sock.close()  # a TLS cluster's GCS expects a handshake first, not cleartext HTTP/2
+        return
     with sock:
         try:
             sock.sendall(_H2_PREFACE)

@@ -258,7 +258,7 @@ def test_only_plain_host_port_addresses_are_probed(monkeypatch: pytest.MonkeyPat
     ],
 )
 def test_an_address_where_something_else_listens_is_not_taken_for_ray(
-    reply: bytes | None, how: str
+    reply: bytes | None, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`ray.init` waited about 20 s against a port held by a program that is not Ray."""
     import socket
@@ -281,9 +281,16 @@ def test_an_address_where_something_else_listens_is_not_taken_for_ray(
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
+    monkeypatch.delenv("RAY_USE_TLS", raising=False)
     try:
         with pytest.raises(ConfigError) as err:
             check_reachable(f"127.0.0.1:{port}", timeout=1)
+        # A TLS cluster's GCS expects a handshake, not cleartext: only the connect is checked.
+        monkeypatch.setenv("RAY_USE_TLS", "1")
+        thread.join(5)
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        check_reachable(f"127.0.0.1:{port}", timeout=1)
     finally:
         thread.join(5)
         server.close()
