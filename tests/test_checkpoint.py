@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from jaxtrader import checkpoint as ckpt
+from jaxtrader.checkpoint.manifest import RETRAIN_HINT
 from jaxtrader.config import AppConfig, DatasetConfig, ModelConfig, TrainConfig, to_dict
 from jaxtrader.errors import CheckpointError
 from jaxtrader.models import build_model
@@ -267,6 +268,16 @@ def test_missing_or_corrupt_manifest(tmp_path: Path, state: TrainState) -> None:
     manifest.write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match=rf"{manifest} is missing scaler"):
         ckpt.read_manifest(vdir)
+    # A value of the wrong kind is named by key (it was an internal error in dataset building).
+    for key, value, wanted in [("horizon", "five", "an integer"), ("seq_len", True, "an integer"),
+                               ("threshold", None, "a number"), ("scaler", [], "a JSON object")]:  # fmt: skip
+        manifest.write_text(json.dumps({**json.loads(good), key: value}))
+        with pytest.raises(CheckpointError) as caught:
+            ckpt.read_manifest(vdir)
+        assert str(caught.value) == (
+            f"{manifest}: {key} is {value!r}, not {wanted}; the file was edited or damaged: "
+            f"{RETRAIN_HINT}"
+        )
 
     manifest.unlink()
     with pytest.raises(CheckpointError, match=rf"{manifest} is missing: the training run"):

@@ -141,10 +141,32 @@ class Manifest:
                 f"version or is damaged: {RETRAIN_HINT}"
             )
         kwargs = {k: d[k] for k in _REQUIRED_KEYS}
+        for key in _REQUIRED_KEYS:
+            kinds, wanted = _FIELD_KINDS[_FIELD_TYPES[key]]
+            value = kwargs[key]
+            # bool is an int to isinstance, but never a count or a seed in a manifest.
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise CheckpointError(
+                    f"{where}: {key} is {value!r}, not {wanted}; the file was edited or damaged: "
+                    f"{RETRAIN_HINT}"
+                )
         kwargs["feature_names"] = tuple(d["feature_names"])
         if d.get("ensemble") is not None:
             kwargs["ensemble"] = dict(d["ensemble"])
         return cls(**kwargs, policy=d.get("policy"))
+
+
+# What each manifest field must hold, by its annotation: a hand-edited `"horizon": "five"` became
+# an internal error deep in dataset building instead of a line naming the key.
+_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(Manifest)}
+_FIELD_KINDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "int": (int, "an integer"),
+    "float": ((int, float), "a number"),
+    "str": (str, "text"),
+    "dict[str, Any]": (dict, "a JSON object"),
+    "dict[str, str]": (dict, "a JSON object"),
+    "tuple[str, ...]": ((list, tuple), "a list of names"),
+}
 
 
 @dataclass(frozen=True)
