@@ -141,10 +141,15 @@ class Policy:
         return cls.from_dict(doc.get("policy", doc), where=str(p))
 
 
+def stands_aside(policy: Mapping[str, Any]) -> bool:
+    """Whether a policy (as `Policy.to_dict()` or a manifest's `policy.rule`) never trades."""
+    return bool(policy["enter"] >= 1.0)
+
+
 def describe_policy(policy: Mapping[str, Any]) -> str:
     """A policy (as `Policy.to_dict()` or a manifest's `policy.rule`) in words, for reports and
     messages."""
-    if policy["enter"] >= 1.0:
+    if stands_aside(policy):
         return "stand aside (never trades)"
     band = f"exit <= {policy['exit']:g}" if policy["exit"] < policy["enter"] else "no band"
     return f"enter > {policy['enter']:g}, {band}, min hold {policy['min_hold']}"

@@ -465,7 +465,9 @@ def _fold_policy_cell(f: dict[str, Any]) -> str:
     d = f.get("fold_policy")
     if d is None:
         return "plain"
-    if d["enter"] >= 1.0:
+    from jaxtrader.decisions import stands_aside
+
+    if stands_aside(d):
         return f"flat ({d['val_net_sharpe']:.2f})"
     return f"{d['enter']:g}/{d['exit']:g}/{d['min_hold']} ({d['val_net_sharpe']:.2f})"
 

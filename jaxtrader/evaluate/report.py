@@ -130,9 +130,9 @@ POLICY_KEYS = (
 
 
 def _describe(policy: dict[str, Any]) -> str:
-    from jaxtrader.decisions import describe_policy
+    from jaxtrader.decisions import describe_policy, stands_aside
 
-    if policy["enter"] >= 1.0:
+    if stands_aside(policy):
         return describe_policy(policy)
     return (
         f"{describe_policy(policy)}, size {policy['max_position']:g}"
