@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jaxtrader.errors import ConfigError
-from jaxtrader.models.archs import ARCH_NAMES, DEFAULT_ARCH, LSTMConfig, TransformerConfig
+from jaxtrader.models.archs import (
+    ARCH_CONFIGS,
+    ARCH_NAMES,
+    DEFAULT_ARCH,
+    LSTMConfig,
+    TransformerConfig,
+)
 
 GapPolicy = Literal["fill", "drop", "error"]
 SEQ_LEN_RANGE = (50, 200)  # window lengths in candles that `dataset.seq_len` may take
@@ -81,6 +87,7 @@ RANGES: dict[str, Range] = {
     "train.epochs": _AT_LEAST_ONE,
     "train.batch_size": _AT_LEAST_ONE,
     "train.eval_batch_size": _AT_LEAST_ONE,
+    "train.data_shards": _AT_LEAST_ONE,
     "train.learning_rate": _POSITIVE,
     "train.weight_decay": _NON_NEGATIVE,
     "train.warmup_steps": _NON_NEGATIVE,
@@ -171,6 +178,10 @@ class TrainConfig:
     max_minutes: float | None = None
     ckpt_dir: str = "ckpt"
     max_to_keep: int = 3
+    # Each batch's gradient as the sum of this many shards, each with its own dropout key, spread
+    # over the host devices (`train.sharded_train_step`); unset: the architecture's default
+    # (`data_shards(cfg)`). The trained numbers depend on it, never on the machine's cores.
+    data_shards: int | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +298,7 @@ def check_values(cfg: AppConfig, source: str | None = None) -> None:
             f"dataset.train_frac + dataset.val_frac = {d.train_frac + d.val_frac:g} leaves no "
             f"test data{where}; keep the sum below 1"
         )
+    check_data_shards(cfg, where)
     # The Transformer's values, checked whatever model.arch is: a study or a later --arch flag
     # may build a Transformer from the same file.
     if m.d_model % m.num_heads or m.d_model % 2:
@@ -294,6 +306,29 @@ def check_values(cfg: AppConfig, source: str | None = None) -> None:
             f"model.d_model={m.d_model} must be even and divisible by model.num_heads="
             f"{m.num_heads}{where}; pick an even d_model and a head count that divides it"
         )
+
+
+def check_data_shards(cfg: AppConfig, where: str = "") -> None:
+    """ConfigError unless an explicit `train.data_shards` divides `train.batch_size` (`train` checks
+    the merged file and flags with this too: either can set one of the two)."""
+    shards = cfg.train.data_shards
+    if shards is not None and cfg.train.batch_size % shards:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} must be a multiple of train.data_shards="
+            f"{shards}{where} (each batch is split into that many equal shards); pick a batch size "
+            "divisible by it (--batch-size), or set train.data_shards = 1 (--data-shards 1)"
+        )
+
+
+def data_shards(cfg: AppConfig) -> int:
+    """How many shards `train` splits each batch into: `train.data_shards`, or when it is unset the
+    architecture's own default (`LSTMConfig.data_shards`, `TransformerConfig.data_shards`) when
+    it divides the batch size, else 1 (an explicit value that does not divide it is refused by
+    `check_values`)."""
+    if cfg.train.data_shards is not None:
+        return cfg.train.data_shards
+    default = ARCH_CONFIGS[cfg.model.arch].data_shards
+    return default if cfg.train.batch_size % default == 0 else 1
 
 
 def _shown(value: Any) -> str:

@@ -287,12 +287,39 @@ def use_seed_devices(k: int, devices: int | None = None) -> int:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_multi_thread_eigen" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} {ONE_XLA_THREAD}".strip()
-    os.environ["JAX_NUM_CPU_DEVICES"] = str(n)
+    _set_host_devices(n)
+    return n
+
+
+def use_data_devices(shards: int) -> int:
+    """Splits this process's CPU into host devices for `train`'s batch shards
+    (`config.data_shards`); returns how many: the largest divisor of `shards` that is at most the
+    cores (capped by $JAXTRADER_SEED_DEVICES, as for seeds).
+
+    Unlike `use_seed_devices`, XLA keeps its thread pool: the shards' gradients run at once on
+    their devices and the rest of the process (validation passes aside, which are sharded too)
+    still gets both cores. Measured on one LSTM step (Intel Xeon, batch 64): 1 device 87-91 ms,
+    2 devices 65-70 ms, with or without one XLA thread per device. Must run before JAX creates its
+    CPU backend; a no-op for n = 1.
+    """
+    n = seed_device_count(shards)
+    if n > 1:
+        _set_host_devices(n)
+    return n
+
+
+def _set_host_devices(n: int) -> None:
     if "jax" in sys.modules:  # JAX reads the variable at import; later, only its config counts
         import jax
 
-        jax.config.update("jax_num_cpu_devices", n)
-    return n
+        try:
+            jax.config.update("jax_num_cpu_devices", n)
+        except RuntimeError:
+            # The backend already runs (a command invoked inside a process that used JAX): the
+            # devices it has are kept, seeds and shards share them with the same numbers, and
+            # child processes do not inherit a device count this process never had.
+            return
+    os.environ["JAX_NUM_CPU_DEVICES"] = str(n)
 
 
 _reuse_in_train_loops = False  # set by prepare_seed_training

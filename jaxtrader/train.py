@@ -241,15 +241,143 @@ def eval_with_logits(state: TrainState, batch: Batch) -> tuple[Metrics, jax.Arra
 train_step = jax.jit(_train_step, donate_argnums=0)
 eval_step = jax.jit(_eval_step)
 
+DATA_AXIS = "data"  # the mesh axis batch shards are spread over
+
+
+def _shard_sums(
+    state: TrainState, batch: Batch, dropout_key: jax.Array
+) -> tuple[Any, dict[str, jax.Array]]:
+    """One shard's gradient of its weighted loss SUM, and its loss, weight and correct sums."""
+    labels_B = batch["label"].astype(jnp.int32)
+
+    def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+        logits_Bx2 = state.apply_fn(
+            {"params": params},
+            batch["seq"],
+            batch["feats"],
+            deterministic=False,
+            rngs={"dropout": dropout_key},
+        )
+        wce_B, w_B = _weighted_ce(logits_Bx2, labels_B, state.class_weights)
+        correct = jnp.sum(jnp.argmax(logits_Bx2, -1) == labels_B).astype(jnp.float32)
+        return wce_B.sum(), {"weight": w_B.sum(), "correct": correct}
+
+    (loss_sum, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return grads, {"loss": loss_sum, **sums}
+
+
+def _sharded_train_step(
+    state: TrainState, batch: Batch, key: jax.Array, *, shards: int, devices: int
+) -> tuple[TrainState, Metrics]:
+    """`_train_step` with the batch cut into `shards` equal row blocks, shard s drawing dropout
+    from `fold_in(step key, s)`: the gradient is the sum of the shards' loss-sum gradients over
+    the sum of their weights, which is the whole batch's weighted mean loss. Runs on one device
+    (the shards in sequence) or inside `shard_map` over `devices` (shards // devices each, then
+    one `psum`): either way the same numbers to float rounding, so a model trained on 2 cores
+    equals one trained on 1."""
+    per_device = shards // devices
+    first = jax.lax.axis_index(DATA_AXIS) * per_device if devices > 1 else 0
+    step_key = jax.random.fold_in(key, state.step)
+    rows = batch["label"].shape[0] // per_device
+    grads: Any = None
+    sums: dict[str, jax.Array] = {}
+    for j in range(per_device):
+        piece = jax.tree.map(lambda x, j=j: x[j * rows : (j + 1) * rows], batch)
+        g, s = _shard_sums(state, piece, jax.random.fold_in(step_key, first + j))
+        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+        sums = s if not sums else {k: sums[k] + s[k] for k in sums}
+    if devices > 1:
+        grads, sums = jax.lax.psum((grads, sums), DATA_AXIS)
+    metrics = {
+        "loss": sums["loss"] / sums["weight"],
+        "accuracy": sums["correct"] / (rows * shards),
+        "lr": jnp.asarray(state.learning_rate(), jnp.float32),
+    }
+    grads = jax.tree.map(lambda g: g / sums["weight"], grads)
+    return state.apply_gradients(grads=grads), metrics
+
+
+def data_mesh(devices: int) -> jax.sharding.Mesh:
+    """The first `devices` host devices as a one-axis mesh (`DATA_AXIS`)."""
+    return jax.sharding.Mesh(np.array(jax.local_devices()[:devices]), (DATA_AXIS,))
+
+
+def data_devices(shards: int) -> int:
+    """How many of this process's devices `shards` batch shards run on (`runtime.use_data_devices`
+    made them): the largest divisor of `shards` that is at most the device count."""
+    from jaxtrader.runtime import seed_device_count
+
+    return seed_device_count(shards, cores=len(jax.local_devices()))
+
+
+@functools.cache
+def sharded_train_step(shards: int, devices: int) -> Callable[..., tuple[TrainState, Metrics]]:
+    """The jitted train step for `shards` batch shards on `devices` devices (1 shard: `train_step`).
+    With `devices` > 1 the state and key go in replicated and the batch split by rows
+    (`place_for_data`)."""
+    if shards == 1:
+        return train_step
+    fn = functools.partial(_sharded_train_step, shards=shards, devices=devices)
+    if devices == 1:
+        return jax.jit(fn, donate_argnums=0)
+    P = jax.sharding.PartitionSpec
+    mapped = jax.shard_map(
+        fn,
+        mesh=data_mesh(devices),
+        in_specs=(P(), P(DATA_AXIS), P()),
+        out_specs=(P(), P()),
+        check_vma=False,  # the state comes out equal on every device: the psum made it so
+    )
+    return jax.jit(mapped, donate_argnums=0)
+
+
+@functools.cache
+def sharded_eval_step(devices: int) -> Callable[[TrainState, Batch], Metrics]:
+    """`eval_step` with the batch's rows split over `devices` devices and the sums psummed."""
+    if devices == 1:
+        return eval_step
+    P = jax.sharding.PartitionSpec
+
+    def local(state: TrainState, batch: Batch) -> Metrics:
+        return jax.lax.psum(_eval_step(state, batch), DATA_AXIS)
+
+    mapped = jax.shard_map(
+        local,
+        mesh=data_mesh(devices),
+        in_specs=(P(), P(DATA_AXIS)),
+        out_specs=P(),
+        check_vma=False,
+    )
+    return jax.jit(mapped)
+
+
+def place_for_data(tree: Any, devices: int, *, split: bool) -> Any:
+    """`tree` on the data mesh: rows split over the devices (`split`) or replicated."""
+    if devices == 1:
+        return tree
+    P = jax.sharding.PartitionSpec
+    spec = P(DATA_AXIS) if split else P()
+    return jax.device_put(tree, jax.sharding.NamedSharding(data_mesh(devices), spec))
+
+
+def on_one_device(tree: Any, devices: int) -> Any:
+    """`tree` moved off the data mesh onto the first device (as is when `devices` is 1)."""
+    return tree if devices == 1 else jax.device_put(tree, jax.local_devices()[0])
+
 
 def evaluate(
-    state: TrainState, dataset: BatchSource, split: str, batch_size: int
+    state: TrainState, dataset: BatchSource, split: str, batch_size: int, devices: int = 1
 ) -> dict[str, float]:
-    """Masked loss, accuracy and majority-class rate of `split` (padding rows never count)."""
+    """Masked loss, accuracy and majority-class rate of `split` (padding rows never count).
+    `devices` > 1: each batch's rows split over the data mesh (`state` replicated on it), when
+    the batch size allows."""
+    if batch_size % devices:
+        state, devices = on_one_device(state, devices), 1
+    step = sharded_eval_step(devices)
     totals: dict[str, float] = {}
     pending: list[Metrics] = []
     for batch in dataset.eval_batches(split, batch_size):
-        pending.append(eval_step(state, batch))
+        pending.append(step(state, place_for_data(batch, devices, split=True)))
     for m in jax.device_get(pending):
         for k, v in m.items():
             totals[k] = totals.get(k, 0.0) + float(v)
@@ -377,6 +505,15 @@ def fit(
     if cfg.class_weights:
         state = state.replace(class_weights=jnp.asarray(class_weights_from_counts(counts)))
     n_steps = steps_per_epoch(dataset, cfg.batch_size)
+    shards = cfg.data_shards or 1
+    if cfg.batch_size % shards:
+        raise DeepLearningError(
+            f"train.batch_size={cfg.batch_size} is not a multiple of train.data_shards={shards}"
+        )
+    devices = data_devices(shards)
+    step_fn = sharded_train_step(shards, devices)
+    state = place_for_data(state, devices, split=False)
+    dropout_key = place_for_data(dropout_key, devices, split=False)
     log_event(
         logger,
         "fit_start",
@@ -385,6 +522,8 @@ def fit(
         steps_per_epoch=n_steps,
         epochs=cfg.epochs,
         class_weights=np.asarray(state.class_weights).round(4).tolist(),
+        data_shards=shards,
+        devices=devices,
     )
     sink = None
     if metrics_path is not None:
@@ -410,7 +549,9 @@ def fit(
             epoch_key = jax.random.fold_in(shuffle_key, epoch)
             for batch in dataset.batches("train", cfg.batch_size, epoch_key):
                 step += 1
-                state, metrics = train_step(state, batch, dropout_key)
+                state, metrics = step_fn(
+                    state, place_for_data(batch, devices, split=True), dropout_key
+                )
                 # Fetch the previous step's metrics only now, so the host prepares the next
                 # batch while the device still computes this one; the NaN check stays exact.
                 if pending is not None:
@@ -427,7 +568,7 @@ def fit(
                 meter.add(*pending)
             meter.bar.close()
             train_seconds = time.perf_counter() - t_epoch
-            val = evaluate(state, dataset, "val", cfg.eval_batch_size)
+            val = evaluate(state, dataset, "val", cfg.eval_batch_size, devices)
             majority = val["majority_rate"]
             n_done = meter.steps
             record: dict[str, Any] = {
@@ -462,7 +603,9 @@ def fit(
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
             if on_epoch is not None:
-                on_epoch(epoch, state, dict(record))
+                # On one device, as from an unsharded fit: a checkpoint saved from a state
+                # spread over 2 devices would not restore in a process that has one.
+                on_epoch(epoch, on_one_device(state, devices), dict(record))
             if stopped != "max_epochs":  # stopped mid-epoch
                 break
             if (reason := stop_reason()) is not None:
@@ -475,6 +618,7 @@ def fit(
         if sink is not None:
             sink.close()
 
+    state = on_one_device(state, devices)  # for the caller, as from an unsharded fit
     if best["params"] is not None:
         state = state.replace(params=jax.device_put(best["params"]))
     seconds = time.perf_counter() - t_fit

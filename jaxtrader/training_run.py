@@ -131,12 +131,14 @@ def run_training(
     possibly partial) with a manifest whose stopped_reason is "interrupted", then raise
     TrainingInterrupted carrying the summary; a plain KeyboardInterrupt when nothing could be saved.
     """
+    import dataclasses
     import shutil
     import time
 
     import jax
 
     from jaxtrader import checkpoint as ckpt
+    from jaxtrader.config import data_shards
     from jaxtrader.data import load_market
     from jaxtrader.dataset import build_dataset
     from jaxtrader.logs import get_logger, log_event
@@ -147,6 +149,10 @@ def run_training(
 
     t_start = time.perf_counter()
     logger = get_logger("train")
+    # The arch's default shard count, resolved here so the manifest records the number trained with.
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, data_shards=data_shards(cfg))
+    )
     enable_compilation_cache()
     if candles is None:
         candles = load_market(cfg.data)

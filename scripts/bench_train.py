@@ -27,6 +27,7 @@ step against one PyTorch model, measured in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -35,6 +36,8 @@ import sys
 import tempfile
 import time
 from typing import Any
+
+from jaxtrader.config import TrainConfig
 
 SEQ_LEN = 100
 TORCH_BATCH = 64  # the PyTorch twin's fixed batch
@@ -64,6 +67,14 @@ def child(args: argparse.Namespace) -> None:
     else:
         runtime.tune_malloc(reuse_freed=args.seeds == 1 or args.seed_malloc == "full")
     devices = 1
+    shards = 1
+    if args.seeds == 1 and args.variant != "one_shard":
+        # As `jaxtrader train`: the arch's batch shards (train.data_shards), a host device each.
+        from jaxtrader.config import AppConfig, ModelConfig, data_shards
+
+        app = AppConfig(model=ModelConfig(arch=args.arch))
+        shards = data_shards(dataclasses.replace(app, train=TrainConfig(batch_size=args.batch)))
+        runtime.use_data_devices(shards)
     if as_walkforward:
         devices = runtime.prepare_seed_training(args.seeds, args.seed_devices or None)
     elif args.seeds > 1:  # the heap settings above stay for the whole run
@@ -71,15 +82,13 @@ def child(args: argparse.Namespace) -> None:
 
     if args.cache_dir:
         runtime.enable_compilation_cache(args.cache_dir)
-    import dataclasses
-
     import jax
     import numpy as np
 
-    from jaxtrader.config import TrainConfig
+    from jaxtrader import train
     from jaxtrader.models import build_model, with_defaults
     from jaxtrader.models.lstm import LSTMClassifier
-    from jaxtrader.train import create_train_state, train_step
+    from jaxtrader.train import create_train_state
 
     cfg = TrainConfig(batch_size=args.batch)
     mcfg = with_defaults(args.arch)
@@ -123,10 +132,15 @@ def child(args: argparse.Namespace) -> None:
 
     else:
         state = create_train_state(model, cfg, jax.random.key(0), batches[0], 10_000)
-        step_fn = train_step
+        devices = train.data_devices(shards)
+        step_fn = train.sharded_train_step(shards, devices)
+        state = train.place_for_data(state, devices, split=False)
+        batches = [train.place_for_data(b, devices, split=True) for b in batches]
     jax.block_until_ready(state.params)
     init_s = time.perf_counter() - t_init
     key = jax.random.key(1)
+    if args.seeds == 1:
+        key = train.place_for_data(key, devices, split=False)
     t_first = time.perf_counter()
     state, metrics = step_fn(state, batches[0], key)
     jax.block_until_ready(metrics)
@@ -156,7 +170,8 @@ def child(args: argparse.Namespace) -> None:
                 "variant": args.variant,
                 "batch": args.batch,
                 "seeds": args.seeds,
-                "seed_devices": devices,
+                "seed_devices": devices,  # for K = 1: the data shards' devices
+                "data_shards": shards,
                 "huge_pages": heap.huge_pages,
                 "mapped_blocks": heap.mapped,
                 "tcmalloc": runtime.tcmalloc_active(),
@@ -246,7 +261,8 @@ def main() -> None:
     p.add_argument(
         "--variants",
         action="store_true",
-        help="also LSTM with the input projection outside the scan, Transformer without dropout",
+        help="also LSTM with one nn.RNN scan per layer and with one batch shard "
+        "(train.data_shards = 1), Transformer without dropout",
     )
     p.add_argument("--batch", type=int, nargs="+", default=[64, 128])
     p.add_argument("--steps", type=int, default=10, help="steps per timed window")
@@ -306,6 +322,8 @@ def main() -> None:
         variants = ["default"]
         if a.variants:
             variants.append("layered" if arch == "lstm" else "dropout0")
+            if arch == "lstm":  # the Transformer's default is one shard already
+                variants.append("one_shard")
         configs += [(arch, v, b, k) for v in variants for b in a.batch for k in a.seeds]
     results: dict[tuple[str, str, int, int], list[Any]] = {c: [] for c in configs}
     separate: dict[tuple[str, int], list[dict[str, float]]] = {}

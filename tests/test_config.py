@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxtrader.config import AppConfig, load_config, to_toml, with_overrides
+from jaxtrader.config import AppConfig, data_shards, load_config, to_toml, with_overrides
 from jaxtrader.errors import ConfigError
 
 
@@ -212,3 +212,28 @@ def test_a_key_outside_any_table_is_named_with_its_table(tmp_path: Path) -> None
         f"'epochs' in config file {path} is a key outside any table; put it under [train] "
         "(tables: [backtest], [data], [dataset], [model], [risk], [train])"
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shards"),
+    [
+        ({"model.arch": "lstm"}, 2),  # the LSTM's default: its step 1.3x faster on 2 cores
+        ({"model.arch": "transformer"}, 1),
+        ({"model.arch": "lstm", "train.batch_size": 33}, 1),  # the default must divide the batch
+        ({"model.arch": "transformer", "train.data_shards": 4}, 4),
+        ({"model.arch": "lstm", "train.data_shards": 1}, 1),
+    ],
+)
+def test_data_shards_are_the_arch_default_unless_set(overrides: dict, shards: int) -> None:
+    assert data_shards(with_overrides(AppConfig(), overrides)) == shards
+
+
+def test_data_shards_that_do_not_divide_the_batch_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nbatch_size = 30\ndata_shards = 4\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"train\.batch_size=30 must be a multiple of "
+        r"train\.data_shards=4 \(config file .*c\.toml\)",
+    ):
+        load_config(path)

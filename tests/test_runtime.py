@@ -620,3 +620,44 @@ def test_on_glibc_the_allocated_count_sees_a_block_come_and_go() -> None:
     assert not got["tcmalloc"], got
     assert got["awaited"]["held"] > 250 and abs(got["awaited"]["after"]) < 20, got
     assert 0.01 <= got["awaited"]["waited"] < 0.1, got
+
+
+_DATA_DEVICES = r"""
+import json, os
+from jaxtrader import runtime
+n = runtime.use_data_devices(4)
+import jax
+print(json.dumps({"n": n, "devices": len(jax.local_devices()),
+                  "flags": os.environ.get("XLA_FLAGS", "")}))
+"""
+
+
+def test_data_devices_split_the_cores_and_keep_the_thread_pool() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _DATA_DEVICES],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**env, runtime.SEED_DEVICES_VAR: ""},
+        timeout=120,
+    )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # 4 shards: the largest divisor of 4 the cores allow (2 on a 2-core machine), and XLA keeps
+    # its thread pool (unlike the seeds' one thread per device).
+    expected = max(d for d in (1, 2, 4) if d <= runtime.available_cores())
+    assert out["n"] == out["devices"] == expected
+    assert "xla_cpu_multi_thread_eigen" not in out["flags"]
+
+
+def test_data_devices_leave_a_running_backend_and_the_environment_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import jax
+
+    monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+    monkeypatch.setenv(runtime.SEED_DEVICES_VAR, "")
+    before = len(jax.local_devices())  # the backend is up in this process
+    runtime.use_data_devices(2)  # no RuntimeError from jax.config
+    assert len(jax.local_devices()) == before
+    assert "JAX_NUM_CPU_DEVICES" not in os.environ  # children would inherit it

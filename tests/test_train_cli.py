@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 from conftest import event_scalars, extra_or_skip
 
@@ -112,6 +113,10 @@ def test_train_twice_then_list(workdir: Path) -> None:
     )
     start = next(e for e in events if e["event"] == "train_start")
     assert start["allocator"] == ("tcmalloc" if "libtcmalloc" in preload else "glibc"), start
+    # The LSTM's batches in 2 shards, on a host device each where 2 cores are there.
+    fit_start = next(e for e in events if e["event"] == "fit_start")
+    assert fit_start["data_shards"] == 2, fit_start
+    assert fit_start["devices"] == min(2, runtime.available_cores()), fit_start
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
@@ -125,6 +130,15 @@ def test_train_twice_then_list(workdir: Path) -> None:
     assert m2.data["sha256"] == file_sha256(data) and m2.data["path"] == str(data)
     assert m2.metrics["stopped_reason"] == "interrupted"
     assert m2.best_step == m2.metrics["best_epoch"] <= m2.metrics["epochs"]
+    assert m2.config["train"]["data_shards"] == 2  # the arch's default, resolved and recorded
+    # Trained on 2 devices, restored in this 1-device process: the checkpoint holds one device's
+    # arrays (a state saved spread over the mesh failed here with Orbax's "Topology mismatch").
+    from jaxtrader.data import load_candles
+    from jaxtrader.inference import Predictor
+
+    predictor = Predictor.load(checkpoint=v2)
+    p_up = predictor.predict_split(predictor.rebuild_dataset(load_candles(data)), "test")
+    assert len(p_up) > 50 and np.isfinite(p_up).all() and 0 < p_up.min() <= p_up.max() < 1
 
     # Listing needs no JAX: run it in this process.
     from click.testing import CliRunner
@@ -261,6 +275,7 @@ def test_unknown_arch_is_one_line_exit_2(
         (["--batch-size", "many"], "Invalid value for '--batch-size'"),
         (["--max-minutes", "-1"], "Invalid value for '--max-minutes'"),
         (["--no-such-flag"], "No such option '--no-such-flag'"),
+        (["--data-shards", "0"], "Invalid value for '--data-shards'"),
     ],
 )
 def test_bad_flags_exit_2(workdir: Path, flags: list[str], message: str) -> None:
@@ -272,6 +287,16 @@ def test_bad_flags_exit_2(workdir: Path, flags: list[str], message: str) -> None
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_shards_that_do_not_divide_the_batch_are_one_line(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main_exit(["train", "--arch", "lstm", "--data-shards", "3"], workdir, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("error: train.batch_size=64 must be a multiple of train.data_shards=3")
+    assert not (workdir / "ckpt").exists()  # refused before any version directory
 
 
 def test_a_wrong_allocator_choice_is_one_line(

@@ -79,6 +79,14 @@ def _print_summary(state: CliState, summary: dict[str, Any]) -> None:
 @click.option("--epochs", type=ranged("train.epochs"), default=None, help="Maximum epochs.")
 @batch_window_options
 @click.option("--seed", type=int, default=None, help="PRNG seed (init, shuffling, dropout).")
+@click.option(
+    "--data-shards",
+    type=ranged("train.data_shards"),
+    default=None,
+    help="Split each batch into N shards, each with its own dropout key, on a core each where "
+    "there are enough; the trained numbers depend on N, not on the cores (train.data_shards). "
+    "Default: the arch's (lstm 2, transformer 1).",
+)
 @click.option("--ckpt-dir", type=str, default=None, help="Checkpoint root. Default: ckpt.")
 @click.option(
     "--max-minutes",
@@ -96,6 +104,7 @@ def train(
     seq_len: int | None,
     horizon: int | None,
     seed: int | None,
+    data_shards: int | None,
     ckpt_dir: str | None,
     max_minutes: float | None,
     lr: float | None,
@@ -120,17 +129,23 @@ def train(
             "dataset.seq_len": seq_len,
             "dataset.horizon": horizon,
             "train.seed": seed,
+            "train.data_shards": data_shards,
             "train.ckpt_dir": ckpt_dir,
             "train.max_minutes": max_minutes,
             **train_knob_overrides(lr, weight_decay, patience, dropout, threshold),
             **data_overrides(**data_flags),
         }
     )
-    from jaxtrader.runtime import malloc_choice
-    from jaxtrader.training_run import TrainingInterrupted, run_training
+    from jaxtrader.config import check_data_shards
+    from jaxtrader.config import data_shards as resolved_shards
+    from jaxtrader.runtime import malloc_choice, use_data_devices
 
     check_arch(cfg.model.arch)
+    check_data_shards(cfg)
     malloc_choice()  # a wrong $JAXTRADER_MALLOC (main's restart skipped it) is one line here
+    use_data_devices(resolved_shards(cfg))  # before JAX starts: the batch shards' host devices
+    from jaxtrader.training_run import TrainingInterrupted, run_training
+
     try:
         summary = run_training(cfg).summary
     except TrainingInterrupted as e:

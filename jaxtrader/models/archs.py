@@ -11,7 +11,7 @@ built from; the flat `[model]` TOML table (`ModelConfig`) is their union plus `a
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:
     from jaxtrader.config import ModelConfig
@@ -24,6 +24,11 @@ class LSTMConfig:
     hidden: int = 128
     num_layers: int = 2
     dropout: float = 0.1
+    # `train`'s default batch shards (`train.data_shards`). Not a model field: each shard's
+    # gradient runs on its own host device, and one LSTM's ~20 small ops per time step keep only
+    # ~1.6 of 2 cores busy through XLA's thread pool; 2 shards ran its step 1.3x faster (Intel
+    # Xeon, docs/decisions.md "One LSTM's batch in two shards").
+    data_shards: ClassVar[int] = 2
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class TransformerConfig:
     pos_encoding: Literal["sinusoidal", "learned"] = "sinusoidal"
     # How the 86 features join the sequence: added to every position, or a token.
     feature_join: Literal["add", "token"] = "add"
+    # One Transformer already keeps both cores busy: 2 shards ran its step no faster.
+    data_shards: ClassVar[int] = 1
 
 
 ArchConfig = LSTMConfig | TransformerConfig
