@@ -365,3 +365,23 @@ def test_ctrl_c_in_a_command_without_its_own_handler_exits_130(tmp_path: Path) -
     stdout, stderr = proc.communicate(timeout=60)
     # click writes a newline first, so the line starts after the terminal's "^C".
     assert (proc.returncode, stdout, stderr.strip()) == (130, "", "interrupted")
+
+
+def test_seed_commands_note_a_data_shards_setting_they_do_not_use(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import dataclasses
+
+    from jaxtrader.cli.common import note_unused_data_shards
+    from jaxtrader.config import AppConfig, TrainConfig
+
+    note_unused_data_shards(AppConfig(), "walkforward")  # unset: the arch default, nothing to say
+    note_unused_data_shards(
+        dataclasses.replace(AppConfig(), train=TrainConfig(data_shards=1)), "study"
+    )
+    assert capsys.readouterr().err == ""
+    note_unused_data_shards(
+        dataclasses.replace(AppConfig(), train=TrainConfig(data_shards=2)), "study"
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("note: train.data_shards=2 applies to `train` only; study splits")

@@ -334,6 +334,17 @@ def executor_options(fn: F) -> F:
     return fn
 
 
+def note_unused_data_shards(cfg: AppConfig, command: str) -> None:
+    """A note when a config sets train.data_shards for a seed command, which does not use it."""
+    shards = cfg.train.data_shards
+    if shards is not None and shards > 1:
+        notice(
+            "config_note",
+            f"note: train.data_shards={shards} applies to `train` only; {command} splits its K "
+            "seeds over the cores instead, each seed with its whole batch",
+        )
+
+
 def prepare_executor(executor: str, seeds: int) -> None:
     """Before JAX starts: with the local executor, the K seeds split over the cores and their heap
     settings (`runtime.prepare_seed_training`); Ray fold workers run one XLA thread each

@@ -19,6 +19,7 @@ from jaxtrader.cli.common import (
     data_overrides,
     echo,
     executor_options,
+    note_unused_data_shards,
     prepare_executor,
     ranged,
     refuse_inputs_inside,
@@ -161,6 +162,7 @@ def study(
             out=str(run_dir),
         )
 
+    note_unused_data_shards(base, "study")
     prepare_executor(executor, wf.seeds)  # before JAX starts
     runner = start_executor(executor, ray_address)  # before our handlers: ray.init sets SIGTERM's
     signals = _StopAfterFold()

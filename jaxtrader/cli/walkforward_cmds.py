@@ -30,6 +30,7 @@ from jaxtrader.cli.common import (
     echo,
     executor_options,
     knob_options,
+    note_unused_data_shards,
     prepare_executor,
     ranged,
     refuse_inputs_inside,
@@ -249,6 +250,7 @@ def walkforward(
         text = f"{format_plan(plan)}\nrun directory: {out_dir}"
         echo(text, err=as_json, event="walkforward_plan", out=str(out_dir))
 
+    note_unused_data_shards(cfg, "walkforward")
     prepare_executor(executor, wf.seeds)  # before JAX starts
 
     from jaxtrader.executors import close_executor, describe, start_executor
