@@ -297,9 +297,16 @@ def _sharded_train_step(
     return state.apply_gradients(grads=grads), metrics
 
 
+@functools.cache
 def data_mesh(devices: int) -> jax.sharding.Mesh:
     """The first `devices` host devices as a one-axis mesh (`DATA_AXIS`)."""
     return jax.sharding.Mesh(np.array(jax.local_devices()[:devices]), (DATA_AXIS,))
+
+
+@functools.cache
+def _data_sharding(devices: int, split: bool) -> jax.sharding.NamedSharding:
+    P = jax.sharding.PartitionSpec
+    return jax.sharding.NamedSharding(data_mesh(devices), P(DATA_AXIS) if split else P())
 
 
 def data_devices(shards: int) -> int:
@@ -355,9 +362,7 @@ def place_for_data(tree: Any, devices: int, *, split: bool) -> Any:
     """`tree` on the data mesh: rows split over the devices (`split`) or replicated."""
     if devices == 1:
         return tree
-    P = jax.sharding.PartitionSpec
-    spec = P(DATA_AXIS) if split else P()
-    return jax.device_put(tree, jax.sharding.NamedSharding(data_mesh(devices), spec))
+    return jax.device_put(tree, _data_sharding(devices, split))
 
 
 def on_one_device(tree: Any, devices: int) -> Any:
