@@ -198,18 +198,42 @@ def _iso(ts: pd.Timestamp) -> str:
 # ----------------------------------------------------------------------------- candle checks
 
 
-def _first_problem(
+# The largest price or volume, and the smallest positive price, a candle may carry. Nothing real
+# comes near either end: prices run from ~1e-14 (meme coins quoted in BTC) to ~1e11 (BTC in
+# Iranian rial), base volumes to ~1e20 (a month of a 1e-12-dollar token), so a value past them is
+# a corrupt or mis-scaled field. Inside them every product the features form stays finite and
+# normal in float64 (max 1.8e308, smallest normal 2.2e-308) with a wide margin: price^2
+# (Bollinger's variance sums; prices below ~1e-154 underflow them to a silent zero band width)
+# and price x volume summed over a billion candles (MFI, VWAP, Chaikin: 1e69 at most). Without
+# them a volume of 1e300 went through as valid and 1e305 overflowed price x volume (mfi_14 NaN,
+# blamed on the validator). Checked in `first_candle_problem`, so the loader, `candle_problem`
+# (trading feeds, the trading manager) and fetch refuse the same candles. Zero volume stays
+# valid (gap-filled and idle candles). A value inside the bounds but far out of scale with its
+# series is left to `features`, which names it if it breaks a feature.
+MAX_VALUE = 1e30
+MIN_PRICE = 1e-30
+
+
+def first_candle_problem(
     o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, v: np.ndarray
 ) -> tuple[int, str] | None:
     """Row index and description of the first invalid candle; checks in priority order.
 
     The loader calls it on whole columns and `candle_problem` on one candle: one implementation.
+    `features` calls it too, to name the invalid input behind a non-finite feature value.
     """
     with np.errstate(invalid="ignore"):
         finite = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) & np.isfinite(v)
+        positive = finite & (o > 0) & (h > 0) & (lo > 0) & (c > 0)
+        prices = (o, h, lo, c)
         masks = (
             ~finite,
-            finite & ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0)),
+            finite & ~positive,
+            positive
+            & (
+                (v > MAX_VALUE)
+                | np.logical_or.reduce([(x > MAX_VALUE) | (x < MIN_PRICE) for x in prices])
+            ),
             finite & (h < lo),
             finite & (h < np.maximum(o, c)),
             finite & (lo > np.minimum(o, c)),
@@ -225,6 +249,25 @@ def _first_problem(
     return None
 
 
+def _out_of_range(values: dict[str, float]) -> str:
+    """'volume 1e+300 is above 1e+30, ...' for the fields of one candle beyond the bounds."""
+    parts = []
+    for names, bound, side in (
+        ([n for n, x in values.items() if x > MAX_VALUE], MAX_VALUE, "above {:g}, the largest"),
+        (
+            [n for n, x in values.items() if n != "volume" and 0 < x < MIN_PRICE],
+            MIN_PRICE,
+            "below {:g}, the smallest",
+        ),
+    ):
+        if names:
+            listed = ", ".join(f"{n} {values[n]:g}" for n in names)
+            what = "price or volume" if side.endswith("largest") else "price"
+            verb = "is" if len(names) == 1 else "are"
+            parts.append(f"{listed} {verb} {side.format(bound)} {what} accepted")
+    return "; ".join(parts) + " (no market trades at that scale: a corrupt or mis-scaled value)"
+
+
 def _describe(kind: int, o: float, h: float, lo: float, c: float, v: float) -> str:
     values = dict(zip(OHLCV, (o, h, lo, c, v), strict=True))
     if kind == 0:
@@ -234,10 +277,12 @@ def _describe(kind: int, o: float, h: float, lo: float, c: float, v: float) -> s
         names = [f"{n}={x:g}" for n, x in values.items() if n != "volume" and x <= 0]
         return f"non-positive price ({', '.join(names)})"
     if kind == 2:
-        return f"high {h:g} is below low {lo:g}"
+        return _out_of_range(values)
     if kind == 3:
-        return f"high {h:g} is below max(open, close) {max(o, c):g}"
+        return f"high {h:g} is below low {lo:g}"
     if kind == 4:
+        return f"high {h:g} is below max(open, close) {max(o, c):g}"
+    if kind == 5:
         return f"low {lo:g} is above min(open, close) {min(o, c):g}"
     return f"negative volume {v:g}"
 
@@ -247,7 +292,7 @@ def candle_problem(ts: Any, o: float, h: float, l: float, c: float, v: float, /)
     if ts is None or pd.isna(ts):
         return "missing timestamp"
     arrays = [np.array([x], dtype=np.float64) for x in (o, h, l, c, v)]
-    found = _first_problem(*arrays)
+    found = first_candle_problem(*arrays)
     return None if found is None else found[1]
 
 
@@ -595,9 +640,10 @@ def load_candles(
     """Reads, validates and normalises one candle file. See the module docstring for formats.
 
     Raises DataError naming the file and the first offending row for anything it cannot trust:
-    unreadable/empty files, missing columns, bad timestamps, NaN/inf, non-positive prices,
-    inconsistent OHLC, negative volume, duplicates (unless `dedupe`), off-grid timestamps, a given
-    `interval` that disagrees with the data, and gaps when `gaps="error"`.
+    unreadable/empty files, missing columns, bad timestamps, NaN/inf, non-positive prices, prices
+    or volume past `MAX_VALUE` / `MIN_PRICE`, inconsistent OHLC, negative volume, duplicates
+    (unless `dedupe`), off-grid timestamps, a given `interval` that disagrees with the data, and
+    gaps when `gaps="error"`.
     """
     if gaps not in ("fill", "drop", "error"):
         raise DataError(f"invalid gap policy {gaps!r}; use fill, drop or error")
@@ -617,7 +663,7 @@ def load_candles(
     ts = _parse_timestamps(time_col, raw, p)
     values = {name: _numeric(table[cols[name]], name, raw, p) for name in OHLCV}
 
-    found = _first_problem(*(values[n] for n in OHLCV))
+    found = first_candle_problem(*(values[n] for n in OHLCV))
     if found is not None:
         i, problem = found
         raise DataError(

@@ -627,32 +627,78 @@ def _iso(ts_ns: Array, i: int) -> str:
     return pd.Timestamp(int(ts_ns[i]), unit="ns", tz="UTC").isoformat()
 
 
+# An input this many times its column's median (or this small a fraction of it) explains a
+# non-finite feature in valid candles: rolling sums are differences of one cumulative sum, whose
+# rounding is relative to its largest terms, so a value ~1e16 times its neighbours leaves the
+# later windows' sums at rounding noise (a zero VWAP, then close / 0 = inf).
+_OUT_OF_SCALE = 1e6
+
+
 def _raise_not_finite(out: Array, ts_ns: Array, inputs: tuple[Array, ...]) -> None:
+    """FeatureError for the first non-finite value after warm-up, naming the input behind it.
+
+    Three causes, each with its own remedy: an invalid candle (NaN/inf, a non-positive price,
+    negative volume, a price or volume past `jaxtrader.data`'s bounds: what the loader refuses,
+    worded by the same check); a valid candle out of scale with the rest of the series; else a
+    fault in this module, which must not send the user to re-check data the loader accepted.
+    """
     bad = ~np.isfinite(out[WARMUP:])
     first_rows = np.where(bad.any(axis=0), bad.argmax(axis=0), len(bad))
     j = int(first_rows.argmin())
     i = WARMUP + int(first_rows[j])
     value = out[i, j]
     what = "NaN" if np.isnan(value) else "infinite"
-    hint = ""
-    for col, x in zip(_COLUMNS, inputs, strict=True):
-        head = x[: i + 1]
-        invalid = ~np.isfinite(head) | ((head < 0) if col == "volume" else (head <= 0))
-        if invalid.any():
-            k = int(invalid.argmax())
-            hint = f" (input {col} is {float(x[k])!r} at {_iso(ts_ns, k)})"
-            break
+    head = tuple(x[: i + 1] for x in inputs)
+    at = f"feature {FEATURE_NAMES[j]} is {what} at {_iso(ts_ns, i)} (row {i})"
+    from jaxtrader.data import first_candle_problem
+
+    found = first_candle_problem(*head)
+    if found is not None:
+        k, problem = found
+        raise FeatureError(
+            f"{at}: the input candle at {_iso(ts_ns, k)} (row {k}) is invalid: {problem}; fix "
+            "or remove that candle (jaxtrader.data.load_candles refuses such candles)"
+        )
+    far = _farthest_from_median(head)
+    if far is not None:
+        col, k, ratio = far
+        x = float(inputs[_COLUMNS.index(col)][k])
+        raise FeatureError(
+            f"{at}: input {col} {x:g} at {_iso(ts_ns, k)} (row {k}) is {ratio:.0e} times the "
+            f"median {col} up to there, too far out of scale for float64 rolling sums; the candle "
+            "passes validation but is almost surely wrong: check it, fix or remove it"
+        )
     raise FeatureError(
-        f"feature {FEATURE_NAMES[j]} is {what} at {_iso(ts_ns, i)} (row {i}){hint}; "
-        "validate the candles with jaxtrader.data (candle_problem) or drop the bad rows"
+        f"{at} from valid candles of ordinary scale; this is a jaxtrader bug, please report it "
+        "with the candle file"
     )
+
+
+def _farthest_from_median(head: tuple[Array, ...]) -> tuple[str, int, float] | None:
+    """(column, row, value / median) of the input farthest in ratio from its column's median,
+    when that is beyond `_OUT_OF_SCALE` either way; volume compares its positive values only."""
+    best: tuple[str, int, float] | None = None
+    score = math.log(_OUT_OF_SCALE)
+    for col, x in zip(_COLUMNS, head, strict=True):
+        pos = np.flatnonzero(x > 0)
+        if pos.size == 0:
+            continue
+        logs = np.log(x[pos])
+        dev = np.abs(logs - np.median(logs))
+        m = int(dev.argmax())
+        if dev[m] >= score:
+            score = float(dev[m])
+            best = (col, int(pos[m]), math.exp(float(logs[m] - np.median(logs))))
+    return best
 
 
 def compute_features(frame: pd.DataFrame) -> pd.DataFrame:
     """The 86 causal features for every candle of `frame` (index kept, NaN before WARMUP).
 
     Raises FeatureError naming the feature and timestamp when a value after warm-up is NaN or
-    infinite (a NaN, zero or negative price in the input).
+    infinite, and the input behind it: an invalid candle (what `jaxtrader.data` refuses: NaN,
+    a non-positive price, a price or volume past its bounds), or a valid one out of scale with
+    the series.
     """
     import pandas as pd
 

@@ -248,6 +248,46 @@ def test_candle_problem() -> None:
     assert candle_problem(ts, 100, 110, 90, 105, -1) == "negative volume -1"
 
 
+SCALE = "(no market trades at that scale: a corrupt or mis-scaled value)"
+
+
+def test_candle_problem_refuses_absurd_magnitudes() -> None:
+    """Finite but absurd values: 1e300 volume used to pass and overflow price x volume in the
+    features, whose error then sent the user back to this check, which had accepted it."""
+    ts = pd.Timestamp("2024-01-01", tz="UTC")
+    assert candle_problem(ts, 100, 110, 90, 105, 1e300) == (
+        f"volume 1e+300 is above 1e+30, the largest price or volume accepted {SCALE}"
+    )
+    assert candle_problem(ts, 1e300, 1e300, 1e300, 1e300, 1) == (
+        "open 1e+300, high 1e+300, low 1e+300, close 1e+300 are above 1e+30, the largest price "
+        f"or volume accepted {SCALE}"
+    )
+    assert candle_problem(ts, 100, 110, 1e-300, 105, 1) == (
+        f"low 1e-300 is below 1e-30, the smallest price accepted {SCALE}"
+    )
+    assert candle_problem(ts, 1e-300, 1e31, 1e-300, 1e-300, 1e31) == (
+        "high 1e+31, volume 1e+31 are above 1e+30, the largest price or volume accepted; open "
+        "1e-300, low 1e-300, close 1e-300 are below 1e-30, the smallest price accepted "
+        f"{SCALE}"
+    )
+    # The bounds themselves are valid, as are zero volume and ordinary extremes of real markets.
+    assert candle_problem(ts, 1e30, 1e30, 1e30, 1e30, 1e30) is None
+    assert candle_problem(ts, 1e-30, 1e-30, 1e-30, 1e-30, 0) is None
+    assert candle_problem(ts, 1.2e-14, 1.3e-14, 1.1e-14, 1.2e-14, 3e20) is None
+
+
+def test_absurd_volume_in_a_written_file_is_named_on_load(tmp_path: Path) -> None:
+    frame = synth_candles(rows=600, seed=0).frame.copy()
+    frame.iloc[500, frame.columns.get_loc("volume")] = 1e300
+    path = write_candles(frame, tmp_path / "huge.csv")
+    with pytest.raises(DataError) as err:
+        load_candles(path)
+    assert str(err.value) == (
+        f"{path}: line 502 (2023-01-21T20:00:00Z): volume 1e+300 is above 1e+30, the largest "
+        f"price or volume accepted {SCALE}; fix or remove the row"
+    )
+
+
 def _bad(tmp_path: Path, row: int, replacement: str) -> Path:
     lines = canonical().splitlines()
     lines[row] = replacement
@@ -279,6 +319,21 @@ def _bad(tmp_path: Path, row: int, replacement: str) -> Path:
             r"line 4 .*low 100 is above min\(open, close\) 95",
         ),
         ("2024-01-01T02:00:00Z,108,109,100,102,-8", r"line 4 .*negative volume -8"),
+        (
+            "2024-01-01T02:00:00Z,108,109,100,102,1e300",
+            r"line 4 \(2024-01-01T02:00:00Z\): volume 1e\+300 is above 1e\+30, the largest price "
+            r"or volume accepted \(no market trades at that scale: a corrupt or mis-scaled "
+            r"value\); fix or remove the row$",
+        ),
+        (
+            "2024-01-01T02:00:00Z,108,109,100,1e300,8",
+            r"line 4 \(2024-01-01T02:00:00Z\): close 1e\+300 is above 1e\+30, the largest price",
+        ),
+        (
+            "2024-01-01T02:00:00Z,108,109,1e-300,102,8",
+            r"line 4 \(2024-01-01T02:00:00Z\): low 1e-300 is below 1e-30, the smallest price "
+            r"accepted .*; fix or remove the row$",
+        ),
         ("2024-01-01T02:00:00Z,108,99,101,102,8", r"line 4 .*high 99 is below low 101"),
         ("2024-01-01T02:00:00Z,108,109,abc,102,8", r"line 4: low 'abc' is not a number"),
         (
@@ -536,6 +591,32 @@ def test_cli_info_on_broken_file_is_one_line_exit_2(tmp_path: Path) -> None:
     assert result.stderr.startswith(
         f"error: {path}: line 3 (2024-01-01T01:00:00Z): high 100 is below"
     )
+
+
+@pytest.mark.parametrize("command", [["data", "info"], ["features", "compute", "--out", "f.pq"]])
+def test_cli_refuses_an_absurd_volume_in_one_line_exit_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    """End to end: the loader's line, not a NaN feature blamed on a validator that passed it."""
+    from jaxtrader.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    frame = synth_candles(rows=600, seed=0).frame.copy()
+    frame.iloc[500, frame.columns.get_loc("volume")] = 1e305
+    path = write_candles(frame, tmp_path / "huge.csv")
+    args = [*command, str(path)] if command[0] == "data" else [*command, "--data", str(path)]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    captured = capsys.readouterr()
+    assert (exc.value.code, captured.out) == (2, "")
+    assert captured.err == (
+        f"error: {path}: line 502 (2023-01-21T20:00:00Z): volume 1e+305 is above 1e+30, the "
+        f"largest price or volume accepted {SCALE}; fix or remove the row\n"
+    )
+    assert not (tmp_path / "f.pq").exists()
 
 
 def test_cli_info_json_parses(tmp_path: Path) -> None:

@@ -203,8 +203,71 @@ def test_nan_close_after_warmup_names_feature_and_timestamp(candles: pd.DataFram
         F.compute_features(bad)
     msg = str(err.value)
     stamp = candles.index[row].isoformat()
-    assert f"feature ret_1 is NaN at {stamp} (row {row})" in msg
-    assert f"input close is nan at {stamp}" in msg
+    assert msg == (
+        f"feature ret_1 is NaN at {stamp} (row {row}): the input candle at {stamp} (row {row}) "
+        "is invalid: missing or non-finite value (NaN/inf) in close; fix or remove that candle "
+        "(jaxtrader.data.load_candles refuses such candles)"
+    )
+
+
+def test_overflowing_volume_names_the_candle_the_loader_refuses(candles: pd.DataFrame) -> None:
+    """A finite volume whose product with the price overflows float64: the message names the
+    row, column and value in the loader's own words, not a validator that would accept it."""
+    bad = candles.copy()
+    row = F.WARMUP + 50
+    bad.iloc[row, bad.columns.get_loc("volume")] = 1e307
+    with pytest.raises(FeatureError) as err:
+        F.compute_features(bad)
+    stamp = candles.index[row].isoformat()
+    assert str(err.value) == (
+        f"feature obv_slope_20 is infinite at {stamp} (row {row}): the input candle at {stamp} "
+        f"(row {row}) is invalid: volume 1e+307 is above 1e+30, the largest price or volume "
+        "accepted (no market trades at that scale: a corrupt or mis-scaled value); fix or "
+        "remove that candle (jaxtrader.data.load_candles refuses such candles)"
+    )
+
+
+def test_valid_candle_out_of_scale_is_named_not_blamed_on_validation(
+    candles: pd.DataFrame,
+) -> None:
+    """Inside the loader's bounds, a candle 1e20 times its neighbours leaves the later rolling
+    sums (differences of one cumulative sum) at rounding noise: VWAP 0, close / 0 = inf, 20 rows
+    on. The message names that candle and says it passed validation."""
+    bad = candles.copy()
+    row = F.WARMUP + 50
+    for col in ("open", "high", "low", "close"):
+        bad.iloc[row, bad.columns.get_loc(col)] = 1e22
+    with pytest.raises(FeatureError) as err:
+        F.compute_features(bad)
+    stamp, later = candles.index[row].isoformat(), candles.index[row + 20].isoformat()
+    assert re.fullmatch(
+        rf"feature vwap_dist_20 is infinite at {re.escape(later)} \(row {row + 20}\): input low "
+        rf"1e\+22 at {re.escape(stamp)} \(row {row}\) is 1e\+20 times the median low up to there, "
+        r"too far out of scale for float64 rolling sums; the candle passes validation but is "
+        r"almost surely wrong: check it, fix or remove it",
+        str(err.value),
+    ), str(err.value)
+
+
+def test_non_finite_feature_from_ordinary_candles_is_reported_as_a_bug(
+    candles: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Valid candles of ordinary scale: the fault is ours, so no pointer at the data."""
+    unmasked = F._unmasked
+
+    def broken(*args: np.ndarray, **kwargs: int | None) -> np.ndarray:
+        out = unmasked(*args, **kwargs)
+        out[F.FEATURE_NAMES.index("cci_20"), F.WARMUP + 7] = np.nan
+        return out
+
+    monkeypatch.setattr(F, "_unmasked", broken)
+    with pytest.raises(FeatureError) as err:
+        F.compute_features(candles)
+    stamp = candles.index[F.WARMUP + 7].isoformat()
+    assert str(err.value) == (
+        f"feature cci_20 is NaN at {stamp} (row {F.WARMUP + 7}) from valid candles of ordinary "
+        "scale; this is a jaxtrader bug, please report it with the candle file"
+    )
 
 
 def test_bad_frames_raise_feature_error(candles: pd.DataFrame) -> None:
@@ -214,7 +277,7 @@ def test_bad_frames_raise_feature_error(candles: pd.DataFrame) -> None:
         F.compute_features(candles.reset_index(drop=True))
     zero = candles.copy()
     zero.iloc[F.WARMUP + 5, zero.columns.get_loc("low")] = 0.0
-    with pytest.raises(FeatureError, match=r"input low is 0\.0 at"):
+    with pytest.raises(FeatureError, match=r"is invalid: non-positive price \(low=0\); fix"):
         F.compute_features(zero)
 
 
