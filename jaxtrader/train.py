@@ -317,13 +317,15 @@ def data_devices(shards: int) -> int:
     return seed_device_count(shards, cores=len(jax.local_devices()))
 
 
-@functools.cache
 def sharded_train_step(shards: int, devices: int) -> Callable[..., tuple[TrainState, Metrics]]:
-    """The jitted train step for `shards` batch shards on `devices` devices (1 shard: `train_step`).
-    With `devices` > 1 the state and key go in replicated and the batch split by rows
-    (`place_for_data`)."""
-    if shards == 1:
-        return train_step
+    """The jitted train step for `shards` batch shards on `devices` devices (1 shard: `train_step`,
+    looked up at each call, never cached: tests swap it for a trace-counting one). With `devices`
+    > 1 the state and key go in replicated and the batch split by rows (`place_for_data`)."""
+    return train_step if shards == 1 else _jitted_shards(shards, devices)
+
+
+@functools.cache
+def _jitted_shards(shards: int, devices: int) -> Callable[..., tuple[TrainState, Metrics]]:
     fn = functools.partial(_sharded_train_step, shards=shards, devices=devices)
     if devices == 1:
         return jax.jit(fn, donate_argnums=0)
@@ -338,11 +340,14 @@ def sharded_train_step(shards: int, devices: int) -> Callable[..., tuple[TrainSt
     return jax.jit(mapped, donate_argnums=0)
 
 
-@functools.cache
 def sharded_eval_step(devices: int) -> Callable[[TrainState, Batch], Metrics]:
-    """`eval_step` with the batch's rows split over `devices` devices and the sums psummed."""
-    if devices == 1:
-        return eval_step
+    """`eval_step` with the batch's rows split over `devices` devices and the sums psummed (one
+    device: `eval_step` itself, looked up at each call)."""
+    return eval_step if devices == 1 else _jitted_eval_over(devices)
+
+
+@functools.cache
+def _jitted_eval_over(devices: int) -> Callable[[TrainState, Batch], Metrics]:
     P = jax.sharding.PartitionSpec
 
     def local(state: TrainState, batch: Batch) -> Metrics:

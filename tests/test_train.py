@@ -496,3 +496,14 @@ def test_fit_with_shards_trains_and_refuses_a_batch_they_do_not_divide(
         train.fit(
             _state("lstm"), planted_data, dataclasses.replace(cfg, data_shards=3), jax.random.key(3)
         )
+
+
+def test_one_shard_is_the_train_step_of_the_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cached, it kept the first caller's (test-patched, trace-counting) step for every later fit
+    # in the process: test_seeds then failed its own trace count in CI.
+    first, first_eval = train.sharded_train_step(1, 1), train.sharded_eval_step(1)
+    other, other_eval = jax.jit(train._train_step), jax.jit(train._eval_step)
+    monkeypatch.setattr(train, "train_step", other)
+    monkeypatch.setattr(train, "eval_step", other_eval)
+    assert train.sharded_train_step(1, 1) is other and other is not first
+    assert train.sharded_eval_step(1) is other_eval and other_eval is not first_eval
