@@ -752,3 +752,100 @@ def test_dedupe_and_gzip_outputs(
     exported = pd.read_csv(trades)
     assert len(exported) == doc["trades_export"]["trades"]
     assert exported["pnl_net"].sum() == pytest.approx(doc["trades_export"]["pnl_net"], abs=1e-12)
+
+
+def test_a_walkforward_fold_keeps_the_policy_its_run_chose(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`evaluate --checkpoint <run>/fold_01` (--policy auto, the default) recorded its own choice
+    into the fold's manifest, replacing the one the walk-forward run chose for that fold on its
+    val block, which the run's report and predictions.csv were computed with. Now the manifest is
+    left as it was, one note says why, and the evaluation is reported as usual. A checkpoint
+    folder beside a run's plan.json (a manifest without `ensemble`) is treated the same."""
+    import shutil
+
+    from jaxtrader.cli import main
+    from jaxtrader.config import AppConfig, DataConfig, DatasetConfig, TrainConfig
+    from jaxtrader.models import with_defaults
+    from jaxtrader.walkforward import WalkForwardSettings, run_walkforward
+
+    cfg = AppConfig(  # tests/test_walkforward.py's tiny run, one epoch
+        data=DataConfig(synth_rows=1500),
+        dataset=DatasetConfig(seq_len=50, horizon=2),
+        model=with_defaults("lstm", hidden=8, num_layers=1),
+        train=TrainConfig(epochs=1, batch_size=32, patience=1),
+    )
+    run = tmp_path / "run"
+    run_walkforward(cfg, WalkForwardSettings(folds=2, seeds=2), out=run)
+    fold = run / "fold_01"
+    before = (fold / "manifest.json").read_bytes()
+    assert json.loads(before)["policy"]["source"] == "walkforward --policy auto (fold 1 val block)"
+    capsys.readouterr()
+    main(["evaluate", "--checkpoint", str(fold), "--split", "test"])
+    out = capsys.readouterr().out
+    assert (fold / "manifest.json").read_bytes() == before
+    note = (
+        f"note: policy not recorded in the checkpoint: it is fold 1 of the walk-forward run {run}, "
+        "whose report used the policy that run chose for the fold, which `trade` keeps applying"
+    )
+    assert out.splitlines().count(note) == 1, out
+    main(["evaluate", "--checkpoint", str(fold), "--split", "test", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["policy"]["source"].startswith("auto") and "recorded_in" not in doc["policy"]
+    report = json.loads((run / "report.json").read_text())
+    assert doc["n"] == report["folds"][1]["n"]  # still the fold's test block, evaluated as usual
+    assert (fold / "manifest.json").read_bytes() == before
+
+    # A single model's checkpoint inside a run folder: plan.json beside it says where it is.
+    vdir = Path(shutil.copytree(trained["version_dir"], run / "fold_07"))
+    plain = (vdir / "manifest.json").read_bytes()
+    main(["evaluate", "--checkpoint", str(vdir), "--split", "test", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert f"it is a fold of the walk-forward run {run}," in " ".join(doc["notes"])
+    assert "recorded_in" not in doc["policy"] and (vdir / "manifest.json").read_bytes() == plain
+
+
+def test_report_dir_never_replaces_files_evaluate_did_not_write(
+    trained: dict[str, Path], evaluated: dict[str, Any], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """`--report-dir DIR` wrote report.md and the plots into DIR whatever it held: a user's own
+    report.md was replaced, exit 0. A folder holding such names that evaluate did not write is
+    refused before any work, exit 2; its files stay; rerunning into evaluate's own earlier report
+    folder rewrites it, and files of other names there are left alone."""
+    import shutil
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes\n")
+    (mine / "equity.png").write_bytes(b"my plot")
+    base = ["evaluate", "--checkpoint", str(trained["version_dir"]), "--split", "test",
+            "--policy", "plain", "--no-record-policy"]  # fmt: skip
+    assert _error_line([*base, "--report-dir", str(mine)], capsys) == (
+        f"error: --report-dir {mine} holds report.md, equity.png, which evaluate would overwrite "
+        "and did not write (no evaluate report.json there); choose a new or empty folder, or "
+        "move those files"
+    )
+    assert (mine / "report.md").read_text() == "my notes\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["equity.png", "report.md"]
+
+    # A walk-forward run's report.json is not evaluate's: its report.md is refused too.
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "report.json").write_text(json.dumps({"folds": [], "pooled": {}, "backtest": {}}))
+    (wf / "report.md").write_text("walk-forward report\n")
+    assert _error_line([*base, "--report-dir", str(wf)], capsys).startswith(
+        f"error: --report-dir {wf} holds report.json, report.md, which evaluate would overwrite"
+    )
+
+    own = Path(shutil.copytree(evaluated["report"], tmp_path / "own"))
+    (own / "notes.txt").write_text("kept\n")
+    old_md = (own / "report.md").read_text()
+    from jaxtrader.cli import main
+
+    main([*base, "--report-dir", str(own), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["report_dir"] == str(own) and doc["policy"]["source"] == "plain"
+    assert json.loads((own / "report.json").read_text())["policy"]["source"] == "plain"
+    assert (own / "report.md").read_text() != old_md  # rewritten: fees 7 bps then, 10 bps now
+    assert (own / "notes.txt").read_text() == "kept\n"

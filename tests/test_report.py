@@ -267,3 +267,38 @@ def test_write_report_titles_every_plot_with_the_checkpoint(
                    attention=(attn, ["2024-01-01 00:00", "2024-01-01 01:00"]))  # fmt: skip
     assert len(titles) == 6 and {"attention.png", "coverage.png"} <= set(titles)
     assert all(t.startswith("transformer v3: ") for t in titles.values()), titles
+
+
+def test_a_report_folder_is_refused_only_for_files_evaluate_did_not_write(tmp_path: Path) -> None:
+    """`refuse_foreign_report_dir`: names write_report writes (report.md, the plots) that are
+    there but not under an evaluate report.json would be replaced silently: refused. A new,
+    empty or unrelated folder, and evaluate's own earlier report, are not."""
+    from jaxtrader.errors import ConfigError
+
+    r.refuse_foreign_report_dir(tmp_path / "new")  # does not exist yet
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    r.refuse_foreign_report_dir(other)  # nothing evaluate writes is there
+
+    table, settings = make_table(tmp_path)
+    doc = summarize(table, settings) | {"source": {"label": "lstm v1", "data": "synthetic"}}
+    own = tmp_path / "own"
+    written = r.write_report(own, doc, table, training_records=[])
+    assert {p.name for p in written} <= set(r.REPORT_FILES)  # every name it writes is checked
+    assert r.is_evaluate_report(own)
+    r.refuse_foreign_report_dir(own)
+
+    for content in ("not json", json.dumps({"folds": [], "pooled": {}, **doc}), "[1, 2]"):
+        (own / "report.json").write_text(content)  # damaged, walk-forward's, not an object
+        assert not r.is_evaluate_report(own)
+        with pytest.raises(ConfigError) as exc:
+            r.refuse_foreign_report_dir(own)
+        assert str(exc.value) == (
+            f"--report-dir {own} holds report.json, report.md, equity.png, ..., which evaluate "
+            "would overwrite and did not write (no evaluate report.json there); choose a new or "
+            "empty folder, or move those files"
+        )
+    (other / "report.md").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds report\.md, which evaluate would overwrite"):
+        r.refuse_foreign_report_dir(other)

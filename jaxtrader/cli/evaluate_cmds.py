@@ -84,7 +84,8 @@ from jaxtrader.cli.common import (
     "--report-dir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Write report.json, report.md and PNG plots here.",
+    help="Write report.json, report.md and PNG plots here (a folder holding such files that "
+    "evaluate did not write is refused).",
 )
 @click.option(
     "--seed",
@@ -131,7 +132,7 @@ def evaluate(
     from jaxtrader.checkpoint import checkpoint_root
     from jaxtrader.decisions import PolicyRequest, describe_policy
     from jaxtrader.errors import ConfigError
-    from jaxtrader.evaluate.report import format_table, write_report
+    from jaxtrader.evaluate.report import format_table, refuse_foreign_report_dir, write_report
     from jaxtrader.evaluate.run import evaluate_checkpoint, evaluation_inputs
     from jaxtrader.evaluate.summary import write_csv
     from jaxtrader.evaluate.trades import totals as trade_totals
@@ -153,6 +154,10 @@ def evaluate(
             "--config": state.config_path,
         },
     )
+    if report_dir:
+        # Its fixed names (report.md, the plots) must not replace a user's files; evaluate's own
+        # earlier report there is rewritten.
+        refuse_foreign_report_dir(report_dir)
     refuse_policy_conflicts(policy_spec, enter, exit_, min_hold)
     root = checkpoint_root(ckpt_dir, cfg)
     if any(outputs.values()):

@@ -33,6 +33,21 @@ BACKTEST_KEYS = (
     "trades",
     "fees_paid",
 )
+# Every name `write_report` may write into its folder (report.json first: it marks the folder as
+# an evaluate report's).
+REPORT_FILES = (
+    "report.json",
+    "report.md",
+    "equity.png",
+    "confusion.png",
+    "reliability.png",
+    "trades.png",
+    "coverage.png",
+    "training.png",
+    "attention.png",
+)
+# Keys of an evaluate report.json that no other report.json here has (walk-forward's has folds).
+_REPORT_KEYS = ("split", "classification", "baselines", "backtest")
 SIGNED_PCT_KEYS = {"total_return", "cagr", "max_drawdown"}
 PCT_KEYS = {*SIGNED_PCT_KEYS, "win_rate", "exposure", "fees_paid"}
 
@@ -659,6 +674,35 @@ def plot_trades(
     return _save(fig, path)
 
 
+def is_evaluate_report(directory: str | Path) -> bool:
+    """Whether `directory` holds a report.json that `write_report` wrote (a readable JSON object
+    with an evaluation's keys and no walk-forward folds)."""
+    try:
+        doc = json.loads((Path(directory) / "report.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and all(k in doc for k in _REPORT_KEYS) and "folds" not in doc
+
+
+def refuse_foreign_report_dir(directory: str | Path, flag: str = "--report-dir") -> None:
+    """ConfigError, before any work, when `directory` holds files under the names `write_report`
+    writes (report.md, the plots) and is not an earlier evaluate report's folder: they would be
+    replaced without a word. Other files there are left alone, so they are no reason to refuse;
+    rewriting evaluate's own report (a rerun) is allowed."""
+    from jaxtrader.errors import ConfigError
+
+    out = Path(directory)
+    if not out.is_dir():
+        return
+    taken = [name for name in REPORT_FILES if (out / name).exists() or (out / name).is_symlink()]
+    if taken and not is_evaluate_report(out):
+        names = ", ".join(taken[:3]) + (", ..." if len(taken) > 3 else "")
+        raise ConfigError(
+            f"{flag} {directory} holds {names}, which evaluate would overwrite and did not write "
+            f"(no evaluate report.json there); choose a new or empty folder, or move those files"
+        )
+
+
 def write_report(
     directory: str | Path,
     doc: dict[str, Any],
@@ -669,9 +713,14 @@ def write_report(
     trades: Sequence[Trade] = (),
     prices: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Path]:
-    """Writes report.json, report.md and the PNG plots; returns the written paths."""
+    """Writes report.json, report.md and the PNG plots; returns the written paths. report.json
+    goes first: it is what marks the folder as an evaluate report's (`is_evaluate_report`), so a
+    rerun after a failed plot may write into it again."""
+    from jaxtrader.logs import jsonable
+
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(jsonable(doc), indent=2) + "\n", encoding="utf-8")
     label = doc.get("source", {}).get("label", "model")
     fee, slip = doc["settings"]["fee_bps"] / 1e4, doc["settings"]["slippage_bps"] / 1e4
     images = [
@@ -708,8 +757,5 @@ def write_report(
                 feature_token=token,
             )
         )
-    from jaxtrader.logs import jsonable
-
-    (out / "report.json").write_text(json.dumps(jsonable(doc), indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_markdown(doc, [str(i) for i in images]), encoding="utf-8")
     return [out / "report.json", out / "report.md", *images]

@@ -11,7 +11,8 @@ evaluated (`source.data_sha256`) and, separately, the training data's (`source.t
 
 The decision policy is `plain` (the rules' threshold), a given `Policy`, or `auto`: the grid of
 `evaluate.selection` scored on the VALIDATION split's net backtest (whatever split is evaluated),
-recorded in the report and, with `record_policy`, in the checkpoint manifest for `trade`.
+recorded in the report and, with `record_policy`, in the checkpoint manifest for `trade` (never
+in a walk-forward fold's: the run chose that fold's policy, and its report rests on it).
 """
 
 from __future__ import annotations
@@ -268,7 +269,9 @@ def evaluate_checkpoint(
     `policy`: "plain", "auto" (chosen on the val split), a `Policy`, or a `PolicyRequest` (the
     CLI's flags, resolved with the checkpoint's label horizon as the default minimum hold). With
     `record_policy`, an auto choice is written into the checkpoint's manifest (`trade` reads it
-    from there). `dedupe` keeps the last of duplicate timestamps in the candle file.
+    from there), except under `other_market` or into a walk-forward run's fold, whose manifest
+    keeps the policy the run chose (a note says so). `dedupe` keeps the last of duplicate
+    timestamps in the candle file.
     """
     from jaxtrader.data import format_interval, infer_symbol, timestamps_ns
     from jaxtrader.evaluate.report import read_metrics_jsonl
@@ -433,11 +436,19 @@ def evaluate_checkpoint(
         records = [{"epoch_steps": full, **r} for r in records]
     if not records:
         doc["notes"].append("no training metrics JSONL found: training curves skipped")
+    run_fold = _walkforward_fold(version_dir, manifest)
     if record_policy and selection is not None and out_of_market:
         # Chosen on another market's val split: `trade` on the model's own market must not
         # inherit it.
         doc["notes"].append(
             "policy not recorded in the checkpoint: it was chosen on another market's val split"
+        )
+    elif record_policy and selection is not None and run_fold is not None:
+        # The run chose this fold's policy on the fold's own val block (or none, under --policy
+        # plain); its report, predictions.csv and `trade --checkpoint` all rest on that choice.
+        doc["notes"].append(
+            f"policy not recorded in the checkpoint: it is {run_fold}, whose report used the "
+            "policy that run chose for the fold, which `trade` keeps applying"
         )
     elif record_policy and selection is not None:
         from jaxtrader.checkpoint import record_policy as write_policy
@@ -475,6 +486,22 @@ def evaluate_checkpoint(
         trades=trades,
         prices=(ts_ns[span], close[span]),
     )
+
+
+def _walkforward_fold(version_dir: Path, manifest: Any) -> str | None:
+    """How to name the checkpoint when it belongs to a walk-forward run (or a study cell, which is
+    one), else None. A fold's manifest carries `ensemble` (only walk-forward writes seed
+    ensembles; it names the fold), and a run's fold folders sit beside its plan.json, which also
+    catches a checkpoint whose manifest predates the field."""
+    from jaxtrader.walkforward import PLAN_FILE
+
+    in_run = (version_dir.parent / PLAN_FILE).is_file()
+    if manifest.ensemble is None and not in_run:
+        return None
+    fold = (manifest.ensemble or {}).get("fold")
+    which = "a fold" if fold is None else f"fold {fold}"
+    run = f"the walk-forward run {version_dir.parent}" if in_run else "a walk-forward run"
+    return f"{which} of {run}"
 
 
 def _select_on_val(
