@@ -20,10 +20,13 @@ Ray is an optional extra (`pip install 'jaxtrader[ray]'`); it is imported only b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -228,6 +231,119 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         )
 
 
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, read from /proc (empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return children
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # ended meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so after the last ")"
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    return children
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below `pid`: its children, theirs, and so on."""
+    children = _children_by_parent()
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    """`pid` exists and is not a zombie (one of ours is reaped on the way)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    if stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X"):
+        return True
+    with contextlib.suppress(ChildProcessError):  # not ours (reparented): init reaps it
+        os.waitpid(pid, os.WNOHANG)
+    return False
+
+
+def _send(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _end_processes(pids: set[int], timeout: float = 10.0) -> None:
+    """Kills `pids` and every process below them. Each is stopped (SIGSTOP) before its children
+    are listed, so none starts another meanwhile, and none is reparented away from the list."""
+    stopped: set[int] = set()
+    todo = {p for p in pids if _running(p)}
+    while todo:
+        for pid in todo:
+            _send(pid, signal.SIGSTOP)
+        stopped |= todo
+        children = _children_by_parent()
+        todo = {c for p in todo for c in children.get(p, ())} - stopped
+    for pid in stopped:
+        _send(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(_running(p) for p in stopped) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored (main thread only): a second Ctrl-C must not cut a clean-up
+    short and leave half of it undone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _init_or_clean_up(ray: Any, **kwargs: Any) -> None:
+    """`ray.init(**kwargs)`; interrupted (Ctrl-C, or SIGTERM, which `ray.init` turns into
+    `sys.exit(15)` before it connects), it leaves nothing running and raises KeyboardInterrupt.
+
+    `ray.shutdown` alone is not enough: interrupted inside the node's start-up, Ray has not yet
+    recorded the daemons it started (GCS, raylet, dashboard and runtime-env agents), and the
+    raylet's agents outlived the driver by about a minute. So the processes that appeared below
+    this one during `ray.init` are ended as well."""
+    before = _descendants(os.getpid())
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        ray.init(**kwargs)
+    except (KeyboardInterrupt, SystemExit) as e:
+        if isinstance(e, SystemExit) and e.code != signal.SIGTERM:
+            raise
+        with _signals_ignored():
+            started = _descendants(os.getpid()) - before
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            _end_processes(started)
+        if sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)  # not Ray's sys.exit handler
+        log_event(logger, "ray_init_stopped", logging.DEBUG, ended_processes=len(started))
+        raise KeyboardInterrupt from None
+
+
 @dataclass
 class RayExecutor:
     """Runs each fold as one Ray task; results come back as they finish (`ray.wait`).
@@ -271,7 +387,7 @@ class RayExecutor:
         try:
             # "local": a private Ray even when RAY_ADDRESS or a `ray start` on this machine exists
             # (address=None would join that cluster instead).
-            ray.init(address=self.address or "local", **kwargs)
+            _init_or_clean_up(ray, address=self.address or "local", **kwargs)
         except ConnectionError as e:
             raise ConfigError(
                 f"--ray-address {self.address}: cannot connect to a Ray cluster ({e}); start one "
@@ -281,13 +397,18 @@ class RayExecutor:
             if preload is not None:
                 os.environ["LD_PRELOAD"] = preload
         self._started_here = True
-        resources = ray.cluster_resources()
+        try:
+            resources = ray.cluster_resources()
+            nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        except BaseException:  # Ctrl-C here: the Ray just started is not left running
+            self.close()
+            raise
         log_event(
             logger,
             "ray_started" if self.address is None else "ray_connected",
             address=self.address or "local",
             cpus=resources.get("CPU"),
-            nodes=len([n for n in ray.nodes() if n.get("Alive")]),
+            nodes=nodes,
         )
         return self
 
@@ -421,8 +542,12 @@ def start_executor(kind: str, ray_address: str | None = None) -> Executor:
 
 
 def close_executor(executor: Executor) -> None:
+    """Shuts down the Ray a `RayExecutor` started. SIGINT and SIGTERM are ignored meanwhile: a
+    second Ctrl-C (the stop notice asks for one to abort a fold) during `ray.shutdown` left the
+    raylet's agents running and printed a second "interrupted" line."""
     if isinstance(executor, RayExecutor):
-        executor.close()
+        with _signals_ignored():
+            executor.close()
 
 
 def describe(executor: Executor) -> str | None:

@@ -793,11 +793,14 @@ def run_walkforward(
     executor: Executor = local_executor,
     should_stop: Callable[[], bool] | None = None,
     on_plan: Callable[[dict[str, Any], Path], None] | None = None,
+    stored_plan: dict[str, Any] | None = None,
 ) -> WalkForwardRun:
     """The whole walk-forward: plan, folds (skipping complete ones on resume), outputs.
 
     `should_stop()` is checked after each fold's save: when it returns True the run raises
     `WalkForwardInterrupted` (completed folds stay on disk; rerun with `resume=True`).
+    `stored_plan`: with `resume`, the run's plan.json as the caller already read it with
+    `resume_record(out, PLAN_FILE, ...)` (the CLI, before the executor starts), so it is read once.
     """
     from jaxtrader import config as config_mod
     from jaxtrader.runtime import enable_compilation_cache
@@ -806,7 +809,11 @@ def run_walkforward(
     t0 = time.perf_counter()
     with contextlib.ExitStack() as held:  # the run directory's lock, released however we leave
         # Before the candles are loaded: a wrong --resume DIR fails at once.
-        resumed = resume_record(out, PLAN_FILE, "walk-forward run") if resume else None
+        resumed: tuple[Path, dict[str, Any]] | None = None
+        if resume and stored_plan is not None and out is not None:
+            resumed = Path(out), stored_plan
+        elif resume:
+            resumed = resume_record(out, PLAN_FILE, "walk-forward run")
         if resumed is not None:  # before any work: a second process on this run stops here
             held.enter_context(run_lock(resumed[0]))
         elif out is not None:

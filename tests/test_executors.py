@@ -8,6 +8,7 @@ not installed (one tox env installs it). The other tests here run everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import extra_or_skip
-from test_walkforward import CFG, WF
+from test_walkforward import CFG, TOML, WF
 
 from jaxtrader.walkforward import WalkForwardInterrupted, run_walkforward
 
@@ -307,3 +308,173 @@ def test_a_running_cluster_address_passes_the_probe(local_ray: str) -> None:
     from jaxtrader.executors import check_reachable
 
     check_reachable(local_ray)  # the GCS of the test's own Ray answers in HTTP/2 (gRPC)
+
+
+def _process_tree(root: int) -> dict[int, tuple[int, bytes]]:
+    """pid -> (parent pid, start time) of every live process below `root`, read from /proc."""
+    procs = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_bytes()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(b")") + 2 :].split()  # state, ppid, ..., starttime (20th)
+            if fields[0] not in (b"Z", b"X"):
+                procs[int(name)] = (int(fields[1]), fields[19])
+    tree: dict[int, tuple[int, bytes]] = {}
+    grew = True
+    while grew:
+        below = {p: v for p, v in procs.items() if v[0] == root or v[0] in tree}
+        grew = len(below) > len(tree)
+        tree = below
+    return tree
+
+
+def _still_running(seen: dict[int, tuple[int, bytes]]) -> list[int]:
+    """The processes of `seen` alive now (the same start time: not a reused pid), wherever they
+    were reparented to."""
+    alive = []
+    for pid, (_, started) in seen.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if fields[0] not in (b"Z", b"X") and fields[19] == started:
+            alive.append(pid)
+    return alive
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_while_ray_starts_ends_like_any_other_and_leaves_nothing_running(
+    signum: str, tmp_path: Path
+) -> None:
+    """Ctrl-C inside `ray.init` (here while the node waits for its raylet to register, which Ray
+    waits up to 30 s for) left the raylet's agents running for a minute or more, Ray not yet
+    having recorded them for `ray.shutdown`; SIGTERM there ended in Ray's `sys.exit(15)`, no
+    line, exit 15. Both end as every interrupt does: one "interrupted" line, exit 130, and none
+    of the processes Ray had started still running."""
+    import signal
+
+    extra_or_skip("ray", "ray")
+    marker = tmp_path / "registering"
+    config = tmp_path / "tiny.toml"
+    config.write_text(TOML, encoding="utf-8")
+    args = ["--config", str(config), "walkforward", "--folds", "2", "--seeds", "2", "--out",
+            str(tmp_path / "run"), "--executor", "ray"]  # fmt: skip
+    code = (
+        "import pathlib, time\n"
+        "import ray._private.services as services\n"
+        "def slow_registration(*args, **kwargs):\n"
+        f"    pathlib.Path({str(marker)!r}).touch()\n"
+        "    time.sleep(120)\n"
+        "services.get_node = slow_registration\n"
+        "from jaxtrader.cli import main\n"
+        f"main({args!r})\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        # A job started in the background inherits SIGINT ignored: restore a terminal's default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    seen: dict[int, tuple[int, bytes]] = {}
+    try:
+        deadline = time.monotonic() + 60
+        # Inside ray.init, the raylet's agents started (the processes that were left running).
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            seen = _process_tree(proc.pid)
+            if marker.exists() and any(ppid != proc.pid for ppid, _ in seen.values()):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"ray.init never started the raylet's agents: {seen}")
+        proc.send_signal(getattr(signal, signum))
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    deadline = time.monotonic() + 10  # a SIGKILLed process is gone within milliseconds
+    while (left := _still_running(seen)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:  # never leak them into the rest of the suite
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stdout == "" and stderr.endswith("\ninterrupted\n"), stderr[-3000:]
+    assert [line for line in stderr.splitlines() if "interrupted" in line] == ["interrupted"]
+    assert left == [], f"{len(left)} of Ray's {len(seen)} processes left running"
+
+
+@pytest.mark.ray
+def test_a_second_ctrl_c_while_ray_shuts_down_says_interrupted_once(tmp_path: Path) -> None:
+    """After the first Ctrl-C's "interrupted: ..." line, a second one (the stop notice asks for it
+    to abort a fold) during `ray.shutdown` escaped as a KeyboardInterrupt: a second "interrupted"
+    line, and the raylet's agents left running. Shutting down ignores it now."""
+    import signal
+
+    extra_or_skip("ray", "ray")
+    marker = tmp_path / "shutting_down"
+    config = tmp_path / "tiny.toml"
+    config.write_text(TOML, encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["--config", str(config), "walkforward", "--folds", "2", "--seeds", "2", "--out",
+            str(out), "--executor", "ray"]  # fmt: skip
+    code = (
+        "import pathlib, time\n"
+        "import ray\n"
+        "shutdown = ray.shutdown\n"
+        "def slow_shutdown(*args, **kwargs):\n"
+        f"    pathlib.Path({str(marker)!r}).touch()\n"
+        "    time.sleep(2)  # a window for the second Ctrl-C\n"
+        "    shutdown(*args, **kwargs)\n"
+        "ray.shutdown = slow_shutdown\n"
+        "from jaxtrader.cli import main\n"
+        f"main({args!r})\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    seen: dict[int, tuple[int, bytes]] = {}
+    stderr: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            stderr.append(line)
+            if "ray_submitted" in line:  # every fold is a running or queued Ray task
+                seen = _process_tree(proc.pid)
+                proc.send_signal(signal.SIGINT)
+                deadline = time.monotonic() + 60
+                while not marker.exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(stderr)
+    deadline = time.monotonic() + 10
+    while (left := _still_running(seen)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 130, text[-3000:]
+    assert [line for line in text.splitlines() if "interrupted" in line] == [
+        f"interrupted: folds [] are saved in {out}; finish with the same command and --resume {out}"
+    ]
+    assert text.endswith(f"--resume {out}\n") and seen
+    assert left == [], f"{len(left)} of Ray's {len(seen)} processes left running"

@@ -843,3 +843,66 @@ def test_a_second_walkforward_on_a_run_directory_is_refused(
         "finish or stop it, then rerun\n"
     )
     assert files() == snapshot
+
+
+def test_sigterm_after_a_fold_says_interrupted_once_and_exits_130(tmp_path: Path) -> None:
+    """The first SIGTERM stops the run after the fold in progress is saved: exactly one
+    "interrupted: ..." line on stderr in text mode (it was reported printed twice), exit 130."""
+    import os
+    import signal
+    import time
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TOML, encoding="utf-8")
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jaxtrader", "--config", str(config), "walkforward",
+         "--folds", "3", "--seeds", "2", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "fold_00" / "manifest.json").exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    done = sorted(int(p.parent.name[5:]) for p in out.glob("fold_*/manifest.json"))
+    assert done in ([0], [0, 1])  # fold 1 too when the signal came after its training began
+    line = (
+        f"interrupted: folds {done} are saved in {out}; finish with the same command and "
+        f"--resume {out}"
+    )
+    assert [x for x in stderr.splitlines() if "interrupted" in x] == [line]
+    assert stderr.endswith(f"\n{line}\n")
+    assert "fold  train" in stdout and "Traceback" not in stderr
+
+
+def test_resume_reads_plan_json_once(cli_run: tuple[Path, dict], tmp_path: Path) -> None:
+    """`walkforward --resume DIR` read and parsed plan.json twice: in the CLI's check before the
+    executor starts, and again in run_walkforward. The CLI passes the record it read."""
+    out, _ = _copy_run(cli_run, tmp_path)
+    args = ["--config", str(cli_run[0].parent / "tiny.toml"), "walkforward", "--folds", "2",
+            "--seeds", "2", "--resume", str(out), "--json"]  # fmt: skip
+    code = (
+        "import atexit, pathlib, sys\n"
+        "reads = []\n"
+        "read_text = pathlib.Path.read_text\n"
+        "def counted(self, *args, **kwargs):\n"
+        "    if self.name == 'plan.json':\n"
+        "        reads.append(str(self))\n"
+        "    return read_text(self, *args, **kwargs)\n"
+        "pathlib.Path.read_text = counted\n"
+        "atexit.register(lambda: print(f'plan.json reads: {len(reads)}', file=sys.stderr))\n"
+        "from jaxtrader.cli import main\n"
+        f"main({args!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1] == "plan.json reads: 1"
+    assert json.loads(proc.stdout)["pooled"]["n"] == cli_run[1]["pooled"]["n"]  # it resumed

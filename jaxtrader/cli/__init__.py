@@ -31,7 +31,22 @@ TCMALLOC_COMMANDS = SEED_STACKING_COMMANDS | {"train"}
 _GROUP_VALUE_OPTIONS = frozenset({"--log-format", "--config"})
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CommandInterrupted(Exception):
+    """A KeyboardInterrupt (Ctrl-C) in a command without its own handler, carried past click's
+    `Command.main`, which would write a bare newline to stderr before anything `main` writes: a
+    line that is no JSON record under `--log-format json`. Not a KeyboardInterrupt subclass, so
+    that click lets it through."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise CommandInterrupted from e
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
@@ -232,16 +247,20 @@ def main(argv: list[str] | None = None) -> None:
         _fail(True, e.exit_code, "usage_error", e.format_message(), type(e).__name__)
     except click.ClickException as e:
         _fail(json_logs, e.exit_code, "usage_error", _usage_message(e, args), type(e).__name__)
+    except (CommandInterrupted, KeyboardInterrupt):
+        # Ctrl-C in a command without its own handler (evaluate, data, features, and before a
+        # command's handler is installed): a stop the user asked for, so 130 like the others,
+        # not 1 (a crash). Text mode starts a line after the terminal's "^C", as click does.
+        if not json_logs:
+            click.echo(err=True)
+        _fail(json_logs, INTERRUPTED_EXIT, "interrupted", "interrupted", "KeyboardInterrupt")
     except click.exceptions.Abort:
-        # click's name for a KeyboardInterrupt in a command without its own handler (evaluate,
-        # data, features): a stop the user asked for, so 130 like the others, not 1 (a crash).
+        # The same, arriving while click parses the command line (it wrote the newline).
         _fail(json_logs, INTERRUPTED_EXIT, "interrupted", "interrupted", "KeyboardInterrupt")
     except JaxTraderError as e:
         if debug:
             raise
         _fail(json_logs, 2, "error", str(e), type(e).__name__)
-    except KeyboardInterrupt:
-        _fail(json_logs, INTERRUPTED_EXIT, "interrupted", "interrupted", "KeyboardInterrupt")
     except OSError as e:
         # A path the user named that cannot be used (a directory where a file goes, a file in
         # the way of a folder, no permission): theirs to fix, not a bug to report.

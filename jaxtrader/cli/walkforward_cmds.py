@@ -236,8 +236,9 @@ def walkforward(
         [("--data", cfg.data.path), ("--config", state.config_path)],
         "walkforward",
     )
+    stored_plan = None
     if resume is not None:  # before the executor starts and the candles load
-        resume_record(resume, PLAN_FILE, "walk-forward run")
+        stored_plan = resume_record(resume, PLAN_FILE, "walk-forward run")[1]
     wf = WalkForwardSettings(
         folds=folds,
         seeds=seeds,
@@ -268,6 +269,7 @@ def walkforward(
                 executor=runner,
                 should_stop=signals.stop_requested,
                 on_plan=on_plan,
+                stored_plan=stored_plan,
             )
     except WalkForwardInterrupted as e:
         notice(
