@@ -261,10 +261,11 @@ def _comparable(key: str, value: Any) -> Any:
     return value
 
 
-def _open_study(out: Path, doc: dict[str, Any], resume: bool) -> None:
+def _open_study(out: Path, doc: dict[str, Any], stored: dict[str, Any] | None) -> None:
+    """Writes study.json for a new study; on resume (`stored`: the study.json read already)
+    refuses settings or data that differ from the stored ones."""
     path = out / STUDY_FILE
-    if resume:
-        _, stored = resume_record(out, STUDY_FILE, "study")
+    if stored is not None:
         # Studies started before the data fingerprints were recorded have no such key.
         keys = [k for k in doc if k in stored or k != "data_sha256"]
         changed = [
@@ -339,11 +340,11 @@ def run_study(
     # Every cell shares the window length (cell_config sets only arch and horizon): a bad one
     # fails once, here, not in each cell in turn behind a "rerun with --resume" that cannot help.
     check_seq_len(base.dataset.seq_len)
-    if resume:  # a wrong --resume DIR fails before any market is loaded
-        resume_record(out, STUDY_FILE, "study")
+    # A wrong --resume DIR fails before any market is loaded; the record is read once.
+    stored = resume_record(out, STUDY_FILE, "study")[1] if resume else None
     fingerprints = check_markets(base, cells)
     out_dir = Path(out) if out is not None else new_study_dir()
-    _open_study(out_dir, _study_doc(cells, wf, base, fingerprints), resume)
+    _open_study(out_dir, _study_doc(cells, wf, base, fingerprints), stored)
     # One process per study directory (each cell also locks its own walk-forward run).
     with run_lock(out_dir, "study"):
         rows: list[dict[str, Any]] = []
