@@ -188,19 +188,27 @@ def _weighted_ce(
     return ce_B * w_B, w_B
 
 
+def _training_terms(
+    state: TrainState, params: Any, batch: Batch, labels_B: jax.Array, dropout_key: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Training-mode logits (dropout on) of `batch`, its weighted cross-entropy terms, weights."""
+    logits_Bx2 = state.apply_fn(
+        {"params": params},
+        batch["seq"],
+        batch["feats"],
+        deterministic=False,
+        rngs={"dropout": dropout_key},
+    )
+    wce_B, w_B = _weighted_ce(logits_Bx2, labels_B, state.class_weights)
+    return logits_Bx2, wce_B, w_B
+
+
 def _train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
     labels_B = batch["label"].astype(jnp.int32)
     dropout_key = jax.random.fold_in(key, state.step)
 
     def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
-        logits_Bx2 = state.apply_fn(
-            {"params": params},
-            batch["seq"],
-            batch["feats"],
-            deterministic=False,
-            rngs={"dropout": dropout_key},
-        )
-        wce_B, w_B = _weighted_ce(logits_Bx2, labels_B, state.class_weights)
+        logits_Bx2, wce_B, w_B = _training_terms(state, params, batch, labels_B, dropout_key)
         return wce_B.sum() / w_B.sum(), logits_Bx2
 
     (loss, logits_Bx2), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -251,14 +259,7 @@ def _shard_sums(
     labels_B = batch["label"].astype(jnp.int32)
 
     def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-        logits_Bx2 = state.apply_fn(
-            {"params": params},
-            batch["seq"],
-            batch["feats"],
-            deterministic=False,
-            rngs={"dropout": dropout_key},
-        )
-        wce_B, w_B = _weighted_ce(logits_Bx2, labels_B, state.class_weights)
+        logits_Bx2, wce_B, w_B = _training_terms(state, params, batch, labels_B, dropout_key)
         correct = jnp.sum(jnp.argmax(logits_Bx2, -1) == labels_B).astype(jnp.float32)
         return wce_B.sum(), {"weight": w_B.sum(), "correct": correct}
 
