@@ -76,3 +76,21 @@ def event_scalars(event_file: Path) -> dict[str, dict[int, float]]:
         for value in event.summary.value:
             scalars.setdefault(value.tag, {})[event.step] = value.simple_value
     return scalars
+
+
+def cli_counting_reads(file_name: str, args: list[str]) -> str:
+    """Python source that runs `jaxtrader ARGS` in-process and, at exit, prints "<file_name>
+    reads: N" on stderr: how often the command read that file (`Path.read_text`)."""
+    return (
+        "import atexit, pathlib, sys\n"
+        "reads = []\n"
+        "read_text = pathlib.Path.read_text\n"
+        "def counted(self, *args, **kwargs):\n"
+        f"    if self.name == {file_name!r}:\n"
+        "        reads.append(str(self))\n"
+        "    return read_text(self, *args, **kwargs)\n"
+        "pathlib.Path.read_text = counted\n"
+        f"atexit.register(lambda: print(f'{file_name} reads: {{len(reads)}}', file=sys.stderr))\n"
+        "from jaxtrader.cli import main\n"
+        f"main({args!r})\n"
+    )

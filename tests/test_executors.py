@@ -12,6 +12,7 @@ import contextlib
 import faulthandler
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -310,6 +311,19 @@ def test_a_running_cluster_address_passes_the_probe(local_ray: str) -> None:
     check_reachable(local_ray)  # the GCS of the test's own Ray answers in HTTP/2 (gRPC)
 
 
+def _interruptible(code: str) -> subprocess.Popen[str]:
+    """`python -c code` with pipes, Ctrl-C-able: a job started in the background inherits SIGINT
+    ignored, so the child gets a terminal's default back."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def _process_tree(root: int) -> dict[int, tuple[int, bytes]]:
     """pid -> (parent pid, start time) of every live process below `root`, read from /proc."""
     procs = {}
@@ -374,15 +388,7 @@ def test_an_interrupt_while_ray_starts_ends_like_any_other_and_leaves_nothing_ru
         "from jaxtrader.cli import main\n"
         f"main({args!r})\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        # A job started in the background inherits SIGINT ignored: restore a terminal's default.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = _interruptible(code)
     seen: dict[int, tuple[int, bytes]] = {}
     try:
         deadline = time.monotonic() + 60
@@ -439,14 +445,7 @@ def test_a_second_ctrl_c_while_ray_shuts_down_says_interrupted_once(tmp_path: Pa
         "from jaxtrader.cli import main\n"
         f"main({args!r})\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = _interruptible(code)
     seen: dict[int, tuple[int, bytes]] = {}
     stderr: list[str] = []
     try:

@@ -7,7 +7,6 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,53 +142,3 @@ def test_a_notice_is_the_bare_line_in_text_and_one_record_in_json(
     )
     assert second["out"] == "runs/x"
     assert capsys.readouterr().out == "to stdout\n"  # a command's result stays on stdout as is
-
-
-def _catches_sigint(pid: int) -> bool:
-    """Python has installed its SIGINT handler in process `pid` (bit 1 of SigCgt)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigCgt:"):
-            return bool(int(line.split()[1], 16) & 0b10)
-    return False
-
-
-# The child only restores SIGINT's default between fork and exec: no JAX code runs in it.
-@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
-@pytest.mark.parametrize("log_format", ["json", "text"])
-def test_ctrl_c_leaves_only_json_records_on_stderr_under_json_logs(
-    log_format: str, tmp_path: Path
-) -> None:
-    """Ctrl-C in a command without its own handler: click wrote a bare newline to stderr before
-    our "interrupted" record, a line no JSON reader can parse. Text mode keeps it: the message
-    starts on a line of its own after the terminal's "^C"."""
-    import json
-    import signal
-    import subprocess
-    import time
-
-    code = "from jaxtrader.cli import main; main()"
-    args = ["--log-format", log_format, "data", "synth", "--rows", "3000000"]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, *args, "--out", str(tmp_path / "big.csv")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # A job started in the background inherits SIGINT ignored: restore a terminal's default.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    deadline = time.monotonic() + 30
-    while not _catches_sigint(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the command ended before it could be interrupted"
-    time.sleep(0.5)  # inside the command by now: the synthetic market takes seconds to draw
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert (proc.returncode, stdout) == (130, "")
-    if log_format == "text":
-        assert stderr == "\ninterrupted\n"
-        return
-    records = [json.loads(line) for line in stderr.split("\n")[:-1]]  # every line, empty ones too
-    assert [(r["level"], r["event"], r["message"], r["exit_code"]) for r in records] == [
-        ("error", "interrupted", "interrupted", 130)
-    ]
-    assert stderr.endswith("}\n")

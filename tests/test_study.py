@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import cli_counting_reads
 from test_walkforward import POOLED_KEYS, TOML
 
 from jaxtrader.evaluate.significance import binomial_p_value
@@ -97,19 +98,7 @@ def test_resume_reuses_complete_cells(study_run: tuple[Path, list, str]) -> None
     mtimes = {r["run"]: (Path(r["run"]) / "report.json").stat().st_mtime_ns for r in before}
     resume = [a if a != "--out" else "--resume" for a in args]
     # Counting study.json reads: the resume check and the settings comparison each parsed it.
-    code = (
-        "import atexit, pathlib, sys\n"
-        "reads = []\n"
-        "read_text = pathlib.Path.read_text\n"
-        "def counted(self, *args, **kwargs):\n"
-        "    if self.name == 'study.json':\n"
-        "        reads.append(str(self))\n"
-        "    return read_text(self, *args, **kwargs)\n"
-        "pathlib.Path.read_text = counted\n"
-        "atexit.register(lambda: print(f'study.json reads: {len(reads)}', file=sys.stderr))\n"
-        "from jaxtrader.cli import main\n"
-        f"main({resume!r})\n"
-    )
+    code = cli_counting_reads("study.json", resume)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.splitlines()[-1] == "study.json reads: 1"

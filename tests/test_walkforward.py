@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import event_scalars, extra_or_skip
+from conftest import cli_counting_reads, event_scalars, extra_or_skip
 
 from jaxtrader.config import AppConfig, DataConfig, DatasetConfig, TrainConfig
 from jaxtrader.decisions import Policy, policy_positions
@@ -889,19 +889,7 @@ def test_resume_reads_plan_json_once(cli_run: tuple[Path, dict], tmp_path: Path)
     out, _ = _copy_run(cli_run, tmp_path)
     args = ["--config", str(cli_run[0].parent / "tiny.toml"), "walkforward", "--folds", "2",
             "--seeds", "2", "--resume", str(out), "--json"]  # fmt: skip
-    code = (
-        "import atexit, pathlib, sys\n"
-        "reads = []\n"
-        "read_text = pathlib.Path.read_text\n"
-        "def counted(self, *args, **kwargs):\n"
-        "    if self.name == 'plan.json':\n"
-        "        reads.append(str(self))\n"
-        "    return read_text(self, *args, **kwargs)\n"
-        "pathlib.Path.read_text = counted\n"
-        "atexit.register(lambda: print(f'plan.json reads: {len(reads)}', file=sys.stderr))\n"
-        "from jaxtrader.cli import main\n"
-        f"main({args!r})\n"
-    )
+    code = cli_counting_reads("plan.json", args)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.splitlines()[-1] == "plan.json reads: 1"
