@@ -246,7 +246,7 @@ def test_resume_refuses_a_missing_or_damaged_study_by_name(tmp_path: Path) -> No
     # A changed configuration is named key by key, old and new value.
     from jaxtrader.study import _open_study, _study_doc
 
-    _open_study(tmp_path / "s2", _study_doc(cells, WF, CFG, {"synthetic": None}), resume=False)
+    _open_study(tmp_path / "s2", _study_doc(cells, WF, CFG, {"synthetic": None}), stored=None)
     changed = with_overrides(CFG, {"train.learning_rate": 0.01})
     with pytest.raises(
         ConfigError,
@@ -272,10 +272,11 @@ def test_resume_refuses_a_market_file_whose_contents_changed(tmp_path: Path) -> 
     cells = study_cells([str(market)], ["lstm"], [2])
     first = check_markets(CFG, cells)
     assert list(first) == ["m"] and len(first["m"] or "") == 64
-    _open_study(tmp_path / "s", _study_doc(cells, WF, CFG, first), resume=False)
+    _open_study(tmp_path / "s", _study_doc(cells, WF, CFG, first), stored=None)
     write_candles(synth_candles(rows=400, seed=2).frame, market)
     with pytest.raises(ConfigError) as caught:
-        _open_study(tmp_path / "s", _study_doc(cells, WF, CFG, check_markets(CFG, cells)), True)
+        stored = json.loads((tmp_path / "s" / "study.json").read_text())
+        _open_study(tmp_path / "s", _study_doc(cells, WF, CFG, check_markets(CFG, cells)), stored)
     assert f"(data_sha256.m {json.dumps(first['m'])} -> " in str(caught.value)
 
 
