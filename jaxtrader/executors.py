@@ -239,17 +239,20 @@ def _children_by_parent() -> dict[int, list[int]]:
     except OSError:
         return children
     for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:  # ended meanwhile
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so after the last ")"
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(name))
+        if name.isdigit() and (fields := _stat_fields(int(name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(name))
     return children
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat after the command name (state, ppid, ...), or None once it has ended.
+    The name may hold spaces and parentheses, so the fields start after the last ")"."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2 :].split()
 
 
 def _descendants(pid: int) -> set[int]:
@@ -267,12 +270,10 @@ def _descendants(pid: int) -> set[int]:
 
 def _running(pid: int) -> bool:
     """`pid` exists and is not a zombie (one of ours is reaped on the way)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+    fields = _stat_fields(pid)
+    if fields is None:
         return False
-    if stat[stat.rindex(b")") + 2 :][:1] not in (b"Z", b"X"):
+    if fields[0] not in (b"Z", b"X"):
         return True
     with contextlib.suppress(ChildProcessError):  # not ours (reparented): init reaps it
         os.waitpid(pid, os.WNOHANG)
