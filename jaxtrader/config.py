@@ -308,13 +308,15 @@ def check_values(cfg: AppConfig, source: str | None = None) -> None:
         )
 
 
-def check_data_shards(cfg: AppConfig, where: str = "") -> None:
+def check_data_shards(cfg: AppConfig | TrainConfig, where: str = "") -> None:
     """ConfigError unless an explicit `train.data_shards` divides `train.batch_size` (`train` checks
-    the merged file and flags with this too: either can set one of the two)."""
-    shards = cfg.train.data_shards
-    if shards is not None and cfg.train.batch_size % shards:
+    the merged file and flags with this too: either can set one of the two; `train.fit` checks the
+    TrainConfig it is handed)."""
+    t = cfg.train if isinstance(cfg, AppConfig) else cfg
+    shards = t.data_shards
+    if shards is not None and t.batch_size % shards:
         raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} must be a multiple of train.data_shards="
+            f"train.batch_size={t.batch_size} must be a multiple of train.data_shards="
             f"{shards}{where} (each batch is split into that many equal shards); pick a batch size "
             "divisible by it (--batch-size), or set train.data_shards = 1 (--data-shards 1)"
         )

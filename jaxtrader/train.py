@@ -29,7 +29,7 @@ from flax import linen as nn
 from flax import struct
 from flax.training import train_state
 
-from jaxtrader.config import TrainConfig
+from jaxtrader.config import TrainConfig, check_data_shards
 from jaxtrader.errors import DeepLearningError
 from jaxtrader.logs import get_logger, log_event, progress_bar
 from jaxtrader.timeouts import Deadline
@@ -516,11 +516,8 @@ def fit(
     if cfg.class_weights:
         state = state.replace(class_weights=jnp.asarray(class_weights_from_counts(counts)))
     n_steps = steps_per_epoch(dataset, cfg.batch_size)
+    check_data_shards(cfg)
     shards = cfg.data_shards or 1
-    if cfg.batch_size % shards:
-        raise DeepLearningError(
-            f"train.batch_size={cfg.batch_size} is not a multiple of train.data_shards={shards}"
-        )
     devices = data_devices(shards)
     step_fn = sharded_train_step(shards, devices)
     state = place_for_data(state, devices, split=False)

@@ -23,7 +23,7 @@ import pytest
 
 from jaxtrader import train
 from jaxtrader.config import TrainConfig
-from jaxtrader.errors import DeepLearningError
+from jaxtrader.errors import ConfigError, DeepLearningError
 from jaxtrader.models import build_model, with_defaults
 
 W, F, BATCH = 16, 86, 32
@@ -492,7 +492,7 @@ def test_fit_with_shards_trains_and_refuses_a_batch_they_do_not_divide(
     cfg = dataclasses.replace(CFG, epochs=3, data_shards=2)
     result = train.fit(_state("lstm"), planted_data, cfg, jax.random.key(3))
     assert result.best_val_acc > 0.9  # the planted rule is learned through the shards too
-    with pytest.raises(DeepLearningError, match=r"not a multiple of train\.data_shards=3"):
+    with pytest.raises(ConfigError, match=r"must be a multiple of train\.data_shards=3"):
         train.fit(
             _state("lstm"), planted_data, dataclasses.replace(cfg, data_shards=3), jax.random.key(3)
         )
