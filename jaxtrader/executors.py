@@ -14,6 +14,8 @@ the run directory.
   once (`max_retries`, `retry_exceptions`); a fold that still fails is reported with its error
   (`FoldsFailed`) after every other fold has finished and been saved, so `--resume` finishes the
   rest. A stop request (Ctrl-C) cancels the outstanding tasks; completed folds stay on disk.
+  Under `--log-format json` the driver's Ray log records (the "ray" logger: warnings from
+  `ray.init` and the like) are JSON records too (`logs.route_library_logger`, event `ray_log`).
 
 Ray is an optional extra (`pip install 'jaxtrader[ray]'`); it is imported only by `RayExecutor`.
 """
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jaxtrader.errors import ConfigError, DeepLearningError
-from jaxtrader.logs import get_logger, log_event, progress_bar
+from jaxtrader.logs import get_logger, log_event, progress_bar, route_library_logger
 from jaxtrader.runtime import HUGE_PAGE_TUNABLE, ONE_XLA_THREAD, malloc_env, without_tcmalloc
 from jaxtrader.walkforward import Executor, local_executor
 
@@ -370,6 +372,10 @@ class RayExecutor:
         """Connects to (or starts) Ray. Call before installing signal handlers: `ray.init`
         replaces the driver's SIGTERM handler."""
         ray = _import_ray()
+        # Ray's driver-side warnings (the "ray" logger's, e.g. on token authentication while
+        # ray.init starts a local cluster) as JSON records under --log-format json, not Ray's
+        # text lines; `ray.init` keeps the handler (it only sets the level and the formatter).
+        route_library_logger("ray", "ray_log", logging.WARNING)
         if ray.is_initialized():
             return self
         kwargs: dict[str, Any] = {

@@ -115,6 +115,53 @@ def log_format() -> LogFormat:
     return _state["format"]
 
 
+class _LibraryJsonFormatter(logging.Formatter):
+    """A library's log record as one of the project's JSON records: a fixed `event`, the
+    library's own logger name and its message."""
+
+    def __init__(self, event: str) -> None:
+        super().__init__()
+        self.event = event
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "event": self.event,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+class _FixedFormatHandler(BarAwareHandler):
+    """A handler that keeps its format when the library sets a formatter on its logger's
+    handlers (`ray.init` does, with its `logging_format`)."""
+
+    def __init__(self, formatter: logging.Formatter) -> None:
+        super().__init__(sys.stderr)
+        self.fixed = formatter
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.fixed.format(record)
+
+
+def route_library_logger(name: str, event: str, level: int = logging.WARNING) -> None:
+    """Under `--log-format json`, the records of a library's logger `name` (its children's too)
+    at `level` and above are written as the project's JSON records (`event`, `logger`, `message`)
+    instead of the library's own text lines on stderr, which no JSON reader parses. In text mode
+    the library keeps its own lines. Call it after the library has configured its logger (Ray
+    does on import) and before it logs."""
+    if log_format() != "json":
+        return
+    log = logging.getLogger(name)
+    log.handlers = [_FixedFormatHandler(_LibraryJsonFormatter(event))]
+    log.setLevel(level)
+    log.propagate = False
+
+
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith("jaxtrader") else f"jaxtrader.{name}")
 

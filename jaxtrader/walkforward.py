@@ -485,6 +485,41 @@ def fold_dir(out: Path, fold: int) -> Path:
     return out / f"fold_{fold:02d}"
 
 
+@dataclass(frozen=True)
+class RunProgress:
+    """How far the walk-forward run in a directory got, read from its files alone."""
+
+    folds: int  # planned (plan.json)
+    saved: list[int]  # folds whose manifest marks them complete
+    complete: bool  # every fold saved and the run's report.json written
+
+
+def run_progress(directory: str | Path) -> RunProgress | None:
+    """The progress of the walk-forward run in `directory`, None when it holds none (no plan.json,
+    or a plan.json that is no walk-forward plan). A run is complete once every fold's manifest
+    exists and its report.json (written last, by `write_outputs`) is a walk-forward report;
+    until then `--resume DIR` finishes it, and the run writes its report there."""
+    from jaxtrader.checkpoint.manifest import MANIFEST_FILE
+
+    out = Path(directory)
+    try:
+        plan = json.loads((out / PLAN_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(plan, dict) or "fold_plan" not in plan:
+        return None
+    folds = plan.get("folds")
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 1:
+        return None
+    saved = [i for i in range(folds) if (fold_dir(out, i) / MANIFEST_FILE).is_file()]
+    try:
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        report = None
+    written = isinstance(report, dict) and isinstance(report.get("folds"), list)
+    return RunProgress(folds=folds, saved=saved, complete=len(saved) == folds and written)
+
+
 # ---------------------------------------------------------------------------------------------
 # Saving and loading one fold.
 
@@ -648,6 +683,33 @@ class WalkForwardInterrupted(KeyboardInterrupt):
         super().__init__("walk-forward interrupted")
         self.out = out
         self.done = done
+
+
+def interrupted_message(
+    out: Path, done: Sequence[int], study: Path | None = None, aborted: bool = False
+) -> str:
+    """The one "interrupted: ..." line of a walk-forward stopped after `done` folds were saved in
+    `out`, whichever executor ran them (`walkforward`, and `study` for its cell `out`, whose
+    study directory is `study`): "no fold was complete", "fold 0 is saved", "folds 0, 1 are
+    saved", and the --resume that finishes it. `aborted`: a fold in progress was given up."""
+    folds = ", ".join(str(i) for i in sorted(done))
+    lead = "interrupted: the fold in progress was not saved; " if aborted else "interrupted: "
+    if study is None:
+        if not done:
+            return (
+                f"{lead}no fold was complete; rerun the same command with --resume {out} "
+                "to start the run again"
+            )
+        saved = f"fold {folds} is" if len(done) == 1 else f"folds {folds} are"
+        return f"{lead}{saved} saved in {out}; finish with the same command and --resume {out}"
+    cell = f"of the cell in {out}"
+    if not done:
+        saved = f"no fold {cell} was complete"
+    elif len(done) == 1:
+        saved = f"fold {folds} {cell} is saved"
+    else:
+        saved = f"folds {folds} {cell} are saved"
+    return f"{lead}{saved}; finish the study with the same command and --resume {study}"
 
 
 @dataclass

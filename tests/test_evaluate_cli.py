@@ -849,3 +849,102 @@ def test_report_dir_never_replaces_files_evaluate_did_not_write(
     assert json.loads((own / "report.json").read_text())["policy"]["source"] == "plain"
     assert (own / "report.md").read_text() != old_md  # rewritten: fees 7 bps then, 10 bps now
     assert (own / "notes.txt").read_text() == "kept\n"
+
+
+# A Ctrl-C handled while a gc callback runs: `signal.raise_signal` runs the SIGINT handler at once,
+# so the KeyboardInterrupt starts inside the callback, which Python reports as "Exception ignored"
+# and drops. The collection comes as evaluate starts its work; a marker file says it happened.
+_SWALLOWED_CTRL_C = """
+import gc, signal, sys
+from pathlib import Path
+import jaxtrader.evaluate.run as run
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Ctrl-C, in the background too
+armed = []
+def callback(phase, info):
+    if armed and phase == "start" and not Path({marker!r}).exists():
+        Path({marker!r}).touch()
+        signal.raise_signal(signal.SIGINT)
+gc.callbacks.append(callback)
+original = run.evaluate_checkpoint
+def evaluate_checkpoint(*args, **kwargs):
+    armed.append(True)
+    gc.collect()
+    return original(*args, **kwargs)
+run.evaluate_checkpoint = evaluate_checkpoint
+from jaxtrader.cli import main
+main({args!r})
+"""
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_ctrl_c_swallowed_inside_a_gc_callback_still_stops_evaluate(
+    trained: dict[str, Path], tmp_path: Path, log_format: str
+) -> None:
+    """Python reports a KeyboardInterrupt raised inside a gc callback (JAX registers some) through
+    sys.unraisablehook and carries on: evaluate ran to its end, printed its table and wrote its
+    files, exit 0, with an "Exception ignored ... KeyboardInterrupt" traceback on stderr. It ends
+    as any Ctrl-C does now: exit 130, one "interrupted" line (one JSON record), nothing written."""
+    marker, csv_path = tmp_path / "fired", tmp_path / "pred.csv"
+    args = ["--log-format", log_format, "evaluate", "--checkpoint", str(trained["version_dir"]),
+            "--split", "test", "--policy", "plain", "--no-record-policy",
+            "--predictions", str(csv_path)]  # fmt: skip
+    code = _SWALLOWED_CTRL_C.format(marker=str(marker), args=args)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert marker.exists(), proc.stderr[-3000:]  # the Ctrl-C did land inside the callback
+    assert (proc.returncode, proc.stdout) == (130, ""), proc.stderr[-3000:]
+    assert not csv_path.exists()
+    if log_format == "text":
+        assert proc.stderr == "\ninterrupted\n"
+        return
+    records = [json.loads(line) for line in proc.stderr.split("\n")[:-1]]
+    assert [(r["level"], r["event"], r["message"], r["exit_code"]) for r in records] == [
+        ("error", "interrupted", "interrupted", 130)
+    ]
+
+
+def test_report_dir_refuses_a_walkforward_run_directory(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """`--report-dir` named a walk-forward run still in progress (plan.json, some folds saved,
+    no report yet): evaluate wrote its report.json, report.md and plots among the run's files,
+    exit 0, and the run's --resume later wrote its own over them. Such a directory is refused
+    before any work now, saying what it is; so is a complete run (named as such), and the run's
+    files are left as they were."""
+    from test_walkforward import CFG, WF
+
+    from jaxtrader.walkforward import WalkForwardInterrupted, run_walkforward
+
+    out = tmp_path / "run"
+    with pytest.raises(WalkForwardInterrupted):  # stopped after its first fold: in progress
+        run_walkforward(CFG, WF, out=out, should_stop=lambda: True)
+
+    def files() -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def refused(checkpoint: Path) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "jaxtrader", "evaluate", "--checkpoint", str(checkpoint),
+             "--split", "test", "--policy", "plain", "--no-record-policy",
+             "--report-dir", str(out)],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr[-3000:]
+        return proc.stderr
+
+    before = files()
+    assert "plan.json" in before and "report.json" not in before
+    for checkpoint in (out / "fold_00", trained["version_dir"]):
+        assert refused(checkpoint) == (
+            f"error: --report-dir {out} is a walk-forward run in progress (1 of 2 folds saved), "
+            "which writes its own report.json, report.md and plots there when it finishes; "
+            "choose another folder for the report\n"
+        )
+    assert files() == before
+
+    run_walkforward(CFG, WF, out=out, resume=True)  # complete now
+    before = files()
+    assert refused(out / "fold_00") == (
+        f"error: --report-dir {out} is a complete walk-forward run (2 folds), whose report.json, "
+        "report.md and plots evaluate would overwrite; choose another folder for the report\n"
+    )
+    assert files() == before

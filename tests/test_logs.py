@@ -120,7 +120,7 @@ def test_a_notice_is_the_bare_line_in_text_and_one_record_in_json(
     from jaxtrader.cli.common import echo
     from jaxtrader.logs import notice
 
-    message = "interrupted: folds [0] are saved in runs/x\nsecond line"
+    message = "interrupted: fold 0 is saved in runs/x\nsecond line"
     term = terminal("text")
     notice("interrupted", message)
     echo("plan table", err=True, event="walkforward_plan", out="runs/x")
@@ -142,3 +142,39 @@ def test_a_notice_is_the_bare_line_in_text_and_one_record_in_json(
     )
     assert second["out"] == "runs/x"
     assert capsys.readouterr().out == "to stdout\n"  # a command's result stays on stdout as is
+
+
+def test_a_library_logger_writes_json_records_under_json_and_its_own_lines_in_text(
+    terminal: Callable[[LogFormat], _Terminal],
+) -> None:
+    """Ray's "ray" logger has its own text handler on stderr: under --log-format json its
+    warnings were lines no JSON reader parses. Routed, they are the project's records; a
+    formatter the library sets later on its handlers (ray.init does) changes nothing."""
+    import json
+
+    from jaxtrader.logs import route_library_logger
+
+    library = logging.getLogger("jt_test_library")
+    saved = (library.handlers[:], library.level, library.propagate)
+    try:
+        for fmt in ("text", "json"):
+            term = terminal(fmt)  # type: ignore[arg-type]
+            own = logging.StreamHandler(sys.stderr)
+            own.setFormatter(logging.Formatter("%(levelname)s %(filename)s -- %(message)s"))
+            library.handlers[:] = [own]
+            library.propagate = False
+            route_library_logger("jt_test_library", "library_log", logging.WARNING)
+            for handler in library.handlers:  # as ray.init's logging_format does
+                handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            logging.getLogger("jt_test_library.part").info("not shown under json")
+            logging.getLogger("jt_test_library.part").warning("the library's warning")
+            lines = term.getvalue().splitlines()
+            if fmt == "text":  # untouched: the library's own lines
+                assert lines[-1].endswith(" the library's warning")
+                continue
+            records = [json.loads(line) for line in lines]
+            assert [(r["level"], r["event"], r["logger"], r["message"]) for r in records] == [
+                ("warning", "library_log", "jt_test_library.part", "the library's warning")
+            ]
+    finally:
+        library.handlers[:], library.level, library.propagate = saved

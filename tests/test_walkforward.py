@@ -874,13 +874,90 @@ def test_sigterm_after_a_fold_says_interrupted_once_and_exits_130(tmp_path: Path
     assert proc.returncode == 130, stderr[-3000:]
     done = sorted(int(p.parent.name[5:]) for p in out.glob("fold_*/manifest.json"))
     assert done in ([0], [0, 1])  # fold 1 too when the signal came after its training began
-    line = (
-        f"interrupted: folds {done} are saved in {out}; finish with the same command and "
-        f"--resume {out}"
-    )
+    saved = "fold 0 is" if done == [0] else "folds 0, 1 are"
+    line = f"interrupted: {saved} saved in {out}; finish with the same command and --resume {out}"
     assert [x for x in stderr.splitlines() if "interrupted" in x] == [line]
     assert stderr.endswith(f"\n{line}\n")
     assert "fold  train" in stdout and "Traceback" not in stderr
+
+
+def test_a_second_ctrl_c_in_the_first_fold_says_no_fold_was_complete(tmp_path: Path) -> None:
+    """Ctrl-C twice in fold 0 (the first asks to stop after the fold, the second aborts it):
+    the local executor said "interrupted: folds [] are saved in DIR; finish with ...", as Ray did.
+    Both say it with one wording now: no fold was complete, and the --resume that starts again."""
+    import os
+    import signal
+    import threading
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TOML, encoding="utf-8")
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jaxtrader", "--config", str(config), "walkforward",
+         "--folds", "2", "--seeds", "2", "--epochs", "500", "--patience", "500", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    lines: list[str] = []
+    hung = threading.Timer(240, proc.kill)  # a run that never stops must not hang the suite
+    hung.start()
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            # The first once the folds start (walkforward's handler is installed by then), the
+            # second once the training loop has noticed it: fold 0 has hundreds of epochs to go.
+            if " walkforward_start " in line or " stop_requested " in line:
+                proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        hung.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = "".join(lines)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert not list(out.glob("fold_*/manifest.json")) and (out / "plan.json").is_file()
+    line = (
+        f"interrupted: no fold was complete; rerun the same command with --resume {out} to start "
+        "the run again"
+    )
+    assert [x for x in stderr.splitlines() if "interrupted" in x] == [line]
+    assert stderr.endswith(f"\n{line}\n") and "Traceback" not in stderr
+
+
+def test_the_interrupted_line_reads_naturally_for_no_one_or_several_folds() -> None:
+    """One wording for walkforward (local or Ray) and study: a list of fold numbers, never the
+    Python list "folds [] are saved"."""
+    from jaxtrader.walkforward import interrupted_message
+
+    run, study = Path("runs/x"), Path("runs/studies/s")
+    assert interrupted_message(run, []) == (
+        "interrupted: no fold was complete; rerun the same command with --resume runs/x to start "
+        "the run again"
+    )
+    assert interrupted_message(run, [0]) == (
+        "interrupted: fold 0 is saved in runs/x; finish with the same command and --resume runs/x"
+    )
+    assert interrupted_message(run, [2, 0, 1]) == (
+        "interrupted: folds 0, 1, 2 are saved in runs/x; finish with the same command and "
+        "--resume runs/x"
+    )
+    finish = "finish the study with the same command and --resume runs/studies/s"
+    assert interrupted_message(run, [], study) == (
+        f"interrupted: no fold of the cell in runs/x was complete; {finish}"
+    )
+    assert interrupted_message(run, [3], study) == (
+        f"interrupted: fold 3 of the cell in runs/x is saved; {finish}"
+    )
+    assert interrupted_message(run, [0, 1], study) == (
+        f"interrupted: folds 0, 1 of the cell in runs/x are saved; {finish}"
+    )
+    # A second Ctrl-C that gave up a fold in progress says so first (it printed "--resume DIR").
+    assert interrupted_message(run, [0], aborted=True) == (
+        "interrupted: the fold in progress was not saved; fold 0 is saved in runs/x; finish with "
+        "the same command and --resume runs/x"
+    )
 
 
 def test_resume_reads_plan_json_once(cli_run: tuple[Path, dict], tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Only click and the standard library are imported at module level so `--help` stays instant; each
 command imports JAX, pandas and friends inside its own function. Any `JaxTraderError` becomes one
-`error: ...` line on stderr and exit code 2 (a traceback only with `--debug`).
+`error: ...` line on stderr and exit code 2 (a traceback only with `--debug`); Ctrl-C is exit 130
+and one "interrupted" line, also when Python swallowed it inside a gc callback (`interrupts`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from jaxtrader.cli.common import (
     train_knob_options,
     train_knob_overrides,
 )
+from jaxtrader.cli.interrupts import watching
 from jaxtrader.errors import JaxTraderError, path_problem
 
 # Commands that train K seeds in one step: `main` restarts them on tcmalloc where it is installed,
@@ -236,7 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     # Errors follow --log-format even when they come before click has parsed anything.
     json_logs = _group_args(args)[0].get("--log-format") == "json"
     try:
-        cli.main(args=args, prog_name="jaxtrader", standalone_mode=False)
+        with watching() as watch:  # a Ctrl-C Python swallowed inside a gc callback: cli.interrupts
+            cli.main(args=args, prog_name="jaxtrader", standalone_mode=False)
+        if watch.swallowed:
+            # Its redelivery was lost too, and the command ran to its end: still an interrupt.
+            raise KeyboardInterrupt
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except _NO_ARGS_IS_HELP as e:

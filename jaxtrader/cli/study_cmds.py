@@ -113,7 +113,11 @@ def study(
     from jaxtrader.executors import close_executor, describe, start_executor
     from jaxtrader.logs import jsonable
     from jaxtrader.study import format_table, run_study, study_cells
-    from jaxtrader.walkforward import WalkForwardInterrupted, WalkForwardSettings
+    from jaxtrader.walkforward import (
+        WalkForwardInterrupted,
+        WalkForwardSettings,
+        interrupted_message,
+    )
 
     base = effective_config(
         state,
@@ -179,13 +183,7 @@ def study(
                 on_cell=on_cell,
             )
     except WalkForwardInterrupted as e:
-        study_dir = e.out.parents[2]
-        saved = f"folds {e.done} of the cell in {e.out} are" if e.done else "no fold of it was"
-        notice(
-            "interrupted",
-            f"interrupted: {saved} saved; finish the study with the same command and --resume "
-            f"{study_dir}",
-        )
+        notice("interrupted", interrupted_message(e.out, e.done, study=e.out.parents[2]))
         raise SystemExit(INTERRUPTED_EXIT) from None
     except KeyboardInterrupt:  # the second Ctrl-C, during a fold
         notice(

@@ -208,7 +208,9 @@ def walkforward(
         WalkForwardInterrupted,
         WalkForwardSettings,
         format_plan,
+        interrupted_message,
         resume_record,
+        run_progress,
         run_walkforward,
     )
     from jaxtrader.walkforward_report import format_summary
@@ -247,7 +249,10 @@ def walkforward(
         policy=policy,  # type: ignore[arg-type]
     )
 
+    run_dir: list[Path] = []  # known once the plan is written
+
     def on_plan(plan: dict[str, Any], out_dir: Path) -> None:
+        run_dir[:] = [out_dir]
         text = f"{format_plan(plan)}\nrun directory: {out_dir}"
         echo(text, err=as_json, event="walkforward_plan", out=str(out_dir))
 
@@ -271,19 +276,17 @@ def walkforward(
                 on_plan=on_plan,
                 stored_plan=stored_plan,
             )
-    except WalkForwardInterrupted as e:
-        notice(
-            "interrupted",
-            f"interrupted: folds {e.done} are saved in {e.out}; finish with the same command "
-            f"and --resume {e.out}",
-        )
+    except WalkForwardInterrupted as e:  # local or Ray: one wording (interrupted_message)
+        notice("interrupted", interrupted_message(e.out, e.done))
         raise SystemExit(INTERRUPTED_EXIT) from None
-    except KeyboardInterrupt:
-        notice(
-            "interrupted",
-            "interrupted: the fold in progress was not saved; completed folds are kept "
-            "(rerun with --resume DIR)",
-        )
+    except KeyboardInterrupt:  # a fold aborted, or a stop before the plan was written
+        if run_dir:
+            progress = run_progress(run_dir[0])
+            saved = progress.saved if progress is not None else []
+            message = interrupted_message(run_dir[0], saved, aborted=True)
+        else:
+            message = "interrupted before the run's plan was written; nothing was saved"
+        notice("interrupted", message)
         raise SystemExit(INTERRUPTED_EXIT) from None
     finally:
         close_executor(runner)

@@ -688,12 +688,28 @@ def refuse_foreign_report_dir(directory: str | Path, flag: str = "--report-dir")
     """ConfigError, before any work, when `directory` holds files under the names `write_report`
     writes (report.md, the plots) and is not an earlier evaluate report's folder: they would be
     replaced without a word. Other files there are left alone, so they are no reason to refuse;
-    rewriting evaluate's own report (a rerun) is allowed."""
+    rewriting evaluate's own report (a rerun) is allowed. A walk-forward run's directory is
+    refused whatever it holds yet: a run in progress writes its own report.json, report.md and
+    plots there when it finishes (over evaluate's, or evaluate's report would pass for the run's
+    in the meantime), and a complete one holds them already."""
     from jaxtrader.errors import ConfigError
+    from jaxtrader.walkforward import run_progress
 
     out = Path(directory)
     if not out.is_dir():
         return
+    if (run := run_progress(out)) is not None:
+        if run.complete:
+            what = (
+                f"a complete walk-forward run ({run.folds} folds), whose report.json, report.md "
+                "and plots evaluate would overwrite"
+            )
+        else:
+            what = (
+                f"a walk-forward run in progress ({len(run.saved)} of {run.folds} folds saved), "
+                "which writes its own report.json, report.md and plots there when it finishes"
+            )
+        raise ConfigError(f"{flag} {directory} is {what}; choose another folder for the report")
     taken = [name for name in REPORT_FILES if (out / name).exists() or (out / name).is_symlink()]
     if taken and not is_evaluate_report(out):
         names = ", ".join(taken[:3]) + (", ..." if len(taken) > 3 else "")
