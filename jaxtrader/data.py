@@ -220,9 +220,23 @@ def first_candle_problem(
     """Row index and description of the first invalid candle; checks in priority order.
 
     The loader calls it on whole columns and `candle_problem` on one candle: one implementation.
-    `features` calls it too, to name the invalid input behind a non-finite feature value.
+    `features` calls it too, on every frame or array it is given, so it first decides whether all
+    candles are valid in a few whole-column operations (the usual case) and only then looks for
+    which one is not.
     """
     with np.errstate(invalid="ignore"):
+        # Open and close within [low, high] keep every price within [min low, max high]; NaN
+        # fails each comparison, so any NaN, like any other problem, takes the path below.
+        if (
+            lo.size
+            and lo.min() >= MIN_PRICE
+            and h.max() <= MAX_VALUE
+            and v.min() >= 0
+            and v.max() <= MAX_VALUE
+            and (h >= np.maximum(o, c)).all()
+            and (lo <= np.minimum(o, c)).all()
+        ):
+            return None
         finite = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) & np.isfinite(v)
         positive = finite & (o > 0) & (h > 0) & (lo > 0) & (c > 0)
         prices = (o, h, lo, c)

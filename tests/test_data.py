@@ -20,6 +20,7 @@ from jaxtrader.data import (
     Candles,
     candle_problem,
     file_sha256,
+    first_candle_problem,
     infer_symbol,
     load_candles,
     load_market,
@@ -274,6 +275,50 @@ def test_candle_problem_refuses_absurd_magnitudes() -> None:
     assert candle_problem(ts, 1e30, 1e30, 1e30, 1e30, 1e30) is None
     assert candle_problem(ts, 1e-30, 1e-30, 1e-30, 1e-30, 0) is None
     assert candle_problem(ts, 1.2e-14, 1.3e-14, 1.1e-14, 1.2e-14, 3e20) is None
+
+
+# One defect per candle kind first_candle_problem knows, as (column, value) changes.
+_DEFECTS = [
+    {"close": np.nan},
+    {"volume": np.inf},
+    {"open": -np.inf},
+    {"low": 0.0},
+    {"volume": 1e31},
+    {"low": 1e-31, "open": 1e-31, "close": 1e-31},
+    {"high": 1.0, "low": 2.0, "open": 1.5, "close": 1.5},
+    {"close": 1e9},
+    {"open": 1e-9},
+    {"volume": -1e-300},
+]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_first_candle_problem_on_whole_columns_names_the_one_bad_candle(seed: int) -> None:
+    """On whole columns (the loader, and features on frames that skipped it) the answer is the
+    bad candle's row and the same words as for that candle alone, whatever the defect and the
+    row; columns of valid candles, bounds included, give None (the whole-column fast path)."""
+    frame = synth_candles(rows=500, seed=seed).frame
+    cols = {
+        name: frame[name].to_numpy().copy() for name in ("open", "high", "low", "close", "volume")
+    }
+    cols["volume"][::7] = 0.0
+    assert first_candle_problem(*cols.values()) is None
+    edge = {name: x.copy() for name, x in cols.items()}
+    for name in ("open", "high", "low", "close", "volume"):
+        edge[name][3] = 1e30
+        edge[name][4] = 1e-30 if name != "volume" else 0.0
+    assert first_candle_problem(*edge.values()) is None
+    rng = np.random.default_rng(seed)
+    ts = pd.Timestamp("2024-01-01", tz="UTC")
+    for defect in _DEFECTS:
+        bad = {name: x.copy() for name, x in cols.items()}
+        row = int(rng.integers(0, 500))
+        for name, value in defect.items():
+            bad[name][row] = value
+        expected = candle_problem(ts, *(float(x[row]) for x in bad.values()))
+        assert expected is not None
+        assert first_candle_problem(*bad.values()) == (row, expected)
+    assert first_candle_problem(*(x[:0] for x in cols.values())) is None
 
 
 def test_absurd_volume_in_a_written_file_is_named_on_load(tmp_path: Path) -> None:

@@ -195,24 +195,51 @@ def test_finite_on_flat_and_zero_volume_candles(candles: pd.DataFrame) -> None:
     assert got == pytest.approx(expected, abs=1e-12)
 
 
-def test_nan_close_after_warmup_names_feature_and_timestamp(candles: pd.DataFrame) -> None:
+def spiked(frame: pd.DataFrame, row: int, factor: float) -> pd.DataFrame:
+    """`frame` with the volume of `row` set to `factor` times the median volume: a valid candle
+    (the loader's checks pass), wildly out of scale."""
+    from jaxtrader.data import first_candle_problem
+
+    out = frame.copy()
+    out.iloc[row, out.columns.get_loc("volume")] = factor * float(frame["volume"].median())
+    assert first_candle_problem(*(out[c].to_numpy() for c in F._COLUMNS)) is None
+    return out
+
+
+@pytest.mark.parametrize("factor", [1e12, 1e20])
+def test_a_volume_spike_stops_mattering_once_it_leaves_every_window(
+    candles: pd.DataFrame, full: np.ndarray, factor: float
+) -> None:
+    """A valid volume 1e12 times the median may move the features whose windows hold it, but
+    from WARMUP rows on (past every window and every decayed seed) the features equal those of
+    the same candles without it. Running totals over the whole history (a cumulative sum, or
+    TA-Lib's add-and-subtract window totals and OBV/A-D lines) kept its rounding residue for the
+    rest of the series: volume features off by up to 100% (mfi_14, obv_slope_20, vwap_dist_20)."""
+    row = F.WARMUP + 100
+    out = F.feature_matrix(spiked(candles, row, factor))
+    after = row + F.WARMUP
+    bad = offenders(out[after:], full[after:], rtol=1e-9, atol=1e-12)
+    assert not bad, f"the spike at row {row} still matters {F.WARMUP}+ rows later: {bad}"
+    moved = offenders(out[row : row + 20], full[row : row + 20], rtol=1e-9, atol=1e-12)
+    assert any(m.startswith("volume_ratio_20") for m in moved)  # the spike does count in-window
+
+
+def test_nan_close_names_the_candle_and_the_loaders_reason(candles: pd.DataFrame) -> None:
     bad = candles.copy()
     row = F.WARMUP + 50
     bad.iloc[row, bad.columns.get_loc("close")] = np.nan
     with pytest.raises(FeatureError) as err:
         F.compute_features(bad)
-    msg = str(err.value)
     stamp = candles.index[row].isoformat()
-    assert msg == (
-        f"feature ret_1 is NaN at {stamp} (row {row}): the input candle at {stamp} (row {row}) "
-        "is invalid: missing or non-finite value (NaN/inf) in close; fix or remove that candle "
-        "(jaxtrader.data.load_candles refuses such candles)"
+    assert str(err.value) == (
+        f"input candle at {stamp} (row {row}) is invalid: missing or non-finite value (NaN/inf) "
+        "in close; fix or remove that candle (jaxtrader.data.load_candles refuses such candles)"
     )
 
 
 def test_overflowing_volume_names_the_candle_the_loader_refuses(candles: pd.DataFrame) -> None:
-    """A finite volume whose product with the price overflows float64: the message names the
-    row, column and value in the loader's own words, not a validator that would accept it."""
+    """A finite volume whose product with the price would overflow float64: refused in the
+    loader's own words (its bounds), not computed."""
     bad = candles.copy()
     row = F.WARMUP + 50
     bad.iloc[row, bad.columns.get_loc("volume")] = 1e307
@@ -220,31 +247,116 @@ def test_overflowing_volume_names_the_candle_the_loader_refuses(candles: pd.Data
         F.compute_features(bad)
     stamp = candles.index[row].isoformat()
     assert str(err.value) == (
-        f"feature obv_slope_20 is infinite at {stamp} (row {row}): the input candle at {stamp} "
-        f"(row {row}) is invalid: volume 1e+307 is above 1e+30, the largest price or volume "
-        "accepted (no market trades at that scale: a corrupt or mis-scaled value); fix or "
-        "remove that candle (jaxtrader.data.load_candles refuses such candles)"
+        f"input candle at {stamp} (row {row}) is invalid: volume 1e+307 is above 1e+30, the "
+        "largest price or volume accepted (no market trades at that scale: a corrupt or "
+        "mis-scaled value); fix or remove that candle (jaxtrader.data.load_candles refuses such "
+        "candles)"
     )
 
 
-def test_valid_candle_out_of_scale_is_named_not_blamed_on_validation(
-    candles: pd.DataFrame,
+# One candle of each kind the loader refuses, finite where it can be: each left every feature
+# after the warm-up finite (so nothing was raised) when it sat in the warm-up rows.
+_INVALID = {
+    "high below low": {"high": 0.5, "low": 2.0, "open": 1.0, "close": 1.0},
+    "high below max(open, close)": {"close": 1.5, "high": 1.2},
+    "low above min(open, close)": {"low": 1.1, "open": 1.05},
+    "negative volume": {"volume": -5.0},
+    "non-positive price": {"low": 0.0},
+    "price below the loader's bound": {"low": 1e-35},
+    "NaN": {"volume": np.nan},
+}
+
+
+@pytest.mark.parametrize("kind", list(_INVALID))
+@pytest.mark.parametrize("row", [5, F.WARMUP + 20])
+def test_frames_that_skipped_the_loader_get_its_checks(
+    candles: pd.DataFrame, kind: str, row: int
 ) -> None:
-    """Inside the loader's bounds, a candle 1e20 times its neighbours leaves the later rolling
-    sums (differences of one cumulative sum) at rounding noise: VWAP 0, close / 0 = inf, 20 rows
-    on. The message names that candle and says it passed validation."""
+    """compute_features, feature_matrix_of and last_feature_row refuse what load_candles refuses,
+    with its words (jaxtrader.data.first_candle_problem, the one check both call), wherever the
+    candle is: also in the warm-up rows, whose own values are masked anyway, and also when every
+    feature would come out finite."""
+    from jaxtrader.data import first_candle_problem
+
+    bad = candles.iloc[: F.WARMUP + 100].copy()
+    scale = float(bad["close"].iloc[row])
+    for col, x in _INVALID[kind].items():
+        bad.iloc[row, bad.columns.get_loc(col)] = x * (scale if col != "volume" else 1.0)
+    cols, ts_ns = F.candle_columns(bad)
+    found = first_candle_problem(*cols)
+    assert found is not None and found[0] == row
+    stamp = re.escape(bad.index[row].isoformat())
+    expected = rf"^input candle at {stamp} \(row {row}\) is invalid: {re.escape(found[1])}; fix"
+    with pytest.raises(FeatureError, match=expected):
+        F.compute_features(bad)
+    with pytest.raises(FeatureError, match=expected):
+        F.feature_matrix_of(*cols, ts_ns)
+    with pytest.raises(FeatureError, match=expected):
+        F.last_feature_row(*cols, ts_ns)
+
+
+@pytest.mark.parametrize(("col", "factor", "what"), [
+    ("high", 1e7, r"its high \S+ is 1e\+07 times its low"),
+    ("price", 1e12, r"its high \S+ is 1e\+12 times the previous low"),
+    ("price", 1e-12, r"the previous high \S+ is 1e\+12 times its low"),
+])  # fmt: skip
+def test_a_price_jump_no_market_makes_is_refused(
+    candles: pd.DataFrame, col: str, factor: float, what: str
+) -> None:
+    """Valid candles (the loader's bounds are 1e-30..1e30), but a 1e6-fold move within or into a
+    candle: TA-Lib's moving averages keep running window totals, which would carry a price
+    spike's rounding for the rest of the series (after 1e12: SMA ratios off by 1e-5, after 1e20
+    garbage), so the candle is named instead."""
+    from jaxtrader.data import first_candle_problem
+
     bad = candles.copy()
     row = F.WARMUP + 50
-    for col in ("open", "high", "low", "close"):
-        bad.iloc[row, bad.columns.get_loc(col)] = 1e22
+    cols = ["high"] if col == "high" else ["open", "high", "low", "close"]
+    for name in cols:
+        bad.iloc[row, bad.columns.get_loc(name)] *= factor
+    assert first_candle_problem(*(bad[c].to_numpy() for c in F._COLUMNS)) is None
+    stamp = re.escape(candles.index[row].isoformat())
     with pytest.raises(FeatureError) as err:
         F.compute_features(bad)
-    stamp, later = candles.index[row].isoformat(), candles.index[row + 20].isoformat()
     assert re.fullmatch(
-        rf"feature vwap_dist_20 is infinite at {re.escape(later)} \(row {row + 20}\): input low "
-        rf"1e\+22 at {re.escape(stamp)} \(row {row}\) is 1e\+20 times the median low up to there, "
-        r"too far out of scale for float64 rolling sums; the candle passes validation but is "
-        r"almost surely wrong: check it, fix or remove it",
+        rf"input candle at {stamp} \(row {row}\): {what} \S+, a move no market makes in one "
+        r"candle \(features refuse moves past 1e\+06: float64 running totals in TA-Lib's "
+        r"indicators would keep its rounding\); the candle passes validation but is almost "
+        r"surely wrong: check it, fix or remove it",
+        str(err.value),
+    ), str(err.value)
+    ok = candles.copy()
+    for name in ("open", "high", "low", "close"):
+        ok.iloc[row, ok.columns.get_loc(name)] *= 1e5  # a 1e5-fold spike is still computed
+    chex.assert_tree_all_finite(F.feature_matrix(ok)[F.WARMUP :])
+
+
+def test_prices_drifting_out_of_scale_are_named_when_a_feature_breaks(
+    candles: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked candles can still drift over many orders of magnitude in steps below the jump
+    limit; should a feature then break, the message names the price farthest from its median."""
+    unmasked = F._unmasked
+
+    def broken(*args: np.ndarray, **kwargs: int | None) -> np.ndarray:
+        out = unmasked(*args, **kwargs)
+        out[F.FEATURE_NAMES.index("sma_ratio_5"), F.WARMUP + 70] = np.inf
+        return out
+
+    drift = candles.copy()
+    row = F.WARMUP + 50  # from here on 1e12 times higher, in 1e3-fold steps
+    ramp = 1e3 ** np.minimum(np.arange(1, len(drift) - row + 4), 4)
+    for name in ("open", "high", "low", "close"):
+        drift.iloc[row - 3 :, drift.columns.get_loc(name)] *= ramp
+    monkeypatch.setattr(F, "_unmasked", broken)
+    with pytest.raises(FeatureError) as err:
+        F.compute_features(drift)
+    later = candles.index[F.WARMUP + 70].isoformat()
+    assert re.fullmatch(
+        rf"feature sma_ratio_5 is infinite at {re.escape(later)} \(row {F.WARMUP + 70}\): input "
+        r"(open|high|low|close) \S+ at \S+ \(row (\d+)\) is 1e\+12 times the median \1 up to "
+        r"there, too far out of scale for float64 rolling sums; the candle passes validation but "
+        r"is almost surely wrong: check it, fix or remove it",
         str(err.value),
     ), str(err.value)
 
@@ -356,7 +468,7 @@ def test_last_feature_row_is_the_last_row_bit_for_bit(candles: pd.DataFrame) -> 
     bad.iloc[-1, bad.columns.get_loc("close")] = np.nan
     cols, ts_ns = F.candle_columns(bad.iloc[-F.MIN_HISTORY :])
     stamp = bad.index[-1].isoformat()
-    with pytest.raises(FeatureError, match=f"feature ret_1 is NaN at {re.escape(stamp)}"):
+    with pytest.raises(FeatureError, match=f"^input candle at {re.escape(stamp)} .* in close;"):
         F.last_feature_row(*cols, ts_ns)
 
 
@@ -381,6 +493,83 @@ def test_min_history_tail_matches_full_history_on_many_candles(candles: pd.DataF
     ends = np.arange(F.MIN_HISTORY, ROWS + 1, 11)
     tails, ref = tail_rows_vs_full(candles, ends)
     np.testing.assert_allclose(tails, ref, rtol=0, atol=TAIL_ATOL)
+    # What sums inside finite windows has no seed to forget: those match bit for bit.
+    in_window = [j for j, name in enumerate(F.FEATURE_NAMES) if name.startswith(
+        ("std_ret_", "parkinson_", "garman_klass_", "vol_of_vol_", "std_ratio_", "volume_z_",
+         "volume_ratio_", "obv_slope_", "vwap_dist_", "mfi_", "skew_", "kurt_", "autocorr_"))]  # fmt: skip
+    assert len(in_window) == 25
+    np.testing.assert_array_equal(tails[:, in_window], ref[:, in_window])
+
+
+# ----------------------------------------------------------------------------- in-window sums
+
+
+def test_window_sums_add_up_each_window_on_its_own() -> None:
+    import math
+
+    rng = np.random.default_rng(4)
+    x = rng.lognormal(0.0, 3.0, 1_000)  # values over 10 orders of magnitude
+    x[300:520] = 0.0  # a dead stretch longer than every window
+    widths = (1, 2, 5, 14, 20, 60, 200)
+    sums = F._window_sums(x, widths)
+    assert sorted(sums) == list(widths)
+    for n in widths:
+        s = sums[n]
+        assert np.isnan(s[: n - 1]).all()
+        exact = [math.fsum(x[t - n + 1 : t + 1]) for t in range(n - 1, len(x))]
+        np.testing.assert_allclose(s[n - 1 :], exact, rtol=2e-15, atol=0)
+        assert (s[300 + n - 1 : 520] == 0.0).all()  # exactly 0 over all-zero windows
+        for start in (1, 37, 777):  # a window sums to the same bits wherever the series starts
+            cut = F._window_sums(x[start:], (n,))[n]
+            np.testing.assert_array_equal(cut[n - 1 :], s[start + n - 1 :])
+        assert np.isnan(F._window_sums(x[: n - 1], (n,))[n]).all()  # shorter than the window
+    stacked = F._window_sums(np.stack([x, x[::-1]]), widths)  # rows are summed as each alone
+    for n in widths:
+        np.testing.assert_array_equal(stacked[n][0], sums[n])
+        np.testing.assert_array_equal(stacked[n][1], F._window_sums(x[::-1].copy(), (n,))[n])
+
+
+def tick_candles(rows: int, seed: int) -> pd.DataFrame:
+    """random_candles rounded to a 0.2 tick (0.04% to 0.2% of the price): equal closes and
+    typical prices, and typical prices equal but for their last bits, as real candles have."""
+    frame = random_candles(rows, seed)
+    prices = frame[["open", "high", "low", "close"]].to_numpy()
+    prices = np.round(prices * 5.0) / 5.0
+    prices[:, 1] = prices.max(axis=1)
+    prices[:, 2] = prices.min(axis=1)
+    frame[["open", "high", "low", "close"]] = prices
+    volume = frame["volume"].to_numpy().copy()
+    volume[[100, 101, 700]] = 0.0
+    volume[1_000:1_030] = 0.0  # a zero-volume stretch longer than the windows
+    frame["volume"] = volume
+    return frame
+
+
+@pytest.mark.parametrize("tick", [False, True])
+def test_in_window_volume_indicators_give_talib_values(tick: bool) -> None:
+    """MFI, the OBV slope and the Chaikin oscillator are ours because TA-Lib's keep running
+    totals (MFI's window sums, the OBV and A/D lines); the values are TA-Lib's, NaNs included,
+    to rounding (TA-Lib's own: its OBV slope and oscillator subtract numbers ~|OBV| apart)."""
+    frame = tick_candles(2_000, seed=9) if tick else random_candles(2_000, seed=9)
+    (_, h, low, c, v), _ = F.candle_columns(frame)
+    if tick:  # OBV's equal-close rule and MFI's dead zone (TA-Lib's 1e-14 relative) are exercised
+        assert (np.diff(c) == 0).mean() > 0.02
+        tp = (h + low + c) / 3.0
+        step, size = np.abs(np.diff(tp)), np.abs(tp[1:]) + np.abs(tp[:-1])
+        assert ((step > 0) & (step <= 1e-14 * size)).any()
+    talib = F._talib()
+    scale = float(np.median(v))
+    with np.errstate(divide="ignore", invalid="ignore"):  # as in feature_matrix_of
+        mfi, obv_slope, adosc = (
+            F._mfi((h + low + c) / 3.0, v, 14),
+            F._obv_slope(c, v, 20),
+            F._adosc(h, low, c, v, 3, 10),
+        )
+    np.testing.assert_allclose(mfi, talib.MFI(h, low, c, v, 14) / 100.0, rtol=1e-12, atol=1e-14)
+    ref = talib.LINEARREG_SLOPE(talib.OBV(c, v), 20)
+    np.testing.assert_allclose(obv_slope, ref, rtol=1e-9, atol=1e-12 * scale)
+    ref = talib.ADOSC(h, low, c, v, 3, 10)
+    np.testing.assert_allclose(adosc, ref, rtol=1e-9, atol=1e-12 * scale)
 
 
 # ----------------------------------------------------------------------------- real data
