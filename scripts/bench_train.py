@@ -69,11 +69,15 @@ def child(args: argparse.Namespace) -> None:
     devices = 1
     shards = 1
     if args.seeds == 1 and args.variant != "one_shard":
-        # As `jaxtrader train`: the arch's batch shards (train.data_shards), a host device each.
+        # As `jaxtrader train`: the arch's batch shards (train.data_shards), a host device each;
+        # the two_shards variant as `jaxtrader train --data-shards 2`.
         from jaxtrader.config import AppConfig, ModelConfig, data_shards
 
         app = AppConfig(model=ModelConfig(arch=args.arch))
-        shards = data_shards(dataclasses.replace(app, train=TrainConfig(batch_size=args.batch)))
+        tcfg = TrainConfig(
+            batch_size=args.batch, data_shards=2 if args.variant == "two_shards" else None
+        )
+        shards = data_shards(dataclasses.replace(app, train=tcfg))
         runtime.use_data_devices(shards)
     if as_walkforward:
         devices = runtime.prepare_seed_training(args.seeds, args.seed_devices or None)
@@ -262,7 +266,7 @@ def main() -> None:
         "--variants",
         action="store_true",
         help="also LSTM with one nn.RNN scan per layer and with one batch shard "
-        "(train.data_shards = 1), Transformer without dropout",
+        "(train.data_shards = 1), Transformer without dropout and with two batch shards",
     )
     p.add_argument("--batch", type=int, nargs="+", default=[64, 128])
     p.add_argument("--steps", type=int, default=10, help="steps per timed window")
@@ -322,8 +326,8 @@ def main() -> None:
         variants = ["default"]
         if a.variants:
             variants.append("layered" if arch == "lstm" else "dropout0")
-            if arch == "lstm":  # the Transformer's default is one shard already
-                variants.append("one_shard")
+            # The shard count that is not the arch's default (train.data_shards).
+            variants.append("one_shard" if arch == "lstm" else "two_shards")
         configs += [(arch, v, b, k) for v in variants for b in a.batch for k in a.seeds]
     results: dict[tuple[str, str, int, int], list[Any]] = {c: [] for c in configs}
     separate: dict[tuple[str, int], list[dict[str, float]]] = {}
