@@ -766,8 +766,9 @@ def _check_candles(o: Array, h: Array, low: Array, c: Array, v: Array, ts_ns: Ar
     First the loader's own check (`jaxtrader.data.first_candle_problem`: NaN/inf, non-positive
     prices, a price or volume past its bounds, high/low inconsistent with open/close, negative
     volume), so a frame or arrays that did not come through `load_candles` get the same answer;
-    then a valid candle whose prices are `_MAX_JUMP` times apart within it or from the previous
-    candle. Timestamps are not checked (order, duplicates and grid are the loader's to fix).
+    then rows out of time order (features are computed in row order, so an unsorted or repeated
+    time would let a row read later candles); then a valid candle whose prices are `_MAX_JUMP`
+    times apart within it or from the previous candle. Gaps in the grid are the loader's to fill.
     """
     from jaxtrader.data import first_candle_problem
 
@@ -777,6 +778,15 @@ def _check_candles(o: Array, h: Array, low: Array, c: Array, v: Array, ts_ns: Ar
         raise FeatureError(
             f"input candle at {_iso(ts_ns, k)} (row {k}) is invalid: {problem}; fix or remove "
             "that candle (jaxtrader.data.load_candles refuses such candles)"
+        )
+    if len(ts_ns) > 1 and not (ts_ns[1:] > ts_ns[:-1]).all():
+        k = int(np.flatnonzero(ts_ns[1:] <= ts_ns[:-1])[0]) + 1
+        order = "repeats" if ts_ns[k] == ts_ns[k - 1] else "comes before"
+        raise FeatureError(
+            f"input candle at {_iso(ts_ns, k)} (row {k}) {order} the time of row {k - 1} "
+            f"({_iso(ts_ns, k - 1)}): features read the rows in order, so their times must "
+            "strictly increase; sort the frame by time and drop repeated candles "
+            "(jaxtrader.data.load_candles does)"
         )
     if len(c) > 1:  # highest high over lowest low of every two neighbours: one test for all
         if not (np.maximum(h[1:], h[:-1]) > _MAX_JUMP * np.minimum(low[1:], low[:-1])).any():

@@ -295,6 +295,29 @@ def test_frames_that_skipped_the_loader_get_its_checks(
         F.last_feature_row(*cols, ts_ns)
 
 
+@pytest.mark.parametrize("fault", ["swapped", "repeated"])
+def test_rows_out_of_time_order_are_refused(candles: pd.DataFrame, fault: str) -> None:
+    """Features read the rows in order, so a frame that skipped the loader with two rows swapped
+    would let the earlier of them read a later candle (look-ahead); a repeated time double-counts
+    one. Both are named, with the row, instead of computed."""
+    bad = candles.iloc[: F.WARMUP + 100].copy()
+    row = F.WARMUP + 50
+    index = bad.index.to_numpy().copy()
+    if fault == "swapped":
+        index[row - 1], index[row] = index[row], index[row - 1]
+        order = "comes before"
+    else:
+        index[row] = index[row - 1]
+        order = "repeats"
+    bad.index = pd.DatetimeIndex(index, name=bad.index.name)
+    cols, ts_ns = F.candle_columns(bad)
+    expected = rf"^input candle at \S+ \(row {row}\) {order} the time of row {row - 1} "
+    with pytest.raises(FeatureError, match=expected):
+        F.compute_features(bad)
+    with pytest.raises(FeatureError, match=expected):
+        F.last_feature_row(*cols, ts_ns)
+
+
 @pytest.mark.parametrize(("col", "factor", "what"), [
     ("high", 1e7, r"its high \S+ is 1e\+07 times its low"),
     ("price", 1e12, r"its high \S+ is 1e\+12 times the previous low"),
