@@ -38,7 +38,12 @@ from jaxtrader.decisions import Policy, annualization, policy_positions, positio
 from jaxtrader.errors import CheckpointError
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.metrics import classification_metrics
-from jaxtrader.evaluate.significance import accuracy_significance, count_interval, effective_n
+from jaxtrader.evaluate.significance import (
+    accuracy_significance,
+    count_interval,
+    effective_n,
+    sharpe_bootstrap_ci,
+)
 from jaxtrader.evaluate.summary import CLASSIFY_AT, span_periods
 
 if TYPE_CHECKING:
@@ -179,6 +184,9 @@ def _backtest(
     return bt.performance(strategy, ppy, span), bt.performance(hold, ppy, span), strategy
 
 
+SHARPE_BOOTSTRAP_SAMPLES = 1000  # evaluate's default (`evaluate.summary`)
+
+
 def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
     """Per-fold and pooled figures from the predictions table and settings alone."""
     h = int(settings["horizon"])
@@ -218,7 +226,7 @@ def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
     majority = float(np.mean(y_all == maj_pred))
     sig = accuracy_significance(cls["accuracy"], int(y_all.size), h, majority)
     seed_acc = np.array([_accuracy(y_all, df[c].to_numpy(np.float64)) for c in seeds])
-    perf, hold, _ = _backtest(df, settings)
+    perf, hold, strategy = _backtest(df, settings)
     pooled = {
         "n": int(y_all.size),
         "effective_n": sig["effective_n"],
@@ -239,6 +247,17 @@ def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
         "folds_beating_majority": int(sum(f["accuracy"] > f["majority_rate"] for f in folds)),
         "folds_beating_best_constant": int(
             sum(f["accuracy"] > max(0.5, f["majority_rate"]) for f in folds)
+        ),
+        # The stitched net Sharpe's uncertainty, as evaluate reports its own (a stationary
+        # bootstrap of the per-candle returns, seeded by the run's seed): one run's selected
+        # policy can move this figure a lot on rounding alone, and the interval says how little
+        # the point figure pins down.
+        "sharpe_net_ci95": sharpe_bootstrap_ci(
+            strategy.strategy_return,
+            settings["periods_per_year"],
+            horizon=h,
+            num_samples=SHARPE_BOOTSTRAP_SAMPLES,
+            seed=int(settings.get("seed", 0)),
         ),
     }
     plain_perf, _, _ = _backtest(df, settings, plain=True)
@@ -420,7 +439,7 @@ def format_summary(report: dict[str, Any]) -> str:
             f"ensemble {_pct(p['ensemble_accuracy'])}; folds beating majority "
             f"{p['folds_beating_majority']}/{len(report['folds'])} (and 50%: "
             f"{p['folds_beating_best_constant']})",
-            f"net Sharpe {report['backtest']['sharpe']:.2f} (return "
+            f"net Sharpe {report['backtest']['sharpe']:.2f}{_sharpe_ci(report)} (return "
             f"{_pct(report['backtest']['total_return'])}, {report['backtest']['trades']} trades; "
             f"policy {_policy_name(report)}) vs buy-and-hold {report['buy_and_hold']['sharpe']:.2f}"
             f" (return {_pct(report['buy_and_hold']['total_return'])}), fees {s['fee_bps']:g} bps",
@@ -449,6 +468,27 @@ def _policy_name(report: dict[str, Any]) -> str:
     if s.get("policy", "plain") == "auto":
         return "auto, chosen on each fold's val block"
     return f"plain, P(up) > {s['threshold']:g}"
+
+
+def _sharpe_ci(report: dict[str, Any]) -> str:
+    """ " [95% lo, hi]" of the stitched net Sharpe; empty for reports written before it existed."""
+    ci = report["pooled"].get("sharpe_net_ci95")
+    if not ci or ci.get("lo") is None:
+        return ""
+    return f" [95% {ci['lo']:.2f}, {ci['hi']:.2f}]"
+
+
+def _sharpe_ci_paragraph(report: dict[str, Any]) -> list[str]:
+    ci = report["pooled"].get("sharpe_net_ci95")
+    if not ci or ci.get("lo") is None:
+        return []
+    return [
+        "",
+        f"Net Sharpe {report['backtest']['sharpe']:.2f}, 95% interval [{ci['lo']:.2f}, "
+        f"{ci['hi']:.2f}]: a stationary bootstrap of the stitched per-candle net returns "
+        f"({ci['samples']} resamples, mean block {ci['mean_block_length']} candles, seed "
+        f"{ci['seed']}).",
+    ]
 
 
 def _plain_line(report: dict[str, Any]) -> list[str]:
@@ -504,6 +544,7 @@ def render_markdown(report: dict[str, Any], images: Sequence[Path]) -> str:
         "## Stitched backtest (net of fees)",
         "",
         f"Policy: {_policy_name(report)}.",
+        *_sharpe_ci_paragraph(report),
         "",
         "| | strategy | plain | buy and hold |",
     ]

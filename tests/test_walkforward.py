@@ -24,7 +24,7 @@ from jaxtrader.decisions import Policy, policy_positions
 from jaxtrader.errors import CheckpointError, ConfigError, DataError
 from jaxtrader.evaluate import backtest as bt
 from jaxtrader.evaluate.metrics import roc_auc
-from jaxtrader.evaluate.significance import binomial_p_value, wilson_interval
+from jaxtrader.evaluate.significance import binomial_p_value, sharpe_bootstrap_ci, wilson_interval
 from jaxtrader.models import with_defaults
 from jaxtrader.splits import purge_gap, walk_forward_folds
 from jaxtrader.walkforward import (
@@ -376,6 +376,12 @@ def test_pooled_figures_recompute_from_predictions_csv(cli_run: tuple[Path, dict
         perf = bt.performance(bt.simulate(positions, r, cost), s["periods_per_year"], span)
         for k in ("total_return", "sharpe", "max_drawdown", "trades", "fees_paid"):
             assert reported[k] == pytest.approx(perf[k]), (i, k)
+    # The stitched net Sharpe's interval: evaluate's stationary bootstrap of the same per-candle
+    # net returns, with the run's seed and the label horizon.
+    net = bt.simulate(df["position"].to_numpy(), r, cost).strategy_return
+    ci = sharpe_bootstrap_ci(net, s["periods_per_year"], horizon=s["horizon"], seed=s["seed"])
+    assert pooled["sharpe_net_ci95"] == pytest.approx(ci)
+    assert ci["lo"] < ci["hi"] and ci["samples"] == 1000
     for f in df["fold"].unique():
         at = (df["fold"] == f).to_numpy()
         fspan = (ts[at][-1] - ts[at][0]) / (s["interval_seconds"] * 1e9) + 1
