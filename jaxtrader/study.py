@@ -180,6 +180,8 @@ def leaderboard_row(
         "seed_accuracy_std": p["seed_accuracy_std"],
         "policy": policy,
         "net_sharpe": sharpe,
+        # Its 95% interval (walkforward_report: a stationary bootstrap); None in runs from before.
+        "net_sharpe_ci95": _interval(p.get("sharpe_net_ci95")),
         "plain_net_sharpe": plain_net_sharpe(report),
         "buy_and_hold_sharpe": float(report["buy_and_hold"]["sharpe"]),
         "wall_seconds": round(seconds, 1),
@@ -430,7 +432,7 @@ COLUMNS = (
     "majority",
     "p vs best const. (Holm)",
     "seeds mean +- sd",
-    "net Sharpe",
+    "net Sharpe [95% CI]",
     "plain",
     "B&H Sharpe",
     "wall",
@@ -454,11 +456,21 @@ def _cells(row: dict[str, Any]) -> list[str]:
         _pct(row["majority_rate"]),
         f"{p_best:.3g} ({holm:.3g}){mark}",
         f"{_pct(row['seed_accuracy_mean'])} +- {_pct(row['seed_accuracy_std'])}",
-        f"{row['net_sharpe']:.2f}",
+        f"{row['net_sharpe']:.2f}" + _interval_text(row.get("net_sharpe_ci95")),
         f"{row['plain_net_sharpe']:.2f}",
         f"{row['buy_and_hold_sharpe']:.2f}",
         f"{row['wall_seconds']:.0f} s" + _time_limit_mark(row),
     ]
+
+
+def _interval(ci: dict[str, Any] | None) -> list[float] | None:
+    if not ci or ci.get("lo") is None:
+        return None
+    return [float(ci["lo"]), float(ci["hi"])]
+
+
+def _interval_text(ci: list[float] | None) -> str:
+    return "" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def _time_limit_mark(row: dict[str, Any]) -> str:

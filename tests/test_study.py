@@ -61,6 +61,8 @@ def test_leaderboard_figures_are_the_runs_report_figures(study_run: tuple[Path, 
         assert report["settings"]["policy"] == "auto"
         assert row["net_sharpe"] == report["backtest"]["sharpe"]
         assert row["net_sharpe"] == report["policy"]["selected"]["sharpe"]
+        ci = p["sharpe_net_ci95"]
+        assert row["net_sharpe_ci95"] == [ci["lo"], ci["hi"]]
         assert row["plain_net_sharpe"] == report["policy"]["plain"]["sharpe"]
         assert row["buy_and_hold_sharpe"] == report["buy_and_hold"]["sharpe"]
         # The verdict's p-value is against the better constant: the majority rate or a coin.
@@ -86,6 +88,8 @@ def test_leaderboard_figures_are_the_runs_report_figures(study_run: tuple[Path, 
     for row in rows:
         line = next(x for x in printed.splitlines() if x.startswith(row["market"]))
         assert f"{row['net_sharpe']:.2f}" in line and f"{100 * row['accuracy']:.2f}%" in line
+        lo, hi = row["net_sharpe_ci95"]
+        assert f"{row['net_sharpe']:.2f} [{lo:.2f}, {hi:.2f}]" in line
         assert f"{row['plain_net_sharpe']:.2f}" in line
         assert ("(no edge)" in line) == (not row["beats_majority"])
         assert f"| {row['market']} 1h | lstm | 2 |" in md
