@@ -112,23 +112,28 @@ class Policy:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "policy") -> Policy:
-        """From a mapping (a manifest's `policy`, a TOML file); unknown keys are an error."""
+    def from_dict(
+        cls, d: Mapping[str, Any], where: str = "policy", overrides: Mapping[str, Any] = {}
+    ) -> Policy:
+        """From a mapping (a manifest's `policy`, a TOML file); unknown keys are an error.
+        `overrides` (the command's flags) replace the mapping's values before they are checked,
+        so a flag can correct a file's value."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"{where}: unknown policy keys {unknown}; allowed: {sorted(names)}")
         try:
-            return cls(**{k: v for k, v in d.items() if k in names})
+            return cls(**{**{k: v for k, v in d.items() if k in names}, **overrides})
         except TypeError as e:
             raise ConfigError(f"{where}: {e}") from None
+        except ConfigError as e:
+            if where == "policy":
+                raise
+            raise ConfigError(f"{where}: {e}") from None
 
-    @classmethod
-    def from_toml(cls, path: str | Path, choices: str = "auto, plain") -> Policy:
-        """A `[policy]` table (or top-level keys) of enter, exit, min_hold, max_position.
-
-        `choices`: the command's other --policy values, named in the error (evaluate's are auto
-        and plain, trade's checkpoint and plain)."""
+    @staticmethod
+    def toml_values(path: str | Path, choices: str = "auto, plain") -> dict[str, Any]:
+        """The `[policy]` table (or top-level keys) of a policy file, unchecked."""
         import tomllib
 
         p = Path(path)
@@ -138,7 +143,18 @@ class Policy:
             raise ConfigError(
                 f"cannot read policy file {p}: {e}; pass --policy {choices} or a TOML file"
             ) from None
-        return cls.from_dict(doc.get("policy", doc), where=str(p))
+        return dict(doc.get("policy", doc))
+
+    @classmethod
+    def from_toml(
+        cls, path: str | Path, choices: str = "auto, plain", overrides: Mapping[str, Any] = {}
+    ) -> Policy:
+        """A `[policy]` table (or top-level keys) of enter, exit, min_hold, max_position, with
+        `overrides` (flags) applied before the values are checked.
+
+        `choices`: the command's other --policy values, named in the error (evaluate's are auto
+        and plain, trade's checkpoint and plain)."""
+        return cls.from_dict(cls.toml_values(path, choices), str(path), overrides)
 
 
 def stands_aside(policy: Mapping[str, Any]) -> bool:
@@ -176,7 +192,20 @@ class PolicyRequest:
         if self.spec in ("auto", "plain"):
             base = Policy(enter=threshold, exit=threshold, min_hold=horizon, long_short=long_short)
         else:
-            base = dataclasses.replace(Policy.from_toml(self.spec), long_short=long_short)
+            # The flags override the file's values before they are checked (a --exit can fix an
+            # exit above the file's enter); an --enter alone lowers the file's exit to it.
+            raw = Policy.toml_values(self.spec)
+            flags: dict[str, Any] = {"long_short": long_short}
+            if self.enter is not None:
+                flags["enter"] = self.enter
+                file_exit = raw.get("exit", Policy.exit)
+                if self.exit is None and isinstance(file_exit, (int, float)):
+                    flags["exit"] = min(self.enter, file_exit)
+            if self.exit is not None:
+                flags["exit"] = self.exit
+            if self.min_hold is not None:
+                flags["min_hold"] = self.min_hold
+            return Policy.from_dict(raw, self.spec, flags)
         enter = base.enter if self.enter is None else self.enter
         return dataclasses.replace(
             base,

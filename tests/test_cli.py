@@ -448,3 +448,22 @@ def test_a_swallowed_ctrl_c_is_never_a_silent_success(log_format: str) -> None:
     assert [(r["level"], r["event"], r["message"], r["exit_code"]) for r in records] == [
         ("error", "interrupted", "interrupted", 130)
     ]
+
+
+def test_debug_shows_the_traceback_and_keeps_the_input_error_exit_code(tmp_path: Path) -> None:
+    """`jaxtrader --debug data info missing.csv` printed the traceback but exited 1 (an internal
+    error's code) where the same command without --debug exits 2; so did a path error (OSError)."""
+    (tmp_path / "a.csv").write_text("x\n")
+    for args in (["data", "info", "missing.csv"], ["data", "synth", "--out", "a.csv/x.csv"]):
+        plain = subprocess.run(
+            [sys.executable, "-m", "jaxtrader", *args],
+            capture_output=True, text=True, cwd=tmp_path,
+        )  # fmt: skip
+        debug = subprocess.run(
+            [sys.executable, "-m", "jaxtrader", "--debug", *args],
+            capture_output=True, text=True, cwd=tmp_path,
+        )  # fmt: skip
+        assert plain.returncode == 2 and plain.stderr.startswith("error: "), plain.stderr
+        assert "Traceback (most recent call last)" not in plain.stderr
+        assert debug.returncode == 2, debug.stderr
+        assert "Traceback (most recent call last)" in debug.stderr

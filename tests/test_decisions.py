@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import chex
 import numpy as np
@@ -85,3 +86,29 @@ def test_sharpe_definition() -> None:
     r = np.array([0.01, -0.005, 0.02, 0.0])
     assert d.sharpe(r, 8760) == pytest.approx(r.mean() / r.std(ddof=1) * math.sqrt(8760))
     assert d.sharpe(np.zeros(10), 8760) == 0.0
+
+
+def test_policy_flags_override_a_policy_files_values_before_they_are_checked(
+    tmp_path: Path,
+) -> None:
+    """`evaluate --policy FILE.toml --exit 0.3`, with exit 0.52 above enter 0.4 in the file, was
+    refused by the file's own check ("set --exit at or below --enter", which the user had done),
+    and that error did not name the file. Flags override the file's values (README), so they are
+    applied first; a file that is wrong on its own is named in the error."""
+    bad = tmp_path / "p.toml"
+    bad.write_text("[policy]\nenter = 0.4\nexit = 0.52\nmin_hold = 3\n")
+    request = d.PolicyRequest(spec=str(bad), exit=0.3)
+    policy = request.resolve(threshold=0.5, long_short=False, horizon=5)
+    assert isinstance(policy, d.Policy)
+    assert (policy.enter, policy.exit, policy.min_hold) == (0.4, 0.3, 3)
+    with pytest.raises(ConfigError, match=rf"^{bad}: policy exit 0\.52 must be in"):
+        d.PolicyRequest(spec=str(bad), min_hold=2).resolve(
+            threshold=0.5, long_short=False, horizon=5
+        )
+    # An --enter alone still lowers the file's exit to it, as before.
+    good = tmp_path / "q.toml"
+    good.write_text("[policy]\nenter = 0.56\nexit = 0.52\n")
+    lowered = d.PolicyRequest(spec=str(good), enter=0.51).resolve(
+        threshold=0.5, long_short=False, horizon=5
+    )
+    assert isinstance(lowered, d.Policy) and (lowered.enter, lowered.exit) == (0.51, 0.51)

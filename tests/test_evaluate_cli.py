@@ -948,3 +948,44 @@ def test_report_dir_refuses_a_walkforward_run_directory(
         "report.md and plots evaluate would overwrite; choose another folder for the report\n"
     )
     assert files() == before
+
+
+def test_a_range_is_logged_as_a_range_and_a_plain_fold_names_the_plain_rule(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """`evaluate --start/--end` reported split=range but logged `predicted` and `evaluated` with
+    split=test. And a fold of a `walkforward --policy plain` run (its manifest holds no policy)
+    got the note that `trade` keeps applying the policy the run chose, when it applies the plain
+    rule."""
+    import shutil
+
+    import jaxtrader.evaluate.run as run_mod
+    from jaxtrader.checkpoint import record_policy
+    from jaxtrader.cli import main
+    from jaxtrader.walkforward import PLAN_FILE
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    real = run_mod.log_event
+    monkeypatch.setattr(
+        run_mod, "log_event",
+        lambda log, event, *a, **kw: (events.append((event, kw)), real(log, event, *a, **kw)),
+    )  # fmt: skip
+    test = json.loads((trained["version_dir"] / "manifest.json").read_text())["splits"]["test"]
+    main(["evaluate", "--checkpoint", str(trained["version_dir"]), "--start", test["start"],
+          "--no-record-policy", "--json"])  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["split"] == "range"
+    logged = {e: kw["split"] for e, kw in events if e in ("predicted", "evaluated")}
+    assert logged == {"predicted": "range", "evaluated": "range"}
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / PLAN_FILE).write_text("{}")
+    fold = Path(shutil.copytree(trained["version_dir"], run / "fold_00"))
+    record_policy(fold, None)  # what a --policy plain run writes
+    main(["evaluate", "--checkpoint", str(fold), "--split", "test", "--json"])
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert (
+        f"policy not recorded in the checkpoint: it is a fold of the walk-forward run {run}, "
+        "which holds no policy (a --policy plain run), so `trade` applies the plain rule"
+    ) in notes, notes

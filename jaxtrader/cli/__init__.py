@@ -265,17 +265,28 @@ def main(argv: list[str] | None = None) -> None:
         _fail(json_logs, INTERRUPTED_EXIT, "interrupted", "interrupted", "KeyboardInterrupt")
     except JaxTraderError as e:
         if debug:
-            raise
+            _traceback_exit(2)  # --debug adds the traceback; the exit code stays the input's 2
         _fail(json_logs, 2, "error", str(e), type(e).__name__)
     except OSError as e:
         # A path the user named that cannot be used (a directory where a file goes, a file in
         # the way of a folder, no permission): theirs to fix, not a bug to report.
-        if e.filename is None or debug:
+        if e.filename is None:
             _internal_error(e, debug, json_logs)
+        if debug:
+            _traceback_exit(2)
         message = f"cannot use {e.filename}: {path_problem(e)}"
         _fail(json_logs, 2, "error", message, type(e).__name__)
     except Exception as e:
         _internal_error(e, debug, json_logs)
+
+
+def _traceback_exit(exit_code: int) -> NoReturn:
+    """--debug on an error in the user's input: the full traceback instead of the one line, with
+    the same exit code (a raise would make it 1, the code of an internal error)."""
+    import traceback
+
+    traceback.print_exc()
+    sys.exit(exit_code)
 
 
 def _internal_error(e: Exception, debug: bool, json_logs: bool) -> NoReturn:

@@ -320,7 +320,7 @@ def evaluate_checkpoint(
         label = split
     started = time.perf_counter()
     prob_up = np.asarray(predictor.predict_split(dataset, split), dtype=np.float64)
-    log_event(_log, "predicted", split=split, rows=prob_up.size, seconds=_since(started))
+    log_event(_log, "predicted", split=label, rows=prob_up.size, seconds=_since(started))
 
     frame = candles.frame
     open_ = frame["open"].to_numpy(np.float64)
@@ -449,6 +449,11 @@ def evaluate_checkpoint(
         doc["notes"].append(
             f"policy not recorded in the checkpoint: it is {run_fold}, whose report used the "
             "policy that run chose for the fold, which `trade` keeps applying"
+            if manifest.policy is not None
+            # A --policy plain run (or a resume under it) chose none: `trade` trades the plain
+            # rule, not a policy of the run's.
+            else f"policy not recorded in the checkpoint: it is {run_fold}, which holds no "
+            "policy (a --policy plain run), so `trade` applies the plain rule"
         )
     elif record_policy and selection is not None:
         from jaxtrader.checkpoint import record_policy as write_policy
@@ -473,7 +478,7 @@ def evaluate_checkpoint(
     log_event(
         _log,
         "evaluated",
-        split=split,
+        split=label,  # "range" for --start/--end, as the report says
         n=doc["n"],
         accuracy=doc["classification"]["accuracy"],
         sharpe=doc["backtest"]["sharpe"],
