@@ -423,9 +423,7 @@ def _read_json(path: Path) -> _Raw:
 def _read_any(path: Path) -> _Raw:
     name = path.name.lower()
     if not path.exists():
-        raise DataError(
-            f"{path}: file not found; check the path (or omit it for the synthetic market)"
-        )
+        raise DataError(f"{path}: file not found; check the path")
     if path.is_dir():
         raise DataError(f"{path}: is a directory; pass a candle file")
     try:
@@ -696,9 +694,13 @@ def load_candles(
             )
 
     order = np.argsort(ts, kind="stable")
-    if np.any(np.diff(ts) < 0):
-        log_event(_log, "candles_unsorted", logging.WARNING, path=str(p),
-                  rows_out_of_order=int(np.sum(np.diff(ts) < 0)), action="sorted ascending")  # fmt: skip
+    steps = np.diff(ts)
+    if np.any(steps < 0):
+        if np.all(steps <= 0):  # a newest-first file (CryptoDataDownload's layout): a format
+            log_event(_log, "candles_newest_first", path=str(p), action="reversed")
+        else:  # rows out of order within the file: worth a look
+            log_event(_log, "candles_unsorted", logging.WARNING, path=str(p),
+                      rows_out_of_order=int(np.sum(steps < 0)), action="sorted ascending")  # fmt: skip
         ts = ts[order]
         values = {n: v[order] for n, v in values.items()}
         rows = order
@@ -811,7 +813,9 @@ def write_candles(frame: pd.DataFrame, path: str | Path, *, append: bool = False
         )
         data = body.encode("utf-8")
         if name.endswith(".gz"):
-            data = gzip.compress(data)  # appended gzip members concatenate into one stream
+            # Appended gzip members concatenate into one stream; no timestamp in the header, so
+            # the same candles give the same bytes (and file checksum) on every run.
+            data = gzip.compress(data, mtime=0)
         with open(p, "ab" if append else "wb") as f:
             f.write(data)
     except OSError as e:

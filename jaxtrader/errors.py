@@ -14,6 +14,10 @@ class DataError(JaxTraderError):
     """Candle data that cannot be read or fails validation."""
 
 
+class EmptySplitError(DataError):
+    """A chronological split with no candles left after the window, horizon and purge gaps."""
+
+
 class FeatureError(JaxTraderError):
     """Engineered features that cannot be computed or are not finite after warm-up."""
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from jaxtrader.config import DatasetConfig
-from jaxtrader.errors import ConfigError, DataError
+from jaxtrader.errors import ConfigError, DataError, EmptySplitError
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 Range = tuple[int, int]
@@ -102,7 +102,7 @@ def _ts(value: str, index: pd.DatetimeIndex) -> pd.Timestamp:
 def _make(train: Range, val: Range, test: Range, index: pd.DatetimeIndex | None) -> Splits:
     for name, (start, stop) in zip(SPLIT_NAMES, (train, val, test), strict=True):
         if stop <= start:
-            raise DataError(
+            raise EmptySplitError(
                 f"split '{name}' is empty: too few candles for the window, horizon and purge "
                 f"gaps; use a longer candle file or a shorter --seq-len"
             )

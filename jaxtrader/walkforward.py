@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from jaxtrader.config import AppConfig
-from jaxtrader.errors import CheckpointError, ConfigError, DataError
+from jaxtrader.errors import CheckpointError, ConfigError, DataError, EmptySplitError
 from jaxtrader.logs import get_logger, log_event, progress_bar
 from jaxtrader.runtime import huge_pages_requested, release_free_memory, tcmalloc_active
 from jaxtrader.splits import SPLIT_NAMES, Splits
@@ -400,7 +400,15 @@ def prepare(cfg: AppConfig, wf: WalkForwardSettings) -> Prepared:
     candles = load_market(cfg.data)
     market = market_arrays(candles)
     # The whole-series dataset only supplies the valid prediction points the folds are cut over.
-    full = build_dataset(candles, cfg.dataset, features=market.features())
+    try:
+        full = build_dataset(candles, cfg.dataset, features=market.features())
+    except EmptySplitError:
+        # Its 70/15/15 split is no part of a walk-forward: "split 'val' is empty" would mislead.
+        raise DataError(
+            f"{len(market.timestamp_ns)} candles are too few for a walk-forward with --seq-len "
+            f"{cfg.dataset.seq_len} and --horizon {cfg.dataset.horizon}; use a longer candle file "
+            "or a shorter --seq-len"
+        ) from None
     folds = full.folds(wf.folds, wf.window, wf.train_candles)
     valid_T = np.asarray(full.valid_T)
     rows = []

@@ -574,6 +574,22 @@ def test_a_fold_smaller_than_a_batch_fails_before_the_run_directory_exists(
     assert not out.exists()
 
 
+def test_a_file_too_short_for_any_walk_forward_says_so(tmp_path: Path) -> None:
+    """It said "split 'val' is empty", the 70/15/15 split a walk-forward does not have."""
+    from jaxtrader.data import synth_candles, write_candles
+    from jaxtrader.walkforward import prepare
+
+    market = tmp_path / "short.csv"
+    write_candles(synth_candles(rows=700, seed=3).frame, market)
+    cfg = dataclasses.replace(CFG, data=DataConfig(path=str(market)))
+    with pytest.raises(DataError) as caught:
+        prepare(cfg, WF)
+    assert str(caught.value) == (
+        f"700 candles are too few for a walk-forward with --seq-len {cfg.dataset.seq_len} and "
+        f"--horizon {cfg.dataset.horizon}; use a longer candle file or a shorter --seq-len"
+    )
+
+
 def test_resume_refuses_a_data_file_whose_contents_changed(tmp_path: Path) -> None:
     """plan.json records the file's sha256: a resume on an edited file (same name) would stitch
     folds trained on two different histories into one predictions.csv."""
