@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from pathlib import Path
 
@@ -94,3 +95,16 @@ def cli_counting_reads(file_name: str, args: list[str]) -> str:
         "from jaxtrader.cli import main\n"
         f"main({args!r})\n"
     )
+
+
+def assert_one_interrupted_line(stderr: str, log_format: str) -> None:
+    """A command stopped by Ctrl-C said so in exactly one line on stderr (a JSON record under
+    --log-format json), with nothing else, empty lines included."""
+    if log_format == "text":
+        assert stderr == "\ninterrupted\n", stderr[-3000:]
+        return
+    records = [json.loads(line) for line in stderr.split("\n")[:-1]]  # every line, empty too
+    assert [(r["level"], r["event"], r["message"], r["exit_code"]) for r in records] == [
+        ("error", "interrupted", "interrupted", 130)
+    ], stderr[-3000:]
+    assert stderr.endswith("}\n")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_interrupted_line
 
 from jaxtrader.cli import cli
 
@@ -350,7 +351,6 @@ def test_ctrl_c_in_a_command_without_its_own_handler_exits_130_with_one_line(
     Then click wrote a bare newline to stderr before our "interrupted" record, a line no JSON
     reader can parse. Text mode keeps it: the message starts on a line of its own after the
     terminal's "^C"."""
-    import json
     import signal
     import subprocess
     import time
@@ -373,14 +373,7 @@ def test_ctrl_c_in_a_command_without_its_own_handler_exits_130_with_one_line(
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert (proc.returncode, stdout) == (130, "")
-    if log_format == "text":
-        assert stderr == "\ninterrupted\n"
-        return
-    records = [json.loads(line) for line in stderr.split("\n")[:-1]]  # every line, empty ones too
-    assert [(r["level"], r["event"], r["message"], r["exit_code"]) for r in records] == [
-        ("error", "interrupted", "interrupted", 130)
-    ]
-    assert stderr.endswith("}\n")
+    assert_one_interrupted_line(stderr, log_format)
 
 
 def test_seed_commands_note_a_data_shards_setting_they_do_not_use(
@@ -434,20 +427,13 @@ def test_a_swallowed_ctrl_c_is_never_a_silent_success(log_format: str) -> None:
     dropped: the command went on, exit 0, with an "Exception ignored" traceback on stderr. The
     CLI delivers it again (tests/test_evaluate_cli.py); where even that cannot land, the command
     that ran to its end still says "interrupted" and exits 130, and nothing else on stderr."""
-    import json
 
     args = ["--log-format", log_format, "config", "show"]
     code = _LOST_REDELIVERY.format(args=args)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130, proc.stderr
     assert "[train]" in proc.stdout  # the command did its work: its output is kept
-    if log_format == "text":
-        assert proc.stderr == "\ninterrupted\n"
-        return
-    records = [json.loads(line) for line in proc.stderr.split("\n")[:-1]]
-    assert [(r["level"], r["event"], r["message"], r["exit_code"]) for r in records] == [
-        ("error", "interrupted", "interrupted", 130)
-    ]
+    assert_one_interrupted_line(proc.stderr, log_format)
 
 
 def test_debug_shows_the_traceback_and_keeps_the_input_error_exit_code(tmp_path: Path) -> None:

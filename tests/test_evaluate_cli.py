@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import lightgbm_or_skip
+from conftest import assert_one_interrupted_line, lightgbm_or_skip
 
 from jaxtrader.decisions import Policy, policy_positions, positions_from_probs
 from jaxtrader.evaluate import backtest as bt
@@ -893,13 +893,7 @@ def test_a_ctrl_c_swallowed_inside_a_gc_callback_still_stops_evaluate(
     assert marker.exists(), proc.stderr[-3000:]  # the Ctrl-C did land inside the callback
     assert (proc.returncode, proc.stdout) == (130, ""), proc.stderr[-3000:]
     assert not csv_path.exists()
-    if log_format == "text":
-        assert proc.stderr == "\ninterrupted\n"
-        return
-    records = [json.loads(line) for line in proc.stderr.split("\n")[:-1]]
-    assert [(r["level"], r["event"], r["message"], r["exit_code"]) for r in records] == [
-        ("error", "interrupted", "interrupted", 130)
-    ]
+    assert_one_interrupted_line(proc.stderr, log_format)
 
 
 def test_report_dir_refuses_a_walkforward_run_directory(
