@@ -470,17 +470,21 @@ def _policy_name(report: dict[str, Any]) -> str:
     return f"plain, P(up) > {s['threshold']:g}"
 
 
-def _sharpe_ci(report: dict[str, Any]) -> str:
-    """ " [95% lo, hi]" of the stitched net Sharpe; empty for reports written before it existed."""
+def _net_sharpe_ci(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The stitched net Sharpe's interval; None for reports written before it existed (or a
+    backtest too short for one)."""
     ci = report["pooled"].get("sharpe_net_ci95")
-    if not ci or ci.get("lo") is None:
-        return ""
-    return f" [95% {ci['lo']:.2f}, {ci['hi']:.2f}]"
+    return ci if ci and ci.get("lo") is not None else None
+
+
+def _sharpe_ci(report: dict[str, Any]) -> str:
+    ci = _net_sharpe_ci(report)
+    return "" if ci is None else f" [95% {ci['lo']:.2f}, {ci['hi']:.2f}]"
 
 
 def _sharpe_ci_paragraph(report: dict[str, Any]) -> list[str]:
-    ci = report["pooled"].get("sharpe_net_ci95")
-    if not ci or ci.get("lo") is None:
+    ci = _net_sharpe_ci(report)
+    if ci is None:
         return []
     return [
         "",
