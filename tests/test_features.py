@@ -224,33 +224,25 @@ def test_a_volume_spike_stops_mattering_once_it_leaves_every_window(
     assert any(m.startswith("volume_ratio_20") for m in moved)  # the spike does count in-window
 
 
-def test_nan_close_names_the_candle_and_the_loaders_reason(candles: pd.DataFrame) -> None:
+@pytest.mark.parametrize(("col", "value", "reason"), [
+    ("close", np.nan, "missing or non-finite value (NaN/inf) in close"),
+    # A finite volume whose product with the price would overflow float64: refused in the
+    # loader's own words (its bounds), not computed.
+    ("volume", 1e307, "volume 1e+307 is above 1e+30, the largest price or volume accepted (no "
+     "market trades at that scale: a corrupt or mis-scaled value)"),
+])  # fmt: skip
+def test_an_invalid_candle_is_named_in_the_loaders_words(
+    candles: pd.DataFrame, col: str, value: float, reason: str
+) -> None:
     bad = candles.copy()
     row = F.WARMUP + 50
-    bad.iloc[row, bad.columns.get_loc("close")] = np.nan
+    bad.iloc[row, bad.columns.get_loc(col)] = value
     with pytest.raises(FeatureError) as err:
         F.compute_features(bad)
     stamp = candles.index[row].isoformat()
     assert str(err.value) == (
-        f"input candle at {stamp} (row {row}) is invalid: missing or non-finite value (NaN/inf) "
-        "in close; fix or remove that candle (jaxtrader.data.load_candles refuses such candles)"
-    )
-
-
-def test_overflowing_volume_names_the_candle_the_loader_refuses(candles: pd.DataFrame) -> None:
-    """A finite volume whose product with the price would overflow float64: refused in the
-    loader's own words (its bounds), not computed."""
-    bad = candles.copy()
-    row = F.WARMUP + 50
-    bad.iloc[row, bad.columns.get_loc("volume")] = 1e307
-    with pytest.raises(FeatureError) as err:
-        F.compute_features(bad)
-    stamp = candles.index[row].isoformat()
-    assert str(err.value) == (
-        f"input candle at {stamp} (row {row}) is invalid: volume 1e+307 is above 1e+30, the "
-        "largest price or volume accepted (no market trades at that scale: a corrupt or "
-        "mis-scaled value); fix or remove that candle (jaxtrader.data.load_candles refuses such "
-        "candles)"
+        f"input candle at {stamp} (row {row}) is invalid: {reason}; fix or remove that candle "
+        "(jaxtrader.data.load_candles refuses such candles)"
     )
 
 
