@@ -360,6 +360,29 @@ def _still_running(seen: dict[int, tuple[int, bytes]]) -> list[int]:
     return alive
 
 
+def _reap(seen: dict[int, tuple[int, bytes]]) -> list[int]:
+    """The processes of `seen` still running 10 s on (a SIGKILLed process is gone within
+    milliseconds), killed then so they never leak into the rest of the suite."""
+    import signal
+
+    deadline = time.monotonic() + 10
+    while (left := _still_running(seen)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def _tiny_ray_walkforward(tmp_path: Path, *flags: str) -> list[str]:
+    """CLI arguments of a 2-fold, 2-seed walk-forward on Ray with the tiny config, out in
+    tmp_path/run; `flags` go before --config (global options such as --log-format)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TOML, encoding="utf-8")
+    return [*flags, "--config", str(config), "walkforward", "--folds", "2", "--seeds", "2",
+            "--out", str(tmp_path / "run"), "--executor", "ray"]  # fmt: skip
+
+
 @pytest.mark.ray
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_an_interrupt_while_ray_starts_ends_like_any_other_and_leaves_nothing_running(
@@ -374,10 +397,7 @@ def test_an_interrupt_while_ray_starts_ends_like_any_other_and_leaves_nothing_ru
 
     extra_or_skip("ray", "ray")
     marker = tmp_path / "registering"
-    config = tmp_path / "tiny.toml"
-    config.write_text(TOML, encoding="utf-8")
-    args = ["--config", str(config), "walkforward", "--folds", "2", "--seeds", "2", "--out",
-            str(tmp_path / "run"), "--executor", "ray"]  # fmt: skip
+    args = _tiny_ray_walkforward(tmp_path)
     code = (
         "import pathlib, time\n"
         "import ray._private.services as services\n"
@@ -407,12 +427,7 @@ def test_an_interrupt_while_ray_starts_ends_like_any_other_and_leaves_nothing_ru
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    deadline = time.monotonic() + 10  # a SIGKILLed process is gone within milliseconds
-    while (left := _still_running(seen)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in left:  # never leak them into the rest of the suite
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    left = _reap(seen)
     assert proc.returncode == 130, stderr[-3000:]
     assert stdout == "" and stderr.endswith("\ninterrupted\n"), stderr[-3000:]
     assert [line for line in stderr.splitlines() if "interrupted" in line] == ["interrupted"]
@@ -428,11 +443,8 @@ def test_a_second_ctrl_c_while_ray_shuts_down_says_interrupted_once(tmp_path: Pa
 
     extra_or_skip("ray", "ray")
     marker = tmp_path / "shutting_down"
-    config = tmp_path / "tiny.toml"
-    config.write_text(TOML, encoding="utf-8")
     out = tmp_path / "run"
-    args = ["--config", str(config), "walkforward", "--folds", "2", "--seeds", "2", "--out",
-            str(out), "--executor", "ray"]  # fmt: skip
+    args = _tiny_ray_walkforward(tmp_path)
     code = (
         "import pathlib, time\n"
         "import ray\n"
@@ -465,12 +477,7 @@ def test_a_second_ctrl_c_while_ray_shuts_down_says_interrupted_once(tmp_path: Pa
             proc.kill()
             proc.wait()
     text = "".join(stderr)
-    deadline = time.monotonic() + 10
-    while (left := _still_running(seen)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    left = _reap(seen)
     assert proc.returncode == 130, text[-3000:]
     assert [line for line in text.splitlines() if "interrupted" in line] == [
         f"interrupted: no fold was complete; rerun the same command with --resume {out} to "
@@ -488,10 +495,7 @@ def test_ray_warnings_are_json_records_under_log_format_json(tmp_path: Path) -> 
     "ray" logger's records are the project's JSON records now (event ray_log); a warning Ray's
     logger gives while ray.init runs is added here, so the test holds whatever Ray warns about."""
     extra_or_skip("ray", "ray")
-    config = tmp_path / "tiny.toml"
-    config.write_text(TOML, encoding="utf-8")
-    args = ["--log-format", "json", "--config", str(config), "walkforward", "--folds", "2",
-            "--seeds", "2", "--out", str(tmp_path / "run"), "--executor", "ray", "--json"]  # fmt: skip
+    args = [*_tiny_ray_walkforward(tmp_path, "--log-format", "json"), "--json"]
     code = (
         "import logging\n"
         "import ray\n"
