@@ -173,7 +173,8 @@ def positions(df: pd.DataFrame, settings: dict[str, Any], plain: bool = False) -
 
 def _backtest(
     df: pd.DataFrame, settings: dict[str, Any], plain: bool = False
-) -> tuple[dict, dict, Any]:
+) -> tuple[dict, dict, Any, Any]:
+    """The policy's and buy-and-hold's performance, then their per-candle series (net)."""
     ppy = settings["periods_per_year"]
     span = span_periods(_timestamps_ns(df), settings["interval_seconds"])
     fee, slip = settings["fee_bps"] / 1e4, settings["slippage_bps"] / 1e4
@@ -181,10 +182,26 @@ def _backtest(
     r = df["asset_return"].to_numpy(np.float64)
     strategy = bt.simulate(pos, r, fee, slip)
     hold = bt.simulate(np.ones(len(df)), r, fee, slip)
-    return bt.performance(strategy, ppy, span), bt.performance(hold, ppy, span), strategy
+    return bt.performance(strategy, ppy, span), bt.performance(hold, ppy, span), strategy, hold
 
 
 SHARPE_BOOTSTRAP_SAMPLES = 1000  # evaluate's default (`evaluate.summary`)
+# The pooled keys of the stitched net Sharpe intervals: the strategy's and buy-and-hold's.
+NET_SHARPE_CI = "sharpe_net_ci95"
+BUY_AND_HOLD_SHARPE_CI = "buy_and_hold_sharpe_ci95"
+
+
+def _bootstrap_sharpe_ci(series: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """A stitched backtest's net Sharpe interval, as evaluate reports its own: a stationary
+    bootstrap of the per-candle net returns (blocks from the label horizon), seeded by the run's
+    seed, so the strategy's and buy-and-hold's intervals resample the same way."""
+    return sharpe_bootstrap_ci(
+        series.strategy_return,
+        settings["periods_per_year"],
+        horizon=int(settings["horizon"]),
+        num_samples=SHARPE_BOOTSTRAP_SAMPLES,
+        seed=int(settings.get("seed", 0)),
+    )
 
 
 def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
@@ -202,8 +219,8 @@ def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
         p = part["prob_up"].to_numpy(np.float64)
         cls = classification_metrics(y, (p > CLASSIFY_AT).astype(np.int64), p)
         majority = float(np.mean(y == majority_of[fold]))
-        perf, hold, _ = _backtest(part, settings)
-        plain_perf, _, _ = _backtest(part, settings, plain=True)
+        perf, hold, _, _ = _backtest(part, settings)
+        plain_perf, _, _, _ = _backtest(part, settings, plain=True)
         folds.append(
             {
                 "fold": fold,
@@ -226,7 +243,7 @@ def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
     majority = float(np.mean(y_all == maj_pred))
     sig = accuracy_significance(cls["accuracy"], int(y_all.size), h, majority)
     seed_acc = np.array([_accuracy(y_all, df[c].to_numpy(np.float64)) for c in seeds])
-    perf, hold, strategy = _backtest(df, settings)
+    perf, hold, strategy, hold_series = _backtest(df, settings)
     pooled = {
         "n": int(y_all.size),
         "effective_n": sig["effective_n"],
@@ -252,15 +269,12 @@ def summarize(df: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
         # bootstrap of the per-candle returns, seeded by the run's seed): one run's selected
         # policy can move this figure a lot on rounding alone, and the interval says how little
         # the point figure pins down.
-        "sharpe_net_ci95": sharpe_bootstrap_ci(
-            strategy.strategy_return,
-            settings["periods_per_year"],
-            horizon=h,
-            num_samples=SHARPE_BOOTSTRAP_SAMPLES,
-            seed=int(settings.get("seed", 0)),
-        ),
+        NET_SHARPE_CI: _bootstrap_sharpe_ci(strategy, settings),
+        # Buy-and-hold's over the same span (net of its one entry fee): whether the strategy's
+        # interval and the market's own overlap is the comparison a reader makes.
+        BUY_AND_HOLD_SHARPE_CI: _bootstrap_sharpe_ci(hold_series, settings),
     }
-    plain_perf, _, _ = _backtest(df, settings, plain=True)
+    plain_perf, _, _, _ = _backtest(df, settings, plain=True)
     mode = settings.get("policy", "plain")
     policy = {
         "mode": mode,
@@ -442,7 +456,8 @@ def format_summary(report: dict[str, Any]) -> str:
             f"net Sharpe {report['backtest']['sharpe']:.2f}{_sharpe_ci(report)} (return "
             f"{_pct(report['backtest']['total_return'])}, {report['backtest']['trades']} trades; "
             f"policy {_policy_name(report)}) vs buy-and-hold {report['buy_and_hold']['sharpe']:.2f}"
-            f" (return {_pct(report['buy_and_hold']['total_return'])}), fees {s['fee_bps']:g} bps",
+            f"{_sharpe_ci(report, BUY_AND_HOLD_SHARPE_CI)} (return "
+            f"{_pct(report['buy_and_hold']['total_return'])}), fees {s['fee_bps']:g} bps",
             *_plain_line(report),
             *_time_limit_line(report),
             f"report: {report['out']}/report.md",
@@ -470,28 +485,44 @@ def _policy_name(report: dict[str, Any]) -> str:
     return f"plain, P(up) > {s['threshold']:g}"
 
 
-def _net_sharpe_ci(report: dict[str, Any]) -> dict[str, Any] | None:
-    """The stitched net Sharpe's interval; None for reports written before it existed (or a
-    backtest too short for one)."""
-    ci = report["pooled"].get("sharpe_net_ci95")
+def _pooled_ci(report: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """A stitched Sharpe's interval (`key`: the strategy's or buy-and-hold's); None for reports
+    written before it existed (or a backtest too short for one)."""
+    ci = report["pooled"].get(key)
     return ci if ci and ci.get("lo") is not None else None
 
 
-def _sharpe_ci(report: dict[str, Any]) -> str:
-    ci = _net_sharpe_ci(report)
+def _sharpe_ci(report: dict[str, Any], key: str = NET_SHARPE_CI) -> str:
+    ci = _pooled_ci(report, key)
     return "" if ci is None else f" [95% {ci['lo']:.2f}, {ci['hi']:.2f}]"
 
 
 def _sharpe_ci_paragraph(report: dict[str, Any]) -> list[str]:
-    ci = _net_sharpe_ci(report)
+    ci = _pooled_ci(report, NET_SHARPE_CI)
     if ci is None:
         return []
+    hold = _pooled_ci(report, BUY_AND_HOLD_SHARPE_CI)
+    # Reports written before buy-and-hold had an interval hold the strategy's only.
+    versus = (
+        []
+        if hold is None
+        else [
+            f"Buy-and-hold over the same span: net Sharpe {report['buy_and_hold']['sharpe']:.2f}, "
+            f"95% interval [{hold['lo']:.2f}, {hold['hi']:.2f}], by the same bootstrap of its "
+            "per-candle net returns."
+        ]
+    )
     return [
         "",
-        f"Net Sharpe {report['backtest']['sharpe']:.2f}, 95% interval [{ci['lo']:.2f}, "
-        f"{ci['hi']:.2f}]: a stationary bootstrap of the stitched per-candle net returns "
-        f"({ci['samples']} resamples, mean block {ci['mean_block_length']} candles, seed "
-        f"{ci['seed']}).",
+        " ".join(
+            [
+                f"Net Sharpe {report['backtest']['sharpe']:.2f}, 95% interval [{ci['lo']:.2f}, "
+                f"{ci['hi']:.2f}]: a stationary bootstrap of the stitched per-candle net returns "
+                f"({ci['samples']} resamples, mean block {ci['mean_block_length']} candles, seed "
+                f"{ci['seed']}).",
+                *versus,
+            ]
+        ),
     ]
 
 
@@ -605,14 +636,8 @@ def plot_equity(df: pd.DataFrame, report: dict[str, Any], path: Path) -> Path:
     """Stitched out-of-sample equity (net) vs buy-and-hold, fold boundaries marked."""
     plt = _pyplot()
     s = report["settings"]
-    _, _, strategy = _backtest(df, s)
-    _, _, plain = _backtest(df, s, plain=True)
-    hold = bt.simulate(
-        np.ones(len(df)),
-        df["asset_return"].to_numpy(np.float64),
-        s["fee_bps"] / 1e4,
-        s["slippage_bps"] / 1e4,
-    )
+    _, _, strategy, hold = _backtest(df, s)
+    _, _, plain, _ = _backtest(df, s, plain=True)
     t = pd.to_datetime(df["timestamp"], utc=True)
     fig, ax = plt.subplots(figsize=(10, 4.5))
     ax.plot(t, strategy.equity, lw=1.1, label=f"strategy, {_policy_name(report)} (net of fees)")

@@ -33,6 +33,7 @@ from jaxtrader.walkforward import (
     prepare,
     run_walkforward,
 )
+from jaxtrader.walkforward_report import format_summary
 
 TOML = """
 [data]
@@ -382,6 +383,23 @@ def test_pooled_figures_recompute_from_predictions_csv(cli_run: tuple[Path, dict
     ci = sharpe_bootstrap_ci(net, s["periods_per_year"], horizon=s["horizon"], seed=s["seed"])
     assert pooled["sharpe_net_ci95"] == pytest.approx(ci)
     assert ci["lo"] < ci["hi"] and ci["samples"] == 1000
+    # Buy-and-hold's over the same stitched span, resampled the same way (its own net returns:
+    # long every row, one entry fee), printed beside the strategy's in the summary and report.md.
+    hold = bt.simulate(np.ones(len(df)), r, cost).strategy_return
+    hold_ci = sharpe_bootstrap_ci(hold, s["periods_per_year"], horizon=s["horizon"], seed=s["seed"])
+    assert pooled["buy_and_hold_sharpe_ci95"] == pytest.approx(hold_ci)
+    assert hold_ci["lo"] < hold_ci["hi"] and hold_ci != pytest.approx(ci)  # its own returns
+    hold_text = (
+        f"buy-and-hold {report['buy_and_hold']['sharpe']:.2f} "
+        f"[95% {hold_ci['lo']:.2f}, {hold_ci['hi']:.2f}] (return"
+    )
+    assert hold_text in format_summary(report)
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert hold_text in markdown
+    assert (
+        f"Buy-and-hold over the same span: net Sharpe {report['buy_and_hold']['sharpe']:.2f}, "
+        f"95% interval [{hold_ci['lo']:.2f}, {hold_ci['hi']:.2f}]"
+    ) in markdown
     for f in df["fold"].unique():
         at = (df["fold"] == f).to_numpy()
         fspan = (ts[at][-1] - ts[at][0]) / (s["interval_seconds"] * 1e9) + 1
