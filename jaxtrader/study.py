@@ -53,6 +53,7 @@ logger = get_logger("study")
 STUDY_FILE = "study.json"
 CELL_FILE = "cell.json"
 REPORT_FILE = "report.json"
+LEADERBOARD_FILE = "leaderboard.json"
 ALPHA = 0.05
 _STUDY_RE = re.compile(r"^study(\d+)$")
 
@@ -68,6 +69,40 @@ class StudyCell:
 
     def directory(self, out: Path) -> Path:
         return out / self.market / self.arch / f"h{self.horizon}"
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    """How far the study in a directory got, read from its files alone."""
+
+    cells: int  # planned (study.json)
+    finished: int  # cells with both report.json and cell.json (what a resume keeps)
+    complete: bool  # every cell finished and the leaderboard written
+
+
+def study_progress(directory: str | Path) -> StudyProgress | None:
+    """The progress of the study in `directory`, None when it holds none (no study.json, or one
+    that is no study's record). study.json is the first file a study writes there (`_open_study`,
+    before any cell starts), so a study that has just begun, or was stopped, is one too."""
+    out = Path(directory)
+    try:
+        doc = json.loads((out / STUDY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("cells"), list):
+        return None
+    cells = [c for c in doc["cells"] if isinstance(c, dict)]
+    finished = 0
+    for c in cells:
+        try:
+            run_dir = StudyCell(c["data"], c["arch"], int(c["horizon"]), c["market"]).directory(out)
+        except (KeyError, TypeError, ValueError):
+            continue  # a damaged entry: that cell is not finished as far as this can tell
+        finished += (run_dir / REPORT_FILE).is_file() and (run_dir / CELL_FILE).is_file()
+    board = (out / LEADERBOARD_FILE).is_file()
+    return StudyProgress(
+        cells=len(cells), finished=finished, complete=board and finished == len(cells)
+    )
 
 
 class StudyIncomplete(JaxTraderError):
@@ -325,13 +360,15 @@ def run_study(
     executor: Executor = local_executor,
     should_stop: Callable[[], bool] | None = None,
     on_cell: Callable[[int, StudyCell, Path], None] | None = None,
+    on_open: Callable[[Path], None] | None = None,
     alpha: float = ALPHA,
 ) -> StudyRun:
     """Runs (or, on resume, reuses) one walk-forward per cell, then writes the leaderboard.
 
     A cell whose folds fail is reported in the leaderboard's `failed` list and the study goes on;
     `StudyIncomplete` is raised after the leaderboard is written. A stop request stops the study
-    (`WalkForwardInterrupted` from the cell in progress).
+    (`WalkForwardInterrupted` from the cell in progress). `on_open(out_dir)` is called once the
+    study directory holds its study.json (without `out`, the new runs/studies/study<N>).
     """
     from jaxtrader.executors import RayExecutor
 
@@ -347,6 +384,8 @@ def run_study(
     fingerprints = check_markets(base, cells)
     out_dir = Path(out) if out is not None else new_study_dir()
     _open_study(out_dir, _study_doc(cells, wf, base, fingerprints), stored)
+    if on_open is not None:
+        on_open(out_dir)
     # One process per study directory (each cell also locks its own walk-forward run).
     with run_lock(out_dir, "study"):
         rows: list[dict[str, Any]] = []
@@ -407,7 +446,7 @@ def run_study(
             board["ray"] = executor.summary()
         from jaxtrader.logs import jsonable
 
-        (out_dir / "leaderboard.json").write_text(
+        (out_dir / LEADERBOARD_FILE).write_text(
             json.dumps(jsonable(board), indent=2) + "\n", encoding="utf-8"
         )
         (out_dir / "leaderboard.md").write_text(render_markdown(board), encoding="utf-8")
@@ -415,10 +454,35 @@ def run_study(
             names = ", ".join(f"{f['market']}/{f['arch']}/h{f['horizon']}" for f in failed)
             raise StudyIncomplete(
                 f"{len(failed)} of {len(cells)} cells failed ({names}; the first: "
-                f"{failed[0]['error']}; all errors in {out_dir / 'leaderboard.json'}); fix the cause "
+                f"{failed[0]['error']}; all errors in {out_dir / LEADERBOARD_FILE}); fix the cause "
                 f"and rerun with --resume {out_dir}"
             )
         return StudyRun(out=out_dir, leaderboard=board, seconds=time.perf_counter() - t0)
+
+
+def aborted_message(study_dir: Path | None, cell_dir: Path | None) -> str:
+    """The "interrupted: ..." line of a study stopped at once by a second Ctrl-C outside a fold's
+    training (a fold in training ends as `WalkForwardInterrupted`): while a market or a cell's
+    features load, a fold is saved or a report written. It names the cell in progress
+    (`cell_dir`, None before the first started) with its saved folds, and the --resume that
+    finishes the study in `study_dir` (None before study.json was written: nothing to resume)."""
+    from jaxtrader.walkforward import interrupted_message, run_progress
+
+    if study_dir is None:
+        return "interrupted before the study directory was written; nothing was saved"
+    if cell_dir is None:
+        return (
+            "interrupted before the first cell started; finish the study with the same command "
+            f"and --resume {study_dir}"
+        )
+    progress = run_progress(cell_dir)
+    if progress is not None and progress.complete:  # between cells, or at the leaderboard
+        return (
+            f"interrupted after the cell in {cell_dir} was complete; finish the study with the "
+            f"same command and --resume {study_dir}"
+        )
+    saved = progress.saved if progress is not None else []
+    return interrupted_message(cell_dir, saved, study=study_dir)
 
 
 # ---------------------------------------------------------------------------------------------

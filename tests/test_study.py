@@ -142,6 +142,148 @@ def test_a_second_study_on_its_directory_is_refused(study_run: tuple[Path, list,
     }
 
 
+def test_evaluate_refuses_a_study_directory_as_its_report_dir(
+    study_run: tuple[Path, list, str], tmp_path: Path
+) -> None:
+    """`evaluate --report-dir` named a study's directory, in progress or finished: evaluate wrote
+    its report.json, report.md and plots among the study's study.json, leaderboard and cell runs,
+    exit 0 (a walk-forward run's directory was refused already). It is refused before any work
+    now, one line saying what the directory is, exit 2, and nothing there changes. study.json,
+    written as the study starts, is what marks it: a study stopped in its first fold is one."""
+    from test_walkforward import CFG, WF
+
+    from jaxtrader.errors import ConfigError
+    from jaxtrader.evaluate.report import refuse_foreign_report_dir
+    from jaxtrader.study import _open_study, _study_doc, check_markets, run_study, study_cells
+    from jaxtrader.walkforward import WalkForwardInterrupted
+
+    def files(out: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def refused(report_dir: Path, checkpoint: Path) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "jaxtrader", "evaluate", "--checkpoint", str(checkpoint),
+             "--split", "test", "--policy", "plain", "--no-record-policy",
+             "--report-dir", str(report_dir)],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr[-3000:]
+        return proc.stderr
+
+    # The moment a study starts: its directory holds study.json alone.
+    cells = study_cells([None], ["lstm"], [2, 3])
+    started = tmp_path / "started"
+    _open_study(started, _study_doc(cells, WF, CFG, check_markets(CFG, cells)), None)
+    assert sorted(files(started)) == ["study.json"]
+    with pytest.raises(ConfigError) as caught:
+        refuse_foreign_report_dir(started)
+    assert str(caught.value) == (
+        f"--report-dir {started} is a study in progress (0 of 2 cells finished), which writes its "
+        "cell runs and leaderboard there until it finishes; choose another folder for the report"
+    )
+
+    # Stopped after the first cell's first fold, as a Ctrl-C leaves it.
+    out = tmp_path / "study"
+    with pytest.raises(WalkForwardInterrupted):
+        run_study(CFG, WF, cells, out=out, should_stop=lambda: True)
+    before = files(out)
+    assert "synthetic/lstm/h2/fold_00/manifest.json" in before and "leaderboard.json" not in before
+    assert refused(out, out / "synthetic" / "lstm" / "h2" / "fold_00") == (
+        f"error: --report-dir {out} is a study in progress (0 of 2 cells finished), which writes "
+        "its cell runs and leaderboard there until it finishes; choose another folder for the "
+        "report\n"
+    )
+    assert files(out) == before
+
+    # A finished one (the module's two-market study).
+    done = study_run[0]
+    before = files(done)
+    run = Path(json.loads((done / "leaderboard.json").read_text())["rows"][0]["run"])
+    assert refused(done, run / "fold_00") == (
+        f"error: --report-dir {done} is a finished study (2 cells and its leaderboard); choose "
+        "another folder for the report\n"
+    )
+    assert files(done) == before
+
+
+# Ctrl-C twice, by the command's own signal handler, as `module.name` starts: the first asks to
+# stop after the current fold, the second stops at once (KeyboardInterrupt).
+_CTRL_C_TWICE_IN = """
+import signal
+import {module} as target
+original = target.{name}
+def twice(*args, **kwargs):
+    signal.raise_signal(signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)
+    return original(*args, **kwargs)
+target.{name} = twice
+from jaxtrader.cli import main
+main({args!r})
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "line"),
+    [
+        # While the first cell's market and features are prepared: its directory is named.
+        (
+            "jaxtrader.walkforward",
+            "prepare",
+            "interrupted: no fold of the cell in runs/studies/study1/synthetic/lstm/h2 was "
+            "complete; finish the study with the same command and --resume runs/studies/study1",
+        ),
+        # While the markets are checked, before the study has a directory.
+        (
+            "jaxtrader.study",
+            "check_markets",
+            "interrupted before the study directory was written; nothing was saved",
+        ),
+    ],
+    ids=["in-a-cell", "before-the-directory"],
+)
+def test_a_second_ctrl_c_names_the_default_study_directory(
+    tmp_path: Path, module: str, name: str, line: str
+) -> None:
+    """A second Ctrl-C outside a fold's training in a study started without --out or --resume
+    said "finish with the same command and --resume DIR", a placeholder, when the study had
+    chosen runs/studies/study1 (relative to the command's directory) and written its study.json
+    there. It names that directory and the cell in progress now, or, before the directory
+    exists, says that nothing was saved."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TOML, encoding="utf-8")
+    args = ["--config", str(config), "study", "--arch", "lstm", "--folds", "2", "--seeds", "2"]
+    code = _CTRL_C_TWICE_IN.format(module=module, name=name, args=args)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert (proc.returncode, proc.stdout) == (130, ""), proc.stderr[-3000:]
+    assert [x for x in proc.stderr.splitlines() if "interrupted" in x] == [line]
+    assert proc.stderr.splitlines()[-1] == line and "Traceback" not in proc.stderr
+    study = tmp_path / "runs" / "studies" / "study1"
+    assert (study / "study.json").is_file() == (name == "prepare")
+
+
+def test_the_aborted_line_before_a_cell_or_after_a_complete_one(tmp_path: Path) -> None:
+    """A second Ctrl-C before the first cell starts names the study directory to resume (no
+    placeholder DIR); one after a cell is complete does not call it unfinished."""
+    from test_walkforward import CFG, WF
+
+    from jaxtrader.study import aborted_message
+    from jaxtrader.walkforward import run_walkforward
+
+    study = tmp_path / "s"
+    assert aborted_message(study, None) == (
+        "interrupted before the first cell started; finish the study with the same command and "
+        f"--resume {study}"
+    )
+    cell = study / "m" / "lstm" / "h2"
+    run_walkforward(CFG, WF, out=cell)
+    assert aborted_message(study, cell) == (
+        f"interrupted after the cell in {cell} was complete; finish the study with the same "
+        f"command and --resume {study}"
+    )
+
+
 def test_a_failing_cell_is_reported_and_the_others_complete(
     study_run: tuple[Path, list, str], tmp_path: Path
 ) -> None:

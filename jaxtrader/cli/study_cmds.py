@@ -112,7 +112,7 @@ def study(
     from jaxtrader.errors import ConfigError
     from jaxtrader.executors import close_executor, describe, start_executor
     from jaxtrader.logs import jsonable
-    from jaxtrader.study import format_table, run_study, study_cells
+    from jaxtrader.study import aborted_message, format_table, run_study, study_cells
     from jaxtrader.walkforward import (
         WalkForwardInterrupted,
         WalkForwardSettings,
@@ -157,7 +157,16 @@ def study(
     )
     wf.check()
 
+    # Known once run_study has chosen the directory (without --out or --resume, the next
+    # runs/studies/study<N>) and written study.json there, and once a cell starts.
+    study_dir: list[Path] = [Path(resume)] if resume is not None else []
+    cell_dir: list[Path] = []
+
+    def on_open(out_dir: Path) -> None:
+        study_dir[:] = [out_dir]
+
     def on_cell(i: int, cell: Any, run_dir: Path) -> None:
+        cell_dir[:] = [run_dir]
         notice(
             "study_cell",
             f"cell {i + 1}/{len(cells)}: {cell.arch} on {cell.market}, horizon {cell.horizon} "
@@ -181,15 +190,17 @@ def study(
                 executor=runner,
                 should_stop=signals.stop_requested,
                 on_cell=on_cell,
+                on_open=on_open,
             )
     except WalkForwardInterrupted as e:
         notice("interrupted", interrupted_message(e.out, e.done, study=e.out.parents[2]))
         raise SystemExit(INTERRUPTED_EXIT) from None
-    except KeyboardInterrupt:  # the second Ctrl-C, during a fold
+    except KeyboardInterrupt:  # the second Ctrl-C, outside a fold's training
         notice(
             "interrupted",
-            "interrupted: the fold in progress was not saved; complete cells and folds are kept "
-            f"(finish with the same command and --resume {out or resume or 'DIR'})",
+            aborted_message(
+                study_dir[0] if study_dir else None, cell_dir[-1] if cell_dir else None
+            ),
         )
         raise SystemExit(INTERRUPTED_EXIT) from None
     finally:

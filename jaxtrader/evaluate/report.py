@@ -691,13 +691,26 @@ def refuse_foreign_report_dir(directory: str | Path, flag: str = "--report-dir")
     rewriting evaluate's own report (a rerun) is allowed. A walk-forward run's directory is
     refused whatever it holds yet: a run in progress writes its own report.json, report.md and
     plots there when it finishes (over evaluate's, or evaluate's report would pass for the run's
-    in the meantime), and a complete one holds them already."""
+    in the meantime), and a complete one holds them already. So is a study's directory (its
+    study.json, written as the study starts): evaluate's files would sit among the study's
+    leaderboard and cell runs and pass for the study's own."""
     from jaxtrader.errors import ConfigError
+    from jaxtrader.study import study_progress
     from jaxtrader.walkforward import run_progress
 
     out = Path(directory)
     if not out.is_dir():
         return
+    if (study := study_progress(out)) is not None:
+        cells = f"{study.cells} cell{'' if study.cells == 1 else 's'}"
+        if study.complete:
+            what = f"a finished study ({cells} and its leaderboard)"
+        else:
+            what = (
+                f"a study in progress ({study.finished} of {cells} finished), which writes its "
+                "cell runs and leaderboard there until it finishes"
+            )
+        raise ConfigError(f"{flag} {directory} is {what}; choose another folder for the report")
     if (run := run_progress(out)) is not None:
         if run.complete:
             what = (
