@@ -422,11 +422,18 @@ def _coerce(value: Any, annotation: Any, dotted: str, source: str | None = None)
 def _build(cls: type, table: Mapping[str, Any], where: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
-    for key in table:
-        if key not in known:
+    for key, value in table.items():
+        if key in known:
+            continue
+        # `[train.extra]` arrives as one more entry of [train]: it is a table, not a key.
+        if isinstance(value, Mapping):
             raise ConfigError(
-                f"unknown key '{where}.{key}' in {source}; known keys: {', '.join(sorted(known))}"
+                f"unknown table '[{where}.{key}]' in {source}; [{where}] holds keys only: "
+                f"{', '.join(sorted(known))}"
             )
+        raise ConfigError(
+            f"unknown key '{where}.{key}' in {source}; known keys: {', '.join(sorted(known))}"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}", source) for k, v in table.items()}
     return cls(**kwargs)
 
@@ -448,8 +455,15 @@ def from_dict(raw: Mapping[str, Any], source: str = "config") -> AppConfig:
                 f"{', '.join(f'[{s}]' for s in sections)})"
             )
         if key not in sections:
+            # A decision policy is not part of the config: it is its own file.
+            elsewhere = (
+                " (a decision policy is a file of its own, given as --policy FILE)"
+                if key == "policy"
+                else ""
+            )
             raise ConfigError(
                 f"unknown table '[{key}]' in {source}; known tables: {', '.join(sections)}"
+                f"{elsewhere}"
             )
     return AppConfig(**{k: _build(hints[k], v, k, source) for k, v in raw.items()})
 

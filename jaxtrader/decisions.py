@@ -133,7 +133,10 @@ class Policy:
 
     @staticmethod
     def toml_values(path: str | Path, choices: str = "auto, plain") -> dict[str, Any]:
-        """The `[policy]` table (or top-level keys) of a policy file, unchecked."""
+        """The `[policy]` table (or top-level keys) of a policy file, unchecked. Any other table
+        is refused as a table, by name: TOML hands `[polcy]` over as one more entry, which the
+        key check would call an unknown key (or, beside a `[policy]` table, nothing would read
+        at all); so is a key beside `[policy]`, which would be dropped without a word."""
         import tomllib
 
         p = Path(path)
@@ -143,7 +146,36 @@ class Policy:
             raise ConfigError(
                 f"cannot read policy file {p}: {e}; pass --policy {choices} or a TOML file"
             ) from None
-        return dict(doc.get("policy", doc))
+        keys = ", ".join(sorted(f.name for f in dataclasses.fields(Policy)))
+        if "policy" not in doc:
+            for name, value in doc.items():
+                if isinstance(value, dict):
+                    raise ConfigError(
+                        f"unknown table '[{name}]' in policy file {p}; known tables: policy (or "
+                        f"the keys {keys} at the top of the file, without a table)"
+                    )
+            return dict(doc)
+        table = doc["policy"]
+        if not isinstance(table, dict):
+            raise ConfigError(f"'policy' in policy file {p} must be a table like [policy]")
+        for name, value in doc.items():
+            if name == "policy":
+                continue
+            if isinstance(value, dict):
+                raise ConfigError(
+                    f"unknown table '[{name}]' in policy file {p}; known tables: policy"
+                )
+            raise ConfigError(
+                f"'{name}' in policy file {p} is a key outside the [policy] table; put it under "
+                "[policy], or every key at the top of the file without the [policy] line"
+            )
+        for name, value in table.items():
+            if isinstance(value, dict):
+                raise ConfigError(
+                    f"unknown table '[policy.{name}]' in policy file {p}; [policy] holds keys "
+                    f"only: {keys}"
+                )
+        return dict(table)
 
     @classmethod
     def from_toml(

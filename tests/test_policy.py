@@ -199,6 +199,53 @@ def test_trade_takes_the_policy_recorded_in_the_manifest(tmp_path: Path) -> None
     assert trade_policy(str(f), recorded, rules) == Policy(0.6, 0.5)
 
 
+POLICY_KEYS = "enter, exit, long_short, max_position, min_hold"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        # A misspelt table was called an unknown policy "key" ['polcy'].
+        (
+            "[polcy]\nenter = 0.6\n",
+            "unknown table '[polcy]' in policy file {f}; known tables: policy (or the keys "
+            f"{POLICY_KEYS} at the top of the file, without a table)",
+        ),
+        # Beside a [policy] table it was not read at all: its exit was dropped without a word.
+        (
+            "[policy]\nenter = 0.6\n[polcy]\nexit = 0.5\n",
+            "unknown table '[polcy]' in policy file {f}; known tables: policy",
+        ),
+        (
+            "[policy]\nenter = 0.6\n[policy.extra]\nx = 1\n",
+            f"unknown table '[policy.extra]' in policy file {{f}}; [policy] holds keys only: "
+            f"{POLICY_KEYS}",
+        ),
+        # A key above the [policy] line was dropped without a word too.
+        (
+            "min_hold = 3\n[policy]\nenter = 0.6\n",
+            "'min_hold' in policy file {f} is a key outside the [policy] table; put it under "
+            "[policy], or every key at the top of the file without the [policy] line",
+        ),
+        # `policy = 3` was a TypeError from dict(3): an internal error, not a message.
+        ("policy = 3\n", "'policy' in policy file {f} must be a table like [policy]"),
+    ],
+    ids=["misspelt-table", "beside-policy", "nested-table", "key-beside-policy", "not-a-table"],
+)
+def test_a_policy_files_tables_are_called_tables(tmp_path: Path, text: str, problem: str) -> None:
+    """A policy file's unknown table is named as a table, with the known table, whether
+    evaluate (`PolicyRequest`) or trade (`Policy.from_toml`) reads it; nothing in the file is
+    dropped silently."""
+    f = tmp_path / "p.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        Policy.from_toml(f)
+    assert str(caught.value) == problem.format(f=f)
+    with pytest.raises(ConfigError) as caught:
+        PolicyRequest(str(f), enter=0.55).resolve(threshold=0.5, long_short=False, horizon=5)
+    assert str(caught.value) == problem.format(f=f)
+
+
 def test_trade_refuses_a_threshold_the_policy_in_force_ignores(tmp_path: Path) -> None:
     """`trade --threshold 0.6` with a recorded or TOML policy traded that policy and dropped the
     threshold without a word; the plain rule (given, or no policy recorded) still takes it."""
