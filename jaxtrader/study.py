@@ -219,6 +219,9 @@ def leaderboard_row(
         "net_sharpe_ci95": _interval(p.get("sharpe_net_ci95")),
         "plain_net_sharpe": plain_net_sharpe(report),
         "buy_and_hold_sharpe": float(report["buy_and_hold"]["sharpe"]),
+        # By the same bootstrap: a row's interval beside its market's says whether one run can
+        # tell the two apart.
+        "buy_and_hold_sharpe_ci95": _interval(p.get("buy_and_hold_sharpe_ci95")),
         "wall_seconds": round(seconds, 1),
         # Folds cut at --max-minutes: the cell's figures then depend on the machine's speed.
         "time_limited_folds": sum(
@@ -522,7 +525,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
         f"{_pct(row['seed_accuracy_mean'])} +- {_pct(row['seed_accuracy_std'])}",
         f"{row['net_sharpe']:.2f}" + _interval_text(row.get("net_sharpe_ci95")),
         f"{row['plain_net_sharpe']:.2f}",
-        f"{row['buy_and_hold_sharpe']:.2f}",
+        f"{row['buy_and_hold_sharpe']:.2f}" + _interval_text(row.get("buy_and_hold_sharpe_ci95")),
         f"{row['wall_seconds']:.0f} s" + _time_limit_mark(row),
     ]
 

@@ -65,6 +65,8 @@ def test_leaderboard_figures_are_the_runs_report_figures(study_run: tuple[Path, 
         assert row["net_sharpe_ci95"] == [ci["lo"], ci["hi"]]
         assert row["plain_net_sharpe"] == report["policy"]["plain"]["sharpe"]
         assert row["buy_and_hold_sharpe"] == report["buy_and_hold"]["sharpe"]
+        hold = p["buy_and_hold_sharpe_ci95"]
+        assert row["buy_and_hold_sharpe_ci95"] == [hold["lo"], hold["hi"]]
         # The verdict's p-value is against the better constant: the majority rate or a coin.
         best = binomial_p_value(p["accuracy"], p["effective_n"], max(0.5, p["majority_rate"]))
         assert row["p_value_vs_best_constant"] == pytest.approx(best, rel=1e-12)
@@ -91,6 +93,14 @@ def test_leaderboard_figures_are_the_runs_report_figures(study_run: tuple[Path, 
         lo, hi = row["net_sharpe_ci95"]
         assert f"{row['net_sharpe']:.2f} [{lo:.2f}, {hi:.2f}]" in line
         assert f"{row['plain_net_sharpe']:.2f}" in line
+        # The B&H Sharpe column, read from the markdown row by its header.
+        header = next(x for x in md.splitlines() if x.startswith("| market"))
+        md_row = next(x for x in md.splitlines() if x.startswith(f"| {row['market']} "))
+        cells = dict(zip(header.split("|"), md_row.split("|"), strict=True))
+        lo, hi = row["buy_and_hold_sharpe_ci95"]
+        assert cells[" B&H Sharpe "].strip() == (
+            f"{row['buy_and_hold_sharpe']:.2f} [{lo:.2f}, {hi:.2f}]"
+        )
         assert ("(no edge)" in line) == (not row["beats_majority"])
         assert f"| {row['market']} 1h | lstm | 2 |" in md
         assert f"{row['p_value_vs_best_constant']:.3g} ({row['p_value_holm']:.3g})" in line
