@@ -56,6 +56,14 @@ def check_settings(
             raise ConfigError(f"{flag} must be between 0 and 10000 bps, got {value}")
 
 
+def _refuse_tables(entries: Mapping[str, Any], path: Path, prefix: str, known: str) -> None:
+    """Refuses any table among a policy file's `entries` by name: TOML hands `[polcy]` over as
+    one more entry, which the key check would call an unknown key."""
+    for name, value in entries.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"unknown table '[{prefix}{name}]' in policy file {path}; {known}")
+
+
 @dataclass(frozen=True)
 class Policy:
     """How P(up) becomes a position over time.
@@ -148,33 +156,26 @@ class Policy:
             ) from None
         keys = ", ".join(sorted(f.name for f in dataclasses.fields(Policy)))
         if "policy" not in doc:
-            for name, value in doc.items():
-                if isinstance(value, dict):
-                    raise ConfigError(
-                        f"unknown table '[{name}]' in policy file {p}; known tables: policy (or "
-                        f"the keys {keys} at the top of the file, without a table)"
-                    )
+            _refuse_tables(
+                doc,
+                p,
+                "",
+                f"known tables: policy (or the keys {keys} at the top of the file, "
+                "without a table)",
+            )
             return dict(doc)
         table = doc["policy"]
         if not isinstance(table, dict):
             raise ConfigError(f"'policy' in policy file {p} must be a table like [policy]")
-        for name, value in doc.items():
-            if name == "policy":
-                continue
-            if isinstance(value, dict):
-                raise ConfigError(
-                    f"unknown table '[{name}]' in policy file {p}; known tables: policy"
-                )
+        others = {name: value for name, value in doc.items() if name != "policy"}
+        _refuse_tables(others, p, "", "known tables: policy")
+        if others:
             raise ConfigError(
-                f"'{name}' in policy file {p} is a key outside the [policy] table; put it under "
-                "[policy], or every key at the top of the file without the [policy] line"
+                f"'{next(iter(others))}' in policy file {p} is a key outside the [policy] table; "
+                "put it under [policy], or every key at the top of the file without the [policy] "
+                "line"
             )
-        for name, value in table.items():
-            if isinstance(value, dict):
-                raise ConfigError(
-                    f"unknown table '[policy.{name}]' in policy file {p}; [policy] holds keys "
-                    f"only: {keys}"
-                )
+        _refuse_tables(table, p, "policy.", f"[policy] holds keys only: {keys}")
         return dict(table)
 
     @classmethod

@@ -44,32 +44,38 @@ def test_unknown_table_and_bad_type(tmp_path: Path) -> None:
         load_config(path)
 
 
-def test_a_table_is_called_a_table(tmp_path: Path) -> None:
+_TABLES = "backtest, data, dataset, model, risk, train"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[train]\nepochs = 2\n[train.extra]\nx = 1\n",
+            "unknown table '[train.extra]' in config file {path}; [train] holds keys only: "
+            "batch_size, ckpt_dir, class_weights, data_shards, epochs, eval_batch_size, "
+            "grad_clip, learning_rate, max_minutes, max_to_keep, patience, seed, warmup_steps, "
+            "weight_decay",
+        ),
+        (
+            "[policy]\nenter = 0.6\n",
+            f"unknown table '[policy]' in config file {{path}}; known tables: {_TABLES} (a "
+            "decision policy is a file of its own, given as --policy FILE)",
+        ),
+        (
+            "[polcy]\nenter = 0.6\n",
+            f"unknown table '[polcy]' in config file {{path}}; known tables: {_TABLES}",
+        ),
+    ],
+)
+def test_a_table_is_called_a_table(tmp_path: Path, text: str, expected: str) -> None:
     """`[train.extra]` was reported as an unknown key 'train.extra'; and a [policy] table (the
     decision policy's file layout) in a config file is pointed at --policy FILE."""
     path = tmp_path / "c.toml"
-    path.write_text("[train]\nepochs = 2\n[train.extra]\nx = 1\n")
+    path.write_text(text)
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert str(caught.value) == (
-        f"unknown table '[train.extra]' in config file {path}; [train] holds keys only: "
-        "batch_size, ckpt_dir, class_weights, data_shards, epochs, eval_batch_size, grad_clip, "
-        "learning_rate, max_minutes, max_to_keep, patience, seed, warmup_steps, weight_decay"
-    )
-    path.write_text("[policy]\nenter = 0.6\n")
-    with pytest.raises(ConfigError) as caught:
-        load_config(path)
-    assert str(caught.value) == (
-        f"unknown table '[policy]' in config file {path}; known tables: backtest, data, dataset, "
-        "model, risk, train (a decision policy is a file of its own, given as --policy FILE)"
-    )
-    path.write_text("[polcy]\nenter = 0.6\n")
-    with pytest.raises(ConfigError) as caught:
-        load_config(path)
-    assert str(caught.value) == (
-        f"unknown table '[polcy]' in config file {path}; known tables: backtest, data, dataset, "
-        "model, risk, train"
-    )
+    assert str(caught.value) == expected.format(path=path)
 
 
 def test_invalid_toml_is_one_clear_error(tmp_path: Path) -> None:
