@@ -109,6 +109,16 @@ class StudyIncomplete(JaxTraderError):
     """Some cells failed (their folds did); the others are on the leaderboard."""
 
 
+class StudyInterrupted(KeyboardInterrupt):
+    """Stopped on request between cells: the cell in `cell` is complete, the later ones wait for
+    --resume of the study in `out`."""
+
+    def __init__(self, out: Path, cell: Path) -> None:
+        super().__init__("study interrupted")
+        self.out = out
+        self.cell = cell
+
+
 @dataclass
 class StudyRun:
     out: Path
@@ -329,20 +339,52 @@ def _open_study(out: Path, doc: dict[str, Any], stored: dict[str, Any] | None) -
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 
-def check_markets(base: AppConfig, cells: Sequence[StudyCell]) -> dict[str, str | None]:
+def _refuse_foreign_out(out: Path) -> None:
+    """A new study writes study.json, leaderboard.md/json and a folder per market into `out`:
+    never into another study or a walk-forward run, nor into a folder of the user's files (it
+    once wrote a study into a walk-forward run's directory, beside its report, without a word).
+    A lone `.study.lock` is what a study stopped before its study.json leaves."""
+    if (out / STUDY_FILE).exists():
+        raise ConfigError(
+            f"--out {out} already holds a study; pass --resume {out} to finish it, or choose "
+            "another --out"
+        )
+    if (out / PLAN_FILE).exists():
+        raise ConfigError(
+            f"--out {out} holds a walk-forward run; a study writes study.json, its leaderboard "
+            "and a folder per market there: choose a new or empty folder"
+        )
+    if out.is_dir():
+        held = sorted(p.name for p in out.iterdir() if p.name != ".study.lock")
+        if held:
+            raise ConfigError(
+                f"--out {out} is a folder that holds other files ({', '.join(held[:3])}"
+                f"{', ...' if len(held) > 3 else ''}); a study writes study.json, its leaderboard "
+                "and a folder per market there: choose a new or empty folder"
+            )
+
+
+def check_markets(
+    base: AppConfig, cells: Sequence[StudyCell], wf: WalkForwardSettings | None = None
+) -> dict[str, str | None]:
     """Loads each market file once with the data layer, so a missing, unreadable or invalid file
     is its own one-line DataError before the study directory exists, not a failed cell per arch
-    and horizon whose reason is only in leaderboard.json. Returns each market's data fingerprint
-    (`data.data_sha256`; None for the embedded market), which a resume compares. Two files with
-    one fingerprint are refused: the same market twice would be counted twice by Holm."""
+    and horizon whose reason is only in leaderboard.json. With `wf`, each market's folds are also
+    planned for each of its horizons (`walkforward.prepare_candles`): a file too short for them
+    failed its cell only after the cells before it had trained, and that cell's advice, "fix the
+    cause and rerun with --resume", could not be followed (a resume refuses a changed file or
+    cell list). Returns each market's data fingerprint (`data.data_sha256`; None for the
+    embedded market), which a resume compares. Two files with one fingerprint are refused: the
+    same market twice would be counted twice by Holm."""
     from jaxtrader.data import data_sha256, load_market
+    from jaxtrader.walkforward import prepare_candles
 
     fingerprints: dict[str, str | None] = {}
     files: dict[str, str | None] = {}  # fingerprint -> the first file that has it
+    loaded: list[tuple[StudyCell, Any]] = []
     for cell in {c.market: c for c in cells}.values():
-        digest = (
-            None if cell.data is None else data_sha256(load_market(cell_config(base, cell).data))
-        )
+        candles = load_market(cell_config(base, cell).data)
+        digest = None if cell.data is None else data_sha256(candles)
         # A copy of one file under another name is the same market run and counted twice.
         if digest is not None and files.setdefault(digest, cell.data) != cell.data:
             raise DataError(
@@ -350,6 +392,17 @@ def check_markets(base: AppConfig, cells: Sequence[StudyCell]) -> dict[str, str 
                 "files are identical); pass each market once"
             )
         fingerprints[cell.market] = digest
+        loaded.append((cell, candles))
+    # After every file has loaded and none is a copy: those reasons come first.
+    for cell, candles in loaded:
+        if wf is None:
+            break
+        for horizon in sorted({c.horizon for c in cells if c.market == cell.market}):
+            try:
+                prepare_candles(cell_config(base, replace(cell, horizon=horizon)), wf, candles)
+            except (DataError, ConfigError) as e:
+                name = "the embedded market" if cell.data is None else f"--data {cell.data}"
+                raise type(e)(f"{name} (horizon {horizon}): {e}") from None
     return fingerprints
 
 
@@ -370,7 +423,8 @@ def run_study(
 
     A cell whose folds fail is reported in the leaderboard's `failed` list and the study goes on;
     `StudyIncomplete` is raised after the leaderboard is written. A stop request stops the study
-    (`WalkForwardInterrupted` from the cell in progress). `on_open(out_dir)` is called once the
+    (`WalkForwardInterrupted` from the cell in progress, or `StudyInterrupted` once a cell whose
+    last fold was in training is complete). `on_open(out_dir)` is called once the
     study directory holds its study.json (without `out`, the new runs/studies/study<N>).
     """
     from jaxtrader.executors import RayExecutor
@@ -384,7 +438,9 @@ def run_study(
     check_seq_len(base.dataset.seq_len)
     # A wrong --resume DIR fails before any market is loaded; the record is read once.
     stored = resume_record(out, STUDY_FILE, "study")[1] if resume else None
-    fingerprints = check_markets(base, cells)
+    if out is not None and not resume:  # before the markets load and their folds are planned
+        _refuse_foreign_out(Path(out))
+    fingerprints = check_markets(base, cells, wf)
     out_dir = Path(out) if out is not None else new_study_dir()
     _open_study(out_dir, _study_doc(cells, wf, base, fingerprints), stored)
     if on_open is not None:
@@ -432,6 +488,10 @@ def run_study(
             (run_dir / CELL_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             rows.append(leaderboard_row(cell, run.report, seconds, run_dir, alpha))
             log_event(logger, "cell_done", cell=i, run=str(run_dir), seconds=round(seconds, 1))
+            # A stop asked for during a cell's last fold lets that cell finish (nothing is left to
+            # stop after); the study must still stop here, not train the next cell's first fold.
+            if should_stop is not None and i + 1 < len(cells) and should_stop():
+                raise StudyInterrupted(out_dir, run_dir)
         mark_edges(rows, alpha)
         rows.sort(key=_sharpe_key, reverse=True)
         board = {
@@ -547,13 +607,16 @@ def _time_limit_mark(row: dict[str, Any]) -> str:
 
 def _footnote(board: dict[str, Any]) -> str:
     policy = board["rows"][0]["policy"] if board["rows"] else "n/a"
+    n = len(board["rows"])
+    rows, cells = ("row", "cell") if n == 1 else ("rows", "cells")  # "the 1 rows" read wrong
     return (
         f"Sorted by net Sharpe (policy: {policy}, net of fees; 'plain': P(up) > the threshold "
         "every candle, for comparison). p vs best const.: one-sided binomial p-value against "
-        "the higher of the majority rate and 50%, and in brackets Holm-adjusted over the "
-        f"{len(board['rows'])} rows. '(no edge)': the adjusted p-value is not below "
+        f"the higher of the majority rate and 50%, and in brackets Holm-adjusted over the {n} "
+        f"{rows}. '(no edge)': the adjusted p-value is not below "
         f"{board['alpha']:g}, i.e. no better than always predicting the training majority "
-        f"class or a coin once {len(board['rows'])} cells had a chance. {board['folds']} folds x {board['seeds']} seeds, "
+        f"class or a coin once {n} {cells} had a chance. {board['folds']} folds x "
+        f"{board['seeds']} seeds, "
         f"{board['window']} window, executor {board['executor']}, study wall time "
         f"{board['seconds']:.0f} s."
     )

@@ -393,11 +393,19 @@ class Prepared:
 
 def prepare(cfg: AppConfig, wf: WalkForwardSettings) -> Prepared:
     """Loads the candles, computes features once and cuts the folds; the plan as a JSON-able dict."""
-    from jaxtrader.data import data_sha256, load_market
+    from jaxtrader.data import load_market
+
+    wf.check()
+    return prepare_candles(cfg, wf, load_market(cfg.data))
+
+
+def prepare_candles(cfg: AppConfig, wf: WalkForwardSettings, candles: Any) -> Prepared:
+    """`prepare` on candles already loaded (`study.check_markets` plans every market's folds
+    before its first cell trains): a DataError/ConfigError when they cannot make the folds."""
+    from jaxtrader.data import data_sha256
     from jaxtrader.dataset import build_dataset
 
     wf.check()
-    candles = load_market(cfg.data)
     market = market_arrays(candles)
     # The whole-series dataset only supplies the valid prediction points the folds are cut over.
     try:
@@ -431,7 +439,9 @@ def prepare(cfg: AppConfig, wf: WalkForwardSettings) -> Prepared:
             raise DataError(
                 f"fold {i}'s validation block has {row['val_points']} prediction points, fewer "
                 f"than {MIN_VAL_POINTS}: early stopping and the decision policy would be chosen "
-                "on noise; use fewer --folds, a shorter --seq-len or --horizon, or more data"
+                "on noise; use fewer --folds, "
+                f"{'a smaller --train-candles, ' if wf.train_candles is not None else ''}"
+                "a shorter --seq-len or --horizon, or more data"
             )
         rows.append(row)
     plan = {
@@ -784,6 +794,18 @@ def config_changes(stored: Any, current: Any, prefix: str = "") -> list[str]:
 def _check_plan(out: Path, stored: dict[str, Any], plan: dict[str, Any]) -> None:
     # Runs planned before the fingerprint was recorded have no key: nothing to compare then.
     was, now = stored.get("data_sha256", plan["data_sha256"]), plan["data_sha256"]
+    planned_on = stored.get("data")
+    if was != now and isinstance(planned_on, str) and planned_on != plan["data"]:
+        # Another file (or the embedded market, `--data` left out of the resume command): say
+        # which one the run needs; two fingerprints ("... then, None... now") did not.
+        if was is None:  # planned on the embedded market: its source names no file
+            fix = "rerun the original command, without --data, with --resume"
+        else:
+            fix = f"rerun the original command, with --data {planned_on}, with --resume"
+        raise ConfigError(
+            f"--resume {out}: the run was planned on {planned_on}, and this command reads "
+            f"{plan['data']}; {fix}, or start a new run without --resume"
+        )
     if was != now:
         raise ConfigError(
             f"--resume {out}: the candles differ from the ones the run was planned on "

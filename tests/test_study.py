@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -294,28 +295,136 @@ def test_the_aborted_line_before_a_cell_or_after_a_complete_one(tmp_path: Path) 
     )
 
 
+def test_a_stop_during_a_cells_last_fold_stops_before_the_next_cell(tmp_path: Path) -> None:
+    """Ctrl-C during a cell's last fold let that cell finish (right) and then trained the next
+    cell's first fold before stopping (with one fold per cell, the whole study ran on and exited
+    0). The study stops once that cell is complete, and a resume finishes the rest."""
+    from test_walkforward import CFG, WF
+
+    from jaxtrader.study import StudyInterrupted, aborted_message, run_study, study_cells
+
+    one_fold = dataclasses.replace(WF, folds=1)
+    cells = study_cells([None], ["lstm"], [2, 3])
+    out = tmp_path / "study"
+    with pytest.raises(StudyInterrupted) as caught:
+        run_study(CFG, one_fold, cells, out=out, should_stop=lambda: True)
+    first, second = (c.directory(out) for c in cells)
+    assert (caught.value.out, caught.value.cell) == (out, first)
+    assert (first / "report.json").is_file() and (first / "cell.json").is_file()
+    assert not second.exists() and not (out / "leaderboard.json").exists()
+    assert aborted_message(out, first) == (
+        f"interrupted after the cell in {first} was complete; finish the study with the same "
+        f"command and --resume {out}"
+    )
+    board = run_study(CFG, one_fold, cells, out=out, resume=True).leaderboard
+    assert sorted(r["horizon"] for r in board["rows"]) == [2, 3] and board["failed"] == []
+
+
 def test_a_failing_cell_is_reported_and_the_others_complete(
     study_run: tuple[Path, list, str], tmp_path: Path
 ) -> None:
-    """A market too short for the folds fails its cell; the other cell is still on the board."""
+    """A cell whose folds fail (here: every fold task of the BBB market) is on the board's failed
+    list; the other cell is still on the board."""
     from test_walkforward import CFG, WF
 
+    from jaxtrader.executors import FoldsFailed
     from jaxtrader.study import StudyIncomplete, run_study, study_cells
+    from jaxtrader.walkforward import local_executor
 
-    good = study_run[1][4]  # the first --data file of the CLI run
-    short = tmp_path / "ccc_usd_1h.csv"
-    pd.read_csv(good).head(200).to_csv(short, index=False)
-    cells = study_cells([good, str(short)], ["lstm"], [2])
+    def executor(tasks: Any, poll: Any = None) -> Any:
+        if tasks and tasks[0].market.symbol == "BBB/USD":
+            raise FoldsFailed({t.fold: "worker lost" for t in tasks}, 2)
+        yield from local_executor(tasks, poll=poll)
+
+    good, bad = study_run[1][4], study_run[1][6]  # the CLI run's --data files
+    cells = study_cells([good, bad], ["lstm"], [2])
     with pytest.raises(StudyIncomplete, match="--resume") as caught:
-        run_study(CFG, WF, cells, out=tmp_path / "study")
+        run_study(CFG, WF, cells, out=tmp_path / "study", executor=executor)
     board = json.loads((tmp_path / "study" / "leaderboard.json").read_text())
     # The first failed cell's reason is in the one line, not only in leaderboard.json.
-    assert f"ccc_usd_1h/lstm/h2; the first: {board['failed'][0]['error']}; all errors in" in str(
+    assert f"bbb_usd_1h/lstm/h2; the first: {board['failed'][0]['error']}; all errors in" in str(
         caught.value
     )
     assert [r["market"] for r in board["rows"]] == ["AAA/USD"]
-    assert [f["market"] for f in board["failed"]] == ["ccc_usd_1h"] and board["failed"][0]["error"]
-    assert "ccc_usd_1h/lstm/h2" in (tmp_path / "study" / "leaderboard.md").read_text()
+    assert [f["market"] for f in board["failed"]] == ["bbb_usd_1h"]
+    assert board["failed"][0]["error"].startswith("2 fold(s) failed after 2 attempt(s)")
+    assert "bbb_usd_1h/lstm/h2" in (tmp_path / "study" / "leaderboard.md").read_text()
+
+
+def test_a_market_too_short_for_the_folds_is_refused_before_any_cell(
+    study_run: tuple[Path, list, str], tmp_path: Path
+) -> None:
+    """A market file too short for the walk-forward failed its cell only after the cells before
+    it had trained, and the line said "fix the cause and rerun with --resume DIR", which a resume
+    then refused (a changed file, or a changed list of cells). Every market's folds are planned
+    before the study directory exists: one line naming the file, nothing written."""
+    from test_walkforward import CFG, WF
+
+    from jaxtrader.errors import ConfigError, DataError
+    from jaxtrader.study import run_study, study_cells
+
+    good = study_run[1][4]
+    short = tmp_path / "ccc_usd_1h.csv"
+    pd.read_csv(good).head(200).to_csv(short, index=False)
+    out = tmp_path / "study"
+    with pytest.raises(DataError) as caught:
+        run_study(CFG, WF, study_cells([good, str(short)], ["lstm"], [2]), out=out)
+    assert str(caught.value) == (
+        f"--data {short} (horizon 2): no valid prediction points in 200 candles (window 50, "
+        "horizon 2, plus the feature warm-up); use a longer candle file"
+    )
+    # Long enough for prediction points, too short for validation blocks worth the name.
+    medium = tmp_path / "ddd_usd_1h.csv"
+    pd.read_csv(good).head(700).to_csv(medium, index=False)
+    with pytest.raises((ConfigError, DataError), match=re.escape(f"--data {medium} (horizon 2): ")):
+        run_study(CFG, WF, study_cells([good, str(medium)], ["lstm"], [2]), out=out)
+    assert not out.exists()
+
+
+def test_out_on_a_walkforward_run_or_a_folder_of_files_is_refused(tmp_path: Path) -> None:
+    """`study --out` a walk-forward run's directory (or any folder of the user's) wrote study.json,
+    leaderboard.md and a folder per market beside that run's report and exited 0, where
+    `walkforward` refuses such a folder. Refused now, one line, nothing written."""
+    from test_walkforward import CFG, WF
+
+    from jaxtrader.errors import ConfigError
+    from jaxtrader.study import run_study, study_cells
+
+    cells = study_cells([None], ["lstm"], [2])
+    run = tmp_path / "wf1"
+    run.mkdir()
+    (run / "plan.json").write_text("{}")
+    with pytest.raises(ConfigError) as caught:
+        run_study(CFG, WF, cells, out=run)
+    assert str(caught.value) == (
+        f"--out {run} holds a walk-forward run; a study writes study.json, its leaderboard and "
+        "a folder per market there: choose a new or empty folder"
+    )
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("x")
+    (folder / ".study.lock").write_text("")  # left by a study stopped before its study.json
+    with pytest.raises(ConfigError) as caught:
+        run_study(CFG, WF, cells, out=folder)
+    assert str(caught.value) == (
+        f"--out {folder} is a folder that holds other files (notes.txt); a study writes "
+        "study.json, its leaderboard and a folder per market there: choose a new or empty folder"
+    )
+    assert sorted(p.name for p in run.iterdir()) == ["plan.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [".study.lock", "notes.txt"]
+
+
+def test_the_footnote_of_a_one_row_board_reads_in_the_singular(
+    study_run: tuple[Path, list, str],
+) -> None:
+    """A one-market, one-arch study's footnote said "Holm-adjusted over the 1 rows" and "once 1
+    cells had a chance"."""
+    from jaxtrader.study import _footnote
+
+    board = json.loads((study_run[0] / "leaderboard.json").read_text())
+    assert "over the 2 rows." in _footnote(board) and "once 2 cells had" in _footnote(board)
+    one = _footnote({**board, "rows": board["rows"][:1]})
+    assert "over the 1 row." in one and "once 1 cell had a chance." in one
 
 
 def test_a_setting_every_cell_shares_fails_once_before_any_cell(tmp_path: Path) -> None:
@@ -486,16 +595,17 @@ def test_dedupe_and_gaps_reach_every_market_file(tmp_path: Path) -> None:
     for flags, line in [
         ([], f"error: {data}: line 4: duplicate timestamp 2023-01-01T01:00:00Z "),
         (["--dedupe", "--gaps", "error"], f"error: {data}: 1 gaps (1 missing candles), "),
-        # Accepted: the cell gets the 4 candles (3 kept, 1 filled) and fails for its length.
-        (["--dedupe"], "error: 1 of 1 cells failed (dup_usd_1h/lstm/h5; the first: no valid "
-                       "prediction points in 4 candles "),
+        # Accepted: the market gets the 4 candles (3 kept, 1 filled) and is refused for its
+        # length before the study directory exists.
+        (["--dedupe"], f"error: --data {data} (horizon 5): no valid prediction points in 4 "
+                       "candles "),
     ]:  # fmt: skip
         proc = subprocess.run(
             [*base, *flags, "--out", str(out)], capture_output=True, text=True, timeout=300
         )
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.splitlines()[-1].startswith(line)
-        assert out.exists() == (flags == ["--dedupe"])
+        assert not out.exists()
         if not flags:  # one line, naming the flag
             assert proc.stderr.count("\n") == 1 and "--dedupe" in proc.stderr
 

@@ -112,7 +112,13 @@ def study(
     from jaxtrader.errors import ConfigError
     from jaxtrader.executors import close_executor, describe, start_executor
     from jaxtrader.logs import jsonable
-    from jaxtrader.study import aborted_message, format_table, run_study, study_cells
+    from jaxtrader.study import (
+        StudyInterrupted,
+        aborted_message,
+        format_table,
+        run_study,
+        study_cells,
+    )
     from jaxtrader.walkforward import (
         WalkForwardInterrupted,
         WalkForwardSettings,
@@ -193,7 +199,13 @@ def study(
                 on_open=on_open,
             )
     except WalkForwardInterrupted as e:
-        notice("interrupted", interrupted_message(e.out, e.done, study=e.out.parents[2]))
+        notice(
+            "interrupted",
+            interrupted_message(e.out, e.done, study=e.out.parents[2], aborted=signals.aborted),
+        )
+        raise SystemExit(INTERRUPTED_EXIT) from None
+    except StudyInterrupted as e:  # between cells: the one just finished is complete
+        notice("interrupted", aborted_message(e.out, e.cell))
         raise SystemExit(INTERRUPTED_EXIT) from None
     except KeyboardInterrupt:  # the second Ctrl-C, outside a fold's training
         notice(
