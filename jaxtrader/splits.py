@@ -180,8 +180,10 @@ def walk_forward_folds(
             raise ConfigError(
                 f"fold {i}'s validation block is empty: the {k + 1} blocks after the first "
                 f"training span hold about {(n - a) // (k + 1)} candles each, and the purge gap "
-                f"takes {gap} candles (horizon + window - 1) from each end; use fewer --folds, a "
-                "shorter --seq-len or --horizon, or a longer candle file"
+                f"takes {gap} candles (horizon + window - 1) from each end; use fewer --folds, "
+                # A --train-candles that leaves too little after it is the likelier cause then.
+                f"{'a smaller --train-candles, ' if train_rows is not None else ''}a shorter "
+                "--seq-len or --horizon, or a longer candle file"
             )
         lo = start if window == "expanding" else max(start, edges[i] - first)
         folds.append(

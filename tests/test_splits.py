@@ -98,3 +98,20 @@ def test_walk_forward_folds_expand_and_stay_purged(k: int) -> None:
     assert folds[0].to_dict()["train"]["start"] == index[150].isoformat()
     with pytest.raises(ConfigError):
         walk_forward_folds(1000, 0, CFG)
+
+
+def test_an_empty_validation_block_under_train_candles_names_that_flag() -> None:
+    """`--train-candles 2500` on 2,543 candles left 14-candle blocks; the line suggested fewer
+    --folds, a shorter --seq-len or --horizon, or more data, never the flag that caused it."""
+    gap = purge_gap(CFG.horizon, CFG.seq_len)
+    tail = "a shorter --seq-len or --horizon, or a longer candle file"
+    with pytest.raises(ConfigError) as caught:
+        walk_forward_folds(2543, 2, CFG, train_rows=2500)
+    assert str(caught.value) == (
+        "fold 0's validation block is empty: the 3 blocks after the first training span hold "
+        f"about 14 candles each, and the purge gap takes {gap} candles (horizon + window - 1) "
+        f"from each end; use fewer --folds, a smaller --train-candles, {tail}"
+    )
+    with pytest.raises(ConfigError) as caught:  # the default span: the flag is not named
+        walk_forward_folds(300, 2, CFG)
+    assert str(caught.value).endswith(f"; use fewer --folds, {tail}")

@@ -638,6 +638,38 @@ def test_resume_refuses_a_data_file_whose_contents_changed(tmp_path: Path) -> No
     _check_plan(tmp_path, {k: v for k, v in before.items() if k != "data_sha256"}, after)
 
 
+def test_resume_on_another_market_names_the_one_the_run_was_planned_on(tmp_path: Path) -> None:
+    """`--resume DIR` without the run's --data (the README's resume line has none) was refused
+    with "the candles differ ... (synthetic:...: sha256 9400c2ea1db5... then, None... now)": two
+    fingerprints, one of them None, and not the file to pass. The line names both sources and
+    the --data that resumes the run."""
+    from jaxtrader.data import synth_candles, write_candles
+    from jaxtrader.walkforward import _check_plan, prepare
+
+    market = tmp_path / "m.csv"
+    write_candles(synth_candles(rows=1500, seed=3).frame, market)
+    on_file = prepare(dataclasses.replace(CFG, data=DataConfig(path=str(market))), WF).plan
+    embedded = prepare(CFG, WF).plan
+    with pytest.raises(ConfigError) as caught:
+        _check_plan(tmp_path, on_file, embedded)
+    assert str(caught.value) == (
+        f"--resume {tmp_path}: the run was planned on {market}, and this command reads "
+        f"{embedded['data']}; rerun the original command, with --data {market}, with --resume, "
+        "or start a new run without --resume"
+    )
+    with pytest.raises(ConfigError) as caught:
+        _check_plan(tmp_path, embedded, on_file)
+    assert str(caught.value) == (
+        f"--resume {tmp_path}: the run was planned on {embedded['data']}, and this command reads "
+        f"{market}; rerun the original command, without --data, with --resume, or start a new "
+        "run without --resume"
+    )
+    # The same bytes under another name (a moved file) are the same candles: accepted.
+    moved = tmp_path / "moved.csv"
+    moved.write_bytes(market.read_bytes())
+    _check_plan(tmp_path, on_file, {**on_file, "data": str(moved)})
+
+
 def test_too_many_folds_are_refused_by_name_before_the_run_directory_exists(
     tmp_path: Path,
 ) -> None:
@@ -661,6 +693,9 @@ def test_too_many_folds_are_refused_by_name_before_the_run_directory_exists(
         r"--seq-len or --horizon, or more data",
         str(small.value),
     )
+    # With --train-candles given, the span it leaves for the blocks is named too.
+    with pytest.raises(DataError, match=r"use fewer --folds, a smaller --train-candles, a shorter"):
+        run_walkforward(CFG, dataclasses.replace(WF, folds=2, train_candles=600), out=out)
     assert not out.exists()
 
 
@@ -924,7 +959,8 @@ def test_sigterm_after_a_fold_says_interrupted_once_and_exits_130(tmp_path: Path
 def test_a_second_ctrl_c_in_the_first_fold_says_no_fold_was_complete(tmp_path: Path) -> None:
     """Ctrl-C twice in fold 0 (the first asks to stop after the fold, the second aborts it):
     the local executor said "interrupted: folds [] are saved in DIR; finish with ...", as Ray did.
-    Both say it with one wording now: no fold was complete, and the --resume that starts again."""
+    Both say it with one wording now: no fold was complete, and the --resume that starts again;
+    after the second Ctrl-C, first that the fold in progress was not saved."""
     import os
     import signal
     import threading
@@ -958,9 +994,11 @@ def test_a_second_ctrl_c_in_the_first_fold_says_no_fold_was_complete(tmp_path: P
     stderr = "".join(lines)
     assert proc.returncode == 130, stderr[-3000:]
     assert not list(out.glob("fold_*/manifest.json")) and (out / "plan.json").is_file()
+    # The second Ctrl-C gave up fold 0 in training: the line says so first (README: "a second
+    # aborts the fold in progress and says so first"; it did only outside a fold's training).
     line = (
-        f"interrupted: no fold was complete; rerun the same command with --resume {out} to start "
-        "the run again"
+        "interrupted: the fold in progress was not saved; no fold was complete; rerun the same "
+        f"command with --resume {out} to start the run again"
     )
     assert [x for x in stderr.splitlines() if "interrupted" in x] == [line]
     assert stderr.endswith(f"\n{line}\n") and "Traceback" not in stderr

@@ -74,6 +74,9 @@ class _StopAfterFold:
 
     def __init__(self) -> None:
         self.requested: signal.Signals | None = None
+        # Set by the second signal: the fold in training was given up, which the interrupted
+        # line says first (the executor reports the stop as a WalkForwardInterrupted either way).
+        self.aborted = False
         self._logged = False
         self._previous: dict[int, Any] = {}
 
@@ -85,6 +88,7 @@ class _StopAfterFold:
             # No logging here: a handler writing to stderr mid-write raises "reentrant call".
             self.requested = signal.Signals(signum)
         else:
+            self.aborted = True
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
@@ -277,7 +281,7 @@ def walkforward(
                 stored_plan=stored_plan,
             )
     except WalkForwardInterrupted as e:  # local or Ray: one wording (interrupted_message)
-        notice("interrupted", interrupted_message(e.out, e.done))
+        notice("interrupted", interrupted_message(e.out, e.done, aborted=signals.aborted))
         raise SystemExit(INTERRUPTED_EXIT) from None
     except KeyboardInterrupt:  # a fold aborted, or a stop before the plan was written
         if run_dir:
