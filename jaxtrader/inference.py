@@ -170,6 +170,13 @@ class Predictor:
                 f"--arch {arch} contradicts --checkpoint {version_dir}, whose model is {manifest.arch}; "
                 "drop --arch or pick a checkpoint of that architecture"
             )
+        if checkpoint is not None and str(version).isdigit() and int(version) != manifest.version:
+            # Likewise a version number (best and latest, the default and its twin, say nothing
+            # of one checkpoint): `--checkpoint .../v1 --version 3` evaluated v1 without a word.
+            raise ConfigError(
+                f"--version {version} contradicts --checkpoint {version_dir}, which is "
+                f"v{manifest.version}; drop --version, or pass the version you mean as --checkpoint"
+            )
         ckpt.check_features(manifest, version_dir)
         try:
             config = from_dict(manifest.config)

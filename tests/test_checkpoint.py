@@ -529,6 +529,28 @@ def test_missing_checkpoint_folder_is_named(tmp_path: Path) -> None:
         )
 
 
+def test_a_folder_inside_the_checkpoint_root_is_named_as_such(tmp_path: Path) -> None:
+    """--ckpt-dir at a version, a model's or a market's folder said "no complete checkpoint ...;
+    train one" beside the checkpoint it holds."""
+    vdir = ckpt.arch_dir(tmp_path, "SYNTH/USD", "lstm") / "v2"
+    vdir.mkdir(parents=True)
+    ckpt.write_manifest(vdir, _manifest(2, 0.6))
+    expected = {
+        vdir: f"--ckpt-dir {vdir} is a checkpoint version, not a checkpoint root; pass it as "
+        f"--checkpoint {vdir}, or --ckpt-dir {tmp_path}",
+        vdir.parent: f"--ckpt-dir {vdir.parent} holds one model's versions, not a checkpoint "
+        f"root; pass --ckpt-dir {tmp_path}, or one version as --checkpoint {vdir}",
+        vdir.parent.parent: f"--ckpt-dir {vdir.parent.parent} holds one market's models, not a "
+        f"checkpoint root; pass --ckpt-dir {tmp_path} (and --symbol to pick the market)",
+    }
+    for root, message in expected.items():
+        for version in ("best", "latest", 2):
+            with pytest.raises(CheckpointError) as exc:
+                ckpt.resolve_version(root, None, None, version)
+            assert str(exc.value) == message
+    assert ckpt.resolve_version(tmp_path, None, None, "best") == vdir  # the root itself works
+
+
 def test_models_list_refuses_a_named_folder_that_does_not_exist(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -426,6 +426,29 @@ def test_data_that_misses_the_split_is_a_one_line_error(
     assert err.startswith("error: split") and "does not contain both ends" in err
 
 
+def test_data_of_another_interval_is_refused(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 1h model given 5m candles of its market (covering its splits) was evaluated as if they
+    were its own: windows, horizon and features count candles, so it reported another experiment
+    (trade refuses the same feed). Nothing is recorded in the manifest either."""
+    from jaxtrader.cli import main
+    from jaxtrader.data import synth_candles, write_candles
+
+    five = write_candles(
+        synth_candles(3000 * 12, seed=1, interval="5m").frame, tmp_path / "synth_btcusdt_5m.csv"
+    )
+    before = (trained["version_dir"] / "manifest.json").read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--checkpoint", str(trained["version_dir"]), "--data", str(five)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {five} holds 5m candles but the model was trained on 1h candles; pass --data "
+        "with 1h candles of the market, or evaluate a model trained on 5m candles"
+    )
+    assert (trained["version_dir"] / "manifest.json").read_bytes() == before
+
+
 def test_missing_checkpoint_is_a_one_line_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -450,6 +473,23 @@ def test_bad_fee_fails_fast_naming_the_flag(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err.startswith("error: --fee-bps must be")
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_the_baselines_cannot_take_is_refused_up_front(
+    seed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """scikit-learn and LightGBM take seeds 0 .. 2**32 - 1: `--seed -1` failed once the model had
+    run, as "internal error (ValueError: ...)", exit 1."""
+    from jaxtrader.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--seed", seed, "--ckpt-dir", "/nonexistent"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: Invalid value for '--seed': {seed} is not in the range 0<=x<=4294967295; see "
+        "'jaxtrader evaluate --help'\n"
+    )
+
+
 def test_training_records_know_the_full_epoch_length(trained: dict[str, Path]) -> None:
     """The evaluation adds `epoch_steps` to each training record, counted as training counts
     steps, so the training plot tells a partial last epoch from a full one."""
@@ -464,6 +504,46 @@ def test_training_records_know_the_full_epoch_length(trained: dict[str, Path]) -
     assert record["epoch_steps"] == record["steps"] > 0
     assert epoch_positions(result.training_records) == ([1.0], False)
     assert epoch_positions([{**record, "steps": record["steps"] // 2}])[1] is True
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"epoch": 1, "train_lo', "JSONDecodeError"),  # a cut-off last line
+        ("[1, 2]\n", "a line is not a JSON object"),
+    ],
+)
+def test_a_damaged_metrics_jsonl_costs_only_the_training_curves(
+    trained: dict[str, Path], tmp_path: Path, content: str, problem: str
+) -> None:
+    """metrics.jsonl feeds only the report's training plot: a damaged one was an internal error
+    (JSONDecodeError) that stopped the whole evaluation."""
+    import shutil
+
+    from jaxtrader.config import TradeRules
+    from jaxtrader.evaluate.run import evaluate_checkpoint
+
+    vdir = shutil.copytree(trained["version_dir"], tmp_path / "v1")
+    (vdir / "metrics.jsonl").write_text(content)
+    result = evaluate_checkpoint(split="test", backtest=TradeRules(), ckpt_dir=str(tmp_path),
+                                 checkpoint=str(vdir), bootstrap_samples=10)  # fmt: skip
+    assert result.training_records == []
+    (note,) = [n for n in result.doc["notes"] if "training metrics" in n]
+    assert note.startswith(f"training metrics {vdir / 'metrics.jsonl'} cannot be read (")
+    assert problem in note and note.endswith("): training curves skipped")
+    assert result.doc["n"] > 100  # the evaluation itself is whole
+
+
+def test_shared_flags_help_describes_evaluate() -> None:
+    """--symbol and --threshold are shared with trade; their help told evaluate's users about a
+    ccxt market and trade's recorded-policy rule, neither of which evaluate has."""
+    from jaxtrader.cli.evaluate_cmds import evaluate
+
+    helps = {p.name: getattr(p, "help", "") or "" for p in evaluate.params}
+    assert "trade" not in helps["symbol"] and "ccxt" not in helps["symbol"]
+    assert helps["symbol"].startswith("Market whose model to pick")
+    assert "trade" not in helps["threshold"]
+    assert "beside another policy, the rule it is compared with" in helps["threshold"]
 
 
 def test_lightgbm_baseline_is_in_the_evaluate_report(evaluated: dict[str, Any]) -> None:
@@ -642,6 +722,8 @@ def test_flags_that_contradict_the_checkpoint_are_refused(
          "model is lstm; drop --arch"),
         ("--symbol", "ETH/USDT", f"--symbol ETH/USDT contradicts --checkpoint {vdir}, a model of "
          "BTC/USDT; drop --symbol"),
+        ("--version", "7", f"--version 7 contradicts --checkpoint {vdir}, which is v1; drop "
+         "--version, or pass the version you mean as --checkpoint"),
     ):  # fmt: skip
         with pytest.raises(SystemExit) as exc:
             main(["evaluate", "--checkpoint", str(vdir), flag, value])

@@ -258,6 +258,8 @@ def resolve_version(
     root = Path(ckpt_dir)
     what = " ".join(x for x in (symbol, arch) if x) or "any model"
     require_folder(root)
+    if (inner := inner_folder_problem(root)) is not None:
+        raise CheckpointError(inner)
     if isinstance(version, str) and version.isdigit():
         version = int(version)
     if isinstance(version, int):
@@ -325,6 +327,29 @@ def _one_symbol(
         f"{root} holds models of several symbols: {', '.join(names)}{given}; validation losses "
         "of different markets are not comparable, pass --symbol"
     )
+
+
+def inner_folder_problem(root: Path) -> str | None:
+    """Why `root`, given as the checkpoint root, is a folder inside one (a version, one model's
+    versions, one market's models), with what to pass instead; None when it is not. Such a
+    --ckpt-dir was "no complete checkpoint ...; train one", beside the checkpoint it holds."""
+    if (root / MANIFEST_FILE).is_file():
+        return (
+            f"--ckpt-dir {root} is a checkpoint version, not a checkpoint root; pass it as "
+            f"--checkpoint {root}, or --ckpt-dir {root.parent.parent.parent}"
+        )
+    if version_numbers(root):
+        return (
+            f"--ckpt-dir {root} holds one model's versions, not a checkpoint root; pass "
+            f"--ckpt-dir {root.parent.parent}, or one version as --checkpoint "
+            f"{root / f'v{version_numbers(root)[-1]}'}"
+        )
+    if any(version_numbers(child) for child in root.iterdir() if child.is_dir()):
+        return (
+            f"--ckpt-dir {root} holds one market's models, not a checkpoint root; pass "
+            f"--ckpt-dir {root.parent} (and --symbol to pick the market)"
+        )
+    return None
 
 
 def require_folder(root: Path) -> None:

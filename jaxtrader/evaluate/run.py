@@ -104,16 +104,19 @@ def _load_candles(
     Returns the candles, notes for the report, and whether they are of another market than the
     training data (refused with DataError unless `other_market`)."""
     from jaxtrader.checkpoint import check_data
-    from jaxtrader.data import load_market
+    from jaxtrader.data import format_interval, load_market
 
     notes: list[str] = []
     recorded = manifest.data.get("path")
     path = data_path or recorded
-    # A given file's symbol comes from its own name, not from the training run's --symbol.
+    # A given file's symbol comes from its own name, not from the training run's --symbol; its
+    # interval from its own spacing (checked against the model's below: the data layer's mismatch
+    # message advises --interval, which evaluate does not have).
     data_cfg = dataclasses.replace(
         config.data,
         path=path,
         symbol=None if data_path else config.data.symbol,
+        interval=None if data_path else config.data.interval,
         dedupe=dedupe or config.data.dedupe,
     )
     if path is not None and not Path(path).is_file():
@@ -121,6 +124,16 @@ def _load_candles(
             f"data file {path} does not exist; pass --data with the file the model was trained on"
         )
     candles = load_market(data_cfg)
+    trained_interval = manifest.candle_interval()
+    if candles.interval != trained_interval:
+        # A 1h model on 5m candles was evaluated without a word (windows, horizon and features
+        # count candles, so it is another model's experiment); trade refuses the same feed.
+        got, want = format_interval(candles.interval), format_interval(trained_interval)
+        raise DataError(
+            f"{path} holds {got} candles but the model was trained on {want} candles; pass "
+            f"--data with {want} candles of the market, or evaluate a model trained on {got} "
+            "candles"
+        )
     trained_symbol = str(manifest.data.get("symbol"))
     # Symbols inferred from names without BASE/QUOTE (e.g. "candles.csv") say nothing of the market.
     out_of_market = (
@@ -274,7 +287,6 @@ def evaluate_checkpoint(
     timestamps in the candle file.
     """
     from jaxtrader.data import format_interval, infer_symbol, timestamps_ns
-    from jaxtrader.evaluate.report import read_metrics_jsonl
     from jaxtrader.inference import Predictor
 
     if split not in ("val", "test"):
@@ -428,13 +440,16 @@ def evaluate_checkpoint(
         doc["source"]["feature_join"] = getattr(predictor.config.model, "feature_join", "add")
     doc["notes"] = [*notes, *baselines.notes]
     records: list[dict[str, Any]] = []
+    unreadable = None
     if manifest.metrics_path:
-        records = read_metrics_jsonl(version_dir / manifest.metrics_path)
+        records, unreadable = _training_records(version_dir / manifest.metrics_path)
         # Steps of a full epoch (as train.steps_per_epoch counts them), so the training plot can
         # tell a partial last epoch even when it is the only one.
         full = max(dataset.num_batches("train", predictor.config.train.batch_size), 1)
         records = [{"epoch_steps": full, **r} for r in records]
-    if not records:
+    if unreadable is not None:
+        doc["notes"].append(unreadable)
+    elif not records:
         doc["notes"].append("no training metrics JSONL found: training curves skipped")
     run_fold = _walkforward_fold(version_dir, manifest)
     if record_policy and selection is not None and out_of_market:
@@ -491,6 +506,23 @@ def evaluate_checkpoint(
         trades=trades,
         prices=(ts_ns[span], close[span]),
     )
+
+
+def _training_records(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The run's per-epoch training records (for the report's curves), or none and a note saying
+    why. Nothing the evaluation reports comes from them, so a damaged metrics.jsonl (a cut-off
+    line, a hand edit) costs the curves only; it stopped every evaluate with an internal error."""
+    from jaxtrader.evaluate.report import read_metrics_jsonl
+
+    try:
+        records = read_metrics_jsonl(path)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        problem = f"{type(e).__name__}: {e}"
+    else:
+        if all(isinstance(r, dict) for r in records):
+            return records, None
+        problem = "a line is not a JSON object"
+    return [], f"training metrics {path} cannot be read ({problem}): training curves skipped"
 
 
 def _walkforward_fold(version_dir: Path, manifest: Any) -> str | None:
