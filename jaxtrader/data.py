@@ -442,13 +442,28 @@ def _read_any(path: Path) -> _Raw:
         raise DataError(
             f"{path}: file is empty; expected a header timestamp,open,high,low,close,volume"
         ) from None
-    except _READ_ERRORS as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except pd.errors.ParserError as e:
+        # One row with more fields than the others is a bad row, to fix like any other, not a
+        # file to re-download ("it may be truncated or not a candle file").
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+        if m is None:
+            raise _unreadable(path, e) from None
+        expected, line, saw = m.groups()
         raise DataError(
-            f"{path}: cannot read file ({reason}); it may be truncated or not a candle file - "
-            "re-download it"
+            f"{path}: line {line} has {saw} fields where the lines before it have {expected}; "
+            "fix or remove the row"
         ) from None
+    except _READ_ERRORS as e:
+        raise _unreadable(path, e) from None
     return raw
+
+
+def _unreadable(path: Path, e: BaseException) -> DataError:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return DataError(
+        f"{path}: cannot read file ({reason}); it may be truncated or not a candle file - "
+        "re-download it"
+    )
 
 
 def _index_to_column(table: pd.DataFrame) -> pd.DataFrame:
@@ -772,6 +787,12 @@ def synth_candles(
 
     if rows < 1:
         raise DataError(f"synthetic rows must be at least 1, got {rows}")
+    if seed < 0:
+        # numpy's generator refuses it: an internal error ("expected non-negative integer").
+        raise DataError(
+            f"the synthetic market's seed must be 0 or more, got {seed} (data synth --seed, or "
+            "synth_seed under [data] in --config)"
+        )
     step = parse_interval(interval)
     ts_ns, values = synth_ohlcv(rows, seed, step, SYNTH_START)
     source = f"synthetic:seed={seed},rows={rows},interval={format_interval(step)}"

@@ -148,6 +148,10 @@ def parse_since(since: str | None) -> int | None:
     return int(ts.value // 10**6)
 
 
+def _iso_ms(ms: int) -> str:
+    return pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _now_ms(exchange: Any) -> int:
     clock = getattr(exchange, "milliseconds", None)
     return int(clock()) if callable(clock) else int(time.time() * 1000)
@@ -212,6 +216,26 @@ def _valid_rows(rows: list[list[float]], start_ms: int, end_ms: int, step_ms: in
     return arr[keep]
 
 
+def _existing_candles(path: Path, step: pd.Timedelta, dedupe: bool, symbol: str) -> Any:
+    """The output file being resumed, read at --timeframe's interval. A file of another interval
+    is refused in fetch's words: the data layer's message advised --interval, which fetch does not
+    have (its flag is --timeframe)."""
+    try:
+        return load_candles(path, interval=step, gaps="drop", dedupe=dedupe, symbol=symbol)
+    except DataError:
+        try:
+            own = load_candles(path, gaps="drop", dedupe=dedupe, symbol=symbol).interval
+        except DataError:
+            own = step  # the file has another problem: the first error says which
+        if own == step:
+            raise
+    got, want = format_interval(own), format_interval(step)
+    raise DataError(
+        f"--out {path} holds {got} candles, not {want}: pass --timeframe {got} to resume it, or "
+        f"another --out for {want} candles"
+    ) from None
+
+
 def fetch_candles(
     exchange: Any,
     symbol: str,
@@ -234,7 +258,7 @@ def fetch_candles(
     step_ms = int(step.value // 10**6)
     resumed = path.exists() and path.stat().st_size > 0
     if resumed:
-        existing = load_candles(path, interval=step, gaps="drop", dedupe=dedupe, symbol=symbol)
+        existing = _existing_candles(path, step, dedupe, symbol)
         start_ms = int(existing.end.value // 10**6) + step_ms
         log_event(_log, "fetch_resume", path=str(path), last=existing.end.isoformat(),
                   rows=len(existing))  # fmt: skip
@@ -244,6 +268,13 @@ def fetch_candles(
             raise DataError(f"--out {path} does not exist yet; pass --since (e.g. 2024-01-01)")
         start_ms = since_ms - since_ms % step_ms  # align to the candle grid
     now_ms = _now_ms(exchange)
+    name = getattr(exchange, "id", type(exchange).__name__)
+    if not resumed and start_ms + step_ms > now_ms:
+        # Nothing could be fetched: "created ...: +0 candles" (exit 0) named a file never made.
+        raise DataError(
+            f"--since {since}: no {format_interval(step)} candle from then has closed yet "
+            f"({name}'s clock says {_iso_ms(now_ms)}); pass an earlier --since"
+        )
     pace = not getattr(exchange, "enableRateLimit", False)  # ccxt throttles itself when enabled
     pause = float(getattr(exchange, "rateLimit", 1000)) / 1000.0
     added, requests, first, last = 0, 0, None, None
@@ -269,4 +300,11 @@ def fetch_candles(
             bar.update(len(arr))
     log_event(_log, "fetch_done", path=str(path), symbol=symbol, timeframe=format_interval(step),
               added=added, requests=requests, resumed=resumed)  # fmt: skip
+    if not resumed and added == 0:
+        # The exchange has no closed candle of this market after --since: no file was written,
+        # which the summary line ("created ...") must not claim.
+        raise DataError(
+            f"{name} returned no closed {symbol} {format_interval(step)} candles from {since} on, "
+            f"so {path} was not created; check --symbol, --timeframe and --since"
+        )
     return FetchResult(path, added, requests, resumed, first, last)

@@ -460,6 +460,24 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_candles(tmp_path / "junk.parquet")
 
 
+def test_a_row_with_extra_fields_is_a_bad_row_to_fix(tmp_path: Path) -> None:
+    """pandas refuses a row with more fields than the header; that read as a file to re-download
+    ("cannot read file ...; it may be truncated or not a candle file")."""
+    rows = canonical(ROWS).splitlines()
+    rows[3] += ",7,8"  # file line 4
+    path = write(tmp_path / "extra.csv", "\n".join(rows) + "\n")
+    with pytest.raises(DataError) as e:
+        load_candles(path)
+    assert str(e.value) == (
+        f"{path}: line 4 has 8 fields where the lines before it have 6; fix or remove the row"
+    )
+    banner = write(
+        tmp_path / "banner.csv", "https://www.cryptodatadownload.com\n" + "\n".join(rows)
+    )
+    with pytest.raises(DataError, match=r"banner\.csv: line 5 has 8 fields where the lines before"):
+        load_candles(banner)
+
+
 def test_missing_columns_named_with_what_was_found(tmp_path: Path) -> None:
     path = write(tmp_path / "m.csv", "Date,Open,High,Low,Volume USDT\n2024-01-01,1,2,0.5,3\n")
     with pytest.raises(
@@ -636,6 +654,28 @@ def test_load_market_synthetic_and_file(tmp_path: Path) -> None:
     path = _gappy(tmp_path)
     from_file = load_market(DataConfig(path=str(path), gaps="drop", symbol="X/Y"))
     assert (len(from_file), from_file.symbol) == (7, "X/Y")
+
+
+def test_a_negative_synthetic_seed_is_named_not_an_internal_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """numpy refuses a negative seed: `data synth --seed -1`, and `synth_seed = -1` in a config,
+    ended as "internal error (ValueError: expected non-negative integer)", exit 1."""
+    from jaxtrader.cli import main
+
+    with pytest.raises(DataError) as e:
+        load_market(DataConfig(synth_rows=300, synth_seed=-1))
+    assert str(e.value) == (
+        "the synthetic market's seed must be 0 or more, got -1 (data synth --seed, or synth_seed "
+        "under [data] in --config)"
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "synth", "--rows", "10", "--seed", "-1", "--out", "never.csv"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: Invalid value for '--seed': -1 is not in the range x>=0; see 'jaxtrader data "
+        "synth --help'\n"
+    )
 
 
 # ----------------------------------------------------------------------------- CLI (subprocess)

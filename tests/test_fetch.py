@@ -156,6 +156,44 @@ def test_bad_arguments(tmp_path: Path) -> None:
         fetch_candles(ex, "BTC/USDT", "1h", tmp_path / "new.csv", since="soon")
 
 
+def test_a_fetch_that_writes_nothing_is_an_error_not_created(tmp_path: Path) -> None:
+    """A --since whose candle has not closed yet, or an exchange with no candles from it on,
+    wrote no file but returned normally, so the CLI printed "created X: +0 candles" (exit 0)."""
+    # "now" is 30 minutes into the 2024-01-01T00:00 candle: none from --since on has closed.
+    early = FakeExchange(candles=4, now_ms=T0 + HOUR_MS // 2)
+    with pytest.raises(DataError) as e:
+        fetch(early, tmp_path / "a.csv", [])
+    assert str(e.value) == (
+        "--since 2024-01-01: no 1h candle from then has closed yet (fake's clock says "
+        "2024-01-01T00:30:00Z); pass an earlier --since"
+    )
+    assert early.since_calls == []  # refused before any request
+    empty = FakeExchange(candles=0, now_ms=T0 + 5 * HOUR_MS)
+    with pytest.raises(DataError) as e:
+        fetch(empty, tmp_path / "b.csv", [])
+    assert str(e.value) == (
+        f"fake returned no closed BTC/USDT 1h candles from 2024-01-01 on, so {tmp_path / 'b.csv'} "
+        "was not created; check --symbol, --timeframe and --since"
+    )
+    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
+
+
+def test_resuming_a_file_of_another_timeframe_names_fetchs_flag(tmp_path: Path) -> None:
+    """The data layer's interval mismatch advised "give --interval 1h", a flag `data fetch` does
+    not have; other problems of the file keep their own message."""
+    out = tmp_path / "btc.csv"
+    fetch(FakeExchange(candles=6, now_ms=T0 + 6 * HOUR_MS), out, [])
+    with pytest.raises(DataError) as e:
+        fetch_candles(FakeExchange(candles=6, now_ms=T0 + 9 * HOUR_MS), "BTC/USDT", "5m", out)
+    assert str(e.value) == (
+        f"--out {out} holds 1h candles, not 5m: pass --timeframe 1h to resume it, or another "
+        "--out for 5m candles"
+    )
+    out.write_text(out.read_text().replace("101.0,10.0", "101.0,-10.0"))  # a negative volume
+    with pytest.raises(DataError, match=r"line 2 \(2024-01-01T00:00:00Z\): negative volume"):
+        fetch_candles(FakeExchange(candles=6, now_ms=T0 + 9 * HOUR_MS), "BTC/USDT", "5m", out)
+
+
 class GarblingExchange(FakeExchange):
     """Like ccxt with `enableLastJsonResponse`: the 2nd answer is cut off mid-body, which ccxt
     parses into an empty page without raising (measured with ccxt 4.5 against a local server)."""

@@ -126,6 +126,21 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     assert "pass --state a new file name" in msg and "restore this file from a backup" in msg
 
 
+@pytest.mark.parametrize("below", ["s.db", "sub/s.db"])
+def test_a_file_in_the_way_of_the_state_files_folder_is_named(tmp_path: Path, below: str) -> None:
+    """`--state prices.csv/s.db` was "not a usable SQLite database (unable to open database
+    file) ... restore this file from a backup", and `prices.csv/sub/s.db` "create it"."""
+    blocker = tmp_path / "prices.csv"
+    blocker.write_text("timestamp,open\n")
+    with pytest.raises(StateError) as e:
+        Store(blocker / below)
+    assert str(e.value) == (
+        f"state file {blocker / below}: {blocker} is a file, and a folder is needed there; pass "
+        "--state another path, or move that file"
+    )
+    assert blocker.read_text() == "timestamp,open\n"
+
+
 def _pragmas(path: Path) -> tuple[int, int, str]:
     with sqlite3.connect(path) as c:
         return (

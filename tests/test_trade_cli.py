@@ -206,6 +206,30 @@ def test_bad_start_is_one_line_exit_2(
     assert message in one_line_error(code, err)
 
 
+def test_an_empty_replay_range_names_the_bound_that_came_from_the_test_split(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only --start typed, after the test split's end: "replay range is empty: start ... is after
+    end ..." named an end the user never gave, and no fix."""
+    test = json.loads((setup["ckpt"] / "manifest.json").read_text())["splits"]["test"]
+    start, end = pd.Timestamp(test["start"]), pd.Timestamp(test["end"])
+    later, earlier = end + pd.Timedelta(hours=1), start - pd.Timedelta(hours=1)
+    db = tmp_path / "r.db"
+    for extra, expected in (
+        (["--start", later.isoformat()], f"--start {later.isoformat()} is after the replay's end "
+         f"{end.isoformat()} (the test split's; no --end given); pass --end too, or an earlier "
+         "--start"),
+        (["--end", earlier.isoformat()], f"--end {earlier.isoformat()} is before the replay's "
+         f"start {start.isoformat()} (the test split's; no --start given); pass --start too, or a "
+         "later --end"),
+        (["--start", later.isoformat(), "--end", end.isoformat()], f"--start {later.isoformat()} "
+         f"is after --end {end.isoformat()}; pass a --start before --end"),
+    ):  # fmt: skip
+        err = one_line_error(*run_cli(trade_args(setup, db, "r", *extra), capsys)[::2])
+        assert err == f"error: {expected}"
+    assert not db.exists()
+
+
 def test_corrupt_checkpoint_and_missing_ccxt_are_one_line(
     setup: dict[str, Path],
     tmp_path: Path,
@@ -263,6 +287,17 @@ def test_help_says_paper_trading_only() -> None:
     assert "PAPER TRADING ONLY" in out and "real order placement is out of scope" in out
     for flag in ("--daily-drawdown", "--breaker-failures", "--cooldown", "--model-timeout-ms"):
         assert flag in out
+
+
+def test_shared_flags_help_describes_trade() -> None:
+    """--threshold's shared help said "beside another policy, its comparison", but trade refuses
+    --threshold under a policy; --symbol spoke of "the ccxt market for trade" in trade's own help."""
+    from jaxtrader.cli.trade_cmds import trade
+
+    helps = {p.name: getattr(p, "help", "") or "" for p in trade.params}
+    assert "comparison" not in helps["threshold"]
+    assert "refused where a policy is in force" in helps["threshold"]
+    assert "the market a ccxt: feed trades (default: the model's)" in helps["symbol"]
 
 
 # -- real subprocesses ------------------------------------------------------------------------
@@ -753,9 +788,11 @@ def test_bad_policy_advice_names_trades_own_choices(
 
     db = tmp_path / "p.db"
     err = one_line_error(*run_cli([*trade_args(setup, db, "p"), "--policy", "auto"], capsys)[::2])
+    # evaluate's --policy auto was read as a file name: "cannot read policy file auto: [Errno 2]"
     assert err == (
-        "error: cannot read policy file auto: [Errno 2] No such file or directory: 'auto'; pass "
-        "--policy checkpoint, plain or a TOML file"
+        "error: --policy auto is evaluate's: `jaxtrader evaluate --policy auto` chooses a policy "
+        "on the val split and records it in the checkpoint, which trade applies with --policy "
+        "checkpoint (the default); pass --policy checkpoint, plain or a TOML file"
     )
     bad = tmp_path / "p.toml"
     bad.write_text("enter 0.6\n")
@@ -765,6 +802,41 @@ def test_bad_policy_advice_names_trades_own_choices(
     assert not db.exists()
     with pytest.raises(ConfigError, match=r"; pass --policy auto, plain or a TOML file$"):
         Policy.from_toml(bad)  # evaluate's advice is unchanged
+
+
+def test_the_policy_in_force_is_named_and_standing_aside_is_explained(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint whose recorded policy stands aside (every policy lost on val) traded nothing,
+    and nothing said why or which rule was in force: it looked like a broken strategy."""
+    import shutil
+
+    from jaxtrader.checkpoint import record_policy
+    from jaxtrader.decisions import Policy
+
+    vdir = Path(shutil.copytree(setup["ckpt"], tmp_path / "v1"))
+    record_policy(vdir, {"rule": Policy.flat().to_dict()})
+    args = trade_args(setup, tmp_path / "a.db", "aside")
+    args[args.index("--checkpoint") + 1] = str(vdir)
+    code, out, err = run_cli(["--log-format", "json", *args], capsys)
+    assert code == 0, err
+    events = {e["event"]: e for e in map(json.loads, err.splitlines()) if e.get("event")}
+    assert events["trade_start"]["policy"] == (
+        "stand aside (never trades) (recorded in the checkpoint by `evaluate --policy auto`)"
+    )
+    assert events["policy_stands_aside"]["message"] == (
+        "note: strategy 'aside' stands aside (evaluate found no policy with a positive net Sharpe "
+        "on the val split): it records signals and places no orders; to trade anyway use --policy "
+        "plain or a policy file, with another --strategy-id or --new-strategy"
+    )
+    assert json.loads(out)["fills"] == 0
+    code, out, err = run_cli([*trade_args(setup, tmp_path / "p.db", "p", "--policy", "plain",
+                                          "--long-short")], capsys)  # fmt: skip
+    assert code == 0, err
+    assert (
+        "policy=enter > 0.5, no band, min hold 1, long-short (--policy plain)" in err
+        and "stands aside" not in err
+    )
 
 
 def _dump(db: Path) -> list[str]:

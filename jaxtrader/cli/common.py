@@ -156,78 +156,105 @@ def data_overrides(
     }
 
 
-def checkpoint_options(fn: F) -> F:
-    """--checkpoint/--arch/--symbol/--version/--include-partial/--ckpt-dir: how evaluate and
-    trade pick a version."""
-    options = [
-        click.option(
-            "--checkpoint",
-            type=str,
-            default=None,
-            help="A version directory (ckpt/<SYMBOL>/<arch>/v<N>); overrides the options below.",
-        ),
-        click.option(
-            "--arch",
-            type=click.Choice(ARCH_NAMES),
-            default=None,
-            help="Architecture to pick (default: any).",
-        ),
-        click.option(
-            "--symbol",
-            type=str,
-            default=None,
-            help="Market symbol, e.g. BTC/USDT (picks the checkpoint; also the ccxt market for trade).",
-        ),
-        click.option(
-            "--version",
-            type=str,
-            default="best",
-            show_default=True,
-            help="best (lowest val loss among runs that finished), latest, or a version number.",
-        ),
-        click.option(
-            "--include-partial",
-            is_flag=True,
-            default=False,
-            help="Let --version best also pick runs stopped early by Ctrl-C or --max-minutes.",
-        ),
-        click.option(
-            "--ckpt-dir", type=str, default=None, help="Checkpoint root (default: train.ckpt_dir)."
-        ),
-    ]
-    return _stacked(fn, options)
+# --symbol as each command reads it: evaluate only picks the model with it, trade also trades it
+# (one shared text told evaluate's users about a ccxt market evaluate never reads).
+_SYMBOL_HELP = {
+    "evaluate": "Market whose model to pick, e.g. BTC/USDT (needed when --ckpt-dir holds models "
+    "of several markets and --data does not name one).",
+    "trade": "Market symbol, e.g. BTC/USDT: picks the model (needed when --ckpt-dir holds models "
+    "of several markets and the replay file does not name one), and the market a ccxt: feed "
+    "trades (default: the model's).",
+}
+
+
+def checkpoint_options(command: str) -> Callable[[F], F]:
+    """--checkpoint/--arch/--symbol/--version/--include-partial/--ckpt-dir: how `command`
+    (evaluate or trade) picks a version."""
+
+    def decorate(fn: F) -> F:
+        options = [
+            click.option(
+                "--checkpoint",
+                type=str,
+                default=None,
+                help="A version directory (ckpt/<SYMBOL>/<arch>/v<N>) to use instead of "
+                "searching with the options below (an --arch or --version number that contradicts "
+                "it is refused).",
+            ),
+            click.option(
+                "--arch",
+                type=click.Choice(ARCH_NAMES),
+                default=None,
+                help="Architecture to pick (default: any).",
+            ),
+            click.option("--symbol", type=str, default=None, help=_SYMBOL_HELP[command]),
+            click.option(
+                "--version",
+                type=str,
+                default="best",
+                show_default=True,
+                help="best (lowest val loss among runs that finished), latest, or a version "
+                "number.",
+            ),
+            click.option(
+                "--include-partial",
+                is_flag=True,
+                default=False,
+                help="Let --version best also pick runs stopped early by Ctrl-C or --max-minutes.",
+            ),
+            click.option(
+                "--ckpt-dir",
+                type=str,
+                default=None,
+                help="Checkpoint root (default: train.ckpt_dir).",
+            ),
+        ]
+        return _stacked(fn, options)
+
+    return decorate
 
 
 # The keyword names `rules_options` adds to a command, in `rules_overrides`' order.
 RULE_FLAGS = ("fee_bps", "slippage_bps", "threshold", "long_short")
 
 
-def rules_options(fn: F) -> F:
+# --threshold as each command applies it: evaluate reports the plain rule beside any other
+# policy, trade refuses it under one (`trading.runner.trade_policy`).
+_THRESHOLD_HELP = {
+    "evaluate": "The plain rule: long when P(up) > this [0.5]. The strategy under --policy "
+    "plain; beside another policy, the rule it is compared with.",
+    "trade": "The plain rule: long when P(up) > this [0.5]. Traded under --policy plain, or "
+    "under --policy checkpoint when the checkpoint records no policy (refused where a policy "
+    "is in force).",
+}
+
+
+def rules_options(command: str) -> Callable[[F], F]:
     """--fee-bps/--slippage-bps/--threshold/--long-short: the `backtest.*` keys (`TradeRules`),
-    shared by evaluate and trade. None = "not given", so --config FILE applies."""
-    options = [
-        click.option("--fee-bps", type=float, default=None, help="Fee per fill in bps [10]."),
-        click.option(
-            "--slippage-bps",
-            type=float,
-            default=None,
-            help="Slippage per fill in bps, against the trader [0].",
-        ),
-        click.option(
-            "--threshold",
-            type=float,
-            default=None,
-            help="The plain rule: long when P(up) > this [0.5]. The strategy under --policy "
-            "plain (trade: also with no recorded policy); beside another policy, its comparison.",
-        ),
-        click.option(
-            "--long-short",
-            is_flag=True,
-            default=None,
-            help="Also short when P(up) < 1 - threshold.",
-        ),
-    ]
-    return _stacked(fn, options)
+    shared by evaluate and trade (`command`, for --threshold's help). None = "not given", so
+    --config FILE applies."""
+
+    def decorate(fn: F) -> F:
+        options = [
+            click.option("--fee-bps", type=float, default=None, help="Fee per fill in bps [10]."),
+            click.option(
+                "--slippage-bps",
+                type=float,
+                default=None,
+                help="Slippage per fill in bps, against the trader [0].",
+            ),
+            click.option("--threshold", type=float, default=None, help=_THRESHOLD_HELP[command]),
+            click.option(
+                "--long-short",
+                is_flag=True,
+                default=None,
+                help="Also go short: below 1 - threshold under the plain rule, below 1 - enter "
+                "under a policy.",
+            ),
+        ]
+        return _stacked(fn, options)
+
+    return decorate
 
 
 def rules_overrides(

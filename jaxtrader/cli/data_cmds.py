@@ -114,7 +114,7 @@ def info(state: CliState, path: str | None, labels: bool, as_json: bool, **data_
 
 @data_group.command("synth")
 @click.option("--rows", type=click.IntRange(min=1), default=None, help="Candles (default 20000).")
-@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed (default 0).")
 @click.option("--interval", type=str, default=None, help="Candle interval (default 1h).")
 @click.option("--symbol", type=str, default=None, help="Symbol (default SYNTH/USD).")
 @click.option("--out", type=str, required=True, help="Output .csv, .csv.gz or .parquet file.")

@@ -26,11 +26,11 @@ def _strategy_options(fn: Any) -> Any:
     for flag, name, _, text in reversed(RISK_FLAGS):
         kind = int if is_integer_key(f"risk.{name}") else float
         fn = click.option(flag, type=kind, default=None, help=text)(fn)
-    return rules_options(fn)
+    return rules_options("trade")(fn)
 
 
 @click.command("trade", cls=HintGlobalOptions)
-@checkpoint_options
+@checkpoint_options("trade")
 @click.option(
     "--feed",
     "feed_spec",

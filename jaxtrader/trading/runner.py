@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jaxtrader.decisions import Policy, check_settings, describe_policy
+from jaxtrader.decisions import Policy, check_settings, describe_policy, stands_aside
 from jaxtrader.errors import ConfigError, DataError, StateError
 from jaxtrader.models.archs import ARCH_NAMES
 
@@ -83,6 +83,13 @@ def trade_policy(
     TOML policy in force it would be ignored without a word; ConfigError instead."""
     if spec == "plain":
         return None
+    if spec == "auto":
+        # evaluate's value: read as a file name it said "cannot read policy file auto".
+        raise ConfigError(
+            "--policy auto is evaluate's: `jaxtrader evaluate --policy auto` chooses a policy on "
+            "the val split and records it in the checkpoint, which trade applies with --policy "
+            "checkpoint (the default); pass --policy checkpoint, plain or a TOML file"
+        )
     if spec == "checkpoint":
         recorded = getattr(manifest, "policy", None)
         if not recorded:
@@ -99,6 +106,20 @@ def trade_policy(
             "plain to trade long above --threshold, or drop --threshold"
         )
     return dataclasses.replace(policy, long_short=rules.long_short)
+
+
+def policy_in_force(spec: str, manifest: Any, policy: Policy) -> str:
+    """The rule a trade run applies and where it comes from, in words (for `trade_start`)."""
+    rule = describe_policy(policy.to_dict()) + (", long-short" if policy.long_short else "")
+    if spec == "plain":
+        where = "--policy plain"
+    elif spec != "checkpoint":
+        where = f"--policy {spec}"
+    elif getattr(manifest, "policy", None):
+        where = "recorded in the checkpoint by `evaluate --policy auto`"
+    else:
+        where = "the plain rule: the checkpoint records no policy"
+    return f"{rule} ({where})"
 
 
 def market_of(job: TradeJob, kind: str, target: str, trained: str | None) -> str:
@@ -137,6 +158,24 @@ def check_in_sample(manifest: Any, interval: pd.Timedelta, start: pd.Timestamp) 
             "--in-sample to replay candles the model was trained on (the results are not "
             "out-of-sample)"
         )
+
+
+def _empty_range(start: pd.Timestamp, end: pd.Timestamp, job: TradeJob) -> str:
+    """Why a replay from `start` to `end` is empty, naming the bound that came from the test
+    split: "replay range is empty: start ... is after end ..." left a user who typed only --start
+    to guess where that end came from."""
+    s, e = start.isoformat(), end.isoformat()
+    if job.start is not None and job.end is not None:
+        return f"--start {s} is after --end {e}; pass a --start before --end"
+    if job.start is not None:
+        return (
+            f"--start {s} is after the replay's end {e} (the test split's; no --end given); pass "
+            "--end too, or an earlier --start"
+        )
+    return (
+        f"--end {e} is before the replay's start {s} (the test split's; no --start given); pass "
+        "--start too, or a later --end"
+    )
 
 
 def check_resume_start(
@@ -182,7 +221,7 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     from jaxtrader.data import format_interval, infer_symbol, parse_interval
     from jaxtrader.features import min_history
     from jaxtrader.inference import Predictor, version_dir_to_load
-    from jaxtrader.logs import get_logger, log_event, log_format, progress_bar
+    from jaxtrader.logs import get_logger, log_event, log_format, notice, progress_bar
     from jaxtrader.runtime import enable_compilation_cache, freeze_long_lived_objects
     from jaxtrader.trading.feeds import CcxtFeed, ReplayFeed
     from jaxtrader.trading.manager import StrategyConfig, TradingManager, model_inputs_fn
@@ -256,7 +295,9 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
         test = manifest.splits["test"]
         start_ts = job.start if job.start is not None else parse_utc(test["start"], "test start")
         end_ts = job.end if job.end is not None else parse_utc(test["end"], "test end")
-        assert start_ts is not None
+        assert start_ts is not None and end_ts is not None
+        if start_ts > end_ts:
+            raise ConfigError(_empty_range(start_ts, end_ts, job))
         if not job.in_sample:
             check_in_sample(manifest, interval, start_ts)
         feed = ReplayFeed(
@@ -306,9 +347,26 @@ def run_trade(cfg: AppConfig, job: TradeJob) -> dict[str, Any]:
     )
     sid = job.strategy_id
     resumed = not manager.started_fresh and manager.last_ts is not None
+    policy_text = policy_in_force(job.policy, manifest, scfg.active_policy)
+    resumed_after = manager.last_ts.isoformat() if manager.last_ts is not None and resumed else None
     log_event(log, "trade_start", strategy=sid, checkpoint=meta["checkpoint"],
               arch=manifest.arch, feed=f"{kind}:{target}", state=job.state_path,
-              resumed_after=None if not resumed else manager.last_ts.isoformat())  # type: ignore[union-attr]  # fmt: skip
+              resumed_after=resumed_after, policy=policy_text)  # fmt: skip
+    if stands_aside(scfg.active_policy.to_dict()):
+        # A run that never trades, with nothing said why, looked like a broken strategy (the
+        # README's own synthetic-market walk-through ends there: no policy beats it on val).
+        why = (
+            "evaluate found no policy with a positive net Sharpe on the val split"
+            if job.policy == "checkpoint"
+            else f"--policy {job.policy} never enters"
+        )
+        notice(
+            "policy_stands_aside",
+            f"note: strategy '{sid}' stands aside ({why}): it records signals and places no "
+            "orders; to trade anyway use --policy plain or a policy file, with another "
+            "--strategy-id or --new-strategy",
+            strategy=sid,
+        )
 
     def on_signal(signum: int, frame: Any) -> None:
         # No logging here: writing to stderr from a handler that interrupted another stderr write

@@ -183,6 +183,14 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        blocker = next((p for p in self.path.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            # SQLite says "unable to open database file", which read as a damaged state file to
+            # restore from a backup (and "create it" cannot be done past a file).
+            raise StateError(
+                f"state file {self.path}: {blocker} is a file, and a folder is needed there; "
+                "pass --state another path, or move that file"
+            )
         if self.path.parent and not self.path.parent.exists():
             raise StateError(f"state file directory {self.path.parent} does not exist; create it")
         if self.path.is_dir():
