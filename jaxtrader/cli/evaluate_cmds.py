@@ -40,7 +40,7 @@ from jaxtrader.cli.common import (
     default=None,
     help="Last candle of the --start span, UTC (default: the data's last).",
 )
-@checkpoint_options
+@checkpoint_options("evaluate")
 @click.option(
     "--data",
     "data_path",
@@ -56,7 +56,7 @@ from jaxtrader.cli.common import (
     "as such in the report).",
 )
 @dedupe_option
-@rules_options
+@rules_options("evaluate")
 @policy_options
 @click.option(
     "--record-policy/--no-record-policy",
@@ -89,7 +89,9 @@ from jaxtrader.cli.common import (
 )
 @click.option(
     "--seed",
-    type=int,
+    # The baselines' scikit-learn and LightGBM seeds take 0 .. 2**32 - 1; past it the evaluation
+    # failed after the model had run, with an internal error.
+    type=click.IntRange(0, 2**32 - 1),
     default=0,
     show_default=True,
     help="Seed of the random baseline and the bootstrap.",
