@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,8 +131,19 @@ class Policy:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"{where}: unknown policy keys {unknown}; allowed: {sorted(names)}")
+        values = {**{k: v for k, v in d.items() if k in names}, **overrides}
+        for key, value in values.items():
+            # TOML and JSON hand over any type: enter = "x" failed as "'<' not supported between
+            # float and str", and long_short = "yes" was silently true.
+            flag = isinstance(value, bool | np.bool_)
+            if key == "long_short" and not flag:
+                raise ConfigError(
+                    f"{where}: policy long_short must be true or false, got {value!r}"
+                )
+            if key != "long_short" and (flag or not isinstance(value, numbers.Real)):
+                raise ConfigError(f"{where}: policy {key} must be a number, got {value!r}")
         try:
-            return cls(**{**{k: v for k, v in d.items() if k in names}, **overrides})
+            return cls(**values)
         except TypeError as e:
             raise ConfigError(f"{where}: {e}") from None
         except ConfigError as e:

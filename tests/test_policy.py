@@ -269,3 +269,24 @@ def test_trade_refuses_a_threshold_the_policy_in_force_ignores(tmp_path: Path) -
         trade_policy(str(f), recorded, rules, threshold_flag=0.6)
     assert trade_policy("plain", recorded, rules, threshold_flag=0.6) is None
     assert trade_policy("checkpoint", SimpleNamespace(policy=None), rules, 0.6) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('enter = "x"', "policy enter must be a number, got 'x'"),
+        ("min_hold = true", "policy min_hold must be a number, got True"),
+        ('long_short = "yes"', "policy long_short must be true or false, got 'yes'"),
+        ("long_short = 1", "policy long_short must be true or false, got 1"),
+    ],
+)
+def test_a_policy_value_of_the_wrong_type_is_named(
+    tmp_path: Path, line: str, expected: str
+) -> None:
+    """enter = "x" failed as "'<' not supported between ... 'float' and 'str'", and long_short =
+    "yes" was silently true."""
+    path = tmp_path / "p.toml"
+    path.write_text(f"[policy]\n{line}\n")
+    with pytest.raises(ConfigError) as caught:
+        Policy.from_toml(path)
+    assert str(caught.value).endswith(expected)
