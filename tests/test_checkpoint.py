@@ -529,7 +529,9 @@ def test_missing_checkpoint_folder_is_named(tmp_path: Path) -> None:
         )
 
 
-def test_a_folder_inside_the_checkpoint_root_is_named_as_such(tmp_path: Path) -> None:
+def test_a_folder_inside_the_checkpoint_root_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--ckpt-dir at a version, a model's or a market's folder said "no complete checkpoint ...;
     train one" beside the checkpoint it holds."""
     vdir = ckpt.arch_dir(tmp_path, "SYNTH/USD", "lstm") / "v2"
@@ -549,6 +551,14 @@ def test_a_folder_inside_the_checkpoint_root_is_named_as_such(tmp_path: Path) ->
                 ckpt.resolve_version(root, None, None, version)
             assert str(exc.value) == message
     assert ckpt.resolve_version(tmp_path, None, None, "best") == vdir  # the root itself works
+    # `models list` said "no model versions under ...; train one" there: it names the root too.
+    from jaxtrader.cli import main
+
+    for root, message in expected.items():
+        with pytest.raises(SystemExit) as ended:
+            main(["models", "list", "--ckpt-dir", str(root)])
+        out = capsys.readouterr()
+        assert (ended.value.code, out.out, out.err.strip()) == (2, "", f"error: {message}")
 
 
 def test_models_list_refuses_a_named_folder_that_does_not_exist(

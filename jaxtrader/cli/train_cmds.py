@@ -228,7 +228,14 @@ def models_list(state: CliState, symbol: str | None, ckpt_dir: str | None, as_js
     loss, accuracy vs majority rate and size."""
     import json
 
-    from jaxtrader.checkpoint import checkpoint_root, held_symbols, list_versions, require_folder
+    from jaxtrader.checkpoint import (
+        checkpoint_root,
+        held_symbols,
+        inner_folder_problem,
+        list_versions,
+        require_folder,
+    )
+    from jaxtrader.errors import CheckpointError
 
     root = checkpoint_root(ckpt_dir, state.config())
     # A folder named on purpose must exist. The default one may not yet (nothing trained), but a
@@ -236,6 +243,9 @@ def models_list(state: CliState, symbol: str | None, ckpt_dir: str | None, as_js
     if ckpt_dir is not None or root.exists():
         require_folder(root)
     rows = list_versions(root, symbol)
+    # A folder inside a checkpoint root lists nothing: name the root, as evaluate and trade do.
+    if not rows and root.is_dir() and (inner := inner_folder_problem(root)) is not None:
+        raise CheckpointError(inner)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows]))
     elif not root.exists():
