@@ -108,3 +108,24 @@ def assert_one_interrupted_line(stderr: str, log_format: str) -> None:
         ("error", "interrupted", "interrupted", 130)
     ], stderr[-3000:]
     assert stderr.endswith("}\n")
+
+
+def tree_bytes(out: Path) -> dict[str, bytes]:
+    """Every file under `out` with its bytes, to show a refused command left them as they were."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def evaluate_report_dir_refused(report_dir: Path, checkpoint: Path) -> str:
+    """stderr of `jaxtrader evaluate --report-dir report_dir` in a real process, asserted refused
+    (exit 2, nothing on stdout)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxtrader", "evaluate", "--checkpoint", str(checkpoint),
+         "--split", "test", "--policy", "plain", "--no-record-policy",
+         "--report-dir", str(report_dir)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr[-3000:]
+    return proc.stderr

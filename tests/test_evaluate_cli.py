@@ -986,6 +986,7 @@ def test_report_dir_refuses_a_walkforward_run_directory(
     exit 0, and the run's --resume later wrote its own over them. Such a directory is refused
     before any work now, saying what it is; so is a complete run (named as such), and the run's
     files are left as they were."""
+    from conftest import evaluate_report_dir_refused, tree_bytes
     from test_walkforward import CFG, WF
 
     from jaxtrader.walkforward import WalkForwardInterrupted, run_walkforward
@@ -994,36 +995,23 @@ def test_report_dir_refuses_a_walkforward_run_directory(
     with pytest.raises(WalkForwardInterrupted):  # stopped after its first fold: in progress
         run_walkforward(CFG, WF, out=out, should_stop=lambda: True)
 
-    def files() -> dict[str, bytes]:
-        return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-
-    def refused(checkpoint: Path) -> str:
-        proc = subprocess.run(
-            [sys.executable, "-m", "jaxtrader", "evaluate", "--checkpoint", str(checkpoint),
-             "--split", "test", "--policy", "plain", "--no-record-policy",
-             "--report-dir", str(out)],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr[-3000:]
-        return proc.stderr
-
-    before = files()
+    before = tree_bytes(out)
     assert "plan.json" in before and "report.json" not in before
     for checkpoint in (out / "fold_00", trained["version_dir"]):
-        assert refused(checkpoint) == (
+        assert evaluate_report_dir_refused(out, checkpoint) == (
             f"error: --report-dir {out} is a walk-forward run in progress (1 of 2 folds saved), "
             "which writes its own report.json, report.md and plots there when it finishes; "
             "choose another folder for the report\n"
         )
-    assert files() == before
+    assert tree_bytes(out) == before
 
     run_walkforward(CFG, WF, out=out, resume=True)  # complete now
-    before = files()
-    assert refused(out / "fold_00") == (
+    before = tree_bytes(out)
+    assert evaluate_report_dir_refused(out, out / "fold_00") == (
         f"error: --report-dir {out} is a complete walk-forward run (2 folds), whose report.json, "
         "report.md and plots evaluate would overwrite; choose another folder for the report\n"
     )
-    assert files() == before
+    assert tree_bytes(out) == before
 
 
 def test_a_range_is_logged_as_a_range_and_a_plain_fold_names_the_plain_rule(

@@ -161,6 +161,7 @@ def test_evaluate_refuses_a_study_directory_as_its_report_dir(
     exit 0 (a walk-forward run's directory was refused already). It is refused before any work
     now, one line saying what the directory is, exit 2, and nothing there changes. study.json,
     written as the study starts, is what marks it: a study stopped in its first fold is one."""
+    from conftest import evaluate_report_dir_refused, tree_bytes
     from test_walkforward import CFG, WF
 
     from jaxtrader.errors import ConfigError
@@ -168,24 +169,11 @@ def test_evaluate_refuses_a_study_directory_as_its_report_dir(
     from jaxtrader.study import _open_study, _study_doc, check_markets, run_study, study_cells
     from jaxtrader.walkforward import WalkForwardInterrupted
 
-    def files(out: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-
-    def refused(report_dir: Path, checkpoint: Path) -> str:
-        proc = subprocess.run(
-            [sys.executable, "-m", "jaxtrader", "evaluate", "--checkpoint", str(checkpoint),
-             "--split", "test", "--policy", "plain", "--no-record-policy",
-             "--report-dir", str(report_dir)],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr[-3000:]
-        return proc.stderr
-
     # The moment a study starts: its directory holds study.json alone.
     cells = study_cells([None], ["lstm"], [2, 3])
     started = tmp_path / "started"
     _open_study(started, _study_doc(cells, WF, CFG, check_markets(CFG, cells)), None)
-    assert sorted(files(started)) == ["study.json"]
+    assert sorted(tree_bytes(started)) == ["study.json"]
     with pytest.raises(ConfigError) as caught:
         refuse_foreign_report_dir(started)
     assert str(caught.value) == (
@@ -197,24 +185,24 @@ def test_evaluate_refuses_a_study_directory_as_its_report_dir(
     out = tmp_path / "study"
     with pytest.raises(WalkForwardInterrupted):
         run_study(CFG, WF, cells, out=out, should_stop=lambda: True)
-    before = files(out)
+    before = tree_bytes(out)
     assert "synthetic/lstm/h2/fold_00/manifest.json" in before and "leaderboard.json" not in before
-    assert refused(out, out / "synthetic" / "lstm" / "h2" / "fold_00") == (
+    assert evaluate_report_dir_refused(out, out / "synthetic" / "lstm" / "h2" / "fold_00") == (
         f"error: --report-dir {out} is a study in progress (0 of 2 cells finished), which writes "
         "its cell runs and leaderboard there until it finishes; choose another folder for the "
         "report\n"
     )
-    assert files(out) == before
+    assert tree_bytes(out) == before
 
     # A finished one (the module's two-market study).
     done = study_run[0]
-    before = files(done)
+    before = tree_bytes(done)
     run = Path(json.loads((done / "leaderboard.json").read_text())["rows"][0]["run"])
-    assert refused(done, run / "fold_00") == (
+    assert evaluate_report_dir_refused(done, run / "fold_00") == (
         f"error: --report-dir {done} is a finished study (2 cells and its leaderboard); choose "
         "another folder for the report\n"
     )
-    assert files(done) == before
+    assert tree_bytes(done) == before
 
 
 # Ctrl-C twice, by the command's own signal handler, as `module.name` starts: the first asks to
