@@ -213,7 +213,7 @@ def test_an_empty_replay_range_names_the_bound_that_came_from_the_test_split(
     end ..." named an end the user never gave, and no fix."""
     test = json.loads((setup["ckpt"] / "manifest.json").read_text())["splits"]["test"]
     start, end = pd.Timestamp(test["start"]), pd.Timestamp(test["end"])
-    later, earlier = end + pd.Timedelta(hours=1), start - pd.Timedelta(hours=1)
+    later, earlier = end + pd.Timedelta(1, unit="h"), start - pd.Timedelta(1, unit="h")
     db = tmp_path / "r.db"
     for extra, expected in (
         (["--start", later.isoformat()], f"--start {later.isoformat()} is after the replay's end "
