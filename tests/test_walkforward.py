@@ -791,6 +791,8 @@ def test_evaluate_writes_the_report_of_a_walkforward_fold(
     doc = json.loads((rep / "report.json").read_text())
     # The fold's test block, as the walk-forward report counted it.
     assert doc["split"] == "test" and doc["n"] == cli_run[1]["folds"][1]["n"]
+    # Named as the fold it is, not "lstm v1" (the fold's manifest numbers it like a version).
+    assert doc["source"]["label"] == "lstm fold 1"
     assert "![training](training.png)" in (rep / "report.md").read_text()
     assert (rep / "training.png").stat().st_size > 1000
 

@@ -419,7 +419,11 @@ def evaluate_checkpoint(
     log_event(_log, "summarized", seconds=_since(started))
     version_dir = Path(predictor.version_dir)
     doc["source"] = {
-        "label": f"{manifest.arch} v{manifest.version}",
+        # A walk-forward fold's manifest numbers it like a version; "lstm v1" read as a training
+        # run's version 1.
+        "label": f"{manifest.arch} v{manifest.version}"
+        if (fold := (manifest.ensemble or {}).get("fold")) is None
+        else f"{manifest.arch} fold {fold}",
         "arch": manifest.arch,
         "version": manifest.version,
         "checkpoint": str(version_dir),
