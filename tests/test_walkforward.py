@@ -608,6 +608,15 @@ def test_a_file_too_short_for_any_walk_forward_says_so(tmp_path: Path) -> None:
     )
 
 
+def _plan_refusal(out: Path, stored: dict, now: dict) -> str:
+    """The one-line ConfigError `--resume out` gives for a plan `now` against the `stored` one."""
+    from jaxtrader.walkforward import _check_plan
+
+    with pytest.raises(ConfigError) as caught:
+        _check_plan(out, stored, now)
+    return str(caught.value)
+
+
 def test_resume_refuses_a_data_file_whose_contents_changed(tmp_path: Path) -> None:
     """plan.json records the file's sha256: a resume on an edited file (same name) would stitch
     folds trained on two different histories into one predictions.csv."""
@@ -627,9 +636,7 @@ def test_resume_refuses_a_data_file_whose_contents_changed(tmp_path: Path) -> No
     assert {k: v for k, v in after.items() if k != "data_sha256"} == {
         k: v for k, v in before.items() if k != "data_sha256"
     }
-    with pytest.raises(ConfigError) as caught:
-        _check_plan(tmp_path, before, after)
-    assert str(caught.value) == (
+    assert _plan_refusal(tmp_path, before, after) == (
         f"--resume {tmp_path}: the candles differ from the ones the run was planned on ({market}: "
         f"sha256 {before['data_sha256'][:12]}... then, {after['data_sha256'][:12]}... now); "
         "resume with the original file, or start a new run without --resume"
@@ -650,16 +657,12 @@ def test_resume_on_another_market_names_the_one_the_run_was_planned_on(tmp_path:
     write_candles(synth_candles(rows=1500, seed=3).frame, market)
     on_file = prepare(dataclasses.replace(CFG, data=DataConfig(path=str(market))), WF).plan
     embedded = prepare(CFG, WF).plan
-    with pytest.raises(ConfigError) as caught:
-        _check_plan(tmp_path, on_file, embedded)
-    assert str(caught.value) == (
+    assert _plan_refusal(tmp_path, on_file, embedded) == (
         f"--resume {tmp_path}: the run was planned on {market}, and this command reads "
         f"{embedded['data']}; rerun the original command, with --data {market}, with --resume, "
         "or start a new run without --resume"
     )
-    with pytest.raises(ConfigError) as caught:
-        _check_plan(tmp_path, embedded, on_file)
-    assert str(caught.value) == (
+    assert _plan_refusal(tmp_path, embedded, on_file) == (
         f"--resume {tmp_path}: the run was planned on {embedded['data']}, and this command reads "
         f"{market}; rerun the original command, without --data, with --resume, or start a new "
         "run without --resume"
